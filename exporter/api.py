@@ -1,0 +1,137 @@
+"""The Bitbucket mirroring endpoints the exporter reads, for both API families.
+
+Bitbucket 8.x puts mirror-side resources under ``mirroring/latest/upstreamServers/{upstreamId}/...``; 9.0 flattened
+them (``mirroring/latest/upstreamServer``, ``progress``, ``farmNodes``). ``supportInfo`` and ``/status`` are the same
+in both. The family is detected per mirror: 9.x first, 8.x when 9.x answers 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from yarl import URL
+
+from exporter.client import INVALID_RESPONSE, BitbucketClient, FetchError
+from exporter.config import Credentials
+from exporter.models import (
+    ClusterNode,
+    MirrorServer,
+    MirrorStatus,
+    RefSyncQueue,
+    RepoSyncStatus,
+    SyncProgress,
+    UpstreamServer,
+    parse_count,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+REST = "rest/mirroring/latest"
+
+
+class ApiFamily(StrEnum):
+    V8 = "8.x"
+    V9 = "9.x"
+
+
+@dataclass(frozen=True)
+class Layout:
+    family: ApiFamily
+    # 8.x only: the id that every mirror-side path is nested under.
+    upstream_id: str | None = None
+
+
+def parse_model(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise FetchError(INVALID_RESPONSE, f"{what}: {where}: {first['msg']}") from None
+
+
+def parse_list(model: type[M], data: Any, what: str) -> list[M]:
+    if not isinstance(data, list):
+        raise FetchError(INVALID_RESPONSE, f"{what}: expected a JSON array")
+    return [parse_model(model, item, what) for item in data]
+
+
+def rest_url(base_url: str, *path: str) -> URL:
+    url = URL(base_url.rstrip("/") + "/" + REST)
+    for part in path:
+        url = url / part
+    return url
+
+
+class MirrorApi:
+    def __init__(self, client: BitbucketClient, base_url: str, credentials: Credentials) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._credentials = credentials
+
+    async def _get(self, *path: str) -> Any:
+        return await self._client.get_json(rest_url(self._base_url, *path), self._credentials)
+
+    async def status(self) -> MirrorStatus:
+        url = URL(self._base_url.rstrip("/") + "/status")
+        return parse_model(MirrorStatus, await self._client.get_json(url, self._credentials), "status")
+
+    async def detect_layout(self) -> Layout:
+        try:
+            await self._get("upstreamServer")
+            return Layout(ApiFamily.V9)
+        except FetchError as exc:
+            if exc.status != 404:
+                raise
+        servers = await self._client.get_all(rest_url(self._base_url, "upstreamServers"), self._credentials)
+        upstreams = parse_list(UpstreamServer, servers, "upstreamServers")
+        if not upstreams:
+            raise FetchError(INVALID_RESPONSE, "upstreamServers: the mirror has no upstream server")
+        return Layout(ApiFamily.V8, upstreams[0].id)
+
+    def _mirror_path(self, layout: Layout, *path: str) -> tuple[str, ...]:
+        if layout.family is ApiFamily.V8:
+            assert layout.upstream_id is not None
+            return ("upstreamServers", layout.upstream_id, *path)
+        return path
+
+    async def upstream(self, layout: Layout) -> UpstreamServer:
+        path = self._mirror_path(layout) if layout.family is ApiFamily.V8 else ("upstreamServer",)
+        return parse_model(UpstreamServer, await self._get(*path), "upstream server")
+
+    async def progress(self, layout: Layout) -> SyncProgress:
+        return parse_model(SyncProgress, await self._get(*self._mirror_path(layout, "progress")), "progress")
+
+    async def farm_nodes(self, layout: Layout) -> list[ClusterNode]:
+        return parse_list(ClusterNode, await self._get(*self._mirror_path(layout, "farmNodes")), "farmNodes")
+
+    async def ref_changes_queue_count(self) -> int:
+        body = await self._get("supportInfo", "refChangesQueue", "count")
+        try:
+            return parse_count(body)
+        except ValueError as exc:
+            raise FetchError(INVALID_RESPONSE, f"refChangesQueue/count: {exc}") from None
+
+    async def ref_changes_queue(self) -> RefSyncQueue:
+        return parse_model(RefSyncQueue, await self._get("supportInfo", "refChangesQueue"), "refChangesQueue")
+
+    async def repo_sync_status_pages(self) -> AsyncIterator[list[RepoSyncStatus]]:
+        """Parsed one page at a time, so a large mirror's raw JSON is never all held at once."""
+        url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
+        async for values in self._client.pages(url, self._credentials):
+            yield parse_list(RepoSyncStatus, values, "repoSyncStatus")
+
+
+class PrimaryApi:
+    def __init__(self, client: BitbucketClient, base_url: str, credentials: Credentials) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._credentials = credentials
+
+    async def mirror_servers(self) -> list[MirrorServer]:
+        values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)
+        return parse_list(MirrorServer, values, "mirrorServers")

@@ -1,0 +1,104 @@
+"""Command line: ``bitbucket-mirror-exporter [run|demo] [flags]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from exporter import __version__
+from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped
+from exporter.config import ConfigError, load_settings
+from exporter.logs import LEVELS, setup_logging
+
+PROG = "bitbucket-mirror-exporter"
+COMMANDS = ("run", "demo")
+EXIT_CONFIG = 2
+
+log = logging.getLogger("exporter")
+
+
+def _listen_address(text: str) -> ListenAddress:
+    try:
+        return ListenAddress.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="YAML configuration file (environment overrides it)")
+    common.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        type=_listen_address,
+        default=ListenAddress("0.0.0.0", DEFAULT_PORT),
+        metavar="HOST:PORT",
+        help=f"address to serve /metrics on (default 0.0.0.0:{DEFAULT_PORT})",
+    )
+    common.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info", help="default info")
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo}")
+    commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
+    demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
+    demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
+    return parser
+
+
+def _with_default_command(argv: Sequence[str]) -> list[str]:
+    args = list(argv)
+    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version")):
+        args.insert(0, "run")
+    return args
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so the running coroutine can shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(exporter: Exporter) -> None:
+    await serve_until_stopped(exporter, stop_on_signals())
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(_serve(Exporter(settings, args.listen)))
+    except OSError as exc:
+        log.error("cannot serve", extra={"address": f"{args.listen.host}:{args.listen.port}", "err": exc.strerror})
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    try:
+        asyncio.run(run_demo(args.listen, args.demo_interval))
+    except OSError as exc:
+        log.error("cannot serve", extra={"address": f"{args.listen.host}:{args.listen.port}", "err": exc.strerror})
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
+    setup_logging(args.log_level)
+    if args.command == "demo":
+        return _demo(args)
+    return _run(args)

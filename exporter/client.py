@@ -1,0 +1,234 @@
+"""An async Bitbucket REST client on one aiohttp session.
+
+Every failure becomes a FetchError with a short, stable ``reason`` (it is the ``reason`` label of
+``bitbucket_mirror_exporter_poll_errors_total``). Messages never contain credentials: auth travels in headers only
+and configured URLs may not carry userinfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from exporter.config import Credentials, PollConfig
+
+# Reasons, also documented in docs/metrics.md.
+TIMEOUT = "timeout"
+CONNECTION = "connection"
+TLS = "tls"
+HTML_RESPONSE = "html_response"
+INVALID_JSON = "invalid_json"
+INVALID_RESPONSE = "invalid_response"
+PAGE_LOOP = "page_loop"
+PAGE_CAP = "page_cap"
+
+
+def http_reason(status: int) -> str:
+    return f"http_{status}"
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, detail: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+        # The parsed JSON body of an error response, when it had one (a starting mirror's /status sends its state).
+        self.body = body
+
+
+def auth_headers(credentials: Credentials) -> dict[str, str]:
+    token = credentials.resolved_token()
+    if token is not None:
+        return {"Authorization": f"Bearer {token.get_secret_value()}"}
+    if credentials.username is not None:
+        password = credentials.resolved_password()
+        secret = password.get_secret_value() if password is not None else ""
+        pair = base64.b64encode(f"{credentials.username}:{secret}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, float(parsedate_to_datetime(value).timestamp()) - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _looks_like_html(content_type: str, body: bytes) -> bool:
+    return "html" in content_type or body.lstrip()[:1] == b"<"
+
+
+def decode_json(content_type: str, body: bytes) -> Any:
+    if _looks_like_html(content_type, body):
+        # Typically a login page sent with status 200 by an SSO proxy or an expired session.
+        raise FetchError(HTML_RESPONSE, "got an HTML page instead of JSON (a login page?)")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FetchError(INVALID_JSON, f"response is not valid JSON ({type(exc).__name__})") from None
+
+
+@dataclass
+class TrafficStats:
+    """Requests and response bytes per host, for the exporter's self-metrics and the benchmarks."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    response_bytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, host: str, size: int) -> None:
+        self.requests[host] = self.requests.get(host, 0) + 1
+        self.response_bytes[host] = self.response_bytes.get(host, 0) + size
+
+
+class BitbucketClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        poll: PollConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._poll = poll
+        self._rng = rng or random.Random()
+        self._host_limits: dict[str, asyncio.Semaphore] = {}
+        self.stats = TrafficStats()
+
+    def _limit_for(self, url: URL) -> asyncio.Semaphore:
+        host = f"{url.scheme}://{url.host}:{url.port}"
+        if host not in self._host_limits:
+            self._host_limits[host] = asyncio.Semaphore(self._poll.concurrency_per_host)
+        return self._host_limits[host]
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._poll.max_backoff_seconds, self._poll.backoff_seconds * 2.0**attempt)
+        # "Equal jitter": at least half the exponential step, so retries spread out but still back off.
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    async def _attempt(self, url: URL, headers: Mapping[str, str]) -> tuple[int, str, bytes, str | None]:
+        timeout = aiohttp.ClientTimeout(total=self._poll.timeout_seconds)
+        async with (
+            self._limit_for(url),
+            self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp,
+        ):
+            body = await resp.read()
+            self.stats.add(f"{url.host}:{url.port}", len(body))
+            return resp.status, resp.headers.get("Content-Type", ""), body, resp.headers.get("Retry-After")
+
+    async def get_json(self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None) -> Any:
+        """GET a JSON document, retrying timeouts, connection errors, 429 and 5xx with backoff."""
+        if params:
+            url = url.update_query({k: str(v) for k, v in params.items()})
+        headers = {"Accept": "application/json", **auth_headers(credentials)}
+        attempts = self._poll.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            retry_after: float | None = None
+            try:
+                status, content_type, body, retry_after_header = await self._attempt(url, headers)
+            except TimeoutError:
+                error = FetchError(TIMEOUT, f"no answer within {self._poll.timeout_seconds:g}s")
+            except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
+                raise FetchError(TLS, f"TLS failure talking to {url.host}: {type(exc).__name__}") from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                error = FetchError(CONNECTION, f"{type(exc).__name__} talking to {url.host}:{url.port}")
+            else:
+                if 200 <= status < 300:
+                    return decode_json(content_type, body)
+                error = self._status_error(status, content_type, body)
+                if status != 429 and status < 500:
+                    raise error
+                retry_after = _retry_after_seconds(retry_after_header)
+            if last:
+                raise error
+            delay = self._backoff(attempt)
+            if retry_after is not None:
+                if retry_after > self._poll.max_backoff_seconds:
+                    # Honour the server: do not come back sooner than it asked; try again next poll instead.
+                    raise error
+                delay = max(delay, retry_after)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _status_error(status: int, content_type: str, body: bytes) -> FetchError:
+        parsed: Any = None
+        message = ""
+        if "json" in content_type:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list) and parsed["errors"]:
+                first = parsed["errors"][0]
+                if isinstance(first, dict) and isinstance(first.get("message"), str):
+                    message = f": {first['message'][:200]}"
+        return FetchError(http_reason(status), f"HTTP {status}{message}", status=status, body=parsed)
+
+    async def pages(
+        self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None
+    ) -> AsyncIterator[list[Any]]:
+        """Yield the ``values`` of each page of a Bitbucket paged resource.
+
+        Asks for ``poll.page_limit`` items, then for whatever ``limit`` the server says it applied; follows
+        ``nextPageStart`` (never computes it) and stops with an error on a page loop or past ``poll.max_pages``.
+        """
+        start = 0
+        limit = self._poll.page_limit
+        for _ in range(self._poll.max_pages):
+            page = await self.get_json(url, credentials, {**(params or {}), "start": start, "limit": limit})
+            if not isinstance(page, dict) or not isinstance(page.get("values"), list):
+                raise FetchError(INVALID_RESPONSE, "paged response without a values list")
+            yield page["values"]
+            if page.get("isLastPage", True) is True:
+                return
+            next_start = _as_int(page.get("nextPageStart"))
+            if next_start is None:
+                raise FetchError(INVALID_RESPONSE, "isLastPage is false but nextPageStart is missing")
+            if next_start <= start:
+                raise FetchError(PAGE_LOOP, f"nextPageStart {next_start} does not move past start {start}")
+            start = next_start
+            server_limit = _as_int(page.get("limit"))
+            if server_limit is not None and 0 < server_limit < limit:
+                limit = server_limit
+        raise FetchError(PAGE_CAP, f"more than poll.max_pages={self._poll.max_pages} pages")
+
+    async def get_all(
+        self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None
+    ) -> list[Any]:
+        values: list[Any] = []
+        async for page in self.pages(url, credentials, params):
+            values.extend(page)
+        return values
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,231 @@
+"""Configuration: one YAML file, overridable by environment variables.
+
+Environment variables use the prefix ``BITBUCKET_MIRROR_EXPORTER_`` and ``__`` between nested keys, for example
+``BITBUCKET_MIRROR_EXPORTER_PRIMARY__PASSWORD``. Lists (``MIRRORS``) take JSON. The environment wins over the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
+PRIMARY_TARGET = "primary"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    # Credentials in the URL would end up in logs and labels; they belong in username/password.
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials; use username/password or token")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query or fragment")
+    return url.rstrip("/")
+
+
+def _read_secret_file(path: Path) -> SecretStr:
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        # Only the reason, never the content.
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+class Credentials(_Strict):
+    """Basic auth (username with password or password_file) or a Bearer token (token or token_file)."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @field_validator("password_file", "token_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _read_secret_file(path)
+        return path
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        has_basic = self.username is not None or self.password is not None or self.password_file is not None
+        has_token = self.token is not None or self.token_file is not None
+        if has_basic and has_token:
+            raise ValueError("set username/password or token, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("username is required with password")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return any(
+            v is not None for v in (self.username, self.password, self.password_file, self.token, self.token_file)
+        )
+
+    def resolved_password(self) -> SecretStr | None:
+        if self.password_file is not None:
+            return _read_secret_file(self.password_file)
+        return self.password
+
+    def resolved_token(self) -> SecretStr | None:
+        if self.token_file is not None:
+            return _read_secret_file(self.token_file)
+        return self.token
+
+
+class _Target(Credentials):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        return _check_base_url(url)
+
+
+class PrimaryConfig(_Target):
+    pass
+
+
+class MirrorConfig(_Target):
+    name: str = Field(min_length=1, max_length=128)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == PRIMARY_TARGET:
+            raise ValueError(f"'{PRIMARY_TARGET}' is reserved for the primary's target label")
+        return name
+
+    def credentials_or(self, default: Credentials) -> Credentials:
+        """A mirror without credentials of its own uses the primary's."""
+        return self if self.is_set else default
+
+
+class PollConfig(_Strict):
+    interval_seconds: float = Field(default=30.0, gt=0, le=86400)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    concurrency_per_host: int = Field(default=4, ge=1, le=256)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_seconds: float = Field(default=0.5, ge=0, le=60)
+    max_backoff_seconds: float = Field(default=10.0, ge=0, le=600)
+    page_limit: int = Field(default=1000, ge=1, le=100000)
+    max_pages: int = Field(default=10000, ge=1)
+
+
+class TlsConfig(_Strict):
+    verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"cannot read {path}")
+        return path
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    primary: PrimaryConfig
+    mirrors: list[MirrorConfig] = Field(default_factory=list)
+    poll: PollConfig = Field(default_factory=PollConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must override it.
+        return (env_settings, init_settings)
+
+    @field_validator("mirrors")
+    @classmethod
+    def _unique_mirrors(cls, mirrors: list[MirrorConfig]) -> list[MirrorConfig]:
+        seen_names: set[str] = set()
+        seen_urls: set[str] = set()
+        for mirror in mirrors:
+            if mirror.name in seen_names:
+                raise ValueError(f"mirror name {mirror.name!r} is used twice")
+            if mirror.url in seen_urls:
+                raise ValueError(f"mirror url {mirror.url!r} is used twice")
+            seen_names.add(mirror.name)
+            seen_urls.add(mirror.url)
+        return mirrors
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(top level)"
+
+
+def _describe(exc: ValidationError) -> str:
+    # pydantic's own text quotes the input value, which may be a secret: build the line from loc and msg only.
+    first = exc.errors(include_input=False, include_url=False)[0]
+    more = exc.error_count() - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    return f"{_key(tuple(first['loc']))}: {message}{suffix}"
+
+
+def settings_from_mapping(data: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load and validate the configuration, raising ConfigError with one line naming the key."""
+    data: Any = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"(top level): {path} must hold a mapping of keys, not {type(data).__name__}")
+    return settings_from_mapping(data)

@@ -1,0 +1,164 @@
+"""Tolerant models of the Bitbucket mirroring API responses.
+
+Field names follow the Bitbucket DC 9.2 and 9.6 OpenAPI specs. Where the specs are silent or Bitbucket is known to
+differ from them, the models accept more than the specs promise (see docs/assumptions.md):
+
+* unknown fields are ignored;
+* enum-like fields (``state``, ``mirrorType``, ``type``) are plain strings, so a value no spec lists is kept as sent;
+* numbers sent as strings are accepted (``/status`` sends ``memberCount`` as ``"3"``);
+* dates are accepted as ISO 8601 strings or as epoch milliseconds, number or string, and held as epoch seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a date, not a boolean")
+    if isinstance(value, int | float):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text) / 1000.0
+        except ValueError:
+            pass
+        # fromisoformat in 3.11 accepts "Z" and offsets; a date-time without an offset is taken as UTC.
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    raise ValueError("a date must be an ISO 8601 string or epoch milliseconds")
+
+
+Timestamp = Annotated[float | None, BeforeValidator(_epoch_seconds)]
+
+
+def _as_str(value: Any) -> Any:
+    # Ids are strings in the specs but some versions send them as numbers.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+IdStr = Annotated[str, BeforeValidator(_as_str)]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class MirrorStatus(ApiModel):
+    """``GET /status`` on a mirror (outside /rest)."""
+
+    state: str = "UNKNOWN"
+    member_count: int | None = Field(default=None, alias="memberCount")
+    discovering: bool | None = None
+    synced_repos: int | None = Field(default=None, alias="syncedRepos")
+    total_repos: int | None = Field(default=None, alias="totalRepos")
+
+
+class UpstreamServer(ApiModel):
+    """RestUpstreamServer: 9.x ``upstreamServer``, 8.x ``upstreamServers/{id}``."""
+
+    id: IdStr
+    state: str = "UNKNOWN"
+    base_url: str | None = Field(default=None, alias="baseUrl")
+    type: str | None = None
+    api_base_url: str | None = Field(default=None, alias="apiBaseUrl")
+
+
+class SyncProgress(ApiModel):
+    """RestSyncProgress."""
+
+    discovering: bool = False
+    synced_repos: int = Field(default=0, alias="syncedRepos")
+    total_repos: int = Field(default=0, alias="totalRepos")
+
+
+class NodeAddress(ApiModel):
+    address: str | None = None
+    port: int | None = None
+
+
+class ClusterNode(ApiModel):
+    """RestClusterNode, one entry of ``farmNodes``."""
+
+    id: IdStr
+    name: str | None = None
+    address: NodeAddress | None = None
+    build_version: str | None = Field(default=None, alias="buildVersion")
+    local: bool | None = None
+
+
+class RepoHashes(ApiModel):
+    content: str | None = None
+    metadata: str | None = None
+
+
+class RepoSyncStatus(ApiModel):
+    """RestMirrorRepositorySynchronizationStatus, one value of ``supportInfo/repoSyncStatus``."""
+
+    external_repo_id: IdStr = Field(alias="externalRepoId")
+    local_repo_id: int | None = Field(default=None, alias="localRepoId")
+    local_project_id: int | None = Field(default=None, alias="localProjectId")
+    upstream_id: IdStr | None = Field(default=None, alias="upstreamId")
+    failed_sync_count: int = Field(default=0, alias="failedSyncCount")
+    initial_sync_date: Timestamp = Field(default=None, alias="initialSyncDate")
+    last_sync_date: Timestamp = Field(default=None, alias="lastSyncDate")
+    hashes: RepoHashes | None = None
+    # 8.x examples carry the slug; the 9.x schemas do not.
+    repo_slug: str | None = Field(default=None, alias="repoSlug")
+
+
+class FarmSyncRequest(ApiModel):
+    """RestFarmSynchronizationRequest, one item of the ref-changes queue."""
+
+    external_repo_id: IdStr | None = Field(default=None, alias="externalRepoId")
+    attempt: int | None = None
+    created_at: Timestamp = Field(default=None, alias="createdAt")
+    # The spec's enum is lower case, its example upper case: callers compare case-insensitively.
+    type: str | None = None
+
+
+class RefSyncQueue(ApiModel):
+    """RestRefSyncQueue."""
+
+    values: list[FarmSyncRequest] = Field(default_factory=list)
+
+
+class MirrorServer(ApiModel):
+    """RestMirrorServer, one value of the primary's ``mirrorServers``."""
+
+    id: IdStr
+    name: str | None = None
+    base_url: str | None = Field(default=None, alias="baseUrl")
+    enabled: bool | None = None
+    last_seen_date: Timestamp = Field(default=None, alias="lastSeenDate")
+    mirror_type: str | None = Field(default=None, alias="mirrorType")
+    product_version: str | None = Field(default=None, alias="productVersion")
+    product_type: str | None = Field(default=None, alias="productType")
+
+
+def parse_count(body: Any) -> int:
+    """``refChangesQueue/count`` is untyped in the specs: accept a bare number, a numeric string, or an object
+    holding ``count`` (or ``size``)."""
+    if isinstance(body, dict):
+        for key in ("count", "size", "value"):
+            if key in body:
+                return parse_count(body[key])
+        raise ValueError("no count in object")
+    if isinstance(body, bool):
+        raise ValueError("a count, not a boolean")
+    if isinstance(body, int):
+        return body
+    if isinstance(body, float) and body.is_integer():
+        return int(body)
+    if isinstance(body, str):
+        return int(body.strip())
+    raise ValueError("not a count")

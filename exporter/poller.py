@@ -1,0 +1,155 @@
+"""Background poll loops, one per target.
+
+Prometheus' "Writing exporters" guide asks exporters to fetch on scrape, except where a fetch is slow or expensive
+for the monitored system; a Bitbucket mirror's paged supportInfo endpoints are both, so this exporter polls in the
+background on its own interval and every scrape renders the latest snapshot. Within a target, each source runs on
+its own: one failing endpoint never blocks another, and a failed source keeps its last good value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from exporter.api import Layout, MirrorApi, PrimaryApi
+from exporter.client import FetchError
+from exporter.models import MirrorStatus
+from exporter.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary, SourceState
+
+log = logging.getLogger("exporter.poller")
+
+T = TypeVar("T")
+
+UNEXPECTED = "unexpected"
+
+
+async def run_source(target: str, name: str, state: SourceState[T], fetch: Callable[[], Awaitable[T]]) -> None:
+    """Run one fetch, record its outcome and log only when the source's health changes."""
+    started = time.monotonic()
+    try:
+        value = await fetch()
+    except FetchError as exc:
+        _record_failure(target, name, state, exc.reason, exc.detail)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # A bug must not kill the poll loop; count it and keep serving the last good values.
+        _record_failure(target, name, state, UNEXPECTED, type(exc).__name__)
+        log.debug("unexpected error", extra={"target": target, "source": name}, exc_info=True)
+    else:
+        if state.success is False:
+            log.info("poll recovered", extra={"target": target, "source": name, "after": state.error_reason})
+        state.value = value
+        state.success = True
+        state.error_reason = None
+        state.last_success_timestamp = time.time()
+    finally:
+        state.duration_seconds = time.monotonic() - started
+
+
+def _record_failure(target: str, name: str, state: SourceState[Any], reason: str, detail: str) -> None:
+    state.errors_total[reason] = state.errors_total.get(reason, 0) + 1
+    if state.success is not False or state.error_reason != reason:
+        log.warning("poll failed", extra={"target": target, "source": name, "reason": reason, "detail": detail})
+    state.success = False
+    state.error_reason = reason
+
+
+class MirrorPoller:
+    def __init__(self, state: MirrorState, api: MirrorApi) -> None:
+        self.state = state
+        self._api = api
+        self._layout_lock = asyncio.Lock()
+
+    async def _layout(self) -> Layout:
+        async with self._layout_lock:
+            if self.state.layout is None:
+                self.state.layout = await self._api.detect_layout()
+                log.info(
+                    "mirror API detected",
+                    extra={"target": self.state.name, "family": self.state.layout.family},
+                )
+            return self.state.layout
+
+    async def _with_layout(self, fetch: Callable[[Layout], Awaitable[T]]) -> T:
+        layout = await self._layout()
+        try:
+            return await fetch(layout)
+        except FetchError as exc:
+            if exc.status == 404:
+                # The mirror may have been upgraded across 9.0 or re-paired with another upstream: detect again.
+                self.state.layout = None
+            raise
+
+    async def _status(self) -> MirrorStatus:
+        try:
+            return await self._api.status()
+        except FetchError as exc:
+            # A starting mirror answers 503 with its state; keep the state, the poll still counts as failed.
+            if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
+                self._remember_state(exc.body["state"])
+                self.state.status.value = MirrorStatus(state=exc.body["state"])
+            raise
+
+    def _remember_state(self, state: str) -> None:
+        self.state.states_seen.add(state)
+
+    async def _ref_changes_queue(self) -> RefQueue:
+        length, queue = await asyncio.gather(self._api.ref_changes_queue_count(), self._api.ref_changes_queue())
+        by_type: dict[str, int] = {}
+        for item in queue.values:
+            kind = (item.type or "unknown").lower()
+            by_type[kind] = by_type.get(kind, 0) + 1
+        return RefQueue(length=length, items_by_type=by_type)
+
+    async def _repo_sync_status(self) -> RepoSyncSummary:
+        repositories = failing = failed_syncs = 0
+        newest: float | None = None
+        async for page in self._api.repo_sync_status_pages():
+            for repo in page:
+                repositories += 1
+                if repo.failed_sync_count > 0:
+                    failing += 1
+                    failed_syncs += repo.failed_sync_count
+                if repo.last_sync_date is not None and (newest is None or repo.last_sync_date > newest):
+                    newest = repo.last_sync_date
+        return RepoSyncSummary(repositories, failing, failed_syncs, newest)
+
+    async def poll_once(self) -> None:
+        s, name = self.state, self.state.name
+        await asyncio.gather(
+            run_source(name, "status", s.status, self._status),
+            run_source(name, "upstream", s.upstream, lambda: self._with_layout(self._api.upstream)),
+            run_source(name, "progress", s.progress, lambda: self._with_layout(self._api.progress)),
+            run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(self._api.farm_nodes)),
+            run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
+            run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
+        )
+        if s.status.success and s.status.value is not None:
+            self._remember_state(s.status.value.state)
+        s.cycles += 1
+
+
+class PrimaryPoller:
+    def __init__(self, state: PrimaryState, api: PrimaryApi) -> None:
+        self.state = state
+        self._api = api
+
+    async def poll_once(self) -> None:
+        await run_source("primary", "mirror_servers", self.state.mirror_servers, self._api.mirror_servers)
+        self.state.cycles += 1
+
+
+async def poll_forever(poller: MirrorPoller | PrimaryPoller, interval: float, stop: asyncio.Event) -> None:
+    """Poll now, then every ``interval`` seconds from the start of the previous cycle, until ``stop`` is set."""
+    while not stop.is_set():
+        started = time.monotonic()
+        await poller.poll_once()
+        remaining = interval - (time.monotonic() - started)
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=remaining)

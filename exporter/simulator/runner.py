@@ -1,0 +1,71 @@
+"""Starts the simulated primary and mirrors as real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from exporter.simulator.farm import Farm, Scenario
+from exporter.simulator.server import mirror_app, primary_app
+
+
+class SimulatedFarm:
+    """``async with SimulatedFarm(Scenario(...)) as farm:`` gives a primary and mirrors on 127.0.0.1."""
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        mirror_families: list[str] | None = None,
+        host: str = "127.0.0.1",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scenario = scenario or Scenario()
+        self.clock = clock
+        self.farm = Farm(self.scenario, clock(), mirror_families)
+        self.host = host
+        self._runners: list[web.AppRunner] = []
+        self.primary_url = ""
+        self.mirror_urls: dict[str, str] = {}
+
+    async def _serve(self, app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, 0).start()
+        self._runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://{self.host}:{port}"
+
+    async def start(self) -> None:
+        self.primary_url = await self._serve(primary_app(self.farm, self.clock))
+        self.farm.primary_url = self.primary_url
+        for name, mirror in self.farm.mirrors.items():
+            url = await self._serve(mirror_app(self.farm, name, self.clock))
+            mirror.base_url = url
+            self.mirror_urls[name] = url
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> SimulatedFarm:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def exporter_config(self, interval_seconds: float = 5.0, **poll: Any) -> dict[str, Any]:
+        """An exporter configuration (as the YAML file would hold it) that monitors this farm."""
+        return {
+            "primary": {
+                "url": self.primary_url,
+                "username": self.scenario.username,
+                "password": self.scenario.password,
+            },
+            "mirrors": [{"name": name, "url": url} for name, url in self.mirror_urls.items()],
+            "poll": {"interval_seconds": interval_seconds, **poll},
+        }

@@ -1,0 +1,386 @@
+"""aiohttp servers for the simulated primary and mirrors, speaking the documented Bitbucket mirroring API.
+
+Shapes follow the Bitbucket DC 9.2/9.6 OpenAPI schemas (tests/test_simulator_schema.py checks them). A mirror serves
+either the 8.x layout (``upstreamServers/{id}/...``) or the 9.x one (flat paths), never both, as real mirrors do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from exporter.simulator.farm import FAULTS, Farm, Mirror
+
+REST = "/rest/mirroring/latest"
+FARM_KEY = web.AppKey("farm", Farm)
+MIRROR_KEY = web.AppKey("mirror", str)
+Clock = Callable[[], float]
+CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
+
+HANG_SECONDS = 30.0
+LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Log in - Bitbucket</title></head><body>Log in</body></html>"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def errors(message: str, status: int) -> web.Response:
+    body = {"errors": [{"message": message}]}
+    return web.json_response(body, status=status)
+
+
+def paged(request: web.Request, items: list[Any], farm: Farm) -> web.Response:
+    """A Bitbucket page: the server applies its own cap to ``limit`` and says so in the response."""
+    try:
+        start = max(0, int(request.query.get("start", "0")))
+        asked = int(request.query.get("limit", str(farm.scenario.default_page_limit)))
+    except ValueError:
+        return errors("start and limit must be integers", 400)
+    limit = max(1, min(asked, farm.scenario.page_limit_cap))
+    values = items[start : start + limit]
+    last = start + limit >= len(items)
+    page: dict[str, Any] = {
+        "size": len(values),
+        "limit": limit,
+        "isLastPage": last,
+        "values": values,
+        "start": start,
+    }
+    if not last:
+        page["nextPageStart"] = start + len(values)
+    return web.json_response(page)
+
+
+def _authorized(request: web.Request, farm: Farm) -> bool:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :] == farm.scenario.token
+    if header.startswith("Basic "):
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        return (user, password) == (farm.scenario.username, farm.scenario.password)
+    return False
+
+
+async def _apply_fault(request: web.Request, fault: str) -> web.StreamResponse | None:
+    if fault == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)
+    if fault == "unavailable":
+        return errors("Service unavailable", 503)
+    if fault == "error":
+        return errors("Internal server error", 500)
+    if fault == "unauthorized":
+        return errors("Authentication failed. Please check your credentials and try again.", 401)
+    if fault == "html":
+        return web.Response(body=LOGIN_PAGE, content_type="text/html")
+    if fault == "broken_json":
+        return web.Response(body=b'{"values": [{"externalRepoId": "1", ', content_type="application/json")
+    if fault == "hang":
+        await asyncio.sleep(HANG_SECONDS)
+        return errors("too late", 504)
+    return None
+
+
+@web.middleware
+async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    farm = request.app[FARM_KEY]
+    farm.advance(request.app[CLOCK_KEY]())
+    route = request.match_info.route.name or "unknown"
+    if route.startswith("sim_"):
+        return await handler(request)
+    mirror_name = request.app.get(MIRROR_KEY)
+    if mirror_name is not None:
+        mirror = farm.mirrors[mirror_name]
+        mirror.requests[route] = mirror.requests.get(route, 0) + 1
+        fault = mirror.fault_for(route)
+        if fault is not None:
+            response = await _apply_fault(request, fault)
+            if response is not None:
+                return response
+    else:
+        farm.primary_requests[route] = farm.primary_requests.get(route, 0) + 1
+    # /status is public on real Bitbucket; the REST API wants an admin for supportInfo.
+    if request.path.startswith("/rest/") and not _authorized(request, farm):
+        return errors("Authentication failed. Please check your credentials and try again.", 401)
+    return await handler(request)
+
+
+def _farm(request: web.Request) -> Farm:
+    return request.app[FARM_KEY]
+
+
+def _mirror(request: web.Request) -> Mirror:
+    return request.app[FARM_KEY].mirrors[request.app[MIRROR_KEY]]
+
+
+# --- mirror endpoints ----------------------------------------------------------------------------------------------
+
+
+async def mirror_status(request: web.Request) -> web.Response:
+    mirror = _mirror(request)
+    body = {
+        "state": mirror.state,
+        "memberCount": str(mirror.nodes),  # a string on real mirrors
+        "discovering": False,
+        "syncedRepos": 0,
+        "totalRepos": 0,
+    }
+    return web.json_response(body, status=503 if mirror.state == "STARTING" else 200)
+
+
+def _upstream_record(mirror: Mirror, farm: Farm, full: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": mirror.upstream_id,
+        "state": mirror.upstream_state,
+        "baseUrl": farm.primary_url,
+    }
+    if full:  # 8.x records carry type and apiBaseUrl as well
+        record.update({"type": "BITBUCKET_SERVER", "apiBaseUrl": farm.primary_url + "/rest"})
+    return record
+
+
+def _check_upstream(request: web.Request) -> web.Response | None:
+    if request.match_info.get("upstream_id") not in (None, _mirror(request).upstream_id):
+        return errors("No upstream server with that id", 404)
+    return None
+
+
+async def upstream_server(request: web.Request) -> web.Response:
+    return web.json_response(_upstream_record(_mirror(request), _farm(request), full=False))
+
+
+async def upstream_servers(request: web.Request) -> web.Response:
+    return paged(request, [_upstream_record(_mirror(request), _farm(request), full=True)], _farm(request))
+
+
+async def upstream_server_v8(request: web.Request) -> web.Response:
+    return _check_upstream(request) or web.json_response(_upstream_record(_mirror(request), _farm(request), True))
+
+
+async def progress(request: web.Request) -> web.Response:
+    if (missing := _check_upstream(request)) is not None:
+        return missing
+    mirror = _mirror(request)
+    total = len(mirror.repositories)
+    if mirror.state in ("SYNCHRONIZED", "METADATA_SYNCHRONIZED"):
+        body = {"discovering": False, "syncedRepos": 0, "totalRepos": 0}  # idle
+    else:
+        synced = sum(1 for r in mirror.repositories.values() if r.failed_sync_count == 0)
+        body = {"discovering": mirror.state == "BOOTSTRAPPED", "syncedRepos": synced, "totalRepos": total}
+    return web.json_response(body)
+
+
+async def farm_nodes(request: web.Request) -> web.Response:
+    if (missing := _check_upstream(request)) is not None:
+        return missing
+    mirror = _mirror(request)
+    port = request.url.port or 80
+    nodes = [
+        {
+            "id": f"{mirror.name}-node-{i + 1}",
+            "name": f"{mirror.name}-node-{i + 1}",
+            "address": {"address": "127.0.0.1", "port": port},
+            "buildVersion": "9.6.0" if mirror.api_family == "9.x" else "8.19.0",
+            "local": i == 0,
+        }
+        for i in range(mirror.nodes)
+    ]
+    return web.json_response(nodes)
+
+
+async def repo_sync_status(request: web.Request) -> web.Response:
+    farm, mirror = _farm(request), _mirror(request)
+    values = []
+    for repo_id, mrepo in sorted(mirror.repositories.items()):
+        repo = farm.repositories.get(repo_id)
+        zero = repo is None or repo.zero_hashes
+        content = "0" * 40 if zero or repo is None else repo.content_hash(mrepo.content_version)
+        metadata = "0" * 40 if zero or repo is None else repo.metadata_hash(mrepo.metadata_version)
+        item: dict[str, Any] = {
+            "externalRepoId": str(repo_id),
+            "localRepoId": mrepo.local_id,
+            "localProjectId": mrepo.local_project_id,
+            "upstreamId": mirror.upstream_id,
+            "failedSyncCount": mrepo.failed_sync_count,
+            "initialSyncDate": iso(mrepo.initial_sync_date),
+            "lastSyncDate": iso(mrepo.last_sync_date),
+            "hashes": {"content": content, "metadata": metadata},
+        }
+        if mirror.api_family == "8.x" and repo is not None:
+            item["repoSlug"] = repo.slug  # 8.x examples carry it
+        values.append(item)
+    return paged(request, values, farm)
+
+
+async def ref_changes_queue(request: web.Request) -> web.Response:
+    farm, mirror = _farm(request), _mirror(request)
+    values = [
+        {"externalRepoId": str(repo_id), "attempt": 1, "createdAt": iso(farm.now), "type": kind}
+        for repo_id, kind in farm.pending(mirror)
+    ]
+    return web.json_response({"values": values})
+
+
+async def ref_changes_queue_count(request: web.Request) -> web.Response:
+    return web.json_response(len(_farm(request).pending(_mirror(request))))
+
+
+def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.Application:
+    app = web.Application(middlewares=[farm_middleware])
+    app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY] = farm, mirror_name, clock
+    r = app.router
+    r.add_get("/status", mirror_status, name="status")
+    if farm.mirrors[mirror_name].api_family == "9.x":
+        r.add_get(f"{REST}/upstreamServer", upstream_server, name="upstream")
+        r.add_get(f"{REST}/progress", progress, name="progress")
+        r.add_get(f"{REST}/farmNodes", farm_nodes, name="farm_nodes")
+    else:
+        r.add_get(f"{REST}/upstreamServers", upstream_servers, name="upstream_servers")
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}", upstream_server_v8, name="upstream")
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/progress", progress, name="progress")
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/farmNodes", farm_nodes, name="farm_nodes")
+    r.add_get(f"{REST}/supportInfo/repoSyncStatus", repo_sync_status, name="repo_sync_status")
+    r.add_get(f"{REST}/supportInfo/refChangesQueue", ref_changes_queue, name="ref_changes_queue")
+    r.add_get(f"{REST}/supportInfo/refChangesQueue/count", ref_changes_queue_count, name="ref_changes_queue_count")
+    return app
+
+
+# --- primary endpoints ---------------------------------------------------------------------------------------------
+
+
+async def primary_status(request: web.Request) -> web.Response:
+    return web.json_response({"state": "RUNNING"})
+
+
+async def mirror_servers(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    values = [
+        {
+            "id": m.server_id,
+            "name": m.name,
+            "baseUrl": m.base_url,
+            "enabled": m.enabled,
+            "lastSeenDate": iso(m.last_seen),
+            "mirrorType": "FARM" if m.nodes > 1 else "SINGLE",
+            "productVersion": "9.6.0" if m.api_family == "9.x" else "8.19.0",
+        }
+        for m in farm.mirrors.values()
+    ]
+    return paged(request, values, farm)
+
+
+async def primary_repos(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    values = []
+    for repo in sorted(farm.repositories.values(), key=lambda r: r.id):
+        project = repo.project
+        values.append(
+            {
+                "id": repo.id,
+                "slug": repo.slug,
+                "name": repo.slug,
+                "scmId": "git",
+                "state": "AVAILABLE",
+                "statusMessage": "Available",
+                "forkable": True,
+                "public": False,
+                "archived": False,
+                "hierarchyId": f"h{repo.id:019d}"[-20:],
+                "project": {
+                    "id": project.id,
+                    "key": project.key,
+                    "name": project.name,
+                    "public": False,
+                    "type": "NORMAL",
+                },
+                "properties": {
+                    "contentHash": repo.content_hash(),
+                    "metadataHash": repo.metadata_hash(),
+                    "defaultBranchId": "refs/heads/main",
+                },
+            }
+        )
+    return paged(request, values, farm)
+
+
+# --- control API ---------------------------------------------------------------------------------------------------
+
+
+async def sim_truth(request: web.Request) -> web.Response:
+    return web.json_response(_farm(request).truth())
+
+
+async def sim_mirror(request: web.Request) -> web.Response:
+    """Change one mirror: ``{"faults": {"*": "reset"}, "state": ..., "nodes": ..., "frozen": ..., "enabled": ...,
+    "failing_repositories": [ids]}``. Faults ``{}`` heal it."""
+    farm = _farm(request)
+    mirror = farm.mirrors.get(request.match_info["name"])
+    if mirror is None:
+        return errors("no such mirror", 404)
+    change = await request.json()
+    if "faults" in change:
+        bad = [f for f in change["faults"].values() if f not in FAULTS]
+        if bad:
+            return errors(f"unknown faults {bad}; known: {list(FAULTS)}", 400)
+        mirror.faults = dict(change["faults"])
+    for key in ("state", "upstream_state", "nodes", "frozen", "enabled"):
+        if key in change:
+            setattr(mirror, key, change[key])
+    if "failing_repositories" in change:
+        mirror.failing = {int(x) for x in change["failing_repositories"]}
+        for repo_id, mrepo in mirror.repositories.items():
+            if repo_id in mirror.failing:
+                mrepo.failed_sync_count = max(mrepo.failed_sync_count, 1)
+            else:
+                mrepo.failed_sync_count = 0
+    return web.json_response(farm.truth()["mirrors"][mirror.name])
+
+
+async def sim_scenario(request: web.Request) -> web.Response:
+    """Change the running scenario: ``{"push_rate": ..., "sync_delay_seconds": ...}``."""
+    farm = _farm(request)
+    change = await request.json()
+    for key in ("push_rate", "sync_delay_seconds"):
+        if key in change:
+            setattr(farm.scenario, key, float(change[key]))
+    return web.json_response(
+        {"push_rate": farm.scenario.push_rate, "sync_delay_seconds": farm.scenario.sync_delay_seconds}
+    )
+
+
+async def sim_push(request: web.Request) -> web.Response:
+    """Push to repositories on the primary now: ``{"repository_ids": [1, 2], "metadata_only": false}``."""
+    farm = _farm(request)
+    change = await request.json()
+    for repo_id in change.get("repository_ids", []):
+        if int(repo_id) not in farm.repositories:
+            return errors(f"no repository {repo_id}", 404)
+        farm.push(int(repo_id), metadata_only=bool(change.get("metadata_only", False)))
+    return web.json_response(farm.truth())
+
+
+def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[farm_middleware])
+    app[FARM_KEY], app[CLOCK_KEY] = farm, clock
+    r = app.router
+    r.add_get("/status", primary_status, name="status")
+    r.add_get(f"{REST}/mirrorServers", mirror_servers, name="mirror_servers")
+    r.add_get(f"{REST}/repos", primary_repos, name="repos")
+    r.add_get("/sim/truth", sim_truth, name="sim_truth")
+    r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
+    r.add_post("/sim/scenario", sim_scenario, name="sim_scenario")
+    r.add_post("/sim/push", sim_push, name="sim_push")
+    return app

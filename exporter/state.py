@@ -1,0 +1,95 @@
+"""What the exporter last learned from each target, source by source.
+
+The pollers write it; the collector reads it on every scrape. Both run on the one event loop thread, so a scrape
+always sees whole values: a source's ``value`` is replaced in one assignment, never mutated in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from exporter.api import Layout
+from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, UpstreamServer
+
+T = TypeVar("T")
+
+# Known mirror /status states, exported at 0 even before they are seen so alerts can compare against them.
+KNOWN_MIRROR_STATES = ("SYNCHRONIZED", "METADATA_SYNCHRONIZED", "BOOTSTRAPPED", "STARTING", "UNKNOWN")
+
+
+@dataclass
+class SourceState(Generic[T]):
+    """One endpoint (or small group of endpoints) of one target: the last good value and how polling went."""
+
+    value: T | None = None
+    success: bool | None = None  # None until the first poll finished
+    duration_seconds: float = 0.0
+    last_success_timestamp: float | None = None
+    error_reason: str | None = None
+    errors_total: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def polled(self) -> bool:
+        return self.success is not None
+
+
+@dataclass(frozen=True)
+class RefQueue:
+    length: int
+    # Items of the dumped queue by sync type (lower-cased); the dump is capped by Bitbucket, the length is not.
+    items_by_type: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RepoSyncSummary:
+    repositories: int
+    failing: int
+    failed_syncs: int
+    newest_last_sync: float | None
+
+
+@dataclass
+class MirrorState:
+    name: str
+    url: str
+    layout: Layout | None = None
+    states_seen: set[str] = field(default_factory=lambda: set(KNOWN_MIRROR_STATES))
+    status: SourceState[MirrorStatus] = field(default_factory=SourceState)
+    upstream: SourceState[UpstreamServer] = field(default_factory=SourceState)
+    progress: SourceState[SyncProgress] = field(default_factory=SourceState)
+    farm_nodes: SourceState[list[ClusterNode]] = field(default_factory=SourceState)
+    ref_changes_queue: SourceState[RefQueue] = field(default_factory=SourceState)
+    repo_sync_status: SourceState[RepoSyncSummary] = field(default_factory=SourceState)
+    cycles: int = 0
+
+    def sources(self) -> dict[str, SourceState[Any]]:
+        return {
+            "status": self.status,
+            "upstream": self.upstream,
+            "progress": self.progress,
+            "farm_nodes": self.farm_nodes,
+            "ref_changes_queue": self.ref_changes_queue,
+            "repo_sync_status": self.repo_sync_status,
+        }
+
+
+@dataclass
+class PrimaryState:
+    url: str
+    mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
+    cycles: int = 0
+
+    def sources(self) -> dict[str, SourceState[Any]]:
+        return {"mirror_servers": self.mirror_servers}
+
+
+@dataclass
+class ExporterState:
+    primary: PrimaryState
+    mirrors: list[MirrorState]
+
+    @property
+    def ready(self) -> bool:
+        """Every configured target has finished at least one poll cycle."""
+        return self.primary.cycles > 0 and all(m.cycles > 0 for m in self.mirrors)

@@ -1,0 +1,118 @@
+"""Shared fixtures: a simulated farm and an exporter over real loopback HTTP, and bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter, ListenAddress
+from exporter.config import settings_from_mapping
+from exporter.simulator import Scenario, SimulatedFarm
+
+LOOPBACK = "127.0.0.1"
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 15.0, what: str = "") -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out after {within}s waiting for {what or condition}")
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+class Running:
+    """A running simulated farm plus an exporter watching it."""
+
+    def __init__(self, farm: SimulatedFarm, exporter: Exporter, http: aiohttp.ClientSession) -> None:
+        self.farm = farm
+        self.exporter = exporter
+        self.http = http
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.exporter.port}"
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.http.get(self.url + path, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            return resp.status, await resp.text()
+
+    async def metrics(self) -> Samples:
+        status, text = await self.get("/metrics")
+        assert status == 200
+        return parse_metrics(text)
+
+    async def control(self, path: str, body: dict[str, Any]) -> Any:
+        url = self.farm.primary_url + path
+        async with self.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def truth(self) -> Any:
+        async with self.http.get(self.farm.primary_url + "/sim/truth") as resp:
+            return await resp.json()
+
+    async def wait_ready(self, within: float = 15.0) -> None:
+        async def ready() -> bool:
+            return (await self.get("/-/ready"))[0] == 200
+
+        await wait_until(ready, within, "/-/ready")
+
+    async def next_cycles(self, count: int = 1, within: float = 15.0) -> None:
+        """Wait until every target has finished ``count`` more poll cycles."""
+        state = self.exporter.state
+        targets = [state.primary, *state.mirrors]
+        goal = [t.cycles + count for t in targets]
+
+        async def done() -> bool:
+            return all(t.cycles >= g for t, g in zip(targets, goal, strict=True))
+
+        await wait_until(done, within, f"{count} more poll cycles")
+
+
+@asynccontextmanager
+async def running_farm(
+    scenario: Scenario | None = None,
+    mirror_families: list[str] | None = None,
+    interval: float = 0.2,
+    prepare: Callable[[SimulatedFarm, dict[str, Any]], None] | None = None,
+    **poll: Any,
+) -> AsyncIterator[Running]:
+    """Start a farm and an exporter watching it; ``prepare`` may change the farm or the config first."""
+    poll.setdefault("timeout_seconds", 2.0)
+    poll.setdefault("backoff_seconds", 0.01)
+    poll.setdefault("max_backoff_seconds", 0.05)
+    async with SimulatedFarm(scenario or Scenario(), mirror_families) as farm:
+        config = farm.exporter_config(interval_seconds=interval, **poll)
+        if prepare is not None:
+            prepare(farm, config)
+        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0))
+        await exporter.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                yield Running(farm, exporter, http)
+        finally:
+            await exporter.stop()

@@ -1,0 +1,106 @@
+"""Configuration loading: valid files, environment overrides, and one clear error per invalid file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures" / "config"
+INVALID = sorted((FIXTURES / "invalid").glob("*.yml"))
+REPO = Path(__file__).parent.parent
+
+
+def expected_key(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# error: "), f"{path.name} must start with '# error: KEY'"
+    return first.removeprefix("# error: ")
+
+
+def test_full_example_loads_with_its_defaults() -> None:
+    settings = load_settings(FIXTURES / "valid" / "full.yml")
+    assert settings.primary.url == "https://bitbucket.example.com/context"
+    assert settings.primary.password is not None and settings.primary.password.get_secret_value() == "secret"
+    sydney, tokyo = settings.mirrors
+    # A mirror without credentials uses the primary's; one with its own keeps them.
+    assert sydney.credentials_or(settings.primary) is settings.primary
+    assert tokyo.credentials_or(settings.primary) is tokyo
+    assert tokyo.url == "https://mirror-tyo.example.com:8443"
+    assert settings.poll.interval_seconds == 30 and settings.poll.concurrency_per_host == 4
+    assert settings.tls.verify is True and settings.tls.ca_file is None
+
+
+def test_the_readme_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = tmp_path / "password"
+    password.write_text("pw")
+    monkeypatch.setenv("BITBUCKET_MIRROR_EXPORTER_PRIMARY__PASSWORD_FILE", str(password))
+    settings = load_settings(REPO / "examples" / "config.yml")
+    assert [m.name for m in settings.mirrors] == ["sydney", "frankfurt"]
+
+
+def test_secrets_are_not_printed_in_repr() -> None:
+    settings = load_settings(FIXTURES / "valid" / "full.yml")
+    assert "secret" not in repr(settings).replace("SecretStr", "")
+    assert "mirror-token" not in repr(settings)
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITBUCKET_MIRROR_EXPORTER_PRIMARY__PASSWORD", "from-env")
+    monkeypatch.setenv("BITBUCKET_MIRROR_EXPORTER_POLL__INTERVAL_SECONDS", "12.5")
+    monkeypatch.setenv("BITBUCKET_MIRROR_EXPORTER_MIRRORS", '[{"name": "env", "url": "https://env.example.com"}]')
+    settings = load_settings(FIXTURES / "valid" / "full.yml")
+    assert settings.primary.password is not None and settings.primary.password.get_secret_value() == "from-env"
+    assert settings.primary.username == "admin"  # the rest of the primary still comes from the file
+    assert settings.poll.interval_seconds == 12.5
+    assert [m.name for m in settings.mirrors] == ["env"]
+
+
+def test_environment_alone_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITBUCKET_MIRROR_EXPORTER_PRIMARY__URL", "https://bb.example.com")
+    assert load_settings(None).primary.url == "https://bb.example.com"
+
+
+def test_password_file_is_read(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    config = tmp_path / "c.yml"
+    config.write_text(f"primary: {{url: https://b.example.com, username: a, password_file: {secret}}}\n")
+    settings = load_settings(config)
+    password = settings.primary.resolved_password()
+    assert password is not None and password.get_secret_value() == "from-file"
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_each_invalid_file_names_its_key(path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message.startswith(expected_key(path) + ":"), message
+    assert "s3cret" not in message
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--config: cannot read"):
+        load_settings(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize("path", INVALID[:4] + [p for p in INVALID if "credentials" in p.stem], ids=lambda p: p.stem)
+def test_the_cli_prints_one_line_and_exits_2(path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BITBUCKET_MIRROR_EXPORTER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", str(path), "--web.listen-address", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"config error: {expected_key(path)}:" in lines[0]
+    assert "s3cret" not in result.stderr + result.stdout

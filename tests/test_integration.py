@@ -1,0 +1,258 @@
+"""The exporter against the simulated farm over real loopback HTTP, in both API families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exporter.simulator import Scenario, SimulatedFarm
+from tests.conftest import running_farm, value, wait_until
+
+FAMILIES = [["9.x"], ["8.x"], ["9.x", "8.x", "9.x"]]
+
+
+@pytest.mark.parametrize("families", FAMILIES, ids=lambda f: "+".join(f))
+async def test_metrics_match_the_simulated_truth(families: list[str]) -> None:
+    scenario = Scenario(
+        seed=7, repositories=57, projects=4, failing_repositories=3, failed_sync_count=4, page_limit_cap=10
+    )
+    async with running_farm(scenario, families) as run:
+        # Nodes and a pending queue item differ per mirror, so a mix-up between mirrors would show.
+        for i, name in enumerate(run.farm.mirror_urls):
+            await run.control(f"/sim/mirrors/{name}", {"nodes": i + 1})
+        await run.control("/sim/mirrors/" + next(iter(run.farm.mirror_urls)), {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [5, 5, 9]})
+        await run.wait_ready()
+        await run.next_cycles(1)
+        truth = await run.truth()
+        samples = await run.metrics()
+        for name, mirror in truth["mirrors"].items():
+            m = {"mirror": name}
+            assert value(samples, "bitbucket_mirror_up", **m) == 1.0
+            assert value(samples, "bitbucket_mirror_state", **m, state="SYNCHRONIZED") == 1.0
+            assert value(samples, "bitbucket_mirror_state", **m, state="BOOTSTRAPPED") == 0.0
+            assert value(samples, "bitbucket_mirror_farm_nodes", **m) == mirror["nodes"]
+            assert value(samples, "bitbucket_mirror_status_members", **m) == mirror["nodes"]
+            assert value(samples, "bitbucket_mirror_repositories", **m) == mirror["repositories"] == 57
+            assert value(samples, "bitbucket_mirror_repositories_failing", **m) == mirror["repositories_failing"] == 3
+            assert value(samples, "bitbucket_mirror_failed_syncs", **m) == mirror["failed_syncs"] == 12
+            assert (
+                value(samples, "bitbucket_mirror_ref_changes_queue_length", **m) == mirror["ref_changes_queue_length"]
+            )
+            last_sync = value(samples, "bitbucket_mirror_last_sync_timestamp_seconds", **m)
+            assert last_sync == pytest.approx(mirror["newest_last_sync"], abs=0.001)
+            assert value(samples, "bitbucket_mirror_server_enabled", **m) == 1.0
+            assert value(samples, "bitbucket_mirror_sync_discovering", **m) == 0.0
+            assert value(samples, "bitbucket_mirror_upstream_state", **m, state="INSTALLED") == 1.0
+            assert (
+                value(
+                    samples,
+                    "bitbucket_mirror_info",
+                    **m,
+                    url=mirror["base_url"],
+                    api_family=mirror["api_family"],
+                )
+                == 1.0
+            )
+            for source in (
+                "status",
+                "upstream",
+                "progress",
+                "farm_nodes",
+                "ref_changes_queue",
+                "repo_sync_status",
+            ):
+                assert value(samples, "bitbucket_mirror_exporter_poll_success", target=name, source=source) == 1.0
+        frozen = next(iter(truth["mirrors"].values()))
+        # Repository 5 was pushed twice (a snapshot) and 9 once (incremental) while the mirror was frozen.
+        assert frozen["ref_changes_queue_length"] == 2
+        first = next(iter(truth["mirrors"]))
+        assert value(samples, "bitbucket_mirror_ref_changes_queue_items", mirror=first, sync="snapshot") == 1.0
+        assert value(samples, "bitbucket_mirror_ref_changes_queue_items", mirror=first, sync="incremental") == 1.0
+        assert value(samples, "bitbucket_mirror_exporter_build_info", version="0.1.0") == 1.0
+
+
+async def test_repo_sync_status_follows_every_capped_page() -> None:
+    scenario = Scenario(repositories=95, page_limit_cap=7)
+    async with running_farm(scenario, ["9.x"]) as run:
+        await run.wait_ready()
+        samples = await run.metrics()
+        assert value(samples, "bitbucket_mirror_repositories", mirror="sydney") == 95
+        truth = await run.truth()
+        # ceil(95 / 7) pages per cycle, whatever limit the exporter asked for.
+        cycles = run.exporter.state.mirrors[0].cycles
+        assert truth["mirrors"]["sydney"]["requests"]["repo_sync_status"] == 14 * cycles
+
+
+async def test_a_broken_mirror_is_counted_keeps_its_last_values_and_recovers() -> None:
+    async with running_farm(Scenario(repositories=12), ["9.x", "8.x"]) as run:
+        await run.wait_ready()
+        before = await run.metrics()
+        assert value(before, "bitbucket_mirror_repositories", mirror="frankfurt") == 12
+        await run.control("/sim/mirrors/frankfurt", {"faults": {"*": "reset"}})
+        await run.next_cycles(2)
+        broken = await run.metrics()
+        assert value(broken, "bitbucket_mirror_up", mirror="frankfurt") == 0.0
+        assert value(broken, "bitbucket_mirror_up", mirror="sydney") == 1.0
+        errors = value(
+            broken,
+            "bitbucket_mirror_exporter_poll_errors_total",
+            target="frankfurt",
+            source="status",
+            reason="connection",
+        )
+        assert errors is not None and errors >= 1
+        assert (
+            value(
+                broken,
+                "bitbucket_mirror_exporter_poll_success",
+                target="frankfurt",
+                source="repo_sync_status",
+            )
+            == 0.0
+        )
+        # The last good values stay, and their age shows.
+        assert value(broken, "bitbucket_mirror_repositories", mirror="frankfurt") == 12
+        stale_since = value(
+            broken,
+            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
+            target="frankfurt",
+            source="repo_sync_status",
+        )
+        fresh_since = value(
+            broken,
+            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
+            target="sydney",
+            source="repo_sync_status",
+        )
+        assert stale_since is not None and fresh_since is not None and stale_since < fresh_since
+
+        await run.control("/sim/mirrors/frankfurt", {"faults": {}})
+
+        async def recovered() -> bool:
+            return value(await run.metrics(), "bitbucket_mirror_up", mirror="frankfurt") == 1.0
+
+        await wait_until(recovered, what="frankfurt up again")
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("html", "html_response"),
+        ("broken_json", "invalid_json"),
+        ("unauthorized", "http_401"),
+        ("error", "http_500"),
+        ("unavailable", "http_503"),
+    ],
+)
+async def test_each_bad_answer_is_counted_with_its_own_reason(fault: str, reason: str) -> None:
+    async with running_farm(Scenario(repositories=3), ["9.x"], retries=1) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": fault}})
+        await run.next_cycles(1)
+        samples = await run.metrics()
+        labels = {"target": "sydney", "source": "repo_sync_status"}
+        assert value(samples, "bitbucket_mirror_exporter_poll_errors_total", **labels, reason=reason) == pytest.approx(
+            run.exporter.state.mirrors[0].repo_sync_status.errors_total[reason]
+        )
+        assert value(samples, "bitbucket_mirror_exporter_poll_success", **labels) == 0.0
+        # Other sources of the same mirror are not affected.
+        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0
+        assert value(samples, "bitbucket_mirror_exporter_poll_success", target="sydney", source="progress") == 1.0
+
+
+async def test_a_starting_mirror_reports_its_state_but_is_not_up() -> None:
+    async with running_farm(Scenario(repositories=3), ["9.x"], retries=0) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"state": "STARTING"})
+        await run.next_cycles(1)
+        samples = await run.metrics()
+        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 0.0
+        assert value(samples, "bitbucket_mirror_state", mirror="sydney", state="STARTING") == 1.0
+        assert value(samples, "bitbucket_mirror_state", mirror="sydney", state="SYNCHRONIZED") == 0.0
+
+
+async def test_unknown_states_are_kept_and_exported() -> None:
+    async with running_farm(Scenario(repositories=3), ["8.x"]) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"state": "SOMETHING_NEW", "upstream_state": "REMOVED"})
+        await run.next_cycles(1)
+        samples = await run.metrics()
+        assert value(samples, "bitbucket_mirror_state", mirror="sydney", state="SOMETHING_NEW") == 1.0
+        assert value(samples, "bitbucket_mirror_state", mirror="sydney", state="SYNCHRONIZED") == 0.0
+        assert value(samples, "bitbucket_mirror_upstream_state", mirror="sydney", state="REMOVED") == 1.0
+
+
+async def test_ready_waits_for_every_target_and_metrics_never_wait_on_bitbucket() -> None:
+    def hang_status(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        farm.farm.mirrors["sydney"].faults = {"status": "hang"}
+
+    async with running_farm(
+        Scenario(repositories=3), ["9.x"], prepare=hang_status, timeout_seconds=3.0, retries=0
+    ) as run:
+        assert (await run.get("/-/ready"))[0] == 503
+        assert (await run.get("/-/healthy"))[0] == 200
+        # A hanging mirror does not hold up /metrics.
+        assert (await run.get("/metrics"))[0] == 200
+        await run.wait_ready(within=10)
+        samples = await run.metrics()
+        assert (
+            value(
+                samples,
+                "bitbucket_mirror_exporter_poll_errors_total",
+                target="sydney",
+                source="status",
+                reason="timeout",
+            )
+            == 1.0
+        )
+
+
+async def test_wrong_credentials_are_http_401_and_secrets_stay_out_of_every_page() -> None:
+    def wrong_password(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        config["primary"]["password"] = "hunter2-not-the-password"
+
+    async with running_farm(Scenario(repositories=3), ["9.x"], prepare=wrong_password) as run:
+        await run.wait_ready()
+        samples = await run.metrics()
+        assert (
+            value(
+                samples,
+                "bitbucket_mirror_exporter_poll_errors_total",
+                target="sydney",
+                source="repo_sync_status",
+                reason="http_401",
+            )
+            == 1.0
+        )
+        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0  # /status needs no login
+        for path in ("/metrics", "/", "/-/ready"):
+            _, body = await run.get(path)
+            assert "hunter2" not in body
+
+
+async def test_the_primary_names_mirrors_by_configured_url_else_by_its_own_name() -> None:
+    def only_sydney(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        # Another spelling of the same base URL; frankfurt is not configured at all.
+        url = farm.mirror_urls["sydney"].replace("http://", "HTTP://") + "/"
+        config["mirrors"] = [{"name": "syd", "url": url}]
+        farm.farm.mirrors["frankfurt"].enabled = False
+
+    async with running_farm(Scenario(repositories=3), ["9.x", "8.x"], prepare=only_sydney) as run:
+        await run.wait_ready()
+        samples = await run.metrics()
+        assert value(samples, "bitbucket_mirror_server_enabled", mirror="syd") == 1.0
+        assert value(samples, "bitbucket_mirror_server_enabled", mirror="frankfurt") == 0.0
+        truth = await run.truth()
+        seen = value(samples, "bitbucket_mirror_server_last_seen_timestamp_seconds", mirror="frankfurt")
+        assert seen is not None and seen <= truth["now"]
+
+
+async def test_landing_page_lists_mirrors() -> None:
+    async with running_farm(Scenario(repositories=3), ["9.x", "8.x"]) as run:
+        await run.wait_ready()
+        status, body = await run.get("/")
+        assert status == 200
+        assert "sydney" in body and "frankfurt" in body and 'href="metrics"' in body
+        assert "8.x" in body and "9.x" in body

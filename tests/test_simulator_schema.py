@@ -1,0 +1,175 @@
+"""The simulator speaks the documented API: its responses validate against the official Bitbucket OpenAPI schemas.
+
+The schemas are closed here (additionalProperties: false on every object with declared properties), so the simulator
+cannot invent fields either. The few fields that only older versions' docs show (8.x ``repoSlug``, the 8.x upstream
+record's ``type`` and ``apiBaseUrl``) are allowed by name, with the fact sheet as their source.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from openapi_schema_validator import OAS30ReadValidator
+
+from exporter.simulator import Scenario, SimulatedFarm
+
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+REST = "/rest/mirroring/latest"
+ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+EXTRA_8X_FIELDS = {
+    "RestMirrorRepositorySynchronizationStatus": {"repoSlug": {"type": "string"}},
+    "RestUpstreamServer": {
+        "type": {"type": "string", "enum": ["BITBUCKET_SERVER", "BITBUCKET_CLOUD"]},
+        "apiBaseUrl": {"type": "string"},
+    },
+}
+
+
+@cache
+def spec(version: str) -> dict[str, Any]:
+    if not REFERENCE.is_dir():
+        pytest.fail(f"the OpenAPI specs are expected in {REFERENCE} (shared/reference beside the repository)")
+    if version == "9.2":
+        return json.loads((REFERENCE / "bitbucket-dc-9.2-openapi.json").read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load((REFERENCE / "bitbucket-dc-9.6-openapi.yaml").read_text(), Loader=loader)
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {k: _closed(v) for k, v in node.items()}
+        if isinstance(node.get("properties"), dict) and node["properties"] and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+    elif isinstance(node, list):
+        node = [_closed(v) for v in node]
+    return node
+
+
+@cache
+def closed_components(version: str, allow_8x: bool) -> dict[str, Any]:
+    components = copy.deepcopy(spec(version)["components"])
+    if allow_8x:
+        for name, extra in EXTRA_8X_FIELDS.items():
+            components["schemas"][name]["properties"].update(extra)
+    return _closed(components)
+
+
+def response_schema(version: str, path: str) -> dict[str, Any]:
+    content = spec(version)["paths"][path]["get"]["responses"]["200"]["content"]
+    return next(iter(content.values()))["schema"]
+
+
+def check(instance: Any, schema: dict[str, Any], version: str = "9.2", allow_8x: bool = False) -> None:
+    root = {**_closed(schema), "components": closed_components(version, allow_8x)}
+    errors = sorted(OAS30ReadValidator(root).iter_errors(instance), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+def component(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url, headers=ADMIN) as resp:
+        assert resp.status == 200, (url, resp.status)
+        return await resp.json()
+
+
+@pytest.fixture
+async def farm() -> Any:
+    scenario = Scenario(repositories=12, failing_repositories=2, zero_hash_repositories=1, page_limit_cap=5)
+    async with SimulatedFarm(scenario, ["9.x", "8.x"]) as running:
+        running.farm.push(3)  # something in the ref-changes queue
+        running.farm.mirrors["sydney"].frozen = True
+        running.farm.mirrors["frankfurt"].frozen = True
+        yield running
+
+
+async def test_mirror_endpoints_of_the_9x_family_match_the_spec(farm: SimulatedFarm) -> None:
+    base = farm.mirror_urls["sydney"] + REST
+    async with aiohttp.ClientSession() as http:
+        for path in (
+            "upstreamServer",
+            "progress",
+            "farmNodes",
+            "supportInfo/refChangesQueue",
+            "supportInfo/repoSyncStatus",
+        ):
+            body = await get(http, f"{base}/{path}")
+            check(body, response_schema("9.2", f"/mirroring/latest/{path}"))
+            check(body, response_schema("9.6", f"/mirroring/latest/{path}"), version="9.6")
+        queue = await get(http, f"{base}/supportInfo/refChangesQueue")
+        assert queue["values"], "the check must see at least one queue item"
+        count = await get(http, f"{base}/supportInfo/refChangesQueue/count")
+        assert count == len(queue["values"])  # untyped in the spec: a bare number, see docs/assumptions.md
+
+
+async def test_mirror_endpoints_of_the_8x_family_match_the_same_schemas(farm: SimulatedFarm) -> None:
+    base = farm.mirror_urls["frankfurt"] + REST
+    async with aiohttp.ClientSession() as http:
+        servers = await get(http, f"{base}/upstreamServers")
+        page = {
+            "type": "object",
+            "properties": {
+                "values": {"type": "array", "items": component("RestUpstreamServer")},
+                "size": {},
+                "limit": {},
+                "isLastPage": {},
+                "start": {},
+                "nextPageStart": {},
+            },
+        }
+        check(servers, page, allow_8x=True)
+        upstream_id = servers["values"][0]["id"]
+        check(
+            await get(http, f"{base}/upstreamServers/{upstream_id}"),
+            component("RestUpstreamServer"),
+            allow_8x=True,
+        )
+        check(await get(http, f"{base}/upstreamServers/{upstream_id}/progress"), component("RestSyncProgress"))
+        nodes = await get(http, f"{base}/upstreamServers/{upstream_id}/farmNodes")
+        check(nodes, {"type": "array", "items": component("RestClusterNode")})
+        statuses = await get(http, f"{base}/supportInfo/repoSyncStatus")
+        check(statuses, response_schema("9.2", "/mirroring/latest/supportInfo/repoSyncStatus"), allow_8x=True)
+        # The 9.x paths do not exist on an 8.x mirror.
+        async with http.get(f"{base}/upstreamServer", headers=ADMIN) as resp:
+            assert resp.status == 404
+
+
+async def test_primary_endpoints_match_the_spec(farm: SimulatedFarm) -> None:
+    base = farm.primary_url + REST
+    async with aiohttp.ClientSession() as http:
+        servers = await get(http, f"{base}/mirrorServers")
+        check(servers, response_schema("9.2", "/mirroring/latest/mirrorServers"))
+        check(servers, response_schema("9.6", "/mirroring/latest/mirrorServers"), version="9.6")
+        repos = await get(http, f"{base}/repos")
+        # The spec types this as one EnrichedRepository although it describes a page; each value must be one.
+        assert repos["values"] and repos["isLastPage"] is False
+        for repo in repos["values"]:
+            check(repo, response_schema("9.2", "/mirroring/latest/repos"))
+
+
+async def test_pages_are_capped_and_error_bodies_are_rest_errors(farm: SimulatedFarm) -> None:
+    base = farm.mirror_urls["sydney"] + REST
+    async with aiohttp.ClientSession() as http:
+        page = await get(http, f"{base}/supportInfo/repoSyncStatus?limit=1000")
+        assert page["limit"] == 5 and page["size"] == 5 and page["nextPageStart"] == 5
+        async with http.get(f"{base}/supportInfo/repoSyncStatus") as resp:
+            assert resp.status == 401
+            check(await resp.json(), component("RestErrors"))
+
+
+async def test_status_has_the_documented_shape(farm: SimulatedFarm) -> None:
+    # /status is outside /rest and in no spec; the fact sheet quotes a real body.
+    async with aiohttp.ClientSession() as http, http.get(farm.mirror_urls["sydney"] + "/status") as resp:
+        body = await resp.json()
+    assert set(body) == {"state", "memberCount", "discovering", "syncedRepos", "totalRepos"}
+    assert isinstance(body["memberCount"], str)
