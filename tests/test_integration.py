@@ -256,3 +256,21 @@ async def test_landing_page_lists_mirrors() -> None:
         assert status == 200
         assert "sydney" in body and "frankfurt" in body and 'href="metrics"' in body
         assert "8.x" in body and "9.x" in body
+
+
+async def test_failures_are_logged_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="exporter.poller")
+    async with running_farm(Scenario(repositories=3), ["9.x"], retries=0) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"faults": {"progress": "error"}})
+        await run.next_cycles(3)
+        await run.control("/sim/mirrors/sydney", {"faults": {"progress": "html"}})
+        await run.next_cycles(3)
+        await run.control("/sim/mirrors/sydney", {"faults": {}})
+        await run.next_cycles(2)
+    progress = [r for r in caplog.records if getattr(r, "source", None) == "progress"]
+    assert [(r.getMessage(), getattr(r, "reason", None)) for r in progress] == [
+        ("poll failed", "http_500"),
+        ("poll failed", "html_response"),
+        ("poll recovered", None),
+    ]
