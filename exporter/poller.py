@@ -63,22 +63,16 @@ class MirrorPoller:
     def __init__(self, state: MirrorState, api: MirrorApi) -> None:
         self.state = state
         self._api = api
-        self._layout_lock = asyncio.Lock()
 
-    async def _layout(self) -> Layout:
-        async with self._layout_lock:
-            if self.state.layout is None:
-                self.state.layout = await self._api.detect_layout()
-                log.info(
-                    "mirror API detected",
-                    extra={"target": self.state.name, "family": self.state.layout.family},
-                )
-            return self.state.layout
+    async def _detect_layout(self) -> Layout:
+        if self.state.layout is None:
+            self.state.layout = await self._api.detect_layout()
+            log.info("mirror API detected", extra={"target": self.state.name, "family": self.state.layout.family})
+        return self.state.layout
 
-    async def _with_layout(self, fetch: Callable[[Layout], Awaitable[T]]) -> T:
-        layout = await self._layout()
+    async def _with_layout(self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]]) -> T:
         try:
-            return await fetch(layout)
+            return await fetch(await layout)
         except FetchError as exc:
             if exc.status == 404:
                 # The mirror may have been upgraded across 9.0 or re-paired with another upstream: detect again.
@@ -121,14 +115,19 @@ class MirrorPoller:
 
     async def poll_once(self) -> None:
         s, name = self.state, self.state.name
-        await asyncio.gather(
-            run_source(name, "status", s.status, self._status),
-            run_source(name, "upstream", s.upstream, lambda: self._with_layout(self._api.upstream)),
-            run_source(name, "progress", s.progress, lambda: self._with_layout(self._api.progress)),
-            run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(self._api.farm_nodes)),
-            run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
-            run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
-        )
+        # One detection per cycle, shared by the sources that need it: a down mirror costs one attempt, not three.
+        layout = asyncio.ensure_future(self._detect_layout())
+        try:
+            await asyncio.gather(
+                run_source(name, "status", s.status, self._status),
+                run_source(name, "upstream", s.upstream, lambda: self._with_layout(layout, self._api.upstream)),
+                run_source(name, "progress", s.progress, lambda: self._with_layout(layout, self._api.progress)),
+                run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(layout, self._api.farm_nodes)),
+                run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
+                run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
+            )
+        finally:
+            layout.cancel()
         if s.status.success and s.status.value is not None:
             self._remember_state(s.status.value.state)
         s.cycles += 1

@@ -274,3 +274,23 @@ async def test_failures_are_logged_once_per_change_of_state(caplog: pytest.LogCa
         ("poll failed", "html_response"),
         ("poll recovered", None),
     ]
+
+
+@pytest.mark.parametrize("family", ["9.x", "8.x"])
+async def test_a_mirror_down_from_the_start_costs_one_api_detection_per_cycle(family: str) -> None:
+    def down(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        farm.farm.mirrors["sydney"].faults = {"*": "unavailable"}
+
+    async with running_farm(Scenario(repositories=3), [family], prepare=down, retries=0) as run:
+        await run.next_cycles(3)
+        await run.exporter.stop()
+        requests = run.farm.farm.mirrors["sydney"].requests
+        # Detection asks upstreamServer first: a route of its own on 9.x mirrors, an unknown path on 8.x ones.
+        detections = sum(requests.get(route, 0) for route in ("upstream", "upstream_servers", "unknown"))
+        # /status is asked once per cycle; a cycle cut short by the stop may have asked one and not the other.
+        assert requests["status"] >= 3
+        assert abs(detections - requests["status"]) <= 1, requests
+        mirror = run.exporter.state.mirrors[0]
+        for source in (mirror.upstream, mirror.progress, mirror.farm_nodes):
+            # Every cycle that finished counted its failure once per source.
+            assert source.errors_total["http_503"] >= mirror.cycles
