@@ -19,18 +19,23 @@ from exporter.client import INVALID_RESPONSE, BitbucketClient, FetchError
 from exporter.config import Credentials
 from exporter.models import (
     ClusterNode,
+    DelayedSyncRepository,
+    EnrichedRepository,
     MirrorServer,
     MirrorStatus,
     RefSyncQueue,
     RepoSyncStatus,
     SyncProgress,
+    SyncSettings,
     UpstreamServer,
     parse_count,
+    parse_repository_ids,
 )
 
 M = TypeVar("M", bound=BaseModel)
 
 REST = "rest/mirroring/latest"
+DELAYED_SYNC_LIMIT = 100  # the documented maximum
 
 
 class ApiFamily(StrEnum):
@@ -73,8 +78,8 @@ class MirrorApi:
         self._base_url = base_url
         self._credentials = credentials
 
-    async def _get(self, *path: str) -> Any:
-        return await self._client.get_json(rest_url(self._base_url, *path), self._credentials)
+    async def _get(self, *path: str, params: dict[str, str | int] | None = None) -> Any:
+        return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params)
 
     async def status(self) -> MirrorStatus:
         url = URL(self._base_url.rstrip("/") + "/status")
@@ -109,6 +114,25 @@ class MirrorApi:
     async def farm_nodes(self, layout: Layout) -> list[ClusterNode]:
         return parse_list(ClusterNode, await self._get(*self._mirror_path(layout, "farmNodes")), "farmNodes")
 
+    async def sync_settings(self, layout: Layout) -> SyncSettings:
+        # 9.x: syncSettings; 8.x: assumed nested like progress and farmNodes (see docs/assumptions.md).
+        body = await self._get(*self._mirror_path(layout, "syncSettings"))
+        return parse_model(SyncSettings, body, "syncSettings")
+
+    async def delayed_sync(self) -> list[DelayedSyncRepository]:
+        """9.5+: repositories some node has not synced within plugin.mirroring.repository.diagnostics.sync.tolerance.
+        The server returns at most 100."""
+        body = await self._get("mirrorRepos", "delayed-sync", params={"limit": DELAYED_SYNC_LIMIT})
+        return parse_list(DelayedSyncRepository, body, "delayed-sync")
+
+    async def out_of_sync_repositories(self) -> list[str]:
+        """8.x to 9.4, opt-in: answers 409 unless plugin.mirroring.repository.diagnostics.sync.enabled=true."""
+        body = await self._get("supportInfo", "out-of-sync-repos", "content")
+        try:
+            return parse_repository_ids(body)
+        except ValueError as exc:
+            raise FetchError(INVALID_RESPONSE, f"out-of-sync-repos: {exc}") from None
+
     async def ref_changes_queue_count(self) -> int:
         body = await self._get("supportInfo", "refChangesQueue", "count")
         try:
@@ -131,6 +155,12 @@ class PrimaryApi:
         self._client = client
         self._base_url = base_url
         self._credentials = credentials
+
+    async def repository_pages(self) -> AsyncIterator[list[EnrichedRepository]]:
+        """The primary's repositories with content and metadata hashes, a page at a time."""
+        url = rest_url(self._base_url, "repos")
+        async for values in self._client.pages(url, self._credentials):
+            yield parse_list(EnrichedRepository, values, "repos")
 
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)

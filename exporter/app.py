@@ -15,9 +15,11 @@ from exporter import __version__
 from exporter.api import MirrorApi, PrimaryApi
 from exporter.client import BitbucketClient
 from exporter.collector import MirrorFarmCollector
-from exporter.config import Settings
+from exporter.config import PRIMARY_TARGET, Credentials, Settings
+from exporter.models import MirrorServer
 from exporter.poller import MirrorPoller, PrimaryPoller, poll_forever
 from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.urls import normalize_url
 from exporter.web import make_app
 
 log = logging.getLogger("exporter")
@@ -61,12 +63,16 @@ class Exporter:
         self.listen = listen
         self.state = build_state(settings)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(MirrorFarmCollector(self.state))
+        self.registry.register(
+            MirrorFarmCollector(self.state, settings.per_repository_metrics, settings.max_repository_series)
+        )
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._primary: PrimaryPoller | None = None
+        self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
         self._runner: web.AppRunner | None = None
         self.port = listen.port
         self.client: BitbucketClient | None = None
@@ -78,20 +84,21 @@ class Exporter:
         )
         self.client = BitbucketClient(self._session, self.settings.poll)
         primary = self.settings.primary
-        pollers: list[MirrorPoller | PrimaryPoller] = [
-            PrimaryPoller(self.state.primary, PrimaryApi(self.client, primary.url, primary))
-        ]
-        for mirror_cfg, mirror_state in zip(self.settings.mirrors, self.state.mirrors, strict=True):
-            api = MirrorApi(self.client, mirror_cfg.url, mirror_cfg.credentials_or(primary))
-            pollers.append(MirrorPoller(mirror_state, api))
-
+        interval = self.settings.poll.interval_seconds
+        self._primary = PrimaryPoller(
+            self.state.primary,
+            PrimaryApi(self.client, primary.url, primary),
+            first_cycle_wait=interval,
+            on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
+        )
         self._runner = web.AppRunner(make_app(self.state, self.registry), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.listen.host, self.listen.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        interval = self.settings.poll.interval_seconds
-        self._tasks = [asyncio.create_task(poll_forever(p, interval, self._stop)) for p in pollers]
+        self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop))]
+        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
+            self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
         log.info(
             "exporter started",
             extra={
@@ -101,6 +108,38 @@ class Exporter:
                 "interval_seconds": interval,
             },
         )
+
+    def _start_mirror(self, state: MirrorState, credentials: Credentials) -> asyncio.Task[None]:
+        assert self.client is not None and self._primary is not None
+        api = MirrorApi(self.client, state.url, credentials)
+        poller = MirrorPoller(state, api, self._primary, self.settings.per_repository_metrics == "all")
+        task = asyncio.create_task(poll_forever(poller, self.settings.poll.interval_seconds, self._stop))
+        self._tasks.append(task)
+        return task
+
+    def _discover(self, servers: list[MirrorServer]) -> None:
+        """Follow the primary's mirrorServers: add mirrors it lists that are not configured, drop ones it no longer
+        lists. Configured mirrors win over discovered ones with the same base URL."""
+        listed = {normalize_url(s.base_url): s for s in servers if s.base_url}
+        for url in [u for u in self._discovered if u not in listed]:
+            state, task = self._discovered.pop(url)
+            task.cancel()
+            self.state.mirrors.remove(state)
+            log.info("discovered mirror gone", extra={"mirror": state.name})
+        configured = {normalize_url(m.url) for m in self.settings.mirrors}
+        names = {m.name for m in self.state.mirrors}
+        for url, server in listed.items():
+            if url in configured or url in self._discovered:
+                continue
+            name = server.name or server.id
+            if name in names or name == PRIMARY_TARGET:
+                name = f"{name}-{server.id}"
+            assert server.base_url is not None
+            state = MirrorState(name=name, url=server.base_url.rstrip("/"), discovered=True)
+            self.state.mirrors.append(state)
+            names.add(name)
+            self._discovered[url] = (state, self._start_mirror(state, self.settings.primary))
+            log.info("mirror discovered", extra={"mirror": name, "url": state.url})
 
     async def stop(self) -> None:
         self._stop.set()

@@ -7,27 +7,19 @@ every HELP text of a target metric says so. When a source fails, its metrics kee
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
-from urllib.parse import urlsplit
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
+from exporter.drift import RepoState
 from exporter.state import ExporterState, MirrorState, SourceState
+from exporter.urls import normalize_url
 
 CACHED = " Polled in the background every poll.interval_seconds; scrapes read the last poll."
-
-
-def normalize_url(url: str) -> str:
-    """Compare base URLs loosely: scheme and host case, default ports and trailing slashes do not matter."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    port = parts.port
-    default = {"http": 80, "https": 443}.get(scheme)
-    netloc = (parts.hostname or "").lower() + (f":{port}" if port and port != default else "")
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
@@ -35,11 +27,16 @@ def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
 
 
 class MirrorFarmCollector(Collector):
-    def __init__(self, state: ExporterState) -> None:
+    def __init__(
+        self, state: ExporterState, per_repository: str = "unhealthy", max_repository_series: int = 500
+    ) -> None:
         self._state = state
+        self._per_repository = per_repository
+        self._max_repository_series = max_repository_series
 
     def collect(self) -> Iterator[Metric]:
         yield from self._mirror_metrics()
+        yield from self._drift_metrics()
         yield from self._mirror_server_metrics()
         yield from self._self_metrics()
 
@@ -149,6 +146,101 @@ class MirrorFarmCollector(Collector):
         current = mirror.status.value.state if mirror.status.value is not None else None
         for seen in sorted(mirror.states_seen):
             family.add_metric([mirror.name, seen], 1.0 if seen == current else 0.0)
+
+    def _drift_metrics(self) -> Iterator[Metric]:
+        now = time.time()
+        primary_repos = _gauge(
+            "bitbucket_mirror_primary_repositories",
+            "Repositories the primary offers for mirroring (mirroring/latest/repos).",
+            [],
+        )
+        if (repositories := self._state.primary.repositories.value) is not None:
+            primary_repos.add_metric([], len(repositories))
+        m = ["mirror"]
+        in_sync = _gauge("bitbucket_mirror_repositories_in_sync", "Repositories whose content hashes match.", m)
+        out_of_sync = _gauge(
+            "bitbucket_mirror_repositories_out_of_sync",
+            "Repositories whose content hashes differ (hash=content), or whose content matches but metadata "
+            "hashes differ (hash=metadata).",
+            ["mirror", "hash"],
+        )
+        missing = _gauge(
+            "bitbucket_mirror_repositories_missing", "Repositories in the mirror's scope it does not have.", m
+        )
+        unknown = _gauge(
+            "bitbucket_mirror_repositories_hash_unknown",
+            "Repositories whose content hash is absent or all zeros on either side: not counted as drift.",
+            m,
+        )
+        extra = _gauge(
+            "bitbucket_mirror_repositories_extra", "Repositories on the mirror that the primary no longer lists.", m
+        )
+        lag = _gauge(
+            "bitbucket_mirror_sync_lag_seconds",
+            "Longest time any repository's content has diverged from the primary (hashes differ or missing), "
+            "as first seen by the exporter; 0 when all are in sync. Resolution: the poll interval.",
+            m,
+        )
+        repo_labels = ["mirror", "project", "repository"]
+        repo_lag = _gauge(
+            "bitbucket_mirror_repository_sync_lag_seconds",
+            "Time the repository's content has diverged from the primary, as first seen by the exporter; "
+            "0 when in sync. Only for repositories selected by per_repository_metrics.",
+            repo_labels,
+        )
+        repo_failed = _gauge(
+            "bitbucket_mirror_repository_failed_syncs",
+            "failedSyncCount of the repository on the mirror. "
+            "Only for repositories selected by per_repository_metrics.",
+            repo_labels,
+        )
+        dropped = _gauge(
+            "bitbucket_mirror_repository_series_dropped",
+            "Repositories left without per-repository series because of max_repository_series.",
+            m,
+        )
+        for mirror in self._state.mirrors:
+            report = mirror.drift
+            if report is None:
+                continue
+            name = mirror.name
+            in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
+            out_of_sync.add_metric([name, "content"], report.count(RepoState.CONTENT_DRIFT))
+            out_of_sync.add_metric([name, "metadata"], report.count(RepoState.METADATA_DRIFT))
+            missing.add_metric([name], report.count(RepoState.MISSING))
+            unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
+            extra.add_metric([name], report.count(RepoState.EXTRA))
+            lag.add_metric([name], report.max_lag_seconds(now))
+            shown = [] if self._per_repository == "none" else report.repositories[: self._max_repository_series]
+            for repo in shown:
+                labels = [name, repo.project_key, repo.slug]
+                repo_lag.add_metric(labels, repo.lag_seconds(now))
+                repo_failed.add_metric(labels, repo.failed_syncs)
+            left_out = 0 if self._per_repository == "none" else len(report.repositories) - len(shown)
+            dropped.add_metric([name], left_out)
+        yield from (primary_repos, in_sync, out_of_sync, missing, unknown, extra, lag, repo_lag, repo_failed, dropped)
+        yield from self._delayed_sync_metrics()
+
+    def _delayed_sync_metrics(self) -> Iterator[Metric]:
+        available = _gauge(
+            "bitbucket_mirror_delayed_sync_available",
+            "1 when the mirror offers Bitbucket's own list of delayed repositories (9.5+ mirrorRepos/delayed-sync, "
+            "or out-of-sync-repos when enabled on 8.x to 9.4), else 0.",
+            ["mirror", "endpoint"],
+        )
+        delayed = _gauge(
+            "bitbucket_mirror_delayed_sync_repositories",
+            "Repositories Bitbucket itself reports as not synced within "
+            "plugin.mirroring.repository.diagnostics.sync.tolerance (delayed-sync returns at most 100).",
+            ["mirror"],
+        )
+        for mirror in self._state.mirrors:
+            if (value := mirror.delayed_sync.value) is None:
+                continue
+            available.add_metric([mirror.name, value.endpoint], 1.0 if value.available else 0.0)
+            if value.available and value.repositories is not None:
+                delayed.add_metric([mirror.name], value.repositories)
+        yield from (available, delayed)
 
     def _mirror_label(self, base_url: str | None, fallback: str) -> str:
         if base_url:

@@ -7,7 +7,7 @@ Environment variables use the prefix ``BITBUCKET_MIRROR_EXPORTER_`` and ``__`` b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     mirrors: list[MirrorConfig] = Field(default_factory=list)
     poll: PollConfig = Field(default_factory=PollConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
+    discover_mirrors: bool = False
+    # Which repositories get per-repository series: all, only drifting/missing/failing ones, or none.
+    per_repository_metrics: Literal["all", "unhealthy", "none"] = "unhealthy"
+    max_repository_series: int = Field(default=500, ge=0)
 
     @classmethod
     def settings_customise_sources(

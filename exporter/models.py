@@ -162,3 +162,56 @@ def parse_count(body: Any) -> int:
     if isinstance(body, str):
         return int(body.strip())
     raise ValueError("not a count")
+
+
+class ProjectRef(ApiModel):
+    id: int | None = None
+    key: str
+
+
+class RepositoryHashes(ApiModel):
+    content_hash: str | None = Field(default=None, alias="contentHash")
+    metadata_hash: str | None = Field(default=None, alias="metadataHash")
+
+
+class EnrichedRepository(ApiModel):
+    """One value of the primary's ``mirroring/latest/repos``: a repository with its content and metadata hashes."""
+
+    id: IdStr
+    slug: str
+    project: ProjectRef
+    properties: RepositoryHashes | None = None
+
+
+class SyncSettings(ApiModel):
+    """RestUpstreamSettings: which projects the mirror is meant to carry."""
+
+    mode: str = "ALL_PROJECTS"
+    project_ids: list[IdStr] = Field(default_factory=list, alias="projectIds")
+
+
+class DelayedSyncRepository(ApiModel):
+    """RestDelayedSyncRepository (9.5+ ``mirrorRepos/delayed-sync``)."""
+
+    project_key: str | None = Field(default=None, alias="projectKey")
+    repository_id: IdStr | None = Field(default=None, alias="repositoryId")
+    repository_slug: str | None = Field(default=None, alias="repositorySlug")
+
+
+def parse_repository_ids(body: Any) -> list[str]:
+    """``supportInfo/out-of-sync-repos/content`` is typed as a bare string holding "a list of repository IDs".
+    Accept a JSON array of ids or of objects with an id, or a string of ids separated by commas or white space."""
+    if isinstance(body, str):
+        return [part for part in body.replace(",", " ").split() if part]
+    if isinstance(body, dict) and isinstance(body.get("values"), list):
+        body = body["values"]
+    if not isinstance(body, list):
+        raise ValueError("not a list of repository ids")
+    ids: list[str] = []
+    for item in body:
+        if isinstance(item, dict):
+            item = item.get("repositoryId", item.get("id"))
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError("not a repository id")
+        ids.append(str(item))
+    return ids

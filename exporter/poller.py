@@ -15,10 +15,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from exporter.api import Layout, MirrorApi, PrimaryApi
+from exporter.api import ApiFamily, Layout, MirrorApi, PrimaryApi
 from exporter.client import FetchError
-from exporter.models import MirrorStatus
-from exporter.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary, SourceState
+from exporter.config import PRIMARY_TARGET
+from exporter.drift import MirrorRepo, PrimaryRepo, analyse
+from exporter.models import MirrorServer, MirrorStatus
+from exporter.state import DelayedSync, MirrorState, PrimaryState, RefQueue, RepoSyncSummary, SourceState
 
 log = logging.getLogger("exporter.poller")
 
@@ -60,21 +62,31 @@ def _record_failure(target: str, name: str, state: SourceState[Any], reason: str
 
 
 class MirrorPoller:
-    def __init__(self, state: MirrorState, api: MirrorApi) -> None:
+    def __init__(self, state: MirrorState, api: MirrorApi, primary: PrimaryPoller, keep_all_repositories: bool) -> None:
         self.state = state
         self._api = api
+        self._primary = primary
+        self._keep_all = keep_all_repositories
+        self._delayed_sync_endpoint_missing = False
+        self._family: ApiFamily | None = None
 
     async def _detect_layout(self) -> Layout:
         if self.state.layout is None:
             self.state.layout = await self._api.detect_layout()
+            if self._family is not None and self._family != self.state.layout.family:
+                # Upgraded across 9.5 perhaps: delayed-sync may exist now.
+                self._delayed_sync_endpoint_missing = False
+            self._family = self.state.layout.family
             log.info("mirror API detected", extra={"target": self.state.name, "family": self.state.layout.family})
         return self.state.layout
 
-    async def _with_layout(self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]]) -> T:
+    async def _with_layout(
+        self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]], redetect_on_404: bool = True
+    ) -> T:
         try:
             return await fetch(await layout)
         except FetchError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and redetect_on_404:
                 # The mirror may have been upgraded across 9.0 or re-paired with another upstream: detect again.
                 self.state.layout = None
             raise
@@ -103,6 +115,7 @@ class MirrorPoller:
     async def _repo_sync_status(self) -> RepoSyncSummary:
         repositories = failing = failed_syncs = 0
         newest: float | None = None
+        rows: dict[str, MirrorRepo] = {}
         async for page in self._api.repo_sync_status_pages():
             for repo in page:
                 repositories += 1
@@ -111,7 +124,48 @@ class MirrorPoller:
                     failed_syncs += repo.failed_sync_count
                 if repo.last_sync_date is not None and (newest is None or repo.last_sync_date > newest):
                     newest = repo.last_sync_date
-        return RepoSyncSummary(repositories, failing, failed_syncs, newest)
+                hashes = repo.hashes
+                rows[repo.external_repo_id] = MirrorRepo(
+                    hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
+                )
+        return RepoSyncSummary(repositories, failing, failed_syncs, newest, rows)
+
+    async def _delayed_sync(self) -> DelayedSync:
+        if not self._delayed_sync_endpoint_missing:
+            try:
+                return DelayedSync(True, "delayed-sync", len(await self._api.delayed_sync()))
+            except FetchError as exc:
+                if exc.status != 404:
+                    raise
+                # Before 9.5: remember, so an 8.x mirror is not asked for delayed-sync every cycle.
+                self._delayed_sync_endpoint_missing = True
+        try:
+            return DelayedSync(True, "out-of-sync-repos", len(await self._api.out_of_sync_repositories()))
+        except FetchError as exc:
+            if exc.status == 409:
+                # Opt-in (plugin.mirroring.repository.diagnostics.sync.enabled) and off: not an error.
+                return DelayedSync(False, "out-of-sync-repos")
+            if exc.status == 404:
+                return DelayedSync(False, "")
+            raise
+
+    def _scope(self) -> frozenset[str] | None:
+        settings = self.state.sync_settings.value
+        if settings is not None and settings.mode.upper() == "SELECTED_PROJECTS":
+            return frozenset(settings.project_ids)
+        return None
+
+    async def _analyse_drift(self) -> None:
+        """Join this cycle's mirror hashes with the primary's latest ones."""
+        rows = self.state.repo_sync_status.value
+        if not self.state.repo_sync_status.success or rows is None:
+            return  # keep the last report: stale, like every other value of a failing source
+        await self._primary.wait_first_cycle()
+        primary = self._primary.state.repositories.value
+        if primary is None:
+            return
+        previous = self.state.drift.diverged_since if self.state.drift is not None else {}
+        self.state.drift = analyse(primary, self._scope(), rows.rows, previous, time.time(), self._keep_all)
 
     async def poll_once(self) -> None:
         s, name = self.state, self.state.name
@@ -125,22 +179,67 @@ class MirrorPoller:
                 run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(layout, self._api.farm_nodes)),
                 run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
                 run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
+                # The 8.x syncSettings path is assumed, so its 404 says nothing about the layout.
+                run_source(
+                    name,
+                    "sync_settings",
+                    s.sync_settings,
+                    lambda: self._with_layout(layout, self._api.sync_settings, redetect_on_404=False),
+                ),
+                run_source(name, "delayed_sync", s.delayed_sync, self._delayed_sync),
             )
         finally:
             layout.cancel()
+        await self._analyse_drift()
         if s.status.success and s.status.value is not None:
             self._remember_state(s.status.value.state)
         s.cycles += 1
 
 
 class PrimaryPoller:
-    def __init__(self, state: PrimaryState, api: PrimaryApi) -> None:
+    def __init__(
+        self,
+        state: PrimaryState,
+        api: PrimaryApi,
+        first_cycle_wait: float,
+        on_mirror_servers: Callable[[list[MirrorServer]], None] | None = None,
+    ) -> None:
         self.state = state
         self._api = api
+        self._first_cycle = asyncio.Event()
+        self._first_cycle_wait = first_cycle_wait
+        self._on_mirror_servers = on_mirror_servers
+
+    async def wait_first_cycle(self) -> None:
+        """Mirrors polled at start-up wait (boundedly) for the primary's first hashes instead of skipping a cycle."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_cycle.wait(), timeout=self._first_cycle_wait)
+
+    async def _repositories(self) -> dict[str, PrimaryRepo]:
+        repositories: dict[str, PrimaryRepo] = {}
+        async for page in self._api.repository_pages():
+            for repo in page:
+                hashes = repo.properties
+                project_id = str(repo.project.id) if repo.project.id is not None else None
+                repositories[repo.id] = PrimaryRepo(
+                    project_id,
+                    repo.project.key,
+                    repo.slug,
+                    hashes.content_hash if hashes else None,
+                    hashes.metadata_hash if hashes else None,
+                )
+        return repositories
 
     async def poll_once(self) -> None:
-        await run_source("primary", "mirror_servers", self.state.mirror_servers, self._api.mirror_servers)
-        self.state.cycles += 1
+        s = self.state
+        await asyncio.gather(
+            run_source(PRIMARY_TARGET, "mirror_servers", s.mirror_servers, self._api.mirror_servers),
+            run_source(PRIMARY_TARGET, "repositories", s.repositories, self._repositories),
+        )
+        s.cycles += 1
+        self._first_cycle.set()
+        if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
+            self._on_mirror_servers(s.mirror_servers.value)
 
 
 async def poll_forever(poller: MirrorPoller | PrimaryPoller, interval: float, stop: asyncio.Event) -> None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from exporter.api import Layout
-from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, UpstreamServer
+from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo
+from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 
 T = TypeVar("T")
 
@@ -47,6 +48,17 @@ class RepoSyncSummary:
     failing: int
     failed_syncs: int
     newest_last_sync: float | None
+    # The mirror's hashes by the primary's repository id (externalRepoId), for the drift analysis.
+    rows: dict[str, MirrorRepo] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DelayedSync:
+    """Bitbucket's own list of repositories that missed the sync tolerance, where the version offers one."""
+
+    available: bool
+    endpoint: str  # "delayed-sync" (9.5+), "out-of-sync-repos" (8.x to 9.4, opt-in) or "" (neither)
+    repositories: int | None = None
 
 
 @dataclass
@@ -61,6 +73,10 @@ class MirrorState:
     farm_nodes: SourceState[list[ClusterNode]] = field(default_factory=SourceState)
     ref_changes_queue: SourceState[RefQueue] = field(default_factory=SourceState)
     repo_sync_status: SourceState[RepoSyncSummary] = field(default_factory=SourceState)
+    sync_settings: SourceState[SyncSettings] = field(default_factory=SourceState)
+    delayed_sync: SourceState[DelayedSync] = field(default_factory=SourceState)
+    drift: DriftReport | None = None
+    discovered: bool = False
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
@@ -71,6 +87,8 @@ class MirrorState:
             "farm_nodes": self.farm_nodes,
             "ref_changes_queue": self.ref_changes_queue,
             "repo_sync_status": self.repo_sync_status,
+            "sync_settings": self.sync_settings,
+            "delayed_sync": self.delayed_sync,
         }
 
 
@@ -78,10 +96,12 @@ class MirrorState:
 class PrimaryState:
     url: str
     mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
+    # The primary's repositories by id, with their hashes: fetched once per cycle, shared by every mirror.
+    repositories: SourceState[dict[str, PrimaryRepo]] = field(default_factory=SourceState)
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        return {"mirror_servers": self.mirror_servers}
+        return {"mirror_servers": self.mirror_servers, "repositories": self.repositories}
 
 
 @dataclass
@@ -91,5 +111,5 @@ class ExporterState:
 
     @property
     def ready(self) -> bool:
-        """Every configured target has finished at least one poll cycle."""
-        return self.primary.cycles > 0 and all(m.cycles > 0 for m in self.mirrors)
+        """Every configured target has finished at least one poll cycle (discovered mirrors join later)."""
+        return self.primary.cycles > 0 and all(m.cycles > 0 for m in self.mirrors if not m.discovered)

@@ -10,12 +10,12 @@ def test_a_push_waits_for_the_sync_delay_then_syncs() -> None:
     mirror = farm.mirrors["sydney"]
     farm.push(2)
     farm.advance(1010.0)
-    assert farm.truth()["mirrors"]["sydney"]["content_drift"] == [2]
+    assert farm.truth()["mirrors"]["sydney"]["classes"]["content_drift"] == [2]
     assert farm.pending(mirror) == [(2, "incremental")]
     farm.push(2)
     assert farm.pending(mirror) == [(2, "snapshot")]  # two versions behind
     farm.advance(1040.0)
-    assert farm.truth()["mirrors"]["sydney"]["content_drift"] == []
+    assert farm.truth()["mirrors"]["sydney"]["classes"]["content_drift"] == []
     assert mirror.repositories[2].last_sync_date == 1040.0
 
 
@@ -29,9 +29,9 @@ def test_failing_repositories_and_frozen_mirrors_never_sync() -> None:
         farm.push(repo_id)
     farm.advance(1.0)
     truth = farm.truth()["mirrors"]
-    assert truth["sydney"]["content_drift"] == failing
+    assert truth["sydney"]["classes"]["content_drift"] == failing
     assert truth["sydney"]["failed_syncs"] == 10
-    assert truth["frankfurt"]["content_drift"] == sorted(farm.repositories)
+    assert truth["frankfurt"]["classes"]["content_drift"] == sorted(farm.repositories)
 
 
 def test_the_same_seed_replays_the_same_pushes() -> None:
@@ -54,4 +54,4 @@ def test_zero_hash_repositories_report_forty_zeros_and_are_not_drift() -> None:
     farm.mirrors["sydney"].frozen = True
     for repo_id in farm.repositories:
         farm.push(repo_id)
-    assert set(farm.truth()["mirrors"]["sydney"]["content_drift"]) == set(farm.repositories) - set(zero)
+    assert set(farm.truth()["mirrors"]["sydney"]["classes"]["content_drift"]) == set(farm.repositories) - set(zero)

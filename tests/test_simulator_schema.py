@@ -87,9 +87,14 @@ async def get(http: aiohttp.ClientSession, url: str) -> Any:
 async def farm() -> Any:
     scenario = Scenario(repositories=12, failing_repositories=2, zero_hash_repositories=1, page_limit_cap=5)
     async with SimulatedFarm(scenario, ["9.x", "8.x"]) as running:
-        running.farm.push(3)  # something in the ref-changes queue
         running.farm.mirrors["sydney"].frozen = True
         running.farm.mirrors["frankfurt"].frozen = True
+        running.farm.mirrors["frankfurt"].diagnostics_enabled = True
+        running.farm.scenario.sync_tolerance_seconds = 0
+        # Something in the ref-changes queue and the delayed lists: a repository with real hashes.
+        pushed = next(r.id for r in running.farm.repositories.values() if not r.zero_hashes)
+        running.farm.push(pushed)
+        running.farm.select_projects(running.farm.mirrors["frankfurt"], {1, 2})
         yield running
 
 
@@ -106,6 +111,10 @@ async def test_mirror_endpoints_of_the_9x_family_match_the_spec(farm: SimulatedF
             body = await get(http, f"{base}/{path}")
             check(body, response_schema("9.2", f"/mirroring/latest/{path}"))
             check(body, response_schema("9.6", f"/mirroring/latest/{path}"), version="9.6")
+        check(await get(http, f"{base}/syncSettings"), response_schema("9.2", "/mirroring/latest/syncSettings"))
+        delayed = await get(http, f"{base}/mirrorRepos/delayed-sync?limit=100")
+        assert delayed, "the check must see at least one delayed repository"
+        check(delayed, response_schema("9.6", "/mirroring/latest/mirrorRepos/delayed-sync"), version="9.6")
         queue = await get(http, f"{base}/supportInfo/refChangesQueue")
         assert queue["values"], "the check must see at least one queue item"
         count = await get(http, f"{base}/supportInfo/refChangesQueue/count")
@@ -137,6 +146,12 @@ async def test_mirror_endpoints_of_the_8x_family_match_the_same_schemas(farm: Si
         check(await get(http, f"{base}/upstreamServers/{upstream_id}/progress"), component("RestSyncProgress"))
         nodes = await get(http, f"{base}/upstreamServers/{upstream_id}/farmNodes")
         check(nodes, {"type": "array", "items": component("RestClusterNode")})
+        settings = await get(http, f"{base}/upstreamServers/{upstream_id}/syncSettings")
+        assert settings == {"mode": "SELECTED_PROJECTS", "projectIds": ["1", "2"]}
+        check(settings, component("RestUpstreamSettings"))
+        out_of_sync = await get(http, f"{base}/supportInfo/out-of-sync-repos/content")
+        assert out_of_sync == str(next(r.id for r in farm.farm.repositories.values() if not r.zero_hashes))
+        check(out_of_sync, response_schema("9.2", "/mirroring/latest/supportInfo/out-of-sync-repos/content"))
         statuses = await get(http, f"{base}/supportInfo/repoSyncStatus")
         check(statuses, response_schema("9.2", "/mirroring/latest/supportInfo/repoSyncStatus"), allow_8x=True)
         # The 9.x paths do not exist on an 8.x mirror.

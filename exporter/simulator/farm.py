@@ -35,6 +35,7 @@ class Repository:
     content_version: int = 1
     metadata_version: int = 1
     content_changed_at: float = 0.0
+    metadata_changed_at: float = 0.0
     # Hashes never computed since an upgrade show as 40 zeros (Atlassian KB); never counted as drift.
     zero_hashes: bool = False
 
@@ -58,6 +59,8 @@ class MirrorRepository:
     initial_sync_date: float
     last_sync_date: float
     failed_sync_count: int = 0
+    # When the mirror's content first fell behind the primary's current divergence; None while in sync.
+    diverged_since: float | None = None
 
 
 @dataclass
@@ -79,6 +82,15 @@ class Mirror:
     faults: dict[str, str] = field(default_factory=dict)
     last_seen: float = 0.0
     requests: dict[str, int] = field(default_factory=dict)
+    # Primary project ids the mirror carries (syncSettings SELECTED_PROJECTS); None: all projects.
+    selected_projects: set[int] | None = None
+    # Repositories in scope that the mirror does not have, with the time they went missing.
+    missing: dict[int, float] = field(default_factory=dict)
+    # 8.x to 9.4: out-of-sync-repos answers 409 unless plugin.mirroring.repository.diagnostics.sync.enabled.
+    diagnostics_enabled: bool = False
+
+    def in_scope(self, repo: Repository) -> bool:
+        return self.selected_projects is None or repo.project.id in self.selected_projects
 
     def fault_for(self, endpoint: str) -> str | None:
         return self.faults.get(endpoint) or self.faults.get("*")
@@ -92,11 +104,16 @@ class Scenario:
     mirrors: int = 2
     # Pushes per second to random repositories on the primary.
     push_rate: float = 0.0
-    # Seconds a mirror takes to pick up a change on the primary.
+    # Seconds a mirror takes to pick up a change on the primary; metadata (and pull-request refs) sync on their own.
     sync_delay_seconds: float = 0.0
+    metadata_sync_delay_seconds: float = 0.0
+    # plugin.mirroring.repository.diagnostics.sync.tolerance: when Bitbucket itself calls a repository delayed.
+    sync_tolerance_seconds: float = 60.0
     failing_repositories: int = 0
     failed_sync_count: int = 3
     zero_hash_repositories: int = 0
+    # Repositories each mirror lacks from the start.
+    missing_repositories: int = 0
     # The page size Bitbucket applies at most, whatever limit a client asks for.
     page_limit_cap: int = 100
     default_page_limit: int = 25
@@ -138,6 +155,7 @@ class Farm:
                 mirror.failing.add(repo_id)
                 mirror.repositories[repo_id].failed_sync_count = scenario.failed_sync_count
             self.mirrors[name] = mirror
+            self.make_missing(mirror, self.rng.sample(sorted(self.repositories), scenario.missing_repositories))
         self.primary_requests: dict[str, int] = {}
         self.primary_url = ""
 
@@ -162,11 +180,36 @@ class Farm:
 
     def push(self, repo_id: int, at: float | None = None, metadata_only: bool = False) -> None:
         repo = self.repositories[repo_id]
+        when = self.now if at is None else at
         if metadata_only:
             repo.metadata_version += 1
+            repo.metadata_changed_at = when
             return
         repo.content_version += 1
-        repo.content_changed_at = self.now if at is None else at
+        repo.content_changed_at = when
+        for mirror in self.mirrors.values():
+            mrepo = mirror.repositories.get(repo_id)
+            if mrepo is not None and mrepo.diverged_since is None:
+                mrepo.diverged_since = when
+
+    def delete(self, repo_id: int) -> None:
+        """Delete a repository on the primary; mirrors keep their copies until they notice (extra)."""
+        del self.repositories[repo_id]
+        for mirror in self.mirrors.values():
+            mirror.missing.pop(repo_id, None)
+
+    def make_missing(self, mirror: Mirror, repo_ids: list[int]) -> None:
+        for repo_id in repo_ids:
+            if repo_id in self.repositories and mirror.repositories.pop(repo_id, None) is not None:
+                mirror.missing[repo_id] = self.now
+
+    def select_projects(self, mirror: Mirror, project_ids: set[int] | None) -> None:
+        """Change the mirror's sync settings; repositories outside the new scope leave the mirror."""
+        mirror.selected_projects = project_ids
+        for repo_id in list(mirror.repositories):
+            repo = self.repositories.get(repo_id)
+            if repo is not None and not mirror.in_scope(repo):
+                del mirror.repositories[repo_id]
 
     def _sync(self, mirror: Mirror) -> None:
         if mirror.frozen:
@@ -176,12 +219,17 @@ class Farm:
             repo = self.repositories.get(repo_id)
             if repo is None or repo_id in mirror.failing:
                 continue
-            due = self.now - repo.content_changed_at >= self.scenario.sync_delay_seconds
-            if due and (mrepo.content_version, mrepo.metadata_version) != (
-                repo.content_version,
-                repo.metadata_version,
+            if (
+                mrepo.content_version != repo.content_version
+                and self.now - repo.content_changed_at >= self.scenario.sync_delay_seconds
             ):
                 mrepo.content_version = repo.content_version
+                mrepo.diverged_since = None
+                mrepo.last_sync_date = self.now
+            if (
+                mrepo.metadata_version != repo.metadata_version
+                and self.now - repo.metadata_changed_at >= self.scenario.metadata_sync_delay_seconds
+            ):
                 mrepo.metadata_version = repo.metadata_version
                 mrepo.last_sync_date = self.now
 
@@ -196,6 +244,49 @@ class Farm:
                 continue
             items.append((repo_id, "snapshot" if repo.content_version - mrepo.content_version > 1 else "incremental"))
         return items
+
+    def classify(self, mirror: Mirror) -> dict[str, list[int]]:
+        """The ground truth the exporter's drift classification must reproduce, per class."""
+        classes: dict[str, list[int]] = {
+            "in_sync": [],
+            "content_drift": [],
+            "metadata_drift": [],
+            "missing": [],
+            "hash_unknown": [],
+            "extra": [],
+        }
+        for repo_id, repo in sorted(self.repositories.items()):
+            if not mirror.in_scope(repo):
+                continue
+            mrepo = mirror.repositories.get(repo_id)
+            if mrepo is None:
+                classes["missing"].append(repo_id)
+            elif repo.zero_hashes:
+                classes["hash_unknown"].append(repo_id)
+            elif mrepo.content_version != repo.content_version:
+                classes["content_drift"].append(repo_id)
+            elif mrepo.metadata_version != repo.metadata_version:
+                classes["metadata_drift"].append(repo_id)
+            else:
+                classes["in_sync"].append(repo_id)
+        classes["extra"] = sorted(r for r in mirror.repositories if r not in self.repositories)
+        return classes
+
+    def diverged_since(self, mirror: Mirror) -> dict[int, float]:
+        """Since when each repository's content has diverged (content drift or missing), zero hashes excluded."""
+        classes = self.classify(mirror)
+        since = {r: mirror.missing[r] for r in classes["missing"]}
+        for repo_id in classes["content_drift"]:
+            diverged = mirror.repositories[repo_id].diverged_since
+            since[repo_id] = self.now if diverged is None else diverged
+        return since
+
+    def delayed(self, mirror: Mirror) -> list[int]:
+        """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance."""
+        classes = self.classify(mirror)
+        since = self.diverged_since(mirror)
+        tolerance = self.scenario.sync_tolerance_seconds
+        return [r for r in classes["content_drift"] if self.now - since[r] >= tolerance]
 
     def truth(self) -> dict[str, Any]:
         mirrors = {}
@@ -213,18 +304,16 @@ class Farm:
                 "failed_syncs": sum(r.failed_sync_count for r in repos),
                 "newest_last_sync": max((r.last_sync_date for r in repos), default=None),
                 "ref_changes_queue_length": len(self.pending(mirror)),
-                "content_drift": sorted(
-                    rid
-                    for rid, r in mirror.repositories.items()
-                    if rid in self.repositories
-                    and not self.repositories[rid].zero_hashes
-                    and r.content_version != self.repositories[rid].content_version
-                ),
+                "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
+                "classes": self.classify(mirror),
+                "diverged_since": {str(k): v for k, v in self.diverged_since(mirror).items()},
+                "delayed": self.delayed(mirror),
                 "requests": dict(mirror.requests),
             }
         return {
             "now": self.now,
             "repositories": len(self.repositories),
+            "projects": {p.id: p.key for p in self.projects},
             "zero_hash_repositories": sorted(r.id for r in self.repositories.values() if r.zero_hashes),
             "primary_requests": dict(self.primary_requests),
             "mirrors": mirrors,

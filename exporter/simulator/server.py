@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -98,7 +99,8 @@ async def _apply_fault(request: web.Request, fault: str) -> web.StreamResponse |
 async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     farm = request.app[FARM_KEY]
     farm.advance(request.app[CLOCK_KEY]())
-    route = request.match_info.route.name or "unknown"
+    # Requests to paths this server does not serve (another API family's) are counted by path.
+    route = request.match_info.route.name or f"unmatched {request.path}"
     if route.startswith("sim_"):
         return await handler(request)
     mirror_name = request.app.get(MIRROR_KEY)
@@ -238,6 +240,42 @@ async def ref_changes_queue_count(request: web.Request) -> web.Response:
     return web.json_response(len(_farm(request).pending(_mirror(request))))
 
 
+async def sync_settings(request: web.Request) -> web.Response:
+    if (missing := _check_upstream(request)) is not None:
+        return missing
+    mirror = _mirror(request)
+    if mirror.selected_projects is None:
+        return web.json_response({"mode": "ALL_PROJECTS", "projectIds": []})
+    return web.json_response(
+        {"mode": "SELECTED_PROJECTS", "projectIds": [str(p) for p in sorted(mirror.selected_projects)]}
+    )
+
+
+async def delayed_sync(request: web.Request) -> web.Response:
+    farm, mirror = _farm(request), _mirror(request)
+    try:
+        limit = min(int(request.query.get("limit", "100")), 100)
+    except ValueError:
+        return errors("limit must be an integer", 400)
+    values = [
+        {
+            "projectKey": farm.repositories[r].project.key,
+            "repositoryId": str(r),
+            "repositorySlug": farm.repositories[r].slug,
+        }
+        for r in farm.delayed(mirror)[:limit]
+    ]
+    return web.json_response(values)
+
+
+async def out_of_sync_repos(request: web.Request) -> web.Response:
+    farm, mirror = _farm(request), _mirror(request)
+    if not mirror.diagnostics_enabled:
+        return errors("Repository sync diagnostics are disabled", 409)
+    # The spec types this "list of repository IDs" as a string; send the ids as one JSON string.
+    return web.json_response(",".join(str(r) for r in farm.delayed(mirror)))
+
+
 def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
     app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY] = farm, mirror_name, clock
@@ -247,11 +285,16 @@ def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.
         r.add_get(f"{REST}/upstreamServer", upstream_server, name="upstream")
         r.add_get(f"{REST}/progress", progress, name="progress")
         r.add_get(f"{REST}/farmNodes", farm_nodes, name="farm_nodes")
+        r.add_get(f"{REST}/syncSettings", sync_settings, name="sync_settings")
+        # 9.5+ (the simulator's 9.x is 9.6, where out-of-sync-repos is gone).
+        r.add_get(f"{REST}/mirrorRepos/delayed-sync", delayed_sync, name="delayed_sync")
     else:
         r.add_get(f"{REST}/upstreamServers", upstream_servers, name="upstream_servers")
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}", upstream_server_v8, name="upstream")
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/progress", progress, name="progress")
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/farmNodes", farm_nodes, name="farm_nodes")
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/syncSettings", sync_settings, name="sync_settings")
+        r.add_get(f"{REST}/supportInfo/out-of-sync-repos/content", out_of_sync_repos, name="out_of_sync")
     r.add_get(f"{REST}/supportInfo/repoSyncStatus", repo_sync_status, name="repo_sync_status")
     r.add_get(f"{REST}/supportInfo/refChangesQueue", ref_changes_queue, name="ref_changes_queue")
     r.add_get(f"{REST}/supportInfo/refChangesQueue/count", ref_changes_queue_count, name="ref_changes_queue_count")
@@ -324,8 +367,9 @@ async def sim_truth(request: web.Request) -> web.Response:
 
 
 async def sim_mirror(request: web.Request) -> web.Response:
-    """Change one mirror: ``{"faults": {"*": "reset"}, "state": ..., "nodes": ..., "frozen": ..., "enabled": ...,
-    "failing_repositories": [ids]}``. Faults ``{}`` heal it."""
+    """Change one mirror: ``{"faults": {"*": "reset"}, "state": ..., "upstream_state": ..., "nodes": ...,
+    "frozen": ..., "enabled": ..., "diagnostics_enabled": ..., "failing_repositories": [ids],
+    "missing_repositories": [ids], "selected_projects": [project ids] or null}``. Faults ``{}`` heal it."""
     farm = _farm(request)
     mirror = farm.mirrors.get(request.match_info["name"])
     if mirror is None:
@@ -336,9 +380,14 @@ async def sim_mirror(request: web.Request) -> web.Response:
         if bad:
             return errors(f"unknown faults {bad}; known: {list(FAULTS)}", 400)
         mirror.faults = dict(change["faults"])
-    for key in ("state", "upstream_state", "nodes", "frozen", "enabled"):
+    for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled"):
         if key in change:
             setattr(mirror, key, change[key])
+    if "missing_repositories" in change:
+        farm.make_missing(mirror, [int(x) for x in change["missing_repositories"]])
+    if "selected_projects" in change:
+        selected = change["selected_projects"]
+        farm.select_projects(mirror, None if selected is None else {int(x) for x in selected})
     if "failing_repositories" in change:
         mirror.failing = {int(x) for x in change["failing_repositories"]}
         for repo_id, mrepo in mirror.repositories.items():
@@ -353,12 +402,12 @@ async def sim_scenario(request: web.Request) -> web.Response:
     """Change the running scenario: ``{"push_rate": ..., "sync_delay_seconds": ...}``."""
     farm = _farm(request)
     change = await request.json()
-    for key in ("push_rate", "sync_delay_seconds"):
+    for key in ("push_rate", "sync_delay_seconds", "metadata_sync_delay_seconds", "sync_tolerance_seconds"):
         if key in change:
             setattr(farm.scenario, key, float(change[key]))
-    return web.json_response(
-        {"push_rate": farm.scenario.push_rate, "sync_delay_seconds": farm.scenario.sync_delay_seconds}
-    )
+    # The scenario, less the credentials the simulated Bitbucket accepts.
+    shown = {k: v for k, v in dataclasses.asdict(farm.scenario).items() if k not in ("password", "token")}
+    return web.json_response(shown)
 
 
 async def sim_push(request: web.Request) -> web.Response:
@@ -369,6 +418,16 @@ async def sim_push(request: web.Request) -> web.Response:
         if int(repo_id) not in farm.repositories:
             return errors(f"no repository {repo_id}", 404)
         farm.push(int(repo_id), metadata_only=bool(change.get("metadata_only", False)))
+    return web.json_response(farm.truth())
+
+
+async def sim_delete(request: web.Request) -> web.Response:
+    """Delete repositories on the primary: ``{"repository_ids": [1, 2]}``."""
+    farm = _farm(request)
+    change = await request.json()
+    for repo_id in change.get("repository_ids", []):
+        if int(repo_id) in farm.repositories:
+            farm.delete(int(repo_id))
     return web.json_response(farm.truth())
 
 
@@ -383,4 +442,5 @@ def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Appli
     r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
     r.add_post("/sim/scenario", sim_scenario, name="sim_scenario")
     r.add_post("/sim/push", sim_push, name="sim_push")
+    r.add_post("/sim/delete", sim_delete, name="sim_delete")
     return app

@@ -1,0 +1,138 @@
+"""Compares a mirror's repositories with the primary's, by hash, and tracks how long content has diverged.
+
+Pure functions over snapshots: no I/O, so the rules are easy to test and the same for every API family.
+
+Classification of a repository the mirror is meant to carry (its sync settings' scope), in this order:
+
+* ``missing``: on the primary, not in the mirror's repoSyncStatus;
+* ``hash_unknown``: a content hash absent or all zeros on either side (never computed since an upgrade, per
+  Atlassian's KB): never counted as drift;
+* ``content_drift``: the content hashes differ;
+* ``metadata_drift``: content matches, both metadata hashes are known and differ (pull-request refs and repository
+  metadata sync late by design);
+* ``in_sync``: otherwise (content matches; metadata matches or is unknown).
+
+``extra`` counts repositories on the mirror whose id the primary no longer lists.
+
+Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time the exporter first saw the
+current divergence; it resets when the repository is back in sync. Its resolution is the poll interval, and it lives
+in memory only: after a restart it counts from the first poll.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RepoState(StrEnum):
+    IN_SYNC = "in_sync"
+    CONTENT_DRIFT = "content_drift"
+    METADATA_DRIFT = "metadata_drift"
+    MISSING = "missing"
+    HASH_UNKNOWN = "hash_unknown"
+    EXTRA = "extra"
+
+
+DIVERGED = frozenset({RepoState.CONTENT_DRIFT, RepoState.MISSING})
+UNHEALTHY = frozenset({RepoState.CONTENT_DRIFT, RepoState.METADATA_DRIFT, RepoState.MISSING})
+
+
+def hash_known(value: str | None) -> bool:
+    """False for an absent, empty or all-zero hash."""
+    return value is not None and value.strip().strip("0") != ""
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRepo:
+    project_id: str | None
+    project_key: str
+    slug: str
+    content: str | None
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRepo:
+    content: str | None
+    metadata: str | None
+    failed_syncs: int
+
+
+def classify(primary: PrimaryRepo, mirror: MirrorRepo | None) -> RepoState:
+    if mirror is None:
+        return RepoState.MISSING
+    if not (hash_known(primary.content) and hash_known(mirror.content)):
+        return RepoState.HASH_UNKNOWN
+    if primary.content != mirror.content:
+        return RepoState.CONTENT_DRIFT
+    if hash_known(primary.metadata) and hash_known(mirror.metadata) and primary.metadata != mirror.metadata:
+        return RepoState.METADATA_DRIFT
+    return RepoState.IN_SYNC
+
+
+@dataclass(frozen=True, slots=True)
+class RepoHealth:
+    repo_id: str
+    project_key: str
+    slug: str
+    state: RepoState
+    failed_syncs: int
+    diverged_since: float | None
+
+    def lag_seconds(self, now: float) -> float:
+        return max(0.0, now - self.diverged_since) if self.diverged_since is not None else 0.0
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    counts: dict[RepoState, int]
+    # Repository id -> when the exporter first saw its current content divergence.
+    diverged_since: dict[str, float]
+    # The repositories per-repository series may be rendered for, worst first (longest lag, then most failures).
+    repositories: list[RepoHealth]
+
+    def count(self, state: RepoState) -> int:
+        return self.counts.get(state, 0)
+
+    def max_lag_seconds(self, now: float) -> float:
+        return max(0.0, now - min(self.diverged_since.values())) if self.diverged_since else 0.0
+
+
+def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str]:
+    since = repo.diverged_since if repo.diverged_since is not None else math.inf
+    return (since, -repo.failed_syncs, repo.project_key, repo.slug)
+
+
+def analyse(
+    primary: Mapping[str, PrimaryRepo],
+    scope: frozenset[str] | None,
+    mirror: Mapping[str, MirrorRepo],
+    previous_since: Mapping[str, float],
+    now: float,
+    keep_all: bool = False,
+) -> DriftReport:
+    """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all)."""
+    counts: dict[RepoState, int] = {}
+    since: dict[str, float] = {}
+    kept: list[RepoHealth] = []
+    for repo_id, upstream in primary.items():
+        if scope is not None and upstream.project_id not in scope:
+            continue
+        local = mirror.get(repo_id)
+        state = classify(upstream, local)
+        counts[state] = counts.get(state, 0) + 1
+        diverged = None
+        if state in DIVERGED:
+            # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
+            diverged = since[repo_id] = previous_since.get(repo_id, now)
+        failed = local.failed_syncs if local is not None else 0
+        if keep_all or state in UNHEALTHY or failed > 0:
+            kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
+    extra = sum(1 for repo_id in mirror if repo_id not in primary)
+    if extra:
+        counts[RepoState.EXTRA] = extra
+    kept.sort(key=_worst_first)
+    return DriftReport(counts, since, kept)
