@@ -20,6 +20,8 @@ DEMO_SCENARIO = Scenario(
     sync_delay_seconds=20.0,
     failing_repositories=2,
     zero_hash_repositories=1,
+    missing_repositories=1,
+    metadata_sync_delay_seconds=120.0,
 )
 
 

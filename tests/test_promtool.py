@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Scenario
 from tests.conftest import running_farm
+
+METRICS_DOC = Path(__file__).parent.parent / "docs" / "metrics.md"
+
+
+def exported_names(text: str) -> set[str]:
+    names = set()
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("bitbucket_mirror"):
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
 
 
 def promtool() -> str:
@@ -23,7 +35,7 @@ def lint(text: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_promtool_accepts_real_metrics_output() -> None:
-    scenario = Scenario(repositories=20, failing_repositories=2)
+    scenario = Scenario(repositories=20, failing_repositories=2, missing_repositories=1, sync_tolerance_seconds=0)
     async with running_farm(scenario, ["9.x", "8.x"]) as run:
         await run.wait_ready()
         # Make every family appear: a failing source (error counter) and a queue with items.
@@ -32,6 +44,8 @@ async def test_promtool_accepts_real_metrics_output() -> None:
         await run.next_cycles(1)
         _, text = await run.get("/metrics")
     assert "bitbucket_mirror_exporter_poll_errors_total{" in text
+    undocumented = {name for name in exported_names(text) if f"`{name}`" not in METRICS_DOC.read_text()}
+    assert not undocumented, f"not in docs/metrics.md: {sorted(undocumented)}"
     assert 'bitbucket_mirror_ref_changes_queue_items{mirror="frankfurt",sync="incremental"} 2.0' in text
     result = lint(text)
     assert result.returncode == 0, result.stdout + result.stderr
