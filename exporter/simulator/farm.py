@@ -272,19 +272,19 @@ class Farm:
         classes["extra"] = sorted(r for r in mirror.repositories if r not in self.repositories)
         return classes
 
-    def diverged_since(self, mirror: Mirror) -> dict[int, float]:
-        """Since when each repository's content has diverged (content drift or missing), zero hashes excluded."""
-        classes = self.classify(mirror)
+    def diverged_since(self, mirror: Mirror, classes: dict[str, list[int]]) -> dict[int, float]:
+        """Since when each repository's content has diverged (content drift or missing), zero hashes excluded;
+        ``classes`` is ``classify(mirror)``."""
         since = {r: mirror.missing[r] for r in classes["missing"]}
         for repo_id in classes["content_drift"]:
             diverged = mirror.repositories[repo_id].diverged_since
             since[repo_id] = self.now if diverged is None else diverged
         return since
 
-    def delayed(self, mirror: Mirror) -> list[int]:
+    def delayed(self, mirror: Mirror, classes: dict[str, list[int]] | None = None) -> list[int]:
         """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance."""
-        classes = self.classify(mirror)
-        since = self.diverged_since(mirror)
+        classes = self.classify(mirror) if classes is None else classes
+        since = self.diverged_since(mirror, classes)
         tolerance = self.scenario.sync_tolerance_seconds
         return [r for r in classes["content_drift"] if self.now - since[r] >= tolerance]
 
@@ -292,6 +292,7 @@ class Farm:
         mirrors = {}
         for mirror in self.mirrors.values():
             repos = mirror.repositories.values()
+            classes = self.classify(mirror)
             mirrors[mirror.name] = {
                 "api_family": mirror.api_family,
                 "base_url": mirror.base_url,
@@ -305,9 +306,9 @@ class Farm:
                 "newest_last_sync": max((r.last_sync_date for r in repos), default=None),
                 "ref_changes_queue_length": len(self.pending(mirror)),
                 "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
-                "classes": self.classify(mirror),
-                "diverged_since": {str(k): v for k, v in self.diverged_since(mirror).items()},
-                "delayed": self.delayed(mirror),
+                "classes": classes,
+                "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes).items()},
+                "delayed": self.delayed(mirror, classes),
                 "requests": dict(mirror.requests),
             }
         return {
