@@ -124,6 +124,8 @@ class Exporter:
         for url in [u for u in self._discovered if u not in listed]:
             state, task = self._discovered.pop(url)
             task.cancel()
+            # Forget the task too, or a primary whose list flaps would grow _tasks without bound.
+            self._tasks.remove(task)
             self.state.mirrors.remove(state)
             log.info("discovered mirror gone", extra={"mirror": state.name})
         configured = {normalize_url(m.url) for m in self.settings.mirrors}
