@@ -16,6 +16,7 @@ from exporter.api import MirrorApi, PrimaryApi
 from exporter.client import BitbucketClient
 from exporter.collector import MirrorFarmCollector
 from exporter.config import PRIMARY_TARGET, Credentials, Settings
+from exporter.jmx.poller import JmxPoller
 from exporter.models import MirrorServer
 from exporter.poller import MirrorPoller, PrimaryPoller, poll_forever
 from exporter.state import ExporterState, MirrorState, PrimaryState
@@ -97,8 +98,12 @@ class Exporter:
         await site.start()
         self.port = self._runner.addresses[0][1]
         self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop))]
+        jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
-            self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
+            poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
+            if mirror_cfg.jmx is not None:
+                jmx = JmxPoller(mirror_state, mirror_cfg.jmx, jvm_slots, poller.first_cycle.wait, self._stop, interval)
+                self._tasks.append(asyncio.create_task(jmx.run()))
         log.info(
             "exporter started",
             extra={
@@ -109,13 +114,14 @@ class Exporter:
             },
         )
 
-    def _start_mirror(self, state: MirrorState, credentials: Credentials) -> asyncio.Task[None]:
+    def _start_mirror(self, state: MirrorState, credentials: Credentials) -> tuple[MirrorPoller, asyncio.Task[None]]:
         assert self.client is not None and self._primary is not None
         api = MirrorApi(self.client, state.url, credentials)
-        poller = MirrorPoller(state, api, self._primary, self.settings.per_repository_metrics == "all")
-        task = asyncio.create_task(poll_forever(poller, self.settings.poll.interval_seconds, self._stop))
+        interval = self.settings.poll.interval_seconds
+        poller = MirrorPoller(state, api, self._primary, self.settings.per_repository_metrics == "all", interval)
+        task = asyncio.create_task(poll_forever(poller, interval, self._stop))
         self._tasks.append(task)
-        return task
+        return poller, task
 
     def _discover(self, servers: list[MirrorServer]) -> None:
         """Follow the primary's mirrorServers: add mirrors it lists that are not configured, drop ones it no longer
@@ -140,7 +146,7 @@ class Exporter:
             state = MirrorState(name=name, url=server.base_url.rstrip("/"), discovered=True)
             self.state.mirrors.append(state)
             names.add(name)
-            self._discovered[url] = (state, self._start_mirror(state, self.settings.primary))
+            self._discovered[url] = (state, self._start_mirror(state, self.settings.primary)[1])
             log.info("mirror discovered", extra={"mirror": name, "url": state.url})
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
+from exporter.jmx.collector import jmx_metrics
 from exporter.state import ExporterState, MirrorState, SourceState
 from exporter.urls import normalize_url
 
@@ -38,6 +39,7 @@ class MirrorFarmCollector(Collector):
         yield from self._mirror_metrics()
         yield from self._drift_metrics()
         yield from self._mirror_server_metrics()
+        yield from jmx_metrics(self._state.mirrors)
         yield from self._self_metrics()
 
     def _mirror_metrics(self) -> Iterator[Metric]:

@@ -22,6 +22,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.jmx.config import JmxConfig
+from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
+
 ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
 PRIMARY_TARGET = "primary"
 
@@ -46,41 +49,24 @@ def _check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _read_secret_file(path: Path) -> SecretStr:
-    try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        # Only the reason, never the content.
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-
-
-class Credentials(_Strict):
+class Credentials(UserPassword):
     """Basic auth (username with password or password_file) or a Bearer token (token or token_file)."""
 
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
     token: SecretStr | None = None
     token_file: Path | None = None
 
-    @field_validator("password_file", "token_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            _read_secret_file(path)
-        return path
+    _token_file_readable = field_validator("token_file")(readable_secret_file)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set password or password_file, not both")
+        has_password = self.password_given()
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
-        has_basic = self.username is not None or self.password is not None or self.password_file is not None
+        has_basic = self.username is not None or has_password
         has_token = self.token is not None or self.token_file is not None
         if has_basic and has_token:
             raise ValueError("set username/password or token, not both")
-        if (self.password is not None or self.password_file is not None) and self.username is None:
+        if has_password and self.username is None:
             raise ValueError("username is required with password")
         return self
 
@@ -90,14 +76,9 @@ class Credentials(_Strict):
             v is not None for v in (self.username, self.password, self.password_file, self.token, self.token_file)
         )
 
-    def resolved_password(self) -> SecretStr | None:
-        if self.password_file is not None:
-            return _read_secret_file(self.password_file)
-        return self.password
-
     def resolved_token(self) -> SecretStr | None:
         if self.token_file is not None:
-            return _read_secret_file(self.token_file)
+            return read_secret_file(self.token_file)
         return self.token
 
 
@@ -116,6 +97,8 @@ class PrimaryConfig(_Target):
 
 class MirrorConfig(_Target):
     name: str = Field(min_length=1, max_length=128)
+    # The mirror nodes' JMX (sync timers, tickets); off unless set.
+    jmx: JmxConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -166,6 +149,8 @@ class Settings(BaseSettings):
     # Which repositories get per-repository series: all, only drifting/missing/failing ones, or none.
     per_repository_metrics: Literal["all", "unhealthy", "none"] = "unhealthy"
     max_repository_series: int = Field(default=500, ge=0)
+    # jmxquery JVMs running at once, over all mirrors; each is a JVM start (about 0.3 s of CPU).
+    jmx_concurrency: int = Field(default=4, ge=1, le=64)
 
     @classmethod
     def settings_customise_sources(

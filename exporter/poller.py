@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from exporter.api import ApiFamily, Layout, MirrorApi, PrimaryApi
 from exporter.client import FetchError
@@ -61,9 +61,32 @@ def _record_failure(target: str, name: str, state: SourceState[Any], reason: str
     state.error_reason = reason
 
 
+class FirstCycle:
+    """Lets another poller wait, boundedly, for this one's first cycle instead of skipping a cycle of its own."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        self._done = asyncio.Event()
+        self._wait_seconds = wait_seconds
+
+    def set(self) -> None:
+        self._done.set()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), timeout=self._wait_seconds)
+
+
 class MirrorPoller:
-    def __init__(self, state: MirrorState, api: MirrorApi, primary: PrimaryPoller, keep_all_repositories: bool) -> None:
+    def __init__(
+        self,
+        state: MirrorState,
+        api: MirrorApi,
+        primary: PrimaryPoller,
+        keep_all_repositories: bool,
+        first_cycle_wait: float = 30.0,
+    ) -> None:
         self.state = state
+        self.first_cycle = FirstCycle(first_cycle_wait)
         self._api = api
         self._primary = primary
         self._keep_all = keep_all_repositories
@@ -160,7 +183,7 @@ class MirrorPoller:
         rows = self.state.repo_sync_status.value
         if not self.state.repo_sync_status.success or rows is None:
             return  # keep the last report: stale, like every other value of a failing source
-        await self._primary.wait_first_cycle()
+        await self._primary.first_cycle.wait()
         primary = self._primary.state.repositories.value
         if primary is None:
             return
@@ -194,6 +217,7 @@ class MirrorPoller:
         if s.status.success and s.status.value is not None:
             self._remember_state(s.status.value.state)
         s.cycles += 1
+        self.first_cycle.set()
 
 
 class PrimaryPoller:
@@ -206,14 +230,9 @@ class PrimaryPoller:
     ) -> None:
         self.state = state
         self._api = api
-        self._first_cycle = asyncio.Event()
-        self._first_cycle_wait = first_cycle_wait
+        # Mirrors polled at start-up wait for the primary's first hashes.
+        self.first_cycle = FirstCycle(first_cycle_wait)
         self._on_mirror_servers = on_mirror_servers
-
-    async def wait_first_cycle(self) -> None:
-        """Mirrors polled at start-up wait (boundedly) for the primary's first hashes instead of skipping a cycle."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_cycle.wait(), timeout=self._first_cycle_wait)
 
     async def _repositories(self) -> dict[str, PrimaryRepo]:
         repositories: dict[str, PrimaryRepo] = {}
@@ -237,12 +256,16 @@ class PrimaryPoller:
             run_source(PRIMARY_TARGET, "repositories", s.repositories, self._repositories),
         )
         s.cycles += 1
-        self._first_cycle.set()
+        self.first_cycle.set()
         if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
             self._on_mirror_servers(s.mirror_servers.value)
 
 
-async def poll_forever(poller: MirrorPoller | PrimaryPoller, interval: float, stop: asyncio.Event) -> None:
+class Poller(Protocol):
+    async def poll_once(self) -> None: ...
+
+
+async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event) -> None:
     """Poll now, then every ``interval`` seconds from the start of the previous cycle, until ``stop`` is set."""
     while not stop.is_set():
         started = time.monotonic()

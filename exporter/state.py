@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from exporter.api import Layout
 from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo
+from exporter.jmx.reading import NodeReading
 from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 
 T = TypeVar("T")
@@ -62,6 +63,14 @@ class DelayedSync:
 
 
 @dataclass
+class JmxNodeState:
+    """One mirror node's JMX, polled on its own interval (jmx.interval_seconds)."""
+
+    url: str
+    source: SourceState[NodeReading] = field(default_factory=SourceState)
+
+
+@dataclass
 class MirrorState:
     name: str
     url: str
@@ -76,6 +85,7 @@ class MirrorState:
     sync_settings: SourceState[SyncSettings] = field(default_factory=SourceState)
     delayed_sync: SourceState[DelayedSync] = field(default_factory=SourceState)
     drift: DriftReport | None = None
+    jmx_nodes: dict[str, JmxNodeState] = field(default_factory=dict)
     discovered: bool = False
     cycles: int = 0
 

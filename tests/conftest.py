@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
 from exporter.simulator import Scenario, SimulatedFarm
+from tests.jmx_node import compile_fake_node
 
 LOOPBACK = "127.0.0.1"
 
@@ -116,3 +118,9 @@ async def running_farm(
                 yield Running(farm, exporter, http)
         finally:
             await exporter.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_node_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/jmx/FakeMirrorNode.java, compiled once per run with the JDK's javac."""
+    return compile_fake_node(tmp_path_factory.mktemp("fake-node"))

@@ -33,6 +33,13 @@ def test_full_example_loads_with_its_defaults() -> None:
     assert tokyo.url == "https://mirror-tyo.example.com:8443"
     assert settings.poll.interval_seconds == 30 and settings.poll.concurrency_per_host == 4
     assert settings.tls.verify is True and settings.tls.ca_file is None
+    assert sydney.jmx is not None and sydney.jmx.port == 3333 and sydney.jmx.interval_seconds == 60
+    assert sydney.jmx.object_names == ["com.atlassian.bitbucket*:*"]
+    assert tokyo.jmx is not None and tokyo.jmx.interval_seconds == 120
+    node1, node2 = tokyo.jmx.nodes
+    # A node without credentials of its own uses the jmx block's.
+    assert tokyo.jmx.credentials_for(node1).username == "monitor"
+    assert tokyo.jmx.credentials_for(node2).username == "other"
 
 
 def test_the_readme_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,6 +54,7 @@ def test_secrets_are_not_printed_in_repr() -> None:
     settings = load_settings(FIXTURES / "valid" / "full.yml")
     assert "secret" not in repr(settings).replace("SecretStr", "")
     assert "mirror-token" not in repr(settings)
+    assert "jmx-secret" not in repr(settings)
 
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:

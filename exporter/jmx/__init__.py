@@ -1,0 +1,1 @@
+"""Mirror node figures over JMX (sync timers, hosting tickets), read with jmxquery."""

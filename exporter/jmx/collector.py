@@ -1,0 +1,121 @@
+"""Metric families for the mirror nodes' JMX readings, rendered from the latest JMX poll of each node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+
+from exporter.state import MirrorState
+
+JMX_CACHED = " Read over JMX every jmx.interval_seconds; scrapes read the last reading."
+NODE = ["mirror", "node"]
+SYNC = [*NODE, "sync"]
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc + JMX_CACHED, labels=labels)
+
+
+def jmx_metrics(mirrors: Iterable[MirrorState]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "bitbucket_mirror_jmx_up", "1 when the last JMX poll of the mirror node succeeded, else 0.", labels=NODE
+    )
+    syncs = CounterMetricFamily(
+        "bitbucket_mirror_node_syncs",
+        "Syncs the node has timed since it started (the timer's Count), by sync kind." + JMX_CACHED,
+        labels=SYNC,
+    )
+    # A summary, as Prometheus' own Dropwizard bridge exports timers: quantiles plus _count, and no _sum, which a
+    # Dropwizard timer does not keep.
+    quantiles = SummaryMetricFamily(
+        "bitbucket_mirror_node_sync_duration_seconds",
+        "Sync duration quantiles as reported by the node: Dropwizard decaying-reservoir percentiles (recent syncs "
+        "weigh more), not computed by Prometheus and not aggregatable across nodes; _count is the timer's Count."
+        + JMX_CACHED,
+        labels=SYNC,
+    )
+    mean = _gauge("bitbucket_mirror_node_sync_duration_mean_seconds", "Mean sync duration (decaying reservoir).", SYNC)
+    maximum = _gauge("bitbucket_mirror_node_sync_duration_max_seconds", "Longest sync in the reservoir.", SYNC)
+    minimum = _gauge("bitbucket_mirror_node_sync_duration_min_seconds", "Shortest sync in the reservoir.", SYNC)
+    stddev = _gauge("bitbucket_mirror_node_sync_duration_stddev_seconds", "Standard deviation of sync durations.", SYNC)
+    rate = _gauge(
+        "bitbucket_mirror_node_sync_rate",
+        "Syncs per second, one-minute exponentially weighted moving average (the timer's OneMinuteRate).",
+        SYNC,
+    )
+    tickets = _gauge(
+        "bitbucket_mirror_node_tickets",
+        "Numeric attributes of the node's ticket MBeans (hosting tickets), by the bean's name and attribute.",
+        [*NODE, "resource", "attribute"],
+    )
+    beans = _gauge(
+        "bitbucket_mirror_node_jmx_beans",
+        "MBeans the node's JMX query (jmx.object_names) returned; 0 means the patterns found nothing.",
+        NODE,
+    )
+    chosen = InfoMetricFamily(
+        "bitbucket_mirror_node_jmx_bean",
+        "The ObjectName of the timer read for each sync kind; pin it in jmx.object_names to query less.",
+        labels=[*NODE, "kind"],
+    )
+    duration = GaugeMetricFamily(
+        "bitbucket_mirror_exporter_jmx_poll_duration_seconds",
+        "How long the last JMX poll of the node took, JVM start included.",
+        labels=NODE,
+    )
+    last_success = GaugeMetricFamily(
+        "bitbucket_mirror_exporter_jmx_last_success_timestamp_seconds",
+        "When the node was last read over JMX, as a Unix timestamp: the age of its values.",
+        labels=NODE,
+    )
+    errors = CounterMetricFamily(
+        "bitbucket_mirror_exporter_jmx_poll_errors",
+        "Failed JMX polls of the node, by reason.",
+        labels=[*NODE, "reason"],
+    )
+    for mirror in mirrors:
+        for node, state in mirror.jmx_nodes.items():
+            source = state.source
+            labels = [mirror.name, node]
+            if source.polled:
+                up.add_metric(labels, 1.0 if source.success else 0.0)
+                duration.add_metric(labels, source.duration_seconds)
+            if source.last_success_timestamp is not None:
+                last_success.add_metric(labels, source.last_success_timestamp)
+            for reason, count in sorted(source.errors_total.items()):
+                errors.add_metric([*labels, reason], count)
+            reading = source.value
+            if reading is None:
+                continue
+            beans.add_metric(labels, reading.beans)
+            for kind, timer in sorted(reading.timers.items()):
+                chosen.add_metric([*labels, kind], {"object_name": timer.object_name})
+                sync = [*labels, kind]
+                if timer.count is not None:
+                    syncs.add_metric(sync, timer.count)
+                if timer.rate_per_second is not None:
+                    rate.add_metric(sync, timer.rate_per_second)
+                sync_labels = dict(zip(SYNC, sync, strict=True))
+                for quantile, seconds in sorted(timer.quantiles.items(), key=lambda item: float(item[0])):
+                    quantiles.add_sample(quantiles.name, {**sync_labels, "quantile": quantile}, seconds)
+                if timer.count is not None and timer.quantiles:
+                    quantiles.add_sample(quantiles.name + "_count", sync_labels, timer.count)
+                for family, value in (
+                    (mean, timer.mean),
+                    (maximum, timer.max),
+                    (minimum, timer.min),
+                    (stddev, timer.stddev),
+                ):
+                    if value is not None:
+                        family.add_metric(sync, value)
+            for ticket in reading.tickets:
+                tickets.add_metric([*labels, ticket.resource, ticket.attribute], ticket.value)
+    yield from (up, syncs, quantiles, mean, maximum, minimum, stddev, rate, tickets, beans, chosen)
+    yield from (duration, last_success, errors)

@@ -1,0 +1,126 @@
+"""Polls each node of one mirror over JMX, on the mirror's jmx.interval_seconds.
+
+Every node polls in its own loop with its own hard timeout, so a hung node never delays another node or a scrape.
+A global semaphore bounds how many jmxquery JVMs run at once (each costs a JVM start, see docs/jmx.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from exporter.jmx.config import JmxConfig, JmxCredentials
+from exporter.jmx.query import jmxquery_command, run_jmxquery
+from exporter.jmx.reading import NodeReading, read_node
+from exporter.poller import poll_forever, run_source
+from exporter.state import JmxNodeState, MirrorState
+
+log = logging.getLogger("exporter.jmx")
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+class _NodePoller:
+    def __init__(self, poll: Callable[[], Awaitable[None]]) -> None:
+        self._poll = poll
+
+    async def poll_once(self) -> None:
+        await self._poll()
+
+
+class JmxPoller:
+    def __init__(
+        self,
+        mirror: MirrorState,
+        config: JmxConfig,
+        jvm_slots: asyncio.Semaphore,
+        wait_for_farm_nodes: Callable[[], Awaitable[None]],
+        stop: asyncio.Event,
+        follow_seconds: float,
+    ) -> None:
+        self._mirror = mirror
+        # How often the node list is rebuilt from farmNodes: the mirror's poll interval, not the slower JMX one.
+        self._follow_seconds = follow_seconds
+        self._stop = stop
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._config = config
+        self._slots = jvm_slots
+        self._wait_for_farm_nodes = wait_for_farm_nodes
+        self._warned: dict[str, tuple[str, ...]] = {}
+
+    def _nodes(self) -> dict[str, tuple[str, JmxCredentials]]:
+        """Node name -> (service URL, credentials): the configured nodes, or one per farmNodes address."""
+        config = self._config
+        if config.nodes:
+            return {node.name: (node.url, config.credentials_for(node)) for node in config.nodes}
+        nodes: dict[str, tuple[str, JmxCredentials]] = {}
+        # The mirror's last good farmNodes: a failing farmNodes poll keeps the nodes it last listed.
+        for node in self._mirror.farm_nodes.value or []:
+            if node.address is None or not node.address.address:
+                continue
+            url = config.url_template.format(address=_host(node.address.address), port=config.port)
+            nodes[node.name or node.id] = (url, config)
+        return nodes
+
+    async def _read(self, url: str, credentials: JmxCredentials) -> NodeReading:
+        password = credentials.resolved_password()
+        secret = password.get_secret_value() if password is not None else None
+        config = self._config
+        command = jmxquery_command(
+            config.java, config.java_options, url, credentials.username, secret, config.object_names
+        )
+        async with self._slots:
+            rows = await run_jmxquery(command, config.timeout_seconds, secret)
+        return read_node(rows, config.match, config.attributes)
+
+    def _log_warnings(self, node: str, state: JmxNodeState) -> None:
+        reading = state.source.value
+        warnings = reading.warnings if reading is not None and state.source.success else ()
+        if warnings != self._warned.get(node, ()):
+            for warning in warnings:
+                log.warning("jmx reading", extra={"target": self._mirror.name, "node": node, "detail": warning})
+            self._warned[node] = warnings
+
+    async def _poll_node(self, node: str, state: JmxNodeState, credentials: JmxCredentials) -> None:
+        await run_source(self._mirror.name, f"jmx:{node}", state.source, lambda: self._read(state.url, credentials))
+        self._log_warnings(node, state)
+
+    def _start_node(self, node: str, state: JmxNodeState, credentials: JmxCredentials) -> None:
+        poller = _NodePoller(lambda: self._poll_node(node, state, credentials))
+        self._tasks[node] = asyncio.create_task(poll_forever(poller, self._config.interval_seconds, self._stop))
+
+    async def poll_once(self) -> None:
+        """Start a loop for each new node, stop the loops of nodes no longer listed."""
+        nodes = self._nodes()
+        known = self._mirror.jmx_nodes
+        for gone in [name for name in known if name not in nodes]:
+            self._tasks.pop(gone).cancel()
+            self._warned.pop(gone, None)
+            log.info("jmx node gone", extra={"target": self._mirror.name, "node": gone})
+        updated: dict[str, JmxNodeState] = {}
+        for name, (url, credentials) in nodes.items():
+            current = known.get(name)
+            if current is not None and current.url == url:
+                updated[name] = current
+                continue
+            if current is not None:
+                self._tasks.pop(name).cancel()  # moved to another address: start over
+            updated[name] = JmxNodeState(url)
+            self._start_node(name, updated[name], credentials)
+        self._mirror.jmx_nodes = updated
+
+    async def run(self) -> None:
+        """Until ``stop`` is set: follow the node list; each node polls in its own loop, so a node
+        that hangs until its timeout never delays another node's poll."""
+        try:
+            if not self._config.nodes:
+                await self._wait_for_farm_nodes()
+            await poll_forever(self, self._follow_seconds, self._stop)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            # Cancelling a poll kills its JVM (exporter/jmx/query.py); wait for that before returning.
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
