@@ -1,0 +1,1 @@
+"""Prometheus alert rules for bitbucket-mirror-exporter, generated from alerts/rules.py."""

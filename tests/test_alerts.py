@@ -1,0 +1,124 @@
+"""The alert rules: generated file up to date, promtool check and unit tests, every alert covered both ways, runbooks,
+overrides, and the example Alertmanager configuration."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alerts.rules import RULES_FILE, AlertConfig, alert_names, render, rule_groups
+
+REPO = Path(__file__).parent.parent
+UNIT_TESTS = REPO / "tests" / "alerts" / "bitbucket-mirror.test.yml"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+AM_EXAMPLE = REPO / "docs" / "alertmanager.example.yml"
+
+REQUIRED = {
+    "BitbucketMirrorExporterDown", "BitbucketMirrorExporterPollFailing", "BitbucketMirrorDown",
+    "BitbucketMirrorNotSynchronized", "BitbucketMirrorRepositoriesOutOfSync", "BitbucketMirrorSyncLagHigh",
+    "BitbucketMirrorMetadataDrift", "BitbucketMirrorRepositoriesMissing", "BitbucketMirrorRepositorySyncFailing",
+    "BitbucketMirrorRefChangesQueueBacklog", "BitbucketMirrorFarmNodesMissing", "BitbucketMirrorNotSeenByPrimary",
+    "BitbucketMirrorInitialSyncStalled", "BitbucketMirrorJmxDown", "BitbucketMirrorSnapshotSyncsFrequent",
+    "BitbucketMirrorSyncSlow",
+}  # fmt: skip
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: install the Debian package {package!r} (scripts/bootstrap does)")
+    return path
+
+
+def all_rules() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups()["groups"] for rule in group["rules"]]
+
+
+def test_the_committed_rules_file_is_up_to_date() -> None:
+    assert (REPO / RULES_FILE).read_text() == render(), "run: python3 -m alerts"
+
+
+def test_promtool_check_rules() -> None:
+    result = subprocess.run(
+        [tool("promtool", "prometheus"), "check", "rules", str(REPO / RULES_FILE)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests() -> None:
+    result = subprocess.run(
+        [tool("promtool", "prometheus"), "test", "rules", str(UNIT_TESTS)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_issue_names_every_alert_we_have_and_more_are_welcome() -> None:
+    assert set(alert_names()) >= REQUIRED
+
+
+def test_every_alert_is_unit_tested_firing_and_silent() -> None:
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for case in yaml.safe_load(UNIT_TESTS.read_text())["tests"]:
+        for check in case["alert_rule_test"]:
+            (fired if check.get("exp_alerts") else silent).add(check["alertname"])
+    assert set(alert_names()) - fired == set(), "never tested firing"
+    assert set(alert_names()) - silent == set(), "never tested silent"
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
+def test_every_alert_has_severity_annotations_and_a_runbook(rule: dict[str, Any]) -> None:
+    assert rule["labels"]["severity"] in ("critical", "warning", "info")
+    annotations = rule["annotations"]
+    assert "{{" not in annotations["summary"], "the summary is static"
+    assert "{{" in annotations["description"], "the description is templated"
+    if rule["alert"] not in ("BitbucketMirrorExporterDown", "BitbucketMirrorExporterPollFailing"):
+        assert "$labels.mirror" in annotations["description"]
+    if "project" in rule["expr"] or "repository_failed_syncs" in rule["expr"]:
+        assert "$labels.repository" in annotations["description"]
+    anchor = annotations["runbook_url"].rpartition("#")[2]
+    headings = {h.strip().lower() for h in re.findall(r"^## (.+)$", RUNBOOKS.read_text(), flags=re.M)}
+    assert anchor in headings, f"docs/runbooks.md has no section '## {rule['alert']}'"
+
+
+def test_metadata_drift_never_pages() -> None:
+    for rule in all_rules():
+        if "metadata" in rule["expr"]:
+            assert rule["labels"]["severity"] != "critical"
+
+
+def test_thresholds_and_selector_are_overridable(tmp_path: Path) -> None:
+    out = tmp_path / "rules.yml"
+    args = ["--set", 'selector=job="bb-mirrors"', "--set", "lag_critical_seconds=7200", "--output", str(out)]
+    subprocess.run([sys.executable, "-m", "alerts", *args], check=True, cwd=REPO, timeout=60)
+    text = out.read_text()
+    assert 'bitbucket_mirror_up{job="bb-mirrors"} == 0' in text
+    assert "> 7200" in text and "> 3600" not in text
+    assert AlertConfig.with_overrides({"mirror_down_for": "1m"}).mirror_down_for == "1m"
+
+
+def test_an_unknown_setting_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "alerts", "--set", "lag_warning=1", "--output", "/dev/null"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "lag_warning: unknown setting" in result.stderr
+
+
+def test_the_example_alertmanager_route_is_valid() -> None:
+    result = subprocess.run(
+        [tool("amtool", "prometheus-alertmanager"), "check-config", str(AM_EXAMPLE)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    routes = yaml.safe_load(AM_EXAMPLE.read_text())["route"]["routes"]
+    receiver = {m: r["receiver"] for r in routes for m in r["matchers"] if m.startswith("severity=")}
+    assert receiver['severity="critical"'] == "pager" and receiver['severity="warning"'] == "tickets"
