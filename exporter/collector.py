@@ -17,6 +17,7 @@ from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
 from exporter.jmx.collector import jmx_metrics
+from exporter.source_metrics import SourceFamilies
 from exporter.state import ExporterState, MirrorState, SourceState
 from exporter.urls import normalize_url
 
@@ -307,15 +308,10 @@ class MirrorFarmCollector(Collector):
             "Failed background polls of the source, by reason.",
             labels=[*labels, "reason"],
         )
+        health = SourceFamilies(success, duration, last_success, errors)
         for target, sources in self._targets():
             for source, st in sources.items():
-                if st.polled:
-                    success.add_metric([target, source], 1.0 if st.success else 0.0)
-                    duration.add_metric([target, source], st.duration_seconds)
-                if st.last_success_timestamp is not None:
-                    last_success.add_metric([target, source], st.last_success_timestamp)
-                for reason, count in sorted(st.errors_total.items()):
-                    errors.add_metric([target, source, reason], count)
+                health.add([target, source], st)
         build = GaugeMetricFamily(
             "bitbucket_mirror_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
         )

@@ -12,6 +12,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from exporter.source_metrics import SourceFamilies
 from exporter.state import MirrorState
 
 JMX_CACHED = " Read over JMX every jmx.interval_seconds; scrapes read the last reading."
@@ -80,18 +81,12 @@ def jmx_metrics(mirrors: Iterable[MirrorState]) -> Iterator[Metric]:
         "Failed JMX polls of the node, by reason.",
         labels=[*NODE, "reason"],
     )
+    health = SourceFamilies(up, duration, last_success, errors)
     for mirror in mirrors:
         for node, state in mirror.jmx_nodes.items():
-            source = state.source
             labels = [mirror.name, node]
-            if source.polled:
-                up.add_metric(labels, 1.0 if source.success else 0.0)
-                duration.add_metric(labels, source.duration_seconds)
-            if source.last_success_timestamp is not None:
-                last_success.add_metric(labels, source.last_success_timestamp)
-            for reason, count in sorted(source.errors_total.items()):
-                errors.add_metric([*labels, reason], count)
-            reading = source.value
+            health.add(labels, state.source)
+            reading = state.source.value
             if reading is None:
                 continue
             beans.add_metric(labels, reading.beans)
