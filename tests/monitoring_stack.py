@@ -144,15 +144,19 @@ def alertmanager(workdir: Path, webhook_port: int) -> AbstractAsyncContextManage
 
 
 def prometheus(
-    workdir: Path, rules: Path, exporter_port: int, alertmanager_port: int
+    workdir: Path, exporter_port: int, rules: Path | None = None, alertmanager_port: int | None = None
 ) -> AbstractAsyncContextManager[int]:
-    config = {
+    """Prometheus scraping the exporter every second, optionally evaluating ``rules`` and alerting."""
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(rules)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{alertmanager_port}"]}]}]},
         "scrape_configs": [
             {"job_name": "bitbucket-mirror-exporter", "static_configs": [{"targets": [f"{LOOPBACK}:{exporter_port}"]}]}
         ],
     }
+    if rules is not None:
+        config["rule_files"] = [str(rules)]
+    if alertmanager_port is not None:
+        targets = [f"{LOOPBACK}:{alertmanager_port}"]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": targets}]}]}
     flags = [f"--storage.tsdb.path={workdir / 'prom-data'}", "--rules.alert.resend-delay=1s"]
     return server(workdir, "prometheus", "prometheus", "prometheus", config, flags)

@@ -23,7 +23,7 @@ async def test_a_broken_mirror_alerts_through_alertmanager_and_resolves_when_hea
         running_farm(scenario, ["9.x"], interval=0.5) as run,
         webhook() as hook,
         alertmanager(tmp_path, hook.port) as am_port,
-        prometheus(tmp_path, rules, run.exporter.port, am_port),
+        prometheus(tmp_path, run.exporter.port, rules, am_port),
     ):
         await run.wait_ready()
         # Break it: /status fails, and the mirror stops syncing while the primary moves on.

@@ -1,0 +1,123 @@
+"""Turns the grafanalib dashboards into the committed JSON: common settings (variables, links, tags, time), then
+Grafana's current JSON model with the legacy keys grafanalib still writes removed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from grafanalib import core as g
+from grafanalib._gen import DashboardEncoder
+
+from dashboards import variables
+
+GENERATED = Path(__file__).parent / "generated"
+TAG = "bitbucket-mirror"
+TAGS = ["bitbucket", TAG]
+# Grafana 11's dashboard schema version; Grafana migrates older JSON on load, newer Grafana reads this as is.
+SCHEMA_VERSION = 39
+
+# Keys grafanalib writes for Grafana 7 and older (graph-era panels, old rows, dashboard style) that today's
+# dashboard schema no longer has. Grafana ignores them; they are dropped to keep the JSON in the current model, and
+# tests/test_dashboards.py checks that nothing else outside that model is left.
+LEGACY_DASHBOARD_KEYS = {"__inputs", "hideControls", "rows", "sharedCrosshair", "style"}
+LEGACY_PANEL_KEYS = {"color", "columns", "editable", "error", "fontSize", "mappings"}
+# A row is a layout element only: no queries, data options or looks.
+ROW_ONLY_KEYS = {"collapsed", "gridPos", "id", "panels", "title", "type"}
+LEGACY_TEMPLATE_KEYS = {"useTags"}
+
+
+def dashboard(
+    title: str, uid: str, description: str, grid_panels: list[Any], extra: Sequence[g.Template] = ()
+) -> g.Dashboard:
+    return g.Dashboard(
+        title=title,
+        uid=uid,
+        description=description,
+        tags=TAGS,
+        panels=grid_panels,
+        templating=g.Templating([variables.datasource(), variables.job(), variables.mirror(), *extra]),
+        links=[
+            g.DashboardLink(
+                title="Bitbucket mirror dashboards",
+                type="dashboards",
+                tags=[TAG],
+                asDropdown=False,
+                includeVars=True,
+                keepTime=True,
+                icon="dashboard",
+            )
+        ],
+        time=g.Time("now-6h", "now"),
+        refresh="1m",
+        timezone="browser",
+        graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
+        schemaVersion=SCHEMA_VERSION,
+        editable=True,
+    ).auto_panel_ids()
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        # A threshold's first step has value null on purpose: it starts at minus infinity.
+        return {k: _drop_none(v) for k, v in value.items() if v is not None or k == "value"}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _without(mapping: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+def _panel(panel: dict[str, Any]) -> dict[str, Any]:
+    panel = _without(panel, LEGACY_PANEL_KEYS)
+    if panel["type"] == "row":
+        panel = {k: v for k, v in panel.items() if k in ROW_ONLY_KEYS}
+        panel["panels"] = [_panel(p) for p in panel["panels"]]
+    elif panel["type"] == "table":
+        # Grafana 10 replaced the table's custom.displayMode by cellOptions.
+        custom = panel["fieldConfig"]["defaults"]["custom"]
+        custom["cellOptions"] = {"type": "auto"}
+        del custom["displayMode"]
+    return panel
+
+
+def _template(template: dict[str, Any]) -> dict[str, Any]:
+    template = _without(template, LEGACY_TEMPLATE_KEYS)
+    current = template["current"]
+    del current["tags"]
+    if current["value"] == "$__all":
+        current["text"] = "All"
+    return template
+
+
+def to_json(dash: g.Dashboard) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(dash.to_json_data(), cls=DashboardEncoder))
+    data = _without(_drop_none(data), LEGACY_DASHBOARD_KEYS)
+    data["panels"] = [_panel(p) for p in data["panels"]]
+    data["templating"]["list"] = [_template(t) for t in data["templating"]["list"]]
+    del data["timepicker"]["time_options"]
+    return data
+
+
+def render(dash: g.Dashboard) -> str:
+    return json.dumps(to_json(dash), indent=2, sort_keys=True) + "\n"
+
+
+def all_dashboards() -> dict[str, Callable[[], g.Dashboard]]:
+    """File name -> builder, for every dashboard."""
+    from dashboards import exporter_health, overview, repository_drift, sync_performance
+
+    return {
+        "mirror-farm-overview.json": overview.dashboard,
+        "repository-drift.json": repository_drift.dashboard,
+        "sync-performance.json": sync_performance.dashboard,
+        "exporter-health.json": exporter_health.dashboard,
+    }
+
+
+def rendered() -> dict[str, str]:
+    return {name: render(build()) for name, build in all_dashboards().items()}

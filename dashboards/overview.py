@@ -1,0 +1,211 @@
+"""Mirror farm overview: which mirror is behind, and is each one healthy? One table row per mirror, then the trends."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from dashboards import thresholds as t
+from dashboards.build import dashboard as make_dashboard
+from dashboards.panels import (
+    UP_MAPPING,
+    UP_THRESHOLDS,
+    ZERO_IS_GOOD,
+    Column,
+    Grid,
+    Query,
+    mirror_sel,
+    sel,
+    stat,
+    table,
+    timeseries,
+)
+
+UID = "bbmirror-overview"
+CONTENT = 'hash="content"'
+NOT_SYNCHRONIZED = 'state!="SYNCHRONIZED"'
+DRIFT_UID = "bbmirror-repository-drift"
+
+
+def by_mirror(expr: str) -> str:
+    """One value per mirror, whatever the exporter's instance labels: the table joins its queries on ``mirror``."""
+    return f"max by (mirror) ({expr})"
+
+
+def in_scope() -> str:
+    """Repositories in the mirror's scope: the drift classes are exclusive and together cover it."""
+    parts = [
+        mirror_sel("bitbucket_mirror_repositories_in_sync"),
+        f"sum without (hash) ({mirror_sel('bitbucket_mirror_repositories_out_of_sync')})",
+        mirror_sel("bitbucket_mirror_repositories_missing"),
+        mirror_sel("bitbucket_mirror_repositories_hash_unknown"),
+    ]
+    return " + ".join(parts)
+
+
+def mirrors_table() -> g.Table:
+    drift_link = {
+        "title": "Repositories of ${__value.raw}",
+        "url": f"/d/{DRIFT_UID}?${{datasource:queryparam}}&${{job:queryparam}}&var-mirror=${{__value.raw}}"
+        "&${__url_time_range}",
+    }
+    queries = [
+        Query(f"max by (mirror, state) ({mirror_sel('bitbucket_mirror_state')} == 1)"),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_up"))),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_in_sync"))),
+        Query(by_mirror(in_scope())),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_out_of_sync", CONTENT))),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_sync_lag_seconds"))),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_ref_changes_queue_length"))),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_failing"))),
+        Query(by_mirror(f"time() - {mirror_sel('bitbucket_mirror_server_last_seen_timestamp_seconds')}")),
+        Query(by_mirror(mirror_sel("bitbucket_mirror_farm_nodes"))),
+    ]
+    columns = [
+        Column("mirror", "Mirror", "string", link=drift_link),
+        Column("state", "State", "string"),
+        Column("Value #B", "Up", "none", UP_THRESHOLDS, UP_MAPPING),
+        Column("Value #C", "In sync", "short"),
+        Column("Value #D", "In scope", "short"),
+        Column("Value #E", "Out of sync", "short", ZERO_IS_GOOD),
+        Column("Value #F", "Max lag", "s", t.SYNC_LAG),
+        Column("Value #G", "Queue", "short", t.QUEUE_BACKLOG),
+        Column("Value #H", "Failing repositories", "short", ZERO_IS_GOOD),
+        Column("Value #I", "Last seen by primary", "s", t.NOT_SEEN),
+        Column("Value #J", "Farm nodes", "short"),
+    ]
+    return table(
+        "Mirrors",
+        "One row per mirror. State is what the mirror's /status reports; Up is whether the exporter could read it. "
+        "In sync / In scope count the repositories the mirror carries whose content and metadata match the primary. "
+        "Out of sync counts content drift; Max lag is how long the longest of those has differed. Queue is the "
+        "farm's ref-changes queue; Last seen is how long ago the primary last heard from the mirror. Click a mirror "
+        "for its repositories.",
+        queries,
+        columns,
+        sort_by="Max lag",
+    )
+
+
+def dashboard() -> g.Dashboard:
+    grid = Grid()
+    grid.line(
+        [
+            stat("Mirrors up", "Mirrors whose /status answers.", Query(f"sum({mirror_sel('bitbucket_mirror_up')})"),
+                 "short"),
+            stat(
+                "Mirrors not synchronized",
+                "Mirrors whose /status reports a state other than SYNCHRONIZED.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_state', NOT_SYNCHRONIZED)})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Repositories out of sync",
+                "Repositories whose content differs from the primary, summed over the selected mirrors.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_out_of_sync', CONTENT)})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Max sync lag",
+                "The longest time any repository on the selected mirrors has differed from the primary. Orange and "
+                "red at the BitbucketMirrorSyncLagHigh warning and critical thresholds.",
+                Query(f"max({mirror_sel('bitbucket_mirror_sync_lag_seconds')})"),
+                "s",
+                t.SYNC_LAG,
+            ),
+            stat(
+                "Failing repositories",
+                "Repositories whose last syncs failed (failedSyncCount > 0), summed over the selected mirrors.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_failing')})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Primary repositories",
+                "Repositories the primary offers for mirroring.",
+                Query(f"max({sel('bitbucket_mirror_primary_repositories')})"),
+                "short",
+            ),
+        ],
+        height=4,
+    )  # fmt: skip
+    grid.add(mirrors_table(), 24, 8)
+    grid.row("Trends")
+    grid.line(
+        [
+            timeseries(
+                "Sync lag",
+                "Per mirror, how long its longest-diverged repository has differed from the primary; 0 when all "
+                "match. Dashed lines: the lag alerts' warning and critical thresholds.",
+                [Query(mirror_sel("bitbucket_mirror_sync_lag_seconds"), "{{mirror}}")],
+                "s",
+                t.SYNC_LAG,
+            ),
+            timeseries(
+                "Repositories out of sync",
+                "Per mirror: content drift (pages after the lag threshold), metadata-only drift (late by design) and "
+                "repositories the mirror does not have.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_repositories_out_of_sync"), "{{mirror}} {{hash}}"),
+                    Query(mirror_sel("bitbucket_mirror_repositories_missing"), "{{mirror}} missing"),
+                ],
+                "short",
+            ),
+        ],
+        height=8,
+    )
+    grid.line(
+        [
+            timeseries(
+                "Ref changes queue",
+                "Ref changes waiting in each farm's queue. Dashed line: BitbucketMirrorRefChangesQueueBacklog.",
+                [Query(mirror_sel("bitbucket_mirror_ref_changes_queue_length"), "{{mirror}}")],
+                "short",
+                t.QUEUE_BACKLOG,
+            ),
+            timeseries(
+                "Last seen by the primary",
+                "How long ago the primary last heard from each mirror (lastSeenDate). Dashed line: "
+                "BitbucketMirrorNotSeenByPrimary.",
+                [Query(f"time() - {mirror_sel('bitbucket_mirror_server_last_seen_timestamp_seconds')}", "{{mirror}}")],
+                "s",
+                t.NOT_SEEN,
+            ),
+            timeseries(
+                "Farm nodes",
+                "Nodes in each mirror farm (farmNodes). A drop that lasts is BitbucketMirrorFarmNodesMissing.",
+                [Query(mirror_sel("bitbucket_mirror_farm_nodes"), "{{mirror}}")],
+                "short",
+            ),
+        ],
+        height=7,
+    )
+    grid.line(
+        [
+            timeseries(
+                "Mirror up",
+                "1 while the mirror's /status answers, 0 when it does not (BitbucketMirrorDown).",
+                [Query(mirror_sel("bitbucket_mirror_up"), "{{mirror}}")],
+                "none",
+                max_value=1,
+            ),
+            timeseries(
+                "Synchronization progress",
+                "Repositories synced out of those in the mirror's current synchronization (from …/progress; 0 of 0 "
+                "when idle). A count that stops moving is BitbucketMirrorInitialSyncStalled.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_sync_synced_repositories"), "{{mirror}} synced"),
+                    Query(mirror_sel("bitbucket_mirror_sync_total_repositories"), "{{mirror}} total"),
+                ],
+                "short",
+            ),
+        ],
+        height=7,
+    )
+    return make_dashboard(
+        "Bitbucket mirror farm overview",
+        UID,
+        "Which Bitbucket mirror is behind the primary, by how much, and is each one healthy.",
+        grid.panels,
+    )

@@ -1,0 +1,234 @@
+"""Building blocks shared by the dashboards: selectors scoped to the dashboard variables, the Prometheus query,
+panels that always carry a unit, and a grid that places panels without overlap.
+
+Every selector goes through ``sel`` so that each query is filtered by ``$job`` (and by ``$mirror`` for metrics that
+have a mirror); tests/test_dashboards.py checks that no query escapes this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import attr
+from grafanalib import core as g
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+JOB = 'job=~"$job"'
+MIRROR = 'mirror=~"$mirror"'
+NODE = 'node=~"$node"'
+# The exporter's own poll metrics say `target` (primary or a mirror name) where the others say `mirror`.
+TARGET = 'target=~"primary|$mirror"'
+RATE_WINDOW = "[$__rate_interval]"
+
+
+def sel(metric: str, *matchers: str) -> str:
+    """``metric{job=~"$job", ...}``: a selector scoped to the dashboard's job."""
+    return f"{metric}{{{', '.join((JOB, *matchers))}}}"
+
+
+def mirror_sel(metric: str, *matchers: str) -> str:
+    """A selector scoped to the dashboard's job and mirrors."""
+    return sel(metric, MIRROR, *matchers)
+
+
+def rate(selector: str) -> str:
+    return f"rate({selector}{RATE_WINDOW})"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL query of a panel. ``instant`` queries read the latest value only (tables and stats);
+    ``table`` asks Grafana for one row per series, as tables need."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+    table: bool = False
+
+    def target(self, ref_id: str) -> dict[str, Any]:
+        target: dict[str, Any] = {
+            "datasource": DATASOURCE,
+            "expr": self.expr,
+            "refId": ref_id,
+            "instant": self.instant,
+            "range": not self.instant,
+        }
+        if self.legend:
+            target["legendFormat"] = self.legend
+        if self.table:
+            target["format"] = "table"
+        return target
+
+
+def targets(queries: Sequence[Query]) -> list[dict[str, Any]]:
+    return [q.target(chr(ord("A") + i)) for i, q in enumerate(queries)]
+
+
+def steps(*levels: tuple[str, float | None]) -> list[dict[str, Any]]:
+    """Threshold steps: the first colour applies from minus infinity (``None``), each next one from its value."""
+    return [{"color": color, "value": value} for color, value in levels]
+
+
+GREEN = steps(("green", None))
+# Anything above zero deserves a look (drift, failing repositories, errors).
+ZERO_IS_GOOD = steps(("green", None), ("orange", 1))
+UP_MAPPING = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "DOWN", "color": "red", "index": 0},
+            "1": {"text": "UP", "color": "green", "index": 1},
+        },
+    }
+]
+UP_THRESHOLDS = steps(("red", None), ("green", 1))
+
+
+def timeseries(
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    unit: str,
+    thresholds: list[dict[str, Any]] | None = None,
+    min_value: int | None = 0,
+    max_value: int | None = None,
+    stacked: bool = False,
+) -> g.TimeSeries:
+    """A time series panel; with ``thresholds`` they are drawn as dashed lines, as the alert rules' limits."""
+    return g.TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=targets(queries),
+        unit=unit,
+        thresholds=thresholds or GREEN,
+        thresholdsStyleMode="dashed" if thresholds else "off",
+        valueMin=min_value,
+        valueMax=max_value,
+        stacking={"mode": "normal", "group": "A"} if stacked else {"mode": "none", "group": "A"},
+        fillOpacity=20 if stacked else 0,
+        showPoints="never",
+        legendDisplayMode="table",
+        legendPlacement="right" if len(queries) > 1 else "bottom",
+        legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+    )
+
+
+def stat(
+    title: str,
+    description: str,
+    query: Query,
+    unit: str,
+    thresholds: list[dict[str, Any]] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+) -> g.Stat:
+    """A single figure, coloured by thresholds, from an instant query."""
+    return g.Stat(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=targets([replace(query, instant=True)]),
+        format=unit,
+        thresholds=thresholds or GREEN,
+        mappings=mappings or [],
+        colorMode="background",
+        graphMode="none",
+        reduceCalc="lastNotNull",
+        noValue="0",
+    )
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: ``source`` is a label name or ``Value #<refId>``; thresholds colour the cell."""
+
+    source: str
+    title: str
+    unit: str = "short"
+    thresholds: list[dict[str, Any]] | None = None
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+    link: dict[str, Any] | None = None
+
+    def override(self) -> dict[str, Any]:
+        properties: list[dict[str, Any]] = [{"id": "unit", "value": self.unit}]
+        if self.thresholds:
+            properties.append({"id": "thresholds", "value": {"mode": "absolute", "steps": self.thresholds}})
+            properties.append({"id": "custom.cellOptions", "value": {"type": "color-background"}})
+        if self.mappings:
+            properties.append({"id": "mappings", "value": self.mappings})
+        if self.link:
+            properties.append({"id": "links", "value": [self.link]})
+        return {"matcher": {"id": "byName", "options": self.title}, "properties": properties}
+
+
+def table(
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    columns: Sequence[Column],
+    sort_by: str,
+) -> g.Table:
+    """Instant queries joined on their labels into one table (Grafana's merge), columns renamed and ordered by
+    ``columns``; anything not listed there (Time, the value of a query that only supplies a label) is left out."""
+    shown = [c.source for c in columns]
+    organize = {
+        "indexByName": {name: i for i, name in enumerate(shown)},
+        "renameByName": {c.source: c.title for c in columns},
+    }
+    return g.Table(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=targets([replace(q, instant=True, table=True) for q in queries]),
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "filterFieldsByName", "options": {"include": {"names": shown}}},
+            {"id": "organize", "options": organize},
+        ],
+        overrides=[c.override() for c in columns],
+        thresholds=GREEN,
+        unit="short",
+        filterable=True,
+        sortBy=[g.TableSortByField(displayName=sort_by, desc=True)],
+    )
+
+
+class Grid:
+    """Places panels left to right in Grafana's 24-column grid, wrapping to a new line when a panel does not fit."""
+
+    WIDTH = 24
+
+    def __init__(self) -> None:
+        self.panels: list[Any] = []
+        self._x = 0
+        self._y = 0
+        self._line_height = 0
+
+    def _newline(self) -> None:
+        self._y += self._line_height
+        self._x = 0
+        self._line_height = 0
+
+    def add(self, panel: Any, width: int, height: int) -> Grid:
+        if self._x + width > self.WIDTH:
+            self._newline()
+        self.panels.append(attr.evolve(panel, gridPos=g.GridPos(h=height, w=width, x=self._x, y=self._y)))
+        self._x += width
+        self._line_height = max(self._line_height, height)
+        return self
+
+    def row(self, title: str) -> Grid:
+        self._newline()
+        return self.add(g.RowPanel(title=title), self.WIDTH, 1)
+
+    def line(self, panels: Sequence[Any], height: int) -> Grid:
+        """Panels sharing one line of the grid equally."""
+        self._newline()
+        width = self.WIDTH // len(panels)
+        for panel in panels:
+            self.add(panel, width, height)
+        return self

@@ -1,0 +1,171 @@
+"""Repository drift: which repositories differ from the primary, since when, and which keep failing to sync."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from dashboards import thresholds as t
+from dashboards.build import dashboard as make_dashboard
+from dashboards.panels import ZERO_IS_GOOD, Column, Grid, Query, mirror_sel, stat, table, timeseries
+
+UID = "bbmirror-repository-drift"
+REPOSITORY = "mirror, project, repository"
+# How many repositories the table and the lag graph show at most; the exporter itself caps the per-repository series
+# at max_repository_series per mirror.
+TOP = 50
+TOP_GRAPHED = 10
+
+
+def per_repository(metric: str) -> str:
+    return f"max by ({REPOSITORY}) ({mirror_sel(metric)})"
+
+
+def repositories_table() -> g.Table:
+    lag = per_repository("bitbucket_mirror_repository_sync_lag_seconds")
+    queries = [
+        Query(f"topk({TOP}, {lag} > 0)"),
+        # Grafana's date units read milliseconds since the epoch.
+        Query(f"(time() - topk({TOP}, {lag} > 0)) * 1000"),
+        Query(f"{per_repository('bitbucket_mirror_repository_failed_syncs')} > 0"),
+    ]
+    columns = [
+        Column("mirror", "Mirror", "string"),
+        Column("project", "Project", "string"),
+        Column("repository", "Repository", "string"),
+        Column("Value #A", "Lag", "s", t.SYNC_LAG),
+        Column("Value #B", "Differs since", "dateTimeAsIso"),
+        Column("Value #C", "Failed syncs", "short", t.REPOSITORY_FAILED_SYNCS),
+    ]
+    return table(
+        "Repositories out of sync or failing",
+        f"The {TOP} repositories whose content has differed from the primary the longest (Lag, and since when the "
+        "exporter has seen it differ), and every repository whose last syncs failed. Empty lag: the content "
+        "matches but syncs fail. Lag counts from when the exporter first saw the difference, so it restarts with "
+        "the exporter. Only repositories with per-repository series are here (see Series dropped).",
+        queries,
+        columns,
+        sort_by="Lag",
+    )
+
+
+def dashboard() -> g.Dashboard:
+    content = 'hash="content"'
+    metadata = 'hash="metadata"'
+    grid = Grid()
+    grid.line(
+        [
+            stat(
+                "Content drift",
+                "Repositories whose content differs from the primary: clones there are stale.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_out_of_sync', content)})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Metadata drift",
+                "Content matches, metadata (pull-request refs and the like) differs. Late by design; a problem only "
+                "when it lasts hours (BitbucketMirrorMetadataDrift).",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_out_of_sync', metadata)})"),
+                "short",
+            ),
+            stat(
+                "Missing",
+                "Repositories in a mirror's scope that the mirror does not have.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_missing')})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Hash unknown",
+                "Repositories whose content hash is absent or all zeros on either side (never computed since an "
+                "upgrade): they cannot be compared, so they never count as drift.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repositories_hash_unknown')})"),
+                "short",
+            ),
+            stat(
+                "Delayed (Bitbucket)",
+                "Repositories Bitbucket itself reports as not synced within its sync tolerance, where the version "
+                "offers that list.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_delayed_sync_repositories')})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Series dropped",
+                "Repositories left out of the per-repository series (and so of the table below) by the exporter's "
+                "max_repository_series. Above 0, the table is incomplete.",
+                Query(f"sum({mirror_sel('bitbucket_mirror_repository_series_dropped')})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+        ],
+        height=4,
+    )
+    grid.add(repositories_table(), 24, 10)
+    grid.row("Over time")
+    grid.line(
+        [
+            timeseries(
+                "Lag of the longest-lagging repositories",
+                f"The {TOP_GRAPHED} repositories that differ from the primary the longest at each point in time. "
+                "Dashed lines: the lag alerts' warning and critical thresholds.",
+                [
+                    Query(
+                        f"topk({TOP_GRAPHED}, {mirror_sel('bitbucket_mirror_repository_sync_lag_seconds')} > 0)",
+                        "{{mirror}} {{project}}/{{repository}}",
+                    )
+                ],
+                "s",
+                t.SYNC_LAG,
+            ),
+            timeseries(
+                "Failed syncs",
+                "Per mirror, the sum of failedSyncCount over its repositories and how many repositories have one. "
+                "Bitbucket resets a repository's count when it syncs.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_failed_syncs"), "{{mirror}} failed syncs"),
+                    Query(mirror_sel("bitbucket_mirror_repositories_failing"), "{{mirror}} failing repositories"),
+                ],
+                "short",
+            ),
+        ],
+        height=8,
+    )
+    grid.line(
+        [
+            timeseries(
+                "Out of sync by hash",
+                "Per mirror, repositories whose content (hash=content) or only metadata (hash=metadata) differs.",
+                [Query(mirror_sel("bitbucket_mirror_repositories_out_of_sync"), "{{mirror}} {{hash}}")],
+                "short",
+            ),
+            timeseries(
+                "Missing, unknown and extra",
+                "Per mirror: repositories it lacks, repositories whose hash is unknown, and repositories it still "
+                "has that the primary no longer lists.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_repositories_missing"), "{{mirror}} missing"),
+                    Query(mirror_sel("bitbucket_mirror_repositories_hash_unknown"), "{{mirror}} hash unknown"),
+                    Query(mirror_sel("bitbucket_mirror_repositories_extra"), "{{mirror}} extra"),
+                ],
+                "short",
+            ),
+            timeseries(
+                "Delayed according to Bitbucket",
+                "Bitbucket's own count of repositories not synced within its tolerance, next to the exporter's "
+                "content drift: a cross-check of the two views.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_delayed_sync_repositories"), "{{mirror}} Bitbucket"),
+                    Query(mirror_sel("bitbucket_mirror_repositories_out_of_sync", content), "{{mirror}} exporter"),
+                ],
+                "short",
+            ),
+        ],
+        height=8,
+    )
+    return make_dashboard(
+        "Bitbucket mirror repository drift",
+        UID,
+        "Which repositories on the Bitbucket mirrors differ from the primary, since when, and which fail to sync.",
+        grid.panels,
+    )

@@ -1,0 +1,128 @@
+"""Sync performance: how fast and how often each mirror node syncs, from its JMX timers (mirrors with ``jmx`` only)."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from dashboards import thresholds as t
+from dashboards import variables
+from dashboards.build import dashboard as make_dashboard
+from dashboards.panels import NODE, Grid, Query, mirror_sel, rate, timeseries
+
+UID = "bbmirror-sync-performance"
+NODE_LEGEND = "{{mirror}}/{{node}}"
+# The quantiles worth a line each; the timers also report 0.75, 0.98 and 0.999.
+QUANTILES = "0.5|0.95|0.99"
+
+
+def node_sel(metric: str, *matchers: str) -> str:
+    return mirror_sel(metric, NODE, *matchers)
+
+
+def sync_rate(kind: str, per: int, unit_name: str) -> list[Query]:
+    """Syncs per second (or per hour), from the timer's count and from the node's own one-minute rate."""
+    sync = f'sync="{kind}"'
+    scale = f" * {per}" if per != 1 else ""
+    return [
+        Query(f"sum by (mirror, node) ({rate(node_sel('bitbucket_mirror_node_syncs_total', sync))}){scale}",
+              f"{NODE_LEGEND} {unit_name}"),
+        Query(f"{node_sel('bitbucket_mirror_node_sync_rate', sync)}{scale}", f"{NODE_LEGEND} {unit_name} (node, 1m)"),
+    ]  # fmt: skip
+
+
+def durations(kind: str) -> list[Query]:
+    sync = f'sync="{kind}"'
+    return [
+        Query(
+            node_sel("bitbucket_mirror_node_sync_duration_seconds", sync, f'quantile=~"{QUANTILES}"'),
+            f"{NODE_LEGEND} p{{{{quantile}}}}",
+        ),
+        Query(node_sel("bitbucket_mirror_node_sync_duration_max_seconds", sync), f"{NODE_LEGEND} max"),
+    ]
+
+
+QUANTILE_NOTE = (
+    "Quantiles come from each node's decaying reservoir (recent syncs weigh more); compare nodes, never average them."
+)
+
+
+def dashboard() -> g.Dashboard:
+    grid = Grid()
+    grid.row("Incremental syncs")
+    grid.line(
+        [
+            timeseries(
+                "Incremental syncs per second",
+                "Incremental syncs (one per pushed ref change) each node completes: from the timer's count, and "
+                "the node's own one-minute rate.",
+                sync_rate("incremental", 1, "syncs/s"),
+                "ops",
+            ),
+            timeseries(
+                "Incremental sync duration",
+                f"{QUANTILE_NOTE} Dashed line: BitbucketMirrorSyncSlow for the 0.99 quantile.",
+                durations("incremental"),
+                "s",
+                t.INCREMENTAL_SLOW,
+            ),
+        ],
+        height=8,
+    )
+    grid.row("Snapshot syncs")
+    grid.line(
+        [
+            timeseries(
+                "Snapshot syncs per hour",
+                "Full snapshot syncs each node runs, per hour. Many of them mean incremental syncs keep failing over. "
+                "Dashed line: BitbucketMirrorSnapshotSyncsFrequent.",
+                sync_rate("snapshot", 3600, "syncs/h"),
+                "short",
+                t.SNAPSHOTS_PER_HOUR,
+            ),
+            timeseries(
+                "Snapshot sync duration",
+                f"{QUANTILE_NOTE} Dashed line: BitbucketMirrorSyncSlow for the 0.99 quantile.",
+                durations("snapshot"),
+                "s",
+                t.SNAPSHOT_SLOW,
+            ),
+        ],
+        height=8,
+    )
+    grid.row("Farm")
+    grid.line(
+        [
+            timeseries(
+                "Farm vet duration",
+                f"How long the farm's consistency check (farm vet) takes on each node. {QUANTILE_NOTE}",
+                durations("farm_vet"),
+                "s",
+            ),
+            timeseries(
+                "Hosting tickets",
+                "The node's ticket bean attributes (for example available and used SCM hosting tickets). No "
+                "tickets left means clones and syncs queue.",
+                [
+                    Query(
+                        node_sel("bitbucket_mirror_node_tickets"),
+                        f"{NODE_LEGEND} {{{{resource}}}} {{{{attribute}}}}",
+                    )
+                ],
+                "short",
+            ),
+            timeseries(
+                "Queued ref changes by sync type",
+                "Items in the farm's ref-changes queue dump (REST, not JMX) by the sync they wait for.",
+                [Query(mirror_sel("bitbucket_mirror_ref_changes_queue_items"), "{{mirror}} {{sync}}")],
+                "short",
+            ),
+        ],
+        height=8,
+    )
+    return make_dashboard(
+        "Bitbucket mirror sync performance",
+        UID,
+        "How fast and how often each Bitbucket mirror node syncs, read from its JMX sync timers.",
+        grid.panels,
+        extra=[variables.node()],
+    )
