@@ -1,0 +1,90 @@
+{{- define "bme.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "bme.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bme.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bme.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "bme.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "bme.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: bitbucket-mirror-exporter
+{{- end -}}
+
+{{- define "bme.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "bme.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bme.secretName" -}}
+{{- default (include "bme.fullname" .) .Values.existingSecret.name -}}
+{{- end -}}
+
+{{/* Non-empty when a mirror in the configuration reads JMX, so the image needs a Java runtime. */}}
+{{- define "bme.jmx" -}}
+{{- range .Values.config.mirrors -}}{{- if .jmx -}}true{{- end -}}{{- end -}}
+{{- end -}}
+
+{{- define "bme.image" -}}
+{{- $tag := .Values.image.tag | default (printf "%s%s" .Chart.AppVersion (ternary "-jmx" "" (ne (include "bme.jmx" .) ""))) -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{- define "bme.secretDir" -}}/etc/bitbucket-mirror-exporter/secrets{{- end -}}
+
+{{/* (list $ "password"): the Secret's key holding that secret, or "" when there is none. */}}
+{{- define "bme.secretKey" -}}
+{{- $root := index . 0 -}}
+{{- $what := index . 1 -}}
+{{- if $root.Values.existingSecret.name -}}
+{{- index $root.Values.existingSecret (printf "%sKey" $what) -}}
+{{- else if index $root.Values.credentials $what -}}
+{{- $what -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bme.anySecret" -}}
+{{- range list "password" "token" "jmxPassword" -}}{{- include "bme.secretKey" (list $ .) -}}{{- end -}}
+{{- end -}}
+
+{{/* The exporter configuration: .Values.config with the *_file keys pointed at the mounted Secret. */}}
+{{- define "bme.config" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $dir := include "bme.secretDir" . -}}
+{{- $primary := $config.primary | default dict -}}
+{{- if include "bme.secretKey" (list . "password") -}}
+{{- $_ := set $primary "password_file" (printf "%s/password" $dir) -}}
+{{- end -}}
+{{- if include "bme.secretKey" (list . "token") -}}
+{{- $_ := set $primary "token_file" (printf "%s/token" $dir) -}}
+{{- end -}}
+{{- $_ := set $config "primary" $primary -}}
+{{- if include "bme.secretKey" (list . "jmxPassword") -}}
+{{- range $config.mirrors -}}
+{{- if and .jmx (not (hasKey .jmx "password")) (not (hasKey .jmx "password_file")) -}}
+{{- $_ := set .jmx "password_file" (printf "%s/jmxPassword" $dir) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
