@@ -1,23 +1,19 @@
-"""Turns the grafanalib dashboards into the committed JSON: common settings (variables, links, tags, time), then
-Grafana's current JSON model with the legacy keys grafanalib still writes removed."""
+"""Turns the grafanalib dashboards into the committed JSON: Grafana's current JSON model, with the legacy keys
+grafanalib still writes removed."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
-from dashboards import variables
+from dashboards import exporter_health, overview, repository_drift, sync_performance
 
 GENERATED = Path(__file__).parent / "generated"
-TAG = "bitbucket-mirror"
-TAGS = ["bitbucket", TAG]
-# Grafana 11's dashboard schema version; Grafana migrates older JSON on load, newer Grafana reads this as is.
-SCHEMA_VERSION = 39
 
 # Keys grafanalib writes for Grafana 7 and older (graph-era panels, old rows, dashboard style) that today's
 # dashboard schema no longer has. Grafana ignores them; they are dropped to keep the JSON in the current model, and
@@ -27,36 +23,6 @@ LEGACY_PANEL_KEYS = {"color", "columns", "editable", "error", "fontSize", "mappi
 # A row is a layout element only: no queries, data options or looks.
 ROW_ONLY_KEYS = {"collapsed", "gridPos", "id", "panels", "title", "type"}
 LEGACY_TEMPLATE_KEYS = {"useTags"}
-
-
-def dashboard(
-    title: str, uid: str, description: str, grid_panels: list[Any], extra: Sequence[g.Template] = ()
-) -> g.Dashboard:
-    return g.Dashboard(
-        title=title,
-        uid=uid,
-        description=description,
-        tags=TAGS,
-        panels=grid_panels,
-        templating=g.Templating([variables.datasource(), variables.job(), variables.mirror(), *extra]),
-        links=[
-            g.DashboardLink(
-                title="Bitbucket mirror dashboards",
-                type="dashboards",
-                tags=[TAG],
-                asDropdown=False,
-                includeVars=True,
-                keepTime=True,
-                icon="dashboard",
-            )
-        ],
-        time=g.Time("now-6h", "now"),
-        refresh="1m",
-        timezone="browser",
-        graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
-        schemaVersion=SCHEMA_VERSION,
-        editable=True,
-    ).auto_panel_ids()
 
 
 def _drop_none(value: Any) -> Any:
@@ -109,8 +75,6 @@ def render(dash: g.Dashboard) -> str:
 
 def all_dashboards() -> dict[str, Callable[[], g.Dashboard]]:
     """File name -> builder, for every dashboard."""
-    from dashboards import exporter_health, overview, repository_drift, sync_performance
-
     return {
         "mirror-farm-overview.json": overview.dashboard,
         "repository-drift.json": repository_drift.dashboard,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
-from dashboards.build import dashboard as make_dashboard
+from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
     TARGET,
     UP_MAPPING,

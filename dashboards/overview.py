@@ -5,7 +5,7 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import thresholds as t
-from dashboards.build import dashboard as make_dashboard
+from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
     UP_MAPPING,
     UP_THRESHOLDS,

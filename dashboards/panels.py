@@ -138,7 +138,8 @@ def stat(
         colorMode="background",
         graphMode="none",
         reduceCalc="lastNotNull",
-        noValue="0",
+        # Never 0 for missing data: a stat of a stopped exporter must not look healthy.
+        noValue="No data",
     )
 
 

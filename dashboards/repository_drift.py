@@ -5,7 +5,7 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import thresholds as t
-from dashboards.build import dashboard as make_dashboard
+from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import ZERO_IS_GOOD, Column, Grid, Query, mirror_sel, stat, table, timeseries
 
 UID = "bbmirror-repository-drift"

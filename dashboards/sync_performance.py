@@ -6,7 +6,7 @@ from grafanalib import core as g
 
 from dashboards import thresholds as t
 from dashboards import variables
-from dashboards.build import dashboard as make_dashboard
+from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import NODE, Grid, Query, mirror_sel, rate, timeseries
 
 UID = "bbmirror-sync-performance"

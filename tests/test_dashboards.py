@@ -14,7 +14,8 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from alerts.rules import AlertConfig, alert_names
-from dashboards.build import GENERATED, SCHEMA_VERSION, TAG, rendered
+from dashboards.build import GENERATED, rendered
+from dashboards.common import SCHEMA_VERSION, TAG
 from dashboards.variables import ALL
 from tests.dashboard_json import (
     data_panels,

@@ -1,0 +1,45 @@
+"""What every dashboard shares: the variables, the links between the four, tags, time range and schema version."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from grafanalib import core as g
+
+from dashboards import variables
+
+TAG = "bitbucket-mirror"
+TAGS = ["bitbucket", TAG]
+# Grafana 11's dashboard schema version; Grafana migrates older JSON on load, newer Grafana reads this as is.
+SCHEMA_VERSION = 39
+
+
+def dashboard(
+    title: str, uid: str, description: str, grid_panels: list[Any], extra: Sequence[g.Template] = ()
+) -> g.Dashboard:
+    return g.Dashboard(
+        title=title,
+        uid=uid,
+        description=description,
+        tags=TAGS,
+        panels=grid_panels,
+        templating=g.Templating([variables.datasource(), variables.job(), variables.mirror(), *extra]),
+        links=[
+            g.DashboardLink(
+                title="Bitbucket mirror dashboards",
+                type="dashboards",
+                tags=[TAG],
+                asDropdown=False,
+                includeVars=True,
+                keepTime=True,
+                icon="dashboard",
+            )
+        ],
+        time=g.Time("now-6h", "now"),
+        refresh="1m",
+        timezone="browser",
+        graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
+        schemaVersion=SCHEMA_VERSION,
+        editable=True,
+    ).auto_panel_ids()
