@@ -92,9 +92,7 @@ def timeseries(
     queries: Sequence[Query],
     unit: str,
     thresholds: list[dict[str, Any]] | None = None,
-    min_value: int | None = 0,
     max_value: int | None = None,
-    stacked: bool = False,
 ) -> g.TimeSeries:
     """A time series panel; with ``thresholds`` they are drawn as dashed lines, as the alert rules' limits."""
     return g.TimeSeries(
@@ -105,10 +103,10 @@ def timeseries(
         unit=unit,
         thresholds=thresholds or GREEN,
         thresholdsStyleMode="dashed" if thresholds else "off",
-        valueMin=min_value,
+        # Every series here is a count, a duration or an age: never below zero.
+        valueMin=0,
         valueMax=max_value,
-        stacking={"mode": "normal", "group": "A"} if stacked else {"mode": "none", "group": "A"},
-        fillOpacity=20 if stacked else 0,
+        stacking={"mode": "none", "group": "A"},
         showPoints="never",
         legendDisplayMode="table",
         legendPlacement="right" if len(queries) > 1 else "bottom",
