@@ -10,29 +10,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from exporter.client import INVALID_RESPONSE, BitbucketClient, FetchError
 from exporter.config import Credentials
+from exporter.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.models import (
     ClusterNode,
     DelayedSyncRepository,
-    EnrichedRepository,
     MirrorServer,
     MirrorStatus,
     RefSyncQueue,
-    RepoSyncStatus,
     SyncProgress,
     SyncSettings,
     UpstreamServer,
     parse_count,
     parse_repository_ids,
 )
-
-M = TypeVar("M", bound=BaseModel)
+from exporter.parsing import parse_list, parse_model
 
 REST = "rest/mirroring/latest"
 DELAYED_SYNC_LIMIT = 100  # the documented maximum
@@ -48,21 +45,6 @@ class Layout:
     family: ApiFamily
     # 8.x only: the id that every mirror-side path is nested under.
     upstream_id: str | None = None
-
-
-def parse_model(model: type[M], data: Any, what: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise FetchError(INVALID_RESPONSE, f"{what}: {where}: {first['msg']}") from None
-
-
-def parse_list(model: type[M], data: Any, what: str) -> list[M]:
-    if not isinstance(data, list):
-        raise FetchError(INVALID_RESPONSE, f"{what}: expected a JSON array")
-    return [parse_model(model, item, what) for item in data]
 
 
 def rest_url(base_url: str, *path: str) -> URL:
@@ -143,11 +125,11 @@ class MirrorApi:
     async def ref_changes_queue(self) -> RefSyncQueue:
         return parse_model(RefSyncQueue, await self._get("supportInfo", "refChangesQueue"), "refChangesQueue")
 
-    async def repo_sync_status_pages(self) -> AsyncIterator[list[RepoSyncStatus]]:
-        """Parsed one page at a time, so a large mirror's raw JSON is never all held at once."""
+    async def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
+        """Decoded one page at a time, so a large mirror's raw JSON is never all held at once."""
         url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
-        async for values in self._client.pages(url, self._credentials):
-            yield parse_list(RepoSyncStatus, values, "repoSyncStatus")
+        async for rows in self._client.pages(url, self._credentials, decode_sync_status_page):
+            yield rows
 
 
 class PrimaryApi:
@@ -156,11 +138,11 @@ class PrimaryApi:
         self._base_url = base_url
         self._credentials = credentials
 
-    async def repository_pages(self) -> AsyncIterator[list[EnrichedRepository]]:
+    async def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
         """The primary's repositories with content and metadata hashes, a page at a time."""
         url = rest_url(self._base_url, "repos")
-        async for values in self._client.pages(url, self._credentials):
-            yield parse_list(EnrichedRepository, values, "repos")
+        async for rows in self._client.pages(url, self._credentials, decode_repository_page):
+            yield rows
 
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)

@@ -74,6 +74,7 @@ class Exporter:
         self._session: aiohttp.ClientSession | None = None
         self._primary: PrimaryPoller | None = None
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
+        self._mirror_pollers: dict[str, MirrorPoller] = {}
         self._runner: web.AppRunner | None = None
         self.port = listen.port
         self.client: BitbucketClient | None = None
@@ -121,7 +122,13 @@ class Exporter:
         poller = MirrorPoller(state, api, self._primary, self.settings.per_repository_metrics == "all", interval)
         task = asyncio.create_task(poll_forever(poller, interval, self._stop))
         self._tasks.append(task)
+        self._mirror_pollers[state.name] = poller
         return poller, task
+
+    async def poll_once(self) -> None:
+        """One more cycle of every target now, beside the schedule (bench/scale.py measures steady cycles so)."""
+        assert self._primary is not None
+        await asyncio.gather(self._primary.poll_once(), *(p.poll_once() for p in self._mirror_pollers.values()))
 
     def _discover(self, servers: list[MirrorServer]) -> None:
         """Follow the primary's mirrorServers: add mirrors it lists that are not configured, drop ones it no longer
@@ -133,6 +140,7 @@ class Exporter:
             # Forget the task too, or a primary whose list flaps would grow _tasks without bound.
             self._tasks.remove(task)
             self.state.mirrors.remove(state)
+            del self._mirror_pollers[state.name]
             log.info("discovered mirror gone", extra={"mirror": state.name})
         configured = {normalize_url(m.url) for m in self.settings.mirrors}
         names = {m.name for m in self.state.mirrors}

@@ -12,10 +12,10 @@ import base64
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -31,6 +31,9 @@ INVALID_JSON = "invalid_json"
 INVALID_RESPONSE = "invalid_response"
 PAGE_LOOP = "page_loop"
 PAGE_CAP = "page_cap"
+
+
+T = TypeVar("T")
 
 
 def http_reason(status: int) -> str:
@@ -76,14 +79,38 @@ def _looks_like_html(content_type: str, body: bytes) -> bool:
     return "html" in content_type or body.lstrip()[:1] == b"<"
 
 
-def decode_json(content_type: str, body: bytes) -> Any:
-    if _looks_like_html(content_type, body):
-        # Typically a login page sent with status 200 by an SSO proxy or an expired session.
-        raise FetchError(HTML_RESPONSE, "got an HTML page instead of JSON (a login page?)")
+def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FetchError(INVALID_JSON, f"response is not valid JSON ({type(exc).__name__})") from None
+
+
+def decode_body(content_type: str, body: bytes, decode: Callable[[bytes], T]) -> T:
+    """``decode`` (``parse_json`` or a typed page decoder) raises FetchError itself on a body it cannot read."""
+    if _looks_like_html(content_type, body):
+        # Typically a login page sent with status 200 by an SSO proxy or an expired session.
+        raise FetchError(HTML_RESPONSE, "got an HTML page instead of JSON (a login page?)")
+    return decode(body)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a Bitbucket paged resource; the paging fields exactly as sent, judged by ``pages``."""
+
+    values: list[T]
+    is_last_page: Any = True
+    next_page_start: Any = None
+    limit: Any = None
+
+
+def parse_page(body: bytes) -> Page[Any]:
+    document = parse_json(body)
+    if not isinstance(document, dict) or not isinstance(document.get("values"), list):
+        raise FetchError(INVALID_RESPONSE, "paged response without a values list")
+    return Page(
+        document["values"], document.get("isLastPage", True), document.get("nextPageStart"), document.get("limit")
+    )
 
 
 @dataclass
@@ -134,6 +161,16 @@ class BitbucketClient:
 
     async def get_json(self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None) -> Any:
         """GET a JSON document, retrying timeouts, connection errors, 429 and 5xx with backoff."""
+        return await self.get(url, credentials, parse_json, params)
+
+    async def get(
+        self,
+        url: URL,
+        credentials: Credentials,
+        decode: Callable[[bytes], T],
+        params: Mapping[str, str | int] | None = None,
+    ) -> T:
+        """GET and decode a 2xx body with ``decode``, retrying timeouts, connection errors, 429 and 5xx."""
         if params:
             url = url.update_query({k: str(v) for k, v in params.items()})
         headers = {"Accept": "application/json", **auth_headers(credentials)}
@@ -151,7 +188,7 @@ class BitbucketClient:
                 error = FetchError(CONNECTION, f"{type(exc).__name__} talking to {url.host}:{url.port}")
             else:
                 if 200 <= status < 300:
-                    return decode_json(content_type, body)
+                    return decode_body(content_type, body, decode)
                 error = self._status_error(status, content_type, body)
                 if status != 429 and status < 500:
                     raise error
@@ -183,9 +220,14 @@ class BitbucketClient:
         return FetchError(http_reason(status), f"HTTP {status}{message}", status=status, body=parsed)
 
     async def pages(
-        self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None
-    ) -> AsyncIterator[list[Any]]:
-        """Yield the ``values`` of each page of a Bitbucket paged resource.
+        self,
+        url: URL,
+        credentials: Credentials,
+        decode: Callable[[bytes], Page[T]],
+        params: Mapping[str, str | int] | None = None,
+    ) -> AsyncIterator[list[T]]:
+        """Yield the values of each page of a Bitbucket paged resource, decoded by ``decode`` (``parse_page`` for
+        plain JSON values).
 
         Asks for ``poll.page_limit`` items, then for whatever ``limit`` the server says it applied; follows
         ``nextPageStart`` (never computes it) and stops with an error on a page loop or past ``poll.max_pages``.
@@ -193,19 +235,17 @@ class BitbucketClient:
         start = 0
         limit = self._poll.page_limit
         for _ in range(self._poll.max_pages):
-            page = await self.get_json(url, credentials, {**(params or {}), "start": start, "limit": limit})
-            if not isinstance(page, dict) or not isinstance(page.get("values"), list):
-                raise FetchError(INVALID_RESPONSE, "paged response without a values list")
-            yield page["values"]
-            if page.get("isLastPage", True) is True:
+            page = await self.get(url, credentials, decode, {**(params or {}), "start": start, "limit": limit})
+            yield page.values
+            if page.is_last_page is True:  # also when absent: Page's default
                 return
-            next_start = _as_int(page.get("nextPageStart"))
+            next_start = _as_int(page.next_page_start)
             if next_start is None:
                 raise FetchError(INVALID_RESPONSE, "isLastPage is false but nextPageStart is missing")
             if next_start <= start:
                 raise FetchError(PAGE_LOOP, f"nextPageStart {next_start} does not move past start {start}")
             start = next_start
-            server_limit = _as_int(page.get("limit"))
+            server_limit = _as_int(page.limit)
             if server_limit is not None and 0 < server_limit < limit:
                 limit = server_limit
         raise FetchError(PAGE_CAP, f"more than poll.max_pages={self._poll.max_pages} pages")
@@ -214,7 +254,7 @@ class BitbucketClient:
         self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None
     ) -> list[Any]:
         values: list[Any] = []
-        async for page in self.pages(url, credentials, params):
+        async for page in self.pages(url, credentials, parse_page, params):
             values.extend(page)
         return values
 

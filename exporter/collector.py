@@ -30,7 +30,7 @@ def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
 
 class MirrorFarmCollector(Collector):
     def __init__(
-        self, state: ExporterState, per_repository: str = "unhealthy", max_repository_series: int = 500
+        self, state: ExporterState, per_repository: str = "unhealthy", max_repository_series: int = 100
     ) -> None:
         self._state = state
         self._per_repository = per_repository

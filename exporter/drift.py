@@ -14,6 +14,9 @@ Classification of a repository the mirror is meant to carry (its sync settings' 
 
 ``extra`` counts repositories on the mirror whose id the primary no longer lists.
 
+The analysis runs in steps (``Analysis.step``, a chunk of the primary's repositories at a time) so that the poller can
+let scrapes in between at 100,000 repositories; ``analyse`` does it in one go.
+
 Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time the exporter first saw the
 current divergence; it resets when the repository is back in sync. Its resolution is the poll interval, and it lives
 in memory only: after a restart it counts from the first poll.
@@ -25,6 +28,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
+
+import msgspec
 
 
 class RepoState(StrEnum):
@@ -45,8 +51,8 @@ def hash_known(value: str | None) -> bool:
     return value is not None and value.strip().strip("0") != ""
 
 
-@dataclass(frozen=True, slots=True)
-class PrimaryRepo:
+# Structs without GC tracking: one per repository per target, the bulk of the exporter's memory at scale.
+class PrimaryRepo(msgspec.Struct, frozen=True, gc=False):
     project_id: str | None
     project_key: str
     slug: str
@@ -54,8 +60,7 @@ class PrimaryRepo:
     metadata: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class MirrorRepo:
+class MirrorRepo(msgspec.Struct, frozen=True, gc=False):
     content: str | None
     metadata: str | None
     failed_syncs: int
@@ -106,6 +111,74 @@ def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str]:
     return (since, -repo.failed_syncs, repo.project_key, repo.slug)
 
 
+class Analysis:
+    """One mirror's drift analysis, a chunk of the primary's repositories at a time (the primary's mapping is replaced
+    by the poller, never changed in place, so iterating it across steps is safe)."""
+
+    def __init__(
+        self,
+        primary: Mapping[str, PrimaryRepo],
+        scope: frozenset[str] | None,
+        mirror: Mapping[str, MirrorRepo],
+        previous_since: Mapping[str, float],
+        now: float,
+        keep_all: bool = False,
+    ) -> None:
+        self._pending = iter(primary.items())
+        self._scope = scope
+        self._mirror = mirror
+        self._previous_since = previous_since
+        self._now = now
+        self._keep_all = keep_all
+        self._counts: dict[RepoState, int] = {}
+        self._since: dict[str, float] = {}
+        self._kept: list[RepoHealth] = []
+        # Primary repositories the mirror lists, in scope or not: the rest of the mirror's list is extra.
+        self._matched = 0
+
+    def step(self, count: int) -> bool:
+        """Classify up to ``count`` more repositories; True once every repository of the primary is done."""
+        scope, mirror, counts, keep_all = self._scope, self._mirror, self._counts, self._keep_all
+        done = 0
+        for repo_id, upstream in islice(self._pending, count):
+            done += 1
+            local = mirror.get(repo_id)
+            if local is not None:
+                self._matched += 1
+            if scope is not None and upstream.project_id not in scope:
+                continue
+            if (
+                local is not None
+                and not local.failed_syncs
+                and local.content == upstream.content
+                and local.metadata == upstream.metadata
+                and not keep_all
+            ):
+                # The common case at scale, decided without the general rules and with nothing more to record.
+                state = RepoState.IN_SYNC if hash_known(upstream.content) else RepoState.HASH_UNKNOWN
+                counts[state] = counts.get(state, 0) + 1
+                continue
+            state = classify(upstream, local)
+            counts[state] = counts.get(state, 0) + 1
+            failed = local.failed_syncs if local is not None else 0
+            diverged = None
+            if state in DIVERGED:
+                # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
+                diverged = self._since[repo_id] = self._previous_since.get(repo_id, self._now)
+            if keep_all or state in UNHEALTHY or failed > 0:
+                self._kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
+        return done < count
+
+    def report(self) -> DriftReport:
+        """Call once, after ``step`` returned True."""
+        counts = dict(self._counts)
+        extra = len(self._mirror) - self._matched
+        if extra:
+            counts[RepoState.EXTRA] = extra
+        self._kept.sort(key=_worst_first)
+        return DriftReport(counts, self._since, self._kept)
+
+
 def analyse(
     primary: Mapping[str, PrimaryRepo],
     scope: frozenset[str] | None,
@@ -115,24 +188,7 @@ def analyse(
     keep_all: bool = False,
 ) -> DriftReport:
     """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all)."""
-    counts: dict[RepoState, int] = {}
-    since: dict[str, float] = {}
-    kept: list[RepoHealth] = []
-    for repo_id, upstream in primary.items():
-        if scope is not None and upstream.project_id not in scope:
-            continue
-        local = mirror.get(repo_id)
-        state = classify(upstream, local)
-        counts[state] = counts.get(state, 0) + 1
-        diverged = None
-        if state in DIVERGED:
-            # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
-            diverged = since[repo_id] = previous_since.get(repo_id, now)
-        failed = local.failed_syncs if local is not None else 0
-        if keep_all or state in UNHEALTHY or failed > 0:
-            kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
-    extra = sum(1 for repo_id in mirror if repo_id not in primary)
-    if extra:
-        counts[RepoState.EXTRA] = extra
-    kept.sort(key=_worst_first)
-    return DriftReport(counts, since, kept)
+    analysis = Analysis(primary, scope, mirror, previous_since, now, keep_all)
+    while not analysis.step(len(primary) + 1):
+        pass
+    return analysis.report()

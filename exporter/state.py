@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from exporter.api import Layout
-from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo
+from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
 from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 
@@ -49,8 +49,6 @@ class RepoSyncSummary:
     failing: int
     failed_syncs: int
     newest_last_sync: float | None
-    # The mirror's hashes by the primary's repository id (externalRepoId), for the drift analysis.
-    rows: dict[str, MirrorRepo] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,21 @@ from exporter.state import ExporterState, MirrorState
 
 STATE_KEY = web.AppKey("state", ExporterState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+# Content type -> (monotonic time, exposition) of the latest rendering.
+Renderings = dict[str, tuple[float, bytes]]
+RENDERINGS_KEY: web.AppKey[Renderings] = web.AppKey("renderings")
+# Scrapes this close together share one rendering: a burst of simultaneous scrapes (an HA pair of Prometheus
+# servers, several teams' Prometheus) costs one rendering, not one each queued behind the others (bench/scale.py).
+SHARED_RENDERING_SECONDS = 0.2
 
 
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[REGISTRY_KEY])
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    renderings, now = request.app[RENDERINGS_KEY], time.monotonic()
+    latest = renderings.get(content_type)
+    if latest is None or now - latest[0] > SHARED_RENDERING_SECONDS:
+        latest = renderings[content_type] = (now, encoder(request.app[REGISTRY_KEY]))
+    return web.Response(body=latest[1], headers={"Content-Type": content_type})
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -76,6 +85,7 @@ def make_app(state: ExporterState, registry: CollectorRegistry) -> web.Applicati
     app = web.Application()
     app[STATE_KEY] = state
     app[REGISTRY_KEY] = registry
+    app[RENDERINGS_KEY] = {}
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)

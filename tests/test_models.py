@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter.api import parse_list, parse_model
 from exporter.client import FetchError
 from exporter.models import (
     ClusterNode,
@@ -18,6 +17,7 @@ from exporter.models import (
     UpstreamServer,
     parse_count,
 )
+from exporter.parsing import parse_list, parse_model
 
 EPOCH_2024 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 

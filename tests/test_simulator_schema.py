@@ -119,6 +119,16 @@ async def test_mirror_endpoints_of_the_9x_family_match_the_spec(farm: SimulatedF
         assert queue["values"], "the check must see at least one queue item"
         count = await get(http, f"{base}/supportInfo/refChangesQueue/count")
         assert count == len(queue["values"])  # untyped in the spec: a bare number, see docs/assumptions.md
+        # The per-repository status (bench/scale.py's naive per-repository poller uses it).
+        one_path = "/mirroring/latest/supportInfo/projects/{projectKey}/repos/{repositorySlug}/repoSyncStatus"
+        one = await get(http, f"{base}/supportInfo/projects/PRJ1/repos/repo-1/repoSyncStatus")
+        check(one, response_schema("9.2", one_path))
+        check(one, response_schema("9.6", one_path), version="9.6")
+        assert one == next(
+            v for v in (await get(http, f"{base}/supportInfo/repoSyncStatus"))["values"] if v["externalRepoId"] == "1"
+        )
+        async with http.get(f"{base}/supportInfo/projects/PRJ2/repos/repo-1/repoSyncStatus", headers=ADMIN) as resp:
+            assert resp.status == 404  # repo-1 is in PRJ1
 
 
 async def test_mirror_endpoints_of_the_8x_family_match_the_same_schemas(farm: SimulatedFarm) -> None:
@@ -170,6 +180,23 @@ async def test_primary_endpoints_match_the_spec(farm: SimulatedFarm) -> None:
         assert repos["values"] and repos["isLastPage"] is False
         for repo in repos["values"]:
             check(repo, response_schema("9.2", "/mirroring/latest/repos"))
+        one = await get(http, f"{base}/repos/{repos['values'][0]['id']}")
+        check(one, response_schema("9.2", "/mirroring/latest/repos/{repoId}"))
+        assert one == repos["values"][0]
+
+
+async def test_listings_are_rendered_again_after_a_change(farm: SimulatedFarm) -> None:
+    # The simulator caches each listing per farm revision; a push must show in the next page all the same.
+    async with aiohttp.ClientSession() as http:
+        before = (await get(http, f"{farm.primary_url}{REST}/repos?limit=1"))["values"][0]
+        mirrored = await get(http, f"{farm.mirror_urls['sydney']}{REST}/supportInfo/repoSyncStatus?limit=1")
+        farm.farm.push(before["id"])
+        farm.farm.mirrors["sydney"].frozen = False
+        after = (await get(http, f"{farm.primary_url}{REST}/repos?limit=1"))["values"][0]
+        assert after["properties"]["contentHash"] != before["properties"]["contentHash"]
+        synced = await get(http, f"{farm.mirror_urls['sydney']}{REST}/supportInfo/repoSyncStatus?limit=1")
+        assert synced["values"][0]["hashes"]["content"] == after["properties"]["contentHash"]
+        assert synced["values"][0]["hashes"] != mirrored["values"][0]["hashes"]
 
 
 async def test_pages_are_capped_and_error_bodies_are_rest_errors(farm: SimulatedFarm) -> None:

@@ -3,11 +3,17 @@
 Time moves only when ``advance(now)`` is called (the servers call it on every request), and every random choice comes
 from one seeded generator, so a scenario replays the same way for the same seed and the same request times. The farm
 knows the truth it created, which tests compare with what the exporter reports.
+
+It must stay cheap at 100,000 repositories (bench/scale.py), because the servers call ``advance`` on every request:
+each mirror keeps the set of repositories it is behind on and the earliest time one of them may sync, so a request
+costs nothing while no sync is due; and ``revision`` changes with every change that the repository listings show, so
+the servers render each listing once per change rather than once per page.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +94,10 @@ class Mirror:
     missing: dict[int, float] = field(default_factory=dict)
     # 8.x to 9.4: out-of-sync-repos answers 409 unless plugin.mirroring.repository.diagnostics.sync.enabled.
     diagnostics_enabled: bool = False
+    # Repositories whose content or metadata version differs from the primary's; only these can sync.
+    behind: set[int] = field(default_factory=set)
+    # No repository in ``behind`` may sync before this time (a lower bound: -inf means "look").
+    next_sync_due: float = -math.inf
 
     def in_scope(self, repo: Repository) -> bool:
         return self.selected_projects is None or repo.project.id in self.selected_projects
@@ -127,6 +137,7 @@ class Farm:
         self.scenario = scenario
         self.rng = random.Random(scenario.seed)
         self.now = now
+        self.revision = 0
         self.projects = [Project(i + 1, f"PRJ{i + 1}", f"Project {i + 1}") for i in range(scenario.projects)]
         self.repositories: dict[int, Repository] = {}
         for i in range(scenario.repositories):
@@ -159,6 +170,16 @@ class Farm:
         self.primary_requests: dict[str, int] = {}
         self.primary_url = ""
 
+    def changed(self) -> None:
+        """Something the repository listings show has changed: servers render them again."""
+        self.revision += 1
+
+    def by_slug(self, project_key: str, slug: str) -> Repository | None:
+        # Slugs are "repo-<id>" (see __init__), so the lookup needs no index.
+        prefix, _, number = slug.partition("-")
+        repo = self.repositories.get(int(number)) if prefix == "repo" and number.isdigit() else None
+        return repo if repo is not None and repo.project.key == project_key else None
+
     # --- time -----------------------------------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
@@ -181,66 +202,103 @@ class Farm:
     def push(self, repo_id: int, at: float | None = None, metadata_only: bool = False) -> None:
         repo = self.repositories[repo_id]
         when = self.now if at is None else at
+        self.changed()
         if metadata_only:
             repo.metadata_version += 1
             repo.metadata_changed_at = when
-            return
-        repo.content_version += 1
-        repo.content_changed_at = when
+            due = when + self.scenario.metadata_sync_delay_seconds
+        else:
+            repo.content_version += 1
+            repo.content_changed_at = when
+            due = when + self.scenario.sync_delay_seconds
         for mirror in self.mirrors.values():
             mrepo = mirror.repositories.get(repo_id)
-            if mrepo is not None and mrepo.diverged_since is None:
+            if mrepo is None:
+                continue
+            if not metadata_only and mrepo.diverged_since is None:
                 mrepo.diverged_since = when
+            mirror.behind.add(repo_id)
+            mirror.next_sync_due = min(mirror.next_sync_due, due)
+
+    def sync_timing_changed(self) -> None:
+        """The sync delays or a mirror's failing set changed: every mirror looks at what it is behind on again."""
+        for mirror in self.mirrors.values():
+            mirror.next_sync_due = -math.inf
+
+    def set_failing(self, mirror: Mirror, repo_ids: set[int]) -> None:
+        mirror.failing = set(repo_ids)
+        for repo_id, mrepo in mirror.repositories.items():
+            mrepo.failed_sync_count = max(mrepo.failed_sync_count, 1) if repo_id in mirror.failing else 0
+        self.changed()
+        self.sync_timing_changed()
 
     def delete(self, repo_id: int) -> None:
         """Delete a repository on the primary; mirrors keep their copies until they notice (extra)."""
         del self.repositories[repo_id]
+        self.changed()
         for mirror in self.mirrors.values():
             mirror.missing.pop(repo_id, None)
+            mirror.behind.discard(repo_id)
 
     def make_missing(self, mirror: Mirror, repo_ids: list[int]) -> None:
+        self.changed()
         for repo_id in repo_ids:
             if repo_id in self.repositories and mirror.repositories.pop(repo_id, None) is not None:
                 mirror.missing[repo_id] = self.now
+                mirror.behind.discard(repo_id)
 
     def select_projects(self, mirror: Mirror, project_ids: set[int] | None) -> None:
         """Change the mirror's sync settings; repositories outside the new scope leave the mirror."""
         mirror.selected_projects = project_ids
+        self.changed()
         for repo_id in list(mirror.repositories):
             repo = self.repositories.get(repo_id)
             if repo is not None and not mirror.in_scope(repo):
                 del mirror.repositories[repo_id]
+                mirror.behind.discard(repo_id)
 
     def _sync(self, mirror: Mirror) -> None:
         if mirror.frozen:
             return
         mirror.last_seen = self.now
-        for repo_id, mrepo in mirror.repositories.items():
-            repo = self.repositories.get(repo_id)
-            if repo is None or repo_id in mirror.failing:
-                continue
-            if (
-                mrepo.content_version != repo.content_version
-                and self.now - repo.content_changed_at >= self.scenario.sync_delay_seconds
-            ):
-                mrepo.content_version = repo.content_version
-                mrepo.diverged_since = None
-                mrepo.last_sync_date = self.now
-            if (
-                mrepo.metadata_version != repo.metadata_version
-                and self.now - repo.metadata_changed_at >= self.scenario.metadata_sync_delay_seconds
-            ):
-                mrepo.metadata_version = repo.metadata_version
-                mrepo.last_sync_date = self.now
+        if self.now < mirror.next_sync_due:
+            return
+        content_delay = self.scenario.sync_delay_seconds
+        metadata_delay = self.scenario.metadata_sync_delay_seconds
+        next_due = math.inf
+        for repo_id in sorted(mirror.behind):
+            repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
+            if repo is None or mrepo is None or repo_id in mirror.failing:
+                continue  # failing repositories never sync; set_failing makes the mirror look again
+            if mrepo.content_version != repo.content_version:
+                if self.now - repo.content_changed_at >= content_delay:
+                    mrepo.content_version = repo.content_version
+                    mrepo.diverged_since = None
+                    mrepo.last_sync_date = self.now
+                    self.changed()
+                else:
+                    next_due = min(next_due, repo.content_changed_at + content_delay)
+            if mrepo.metadata_version != repo.metadata_version:
+                if self.now - repo.metadata_changed_at >= metadata_delay:
+                    mrepo.metadata_version = repo.metadata_version
+                    mrepo.last_sync_date = self.now
+                    self.changed()
+                else:
+                    next_due = min(next_due, repo.metadata_changed_at + metadata_delay)
+            if (mrepo.content_version, mrepo.metadata_version) == (repo.content_version, repo.metadata_version):
+                mirror.behind.discard(repo_id)
+        mirror.next_sync_due = next_due
 
     # --- views the servers render ---------------------------------------------------------------------------------
 
     def pending(self, mirror: Mirror) -> list[tuple[int, str]]:
         """Repositories waiting to sync on the mirror, with the sync type Bitbucket would queue."""
         items = []
-        for repo_id, mrepo in sorted(mirror.repositories.items()):
-            repo = self.repositories.get(repo_id)
-            if repo is None or repo_id in mirror.failing or mrepo.content_version == repo.content_version:
+        for repo_id in sorted(mirror.behind):
+            repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
+            if repo is None or mrepo is None or repo_id in mirror.failing:
+                continue
+            if mrepo.content_version == repo.content_version:
                 continue
             items.append((repo_id, "snapshot" if repo.content_version - mrepo.content_version > 1 else "incremental"))
         return items
@@ -281,12 +339,21 @@ class Farm:
             since[repo_id] = self.now if diverged is None else diverged
         return since
 
-    def delayed(self, mirror: Mirror, classes: dict[str, list[int]] | None = None) -> list[int]:
-        """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance."""
-        classes = self.classify(mirror) if classes is None else classes
-        since = self.diverged_since(mirror, classes)
+    def delayed(self, mirror: Mirror) -> list[int]:
+        """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance
+        (the ``content_drift`` class of ``classify``, read from the repositories the mirror is behind on)."""
         tolerance = self.scenario.sync_tolerance_seconds
-        return [r for r in classes["content_drift"] if self.now - since[r] >= tolerance]
+        listed = []
+        for repo_id in sorted(mirror.behind):
+            repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
+            if repo is None or mrepo is None or repo.zero_hashes or not mirror.in_scope(repo):
+                continue
+            if mrepo.content_version == repo.content_version:
+                continue
+            since = self.now if mrepo.diverged_since is None else mrepo.diverged_since
+            if self.now - since >= tolerance:
+                listed.append(repo_id)
+        return listed
 
     def truth(self) -> dict[str, Any]:
         mirrors = {}
@@ -308,7 +375,7 @@ class Farm:
                 "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
                 "classes": classes,
                 "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes).items()},
-                "delayed": self.delayed(mirror, classes),
+                "delayed": self.delayed(mirror),
                 "requests": dict(mirror.requests),
             }
         return {

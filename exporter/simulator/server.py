@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator.farm import FAULTS, Farm, Mirror
+from exporter.simulator.farm import FAULTS, Farm, Mirror, MirrorRepository, Repository
 
 REST = "/rest/mirroring/latest"
 FARM_KEY = web.AppKey("farm", Farm)
 MIRROR_KEY = web.AppKey("mirror", str)
 Clock = Callable[[], float]
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
+# Route name -> (farm revision, the listing's items as JSON): each listing is rendered once per farm change.
+Rendered = dict[str, tuple[int, list[bytes]]]
+RENDERED_KEY: web.AppKey[Rendered] = web.AppKey("rendered")
 
 HANG_SECONDS = 30.0
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Log in - Bitbucket</title></head><body>Log in</body></html>"
@@ -39,8 +43,22 @@ def errors(message: str, status: int) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def paged(request: web.Request, items: list[Any], farm: Farm) -> web.Response:
-    """A Bitbucket page: the server applies its own cap to ``limit`` and says so in the response."""
+def encode(item: Any) -> bytes:
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
+def rendered(request: web.Request, render: Callable[[], Iterable[Any]]) -> list[bytes]:
+    """The items of this route's listing, rendered again only when the farm has changed since the last time."""
+    cache, revision = request.app[RENDERED_KEY], request.app[FARM_KEY].revision
+    route = request.match_info.route.name or request.path
+    hit = cache.get(route)
+    if hit is None or hit[0] != revision:
+        hit = cache[route] = (revision, [encode(item) for item in render()])
+    return hit[1]
+
+
+def paged(request: web.Request, items: Sequence[bytes], farm: Farm) -> web.Response:
+    """A Bitbucket page of already encoded items: the server applies its own cap to ``limit`` and says so."""
     try:
         start = max(0, int(request.query.get("start", "0")))
         asked = int(request.query.get("limit", str(farm.scenario.default_page_limit)))
@@ -49,16 +67,11 @@ def paged(request: web.Request, items: list[Any], farm: Farm) -> web.Response:
     limit = max(1, min(asked, farm.scenario.page_limit_cap))
     values = items[start : start + limit]
     last = start + limit >= len(items)
-    page: dict[str, Any] = {
-        "size": len(values),
-        "limit": limit,
-        "isLastPage": last,
-        "values": values,
-        "start": start,
-    }
+    page: dict[str, Any] = {"size": len(values), "limit": limit, "isLastPage": last, "start": start}
     if not last:
         page["nextPageStart"] = start + len(values)
-    return web.json_response(page)
+    body = encode(page)[:-1] + b',"values":[' + b",".join(values) + b"]}"
+    return web.Response(body=body, content_type="application/json")
 
 
 def _authorized(request: web.Request, farm: Farm) -> bool:
@@ -165,7 +178,7 @@ async def upstream_server(request: web.Request) -> web.Response:
 
 
 async def upstream_servers(request: web.Request) -> web.Response:
-    return paged(request, [_upstream_record(_mirror(request), _farm(request), full=True)], _farm(request))
+    return paged(request, [encode(_upstream_record(_mirror(request), _farm(request), full=True))], _farm(request))
 
 
 async def upstream_server_v8(request: web.Request) -> web.Response:
@@ -203,28 +216,43 @@ async def farm_nodes(request: web.Request) -> web.Response:
     return web.json_response(nodes)
 
 
+def _sync_status_item(farm: Farm, mirror: Mirror, repo_id: int, mrepo: MirrorRepository) -> dict[str, Any]:
+    repo = farm.repositories.get(repo_id)
+    zero = repo is None or repo.zero_hashes
+    content = "0" * 40 if zero or repo is None else repo.content_hash(mrepo.content_version)
+    metadata = "0" * 40 if zero or repo is None else repo.metadata_hash(mrepo.metadata_version)
+    item: dict[str, Any] = {
+        "externalRepoId": str(repo_id),
+        "localRepoId": mrepo.local_id,
+        "localProjectId": mrepo.local_project_id,
+        "upstreamId": mirror.upstream_id,
+        "failedSyncCount": mrepo.failed_sync_count,
+        "initialSyncDate": iso(mrepo.initial_sync_date),
+        "lastSyncDate": iso(mrepo.last_sync_date),
+        "hashes": {"content": content, "metadata": metadata},
+    }
+    if mirror.api_family == "8.x" and repo is not None:
+        item["repoSlug"] = repo.slug  # 8.x examples carry it
+    return item
+
+
 async def repo_sync_status(request: web.Request) -> web.Response:
     farm, mirror = _farm(request), _mirror(request)
-    values = []
-    for repo_id, mrepo in sorted(mirror.repositories.items()):
-        repo = farm.repositories.get(repo_id)
-        zero = repo is None or repo.zero_hashes
-        content = "0" * 40 if zero or repo is None else repo.content_hash(mrepo.content_version)
-        metadata = "0" * 40 if zero or repo is None else repo.metadata_hash(mrepo.metadata_version)
-        item: dict[str, Any] = {
-            "externalRepoId": str(repo_id),
-            "localRepoId": mrepo.local_id,
-            "localProjectId": mrepo.local_project_id,
-            "upstreamId": mirror.upstream_id,
-            "failedSyncCount": mrepo.failed_sync_count,
-            "initialSyncDate": iso(mrepo.initial_sync_date),
-            "lastSyncDate": iso(mrepo.last_sync_date),
-            "hashes": {"content": content, "metadata": metadata},
-        }
-        if mirror.api_family == "8.x" and repo is not None:
-            item["repoSlug"] = repo.slug  # 8.x examples carry it
-        values.append(item)
-    return paged(request, values, farm)
+    items = rendered(
+        request,
+        lambda: (_sync_status_item(farm, mirror, r, m) for r, m in sorted(mirror.repositories.items())),
+    )
+    return paged(request, items, farm)
+
+
+async def one_repo_sync_status(request: web.Request) -> web.Response:
+    """The per-repository status endpoint (what a naive monitor would call once per repository)."""
+    farm, mirror = _farm(request), _mirror(request)
+    repo = farm.by_slug(request.match_info["project_key"], request.match_info["slug"])
+    mrepo = mirror.repositories.get(repo.id) if repo is not None else None
+    if repo is None or mrepo is None:
+        return errors("Repository not found on this mirror", 404)
+    return web.json_response(_sync_status_item(farm, mirror, repo.id, mrepo))
 
 
 async def ref_changes_queue(request: web.Request) -> web.Response:
@@ -278,7 +306,7 @@ async def out_of_sync_repos(request: web.Request) -> web.Response:
 
 def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
-    app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY] = farm, mirror_name, clock
+    app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, mirror_name, clock, {}
     r = app.router
     r.add_get("/status", mirror_status, name="status")
     if farm.mirrors[mirror_name].api_family == "9.x":
@@ -296,6 +324,11 @@ def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/syncSettings", sync_settings, name="sync_settings")
         r.add_get(f"{REST}/supportInfo/out-of-sync-repos/content", out_of_sync_repos, name="out_of_sync")
     r.add_get(f"{REST}/supportInfo/repoSyncStatus", repo_sync_status, name="repo_sync_status")
+    r.add_get(
+        f"{REST}/supportInfo/projects/{{project_key}}/repos/{{slug}}/repoSyncStatus",
+        one_repo_sync_status,
+        name="one_repo_sync_status",
+    )
     r.add_get(f"{REST}/supportInfo/refChangesQueue", ref_changes_queue, name="ref_changes_queue")
     r.add_get(f"{REST}/supportInfo/refChangesQueue/count", ref_changes_queue_count, name="ref_changes_queue_count")
     return app
@@ -322,41 +355,46 @@ async def mirror_servers(request: web.Request) -> web.Response:
         }
         for m in farm.mirrors.values()
     ]
-    return paged(request, values, farm)
+    return paged(request, [encode(v) for v in values], farm)
+
+
+def _enriched_repository(repo: Repository) -> dict[str, Any]:
+    project = repo.project
+    return {
+        "id": repo.id,
+        "slug": repo.slug,
+        "name": repo.slug,
+        "scmId": "git",
+        "state": "AVAILABLE",
+        "statusMessage": "Available",
+        "forkable": True,
+        "public": False,
+        "archived": False,
+        "hierarchyId": f"h{repo.id:019d}"[-20:],
+        "project": {"id": project.id, "key": project.key, "name": project.name, "public": False, "type": "NORMAL"},
+        "properties": {
+            "contentHash": repo.content_hash(),
+            "metadataHash": repo.metadata_hash(),
+            "defaultBranchId": "refs/heads/main",
+        },
+    }
 
 
 async def primary_repos(request: web.Request) -> web.Response:
     farm = _farm(request)
-    values = []
-    for repo in sorted(farm.repositories.values(), key=lambda r: r.id):
-        project = repo.project
-        values.append(
-            {
-                "id": repo.id,
-                "slug": repo.slug,
-                "name": repo.slug,
-                "scmId": "git",
-                "state": "AVAILABLE",
-                "statusMessage": "Available",
-                "forkable": True,
-                "public": False,
-                "archived": False,
-                "hierarchyId": f"h{repo.id:019d}"[-20:],
-                "project": {
-                    "id": project.id,
-                    "key": project.key,
-                    "name": project.name,
-                    "public": False,
-                    "type": "NORMAL",
-                },
-                "properties": {
-                    "contentHash": repo.content_hash(),
-                    "metadataHash": repo.metadata_hash(),
-                    "defaultBranchId": "refs/heads/main",
-                },
-            }
-        )
-    return paged(request, values, farm)
+    items = rendered(request, lambda: (_enriched_repository(farm.repositories[r]) for r in sorted(farm.repositories)))
+    return paged(request, items, farm)
+
+
+async def primary_repo(request: web.Request) -> web.Response:
+    """One repository with its hashes (what a naive monitor would call once per repository)."""
+    try:
+        repo = _farm(request).repositories.get(int(request.match_info["repo_id"]))
+    except ValueError:
+        repo = None
+    if repo is None:
+        return errors("Repository not found", 404)
+    return web.json_response(_enriched_repository(repo))
 
 
 # --- control API ---------------------------------------------------------------------------------------------------
@@ -389,12 +427,7 @@ async def sim_mirror(request: web.Request) -> web.Response:
         selected = change["selected_projects"]
         farm.select_projects(mirror, None if selected is None else {int(x) for x in selected})
     if "failing_repositories" in change:
-        mirror.failing = {int(x) for x in change["failing_repositories"]}
-        for repo_id, mrepo in mirror.repositories.items():
-            if repo_id in mirror.failing:
-                mrepo.failed_sync_count = max(mrepo.failed_sync_count, 1)
-            else:
-                mrepo.failed_sync_count = 0
+        farm.set_failing(mirror, {int(x) for x in change["failing_repositories"]})
     return web.json_response(farm.truth()["mirrors"][mirror.name])
 
 
@@ -405,6 +438,7 @@ async def sim_scenario(request: web.Request) -> web.Response:
     for key in ("push_rate", "sync_delay_seconds", "metadata_sync_delay_seconds", "sync_tolerance_seconds"):
         if key in change:
             setattr(farm.scenario, key, float(change[key]))
+    farm.sync_timing_changed()
     # The scenario, less the credentials the simulated Bitbucket accepts.
     shown = {k: v for k, v in dataclasses.asdict(farm.scenario).items() if k not in ("password", "token")}
     return web.json_response(shown)
@@ -433,11 +467,12 @@ async def sim_delete(request: web.Request) -> web.Response:
 
 def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
-    app[FARM_KEY], app[CLOCK_KEY] = farm, clock
+    app[FARM_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, clock, {}
     r = app.router
     r.add_get("/status", primary_status, name="status")
     r.add_get(f"{REST}/mirrorServers", mirror_servers, name="mirror_servers")
     r.add_get(f"{REST}/repos", primary_repos, name="repos")
+    r.add_get(f"{REST}/repos/{{repo_id}}", primary_repo, name="repo")
     r.add_get("/sim/truth", sim_truth, name="sim_truth")
     r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
     r.add_post("/sim/scenario", sim_scenario, name="sim_scenario")

@@ -1,0 +1,292 @@
+"""The clients bench/scale.py compares, each run in a process of its own against a farm from bench/scale_farm.py.
+
+    exporter   the real exporter (exporter.app.Exporter): a cold first cycle, then a steady one
+    floor      downloads exactly the pages of one steady exporter cycle, with the same concurrency, parsing nothing
+    sync       the naive script: one blocking request at a time (requests), plain json, the same pages and comparison
+    per-repo   the naive poller: one REST call per repository per target (the per-repository status endpoints)
+
+Each prints one JSON line with a steady cycle's wall and CPU seconds and its requests and response bytes per target
+(the exporter prints ``{"port": ...}`` first, so bench/scale.py can scrape it while it works). The exporter and the
+floor run a first cycle and then ``--cycles`` more on the same connection pool, and report the median of those (warm
+connections, as every cycle after the first one is); the synchronous script reports its second cycle; per-repo runs
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import requests
+from yarl import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exporter.app import Exporter, ListenAddress
+from exporter.config import PollConfig, settings_from_mapping
+from exporter.drift import RepoState
+
+REST = "/rest/mirroring/latest"
+POLL = PollConfig()
+# The small mirror endpoints the exporter reads once per cycle on a 9.x mirror (exporter/api.py, poller.py).
+MIRROR_SINGLES = (
+    "/status",
+    f"{REST}/upstreamServer",
+    f"{REST}/progress",
+    f"{REST}/farmNodes",
+    f"{REST}/syncSettings",
+    f"{REST}/supportInfo/refChangesQueue",
+    f"{REST}/supportInfo/refChangesQueue/count",
+    f"{REST}/mirrorRepos/delayed-sync?limit=100",
+)
+
+
+def host_of(url: str) -> str:
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
+@dataclass
+class Cycle:
+    """One measured cycle: wall and CPU seconds of this process, requests and response bytes by host."""
+
+    started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
+    requests: dict[str, int] = field(default_factory=dict)
+    response_bytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, host: str, size: int) -> None:
+        self.requests[host] = self.requests.get(host, 0) + 1
+        self.response_bytes[host] = self.response_bytes.get(host, 0) + size
+
+    def result(self, info: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        names = {host_of(info["primary"]): "primary", **{host_of(u): n for n, u in info["mirrors"].items()}}
+        return {
+            "wall_seconds": time.perf_counter() - self.started,
+            "cpu_seconds": time.process_time() - self.cpu_started,
+            "requests": {names[h]: n for h, n in self.requests.items()},
+            "response_bytes": {names[h]: n for h, n in self.response_bytes.items()},
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            **extra,
+        }
+
+
+def basic_auth(info: dict[str, Any]) -> str:
+    return "Basic " + base64.b64encode(f"{info['username']}:{info['password']}".encode()).decode()
+
+
+def paged_urls(base: str, path: str, total: int, cap: int) -> list[str]:
+    """The pages the exporter's client asks for: ``page_limit`` first, then the server's cap, ``start`` moving on."""
+    pages = max(1, math.ceil(total / cap))
+    return [f"{base}{path}?start={i * cap}&limit={POLL.page_limit if i == 0 else cap}" for i in range(pages)]
+
+
+def cycle_chains(info: dict[str, Any]) -> list[list[str]]:
+    """A steady cycle's requests as chains: pages of one listing one after another, chains side by side."""
+    cap, n = info["page_cap"], info["repositories"]
+    chains = [
+        paged_urls(info["primary"], f"{REST}/mirrorServers", len(info["mirrors"]), cap),
+        paged_urls(info["primary"], f"{REST}/repos", n, cap),
+    ]
+    for url in info["mirrors"].values():
+        chains += [[url + path] for path in MIRROR_SINGLES]
+        chains.append(paged_urls(url, f"{REST}/supportInfo/repoSyncStatus", n, cap))
+    return chains
+
+
+# --- floor ---------------------------------------------------------------------------------------------------------
+
+
+def median_cycle(cycles: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The last cycle's traffic (every steady cycle asks for the same pages) with the median wall and CPU time."""
+    return {
+        **cycles[-1],
+        "wall_seconds": statistics.median(c["wall_seconds"] for c in cycles),
+        "cpu_seconds": statistics.median(c["cpu_seconds"] for c in cycles),
+        "cycles": len(cycles),
+        **extra,
+    }
+
+
+async def floor(info: dict[str, Any], cycles: int) -> dict[str, Any]:
+    headers = {"Accept": "application/json", "Authorization": basic_auth(info)}
+    limits: dict[str, asyncio.Semaphore] = {}
+
+    async def chain(urls: list[str], cycle: Cycle) -> None:
+        for url in urls:
+            host = host_of(url)
+            async with (
+                limits.setdefault(host, asyncio.Semaphore(POLL.concurrency_per_host)),
+                http.get(url, headers=headers) as resp,
+            ):
+                cycle.add(host, len(await resp.read()))
+
+    results = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        for _ in range(1 + cycles):
+            cycle = Cycle()
+            await asyncio.gather(*(chain(c, cycle) for c in cycle_chains(info)))
+            results.append(cycle.result(info))
+    return median_cycle(results[1:])
+
+
+# --- the synchronous script ----------------------------------------------------------------------------------------
+
+
+def sync_cycle(info: dict[str, Any], http: requests.Session) -> tuple[Cycle, dict[str, int]]:
+    cycle = Cycle()
+
+    def get(url: str, params: dict[str, int] | None = None) -> Any:
+        resp = http.get(url, params=params, timeout=120)
+        resp.raise_for_status()
+        cycle.add(host_of(url), len(resp.content))
+        return json.loads(resp.content)
+
+    def pages(url: str) -> Iterator[dict[str, Any]]:
+        start, limit = 0, POLL.page_limit
+        while True:
+            page = get(url, {"start": start, "limit": limit})
+            yield from page["values"]
+            if page["isLastPage"]:
+                return
+            start, limit = page["nextPageStart"], page["limit"]
+
+    primary = info["primary"] + REST
+    hashes = {str(r["id"]): r["properties"]["contentHash"] for r in pages(f"{primary}/repos")}
+    list(pages(f"{primary}/mirrorServers"))
+    drifting = {}
+    for name, url in info["mirrors"].items():
+        for path in MIRROR_SINGLES:
+            get(url + path)
+        rows = {r["externalRepoId"]: r["hashes"]["content"] for r in pages(f"{url}{REST}/supportInfo/repoSyncStatus")}
+        drifting[name] = sum(1 for repo_id, content in hashes.items() if rows.get(repo_id) != content)
+    return cycle, drifting
+
+
+def sync(info: dict[str, Any]) -> dict[str, Any]:
+    with requests.Session() as http:
+        http.headers.update({"Accept": "application/json", "Authorization": basic_auth(info)})
+        for _ in range(2):
+            cycle, drifting = sync_cycle(info, http)
+    return cycle.result(info, drifting=drifting)
+
+
+# --- one call per repository ---------------------------------------------------------------------------------------
+
+
+def per_repository_urls(info: dict[str, Any]) -> list[str]:
+    """Repository ids, project keys and slugs as the simulator creates them (given, not fetched: generous to it)."""
+    urls = []
+    for repo_id in range(1, info["repositories"] + 1):
+        key, slug = f"PRJ{(repo_id - 1) % info['projects'] + 1}", f"repo-{repo_id}"
+        urls.append(f"{info['primary']}{REST}/repos/{repo_id}")
+        for url in info["mirrors"].values():
+            urls.append(f"{url}{REST}/supportInfo/projects/{key}/repos/{slug}/repoSyncStatus")
+    return urls
+
+
+async def per_repository(info: dict[str, Any]) -> dict[str, Any]:
+    headers = {"Accept": "application/json", "Authorization": basic_auth(info)}
+    queues: dict[str, asyncio.Queue[str]] = {}
+    for url in per_repository_urls(info):
+        queues.setdefault(host_of(url), asyncio.Queue()).put_nowait(url)
+    cycle = Cycle()
+
+    async def worker(queue: asyncio.Queue[str]) -> None:
+        while not queue.empty():
+            url = queue.get_nowait()
+            async with http.get(url, headers=headers) as resp:
+                body = await resp.read()
+                resp.raise_for_status()
+            json.loads(body)
+            cycle.add(host_of(url), len(body))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await asyncio.gather(*(worker(q) for q in queues.values() for _ in range(POLL.concurrency_per_host)))
+    return cycle.result(info)
+
+
+# --- the exporter --------------------------------------------------------------------------------------------------
+
+
+async def first_cycle(app: Exporter) -> None:
+    while not app.state.ready:  # noqa: ASYNC110 (the exporter's state has no event to wait on)
+        await asyncio.sleep(0.005)
+
+
+async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> dict[str, Any]:
+    config = {
+        "primary": {"url": info["primary"], "username": info["username"], "password": info["password"]},
+        "mirrors": [{"name": name, "url": url} for name, url in info["mirrors"].items()],
+        # One scheduled cycle, then the one this run triggers: nothing else polls while it is measured.
+        "poll": {"interval_seconds": 86400, "timeout_seconds": 120},
+    }
+    app = Exporter(settings_from_mapping(config), ListenAddress("127.0.0.1", 0))
+    cold = Cycle()
+    await app.start()
+    print(json.dumps({"port": app.port}), flush=True)
+    assert app.client is not None
+    async with asyncio.timeout(limit_seconds):
+        await first_cycle(app)
+    cold_wall = time.perf_counter() - cold.started
+    steady = []
+    for _ in range(cycles):
+        before_requests, before_bytes = dict(app.client.stats.requests), dict(app.client.stats.response_bytes)
+        cycle = Cycle()
+        await app.poll_once()
+        for host, count in app.client.stats.requests.items():
+            cycle.requests[host] = count - before_requests.get(host, 0)
+            cycle.response_bytes[host] = app.client.stats.response_bytes[host] - before_bytes.get(host, 0)
+        steady.append(cycle.result(info))
+    result = median_cycle(steady, cold_wall_seconds=cold_wall)
+    exposition = (await _scrape(app.port)).decode()
+    samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]
+    result["series"] = len(samples)
+    result["repository_series"] = sum(1 for s in samples if s.startswith("bitbucket_mirror_repository_"))
+    result["drifting"] = {
+        m.name: m.drift.count(RepoState.CONTENT_DRIFT) if m.drift is not None else None for m in app.state.mirrors
+    }
+    await app.stop()
+    return result
+
+
+async def _scrape(port: int) -> bytes:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        return await resp.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("client", choices=("exporter", "floor", "sync", "per-repo"))
+    parser.add_argument("--farm", required=True, help="the JSON line bench/scale_farm.py printed")
+    parser.add_argument(
+        "--cycles", type=int, default=3, help="steady cycles measured after the first (exporter, floor)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds the exporter's first cycle may take")
+    args = parser.parse_args()
+    info = json.loads(args.farm)
+    if args.client == "exporter":
+        result = asyncio.run(exporter(info, args.cycles, args.timeout))
+    elif args.client == "floor":
+        result = asyncio.run(floor(info, args.cycles))
+    elif args.client == "per-repo":
+        result = asyncio.run(per_repository(info))
+    else:
+        result = sync(info)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

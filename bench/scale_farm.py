@@ -1,0 +1,94 @@
+"""The simulated farm bench/scale.py measures against, served from its own process.
+
+Its own process, so that its CPU time is neither counted as the exporter's nor competing with it on the event loop,
+and can be read from /proc on its own. It renders every listing before it says it is ready, so no measured run pays
+for the first rendering, and nothing changes while it runs: 1% of the repositories (``--drift``) were pushed on the
+primary and their mirrors never catch up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.scale_clients import basic_auth
+from exporter.simulator import Scenario, SimulatedFarm
+from exporter.simulator.server import REST
+
+NEVER = 10.0**9  # seconds: a sync delay the benchmark never reaches
+
+
+def scenario(repositories: int, mirrors: int, page_cap: int) -> Scenario:
+    return Scenario(
+        seed=1,
+        projects=max(1, min(100, repositories // 100)),
+        repositories=repositories,
+        mirrors=mirrors,
+        page_limit_cap=page_cap,
+        sync_delay_seconds=NEVER,
+        metadata_sync_delay_seconds=NEVER,
+    )
+
+
+def describe(farm: SimulatedFarm) -> dict[str, Any]:
+    """What the clients need to know about the running farm (bench/scale_clients.py reads it)."""
+    s = farm.scenario
+    return {
+        "primary": farm.primary_url,
+        "mirrors": farm.mirror_urls,
+        "repositories": s.repositories,
+        "projects": s.projects,
+        "page_cap": s.page_limit_cap,
+        "username": s.username,
+        "password": s.password,
+    }
+
+
+async def prerender(farm: SimulatedFarm) -> None:
+    auth = {"Authorization": basic_auth(describe(farm))}
+    urls = [
+        f"{farm.primary_url}{REST}/repos",
+        *(f"{u}{REST}/supportInfo/repoSyncStatus" for u in farm.mirror_urls.values()),
+    ]
+    async with aiohttp.ClientSession(headers=auth) as http:
+        for url in urls:
+            async with http.get(url, params={"limit": "1"}) as resp:
+                resp.raise_for_status()
+
+
+async def serve(repositories: int, mirrors: int, page_cap: int, drift: float) -> None:
+    farm = SimulatedFarm(scenario(repositories, mirrors, page_cap), ["9.x"] * mirrors)
+    drifting = farm.farm.rng.sample(sorted(farm.farm.repositories), round(repositories * drift))
+    for repo_id in drifting:
+        farm.farm.push(repo_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with farm:
+        await prerender(farm)
+        print(json.dumps({**describe(farm), "drifting": len(drifting)}), flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repositories", type=int, required=True)
+    parser.add_argument("--mirrors", type=int, required=True)
+    parser.add_argument("--page-cap", type=int, default=100)
+    parser.add_argument("--drift", type=float, default=0.01)
+    args = parser.parse_args()
+    asyncio.run(serve(args.repositories, args.mirrors, args.page_cap, args.drift))
+
+
+if __name__ == "__main__":
+    main()
