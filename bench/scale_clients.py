@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import requests
+from prometheus_client import generate_latest
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -251,7 +252,8 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
             cycle.response_bytes[host] = app.client.stats.response_bytes[host] - before_bytes.get(host, 0)
         steady.append(cycle.result(info))
     result = median_cycle(steady, cold_wall_seconds=cold_wall)
-    exposition = (await _scrape(app.port)).decode()
+    # Rendered here rather than scraped: a scrape may share the rendering of the scrapers' latest burst.
+    exposition = generate_latest(app.registry).decode()
     samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]
     result["series"] = len(samples)
     result["repository_series"] = sum(1 for s in samples if s.startswith("bitbucket_mirror_repository_"))
@@ -260,11 +262,6 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
     }
     await app.stop()
     return result
-
-
-async def _scrape(port: int) -> bytes:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-        return await resp.read()
 
 
 def main() -> None:

@@ -1,15 +1,16 @@
 """The simulated farm bench/scale.py measures against, served from its own process.
 
 Its own process, so that its CPU time is neither counted as the exporter's nor competing with it on the event loop,
-and can be read from /proc on its own. It renders every listing before it says it is ready, so no measured run pays
-for the first rendering, and nothing changes while it runs: 1% of the repositories (``--drift``) were pushed on the
-primary and their mirrors never catch up.
+and can be read from /proc on its own. It builds every page of the large listings before it says it is ready, so no
+measured run pays for the first rendering, and nothing changes while it runs: 1% of the repositories (``--drift``)
+were pushed on the primary and their mirrors never catch up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -54,15 +55,16 @@ def describe(farm: SimulatedFarm) -> dict[str, Any]:
 
 
 async def prerender(farm: SimulatedFarm) -> None:
+    """Fetch every page of both large listings once, so the farm has built them all before any client measures."""
     auth = {"Authorization": basic_auth(describe(farm))}
-    urls = [
-        f"{farm.primary_url}{REST}/repos",
-        *(f"{u}{REST}/supportInfo/repoSyncStatus" for u in farm.mirror_urls.values()),
-    ]
+    listings = [f"{u}{REST}/supportInfo/repoSyncStatus" for u in farm.mirror_urls.values()]
+    cap, total = farm.scenario.page_limit_cap, farm.scenario.repositories
     async with aiohttp.ClientSession(headers=auth) as http:
-        for url in urls:
-            async with http.get(url, params={"limit": "1"}) as resp:
-                resp.raise_for_status()
+        for url in [f"{farm.primary_url}{REST}/repos", *listings]:
+            for start in range(0, max(total, 1), cap):
+                async with http.get(url, params={"start": str(start), "limit": str(cap)}) as resp:
+                    resp.raise_for_status()
+                    await resp.read()
 
 
 async def serve(repositories: int, mirrors: int, page_cap: int, drift: float) -> None:
@@ -76,6 +78,9 @@ async def serve(repositories: int, mirrors: int, page_cap: int, drift: float) ->
         loop.add_signal_handler(sig, stop.set)
     async with farm:
         await prerender(farm)
+        # Millions of long-lived objects: without this, the collector's full passes over them stall the farm at
+        # random moments and make the floor's figures noisy.
+        gc.freeze()
         print(json.dumps({**describe(farm), "drifting": len(drifting)}), flush=True)
         await stop.wait()
 

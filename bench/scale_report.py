@@ -126,20 +126,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         chosen = sorted((r for r in rows if r["mirrors"] == mirrors), key=lambda r: r["repositories"])
         sizes = [r["repositories"] for r in chosen]
         style = "-" if mirrors > 1 else ":"
-        for key, label in (("exporter", "exporter"), ("floor", "floor"), ("sync", "sync script")):
-            times.plot(sizes, [r[key]["wall_seconds"] for r in chosen], style, marker="o", label=f"{label}, {mirrors}m")
+        for key, label, colour in (
+            ("exporter", "exporter", "C0"),
+            ("floor", "floor", "C2"),
+            ("sync", "sync script", "C1"),
+        ):
+            seconds = [r[key]["wall_seconds"] for r in chosen]
+            times.plot(sizes, seconds, style, color=colour, marker="o", label=f"{label}, {mirrors}m")
         per_repo = [r for r in chosen if "per_repository" in r]
         if per_repo:
             times.plot(
                 [r["repositories"] for r in per_repo],
                 [r["per_repository"]["wall_seconds"] for r in per_repo],
                 style,
+                color="C3",
                 marker="x",
                 label=f"per-repo calls, {mirrors}m",
             )
-        memory.plot(
-            sizes, [r["exporter"]["peak_rss_bytes"] / MB for r in chosen], style, marker="o", label=f"{mirrors}m"
-        )
+        rss = [r["exporter"]["peak_rss_bytes"] / MB for r in chosen]
+        memory.plot(sizes, rss, style, color="C0", marker="o", label=f"exporter, {mirrors}m")
     times.set(xscale="log", yscale="log", xlabel="repositories", ylabel="seconds per poll cycle", title="Cycle time")
     times.legend(fontsize=7)
     memory.axhline(RSS_LIMIT_MB, color="red", linestyle="--", label="target")

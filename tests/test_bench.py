@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,3 +17,18 @@ def test_jmx_poll_benchmark_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "jmxquery poll, default jmx.java_options" in result.stdout
     assert "% of one core per node" in result.stdout
+
+
+def test_scale_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH / "scale.py"), "--sizes", "300", "--mirrors", "1", "--cycles", "1"]
+    command += ["--scrapers", "2", "--scrape-period", "0.05", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "| 300 | 1 |" in result.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"scale.md", "scale.json", "scale.png"}
+    row = json.loads((tmp_path / "scale.json").read_text())["rows"][0]
+    # The floor downloads exactly the pages the exporter does; the naive clients agree with it on the drift.
+    assert row["floor"]["requests"] == row["exporter"]["requests"]
+    assert row["floor"]["response_bytes"] == row["exporter"]["response_bytes"]
+    assert row["sync"]["drifting"] == row["exporter"]["drifting"] == {"sydney": 3}
+    assert row["per_repository"]["requests"] == {"primary": 300, "sydney": 300}

@@ -24,9 +24,19 @@ FARM_KEY = web.AppKey("farm", Farm)
 MIRROR_KEY = web.AppKey("mirror", str)
 Clock = Callable[[], float]
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
-# Route name -> (farm revision, the listing's items as JSON): each listing is rendered once per farm change.
-Rendered = dict[str, tuple[int, list[bytes]]]
-RENDERED_KEY: web.AppKey[Rendered] = web.AppKey("rendered")
+
+
+@dataclasses.dataclass
+class Listing:
+    """A listing's items as JSON, and the pages already built from them by (start, limit)."""
+
+    items: Sequence[bytes]
+    revision: int = -1
+    pages: dict[tuple[int, int], bytes] = dataclasses.field(default_factory=dict)
+
+
+# Route name -> the listing as of a farm revision: each listing is rendered once per farm change.
+RENDERED_KEY: web.AppKey[dict[str, Listing]] = web.AppKey("rendered")
 
 HANG_SECONDS = 30.0
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Log in - Bitbucket</title></head><body>Log in</body></html>"
@@ -47,30 +57,32 @@ def encode(item: Any) -> bytes:
     return json.dumps(item, separators=(",", ":")).encode()
 
 
-def rendered(request: web.Request, render: Callable[[], Iterable[Any]]) -> list[bytes]:
-    """The items of this route's listing, rendered again only when the farm has changed since the last time."""
+def rendered(request: web.Request, render: Callable[[], Iterable[Any]]) -> Listing:
+    """This route's listing, rendered again only when the farm has changed since the last time."""
     cache, revision = request.app[RENDERED_KEY], request.app[FARM_KEY].revision
     route = request.match_info.route.name or request.path
     hit = cache.get(route)
-    if hit is None or hit[0] != revision:
-        hit = cache[route] = (revision, [encode(item) for item in render()])
-    return hit[1]
+    if hit is None or hit.revision != revision:
+        hit = cache[route] = Listing([encode(item) for item in render()], revision)
+    return hit
 
 
-def paged(request: web.Request, items: Sequence[bytes], farm: Farm) -> web.Response:
-    """A Bitbucket page of already encoded items: the server applies its own cap to ``limit`` and says so."""
+def paged(request: web.Request, listing: Listing, farm: Farm) -> web.Response:
+    """A Bitbucket page of the listing: the server applies its own cap to ``limit`` and says so."""
     try:
         start = max(0, int(request.query.get("start", "0")))
         asked = int(request.query.get("limit", str(farm.scenario.default_page_limit)))
     except ValueError:
         return errors("start and limit must be integers", 400)
     limit = max(1, min(asked, farm.scenario.page_limit_cap))
-    values = items[start : start + limit]
-    last = start + limit >= len(items)
-    page: dict[str, Any] = {"size": len(values), "limit": limit, "isLastPage": last, "start": start}
-    if not last:
-        page["nextPageStart"] = start + len(values)
-    body = encode(page)[:-1] + b',"values":[' + b",".join(values) + b"]}"
+    body = listing.pages.get((start, limit))
+    if body is None:
+        values = listing.items[start : start + limit]
+        last = start + limit >= len(listing.items)
+        page: dict[str, Any] = {"size": len(values), "limit": limit, "isLastPage": last, "start": start}
+        if not last:
+            page["nextPageStart"] = start + len(values)
+        body = listing.pages[(start, limit)] = encode(page)[:-1] + b',"values":[' + b",".join(values) + b"]}"
     return web.Response(body=body, content_type="application/json")
 
 
@@ -178,7 +190,8 @@ async def upstream_server(request: web.Request) -> web.Response:
 
 
 async def upstream_servers(request: web.Request) -> web.Response:
-    return paged(request, [encode(_upstream_record(_mirror(request), _farm(request), full=True))], _farm(request))
+    record = _upstream_record(_mirror(request), _farm(request), full=True)
+    return paged(request, Listing([encode(record)]), _farm(request))
 
 
 async def upstream_server_v8(request: web.Request) -> web.Response:
@@ -257,11 +270,19 @@ async def one_repo_sync_status(request: web.Request) -> web.Response:
 
 async def ref_changes_queue(request: web.Request) -> web.Response:
     farm, mirror = _farm(request), _mirror(request)
-    values = [
-        {"externalRepoId": str(repo_id), "attempt": 1, "createdAt": iso(farm.now), "type": kind}
-        for repo_id, kind in farm.pending(mirror)
-    ]
-    return web.json_response({"values": values})
+    listing = rendered(
+        request,
+        lambda: (
+            {
+                "externalRepoId": str(repo_id),
+                "attempt": 1,
+                "createdAt": iso(farm.repositories[repo_id].content_changed_at),  # queued when the push came
+                "type": kind,
+            }
+            for repo_id, kind in farm.pending(mirror)
+        ),
+    )
+    return web.Response(body=b'{"values":[' + b",".join(listing.items) + b"]}", content_type="application/json")
 
 
 async def ref_changes_queue_count(request: web.Request) -> web.Response:
@@ -355,7 +376,7 @@ async def mirror_servers(request: web.Request) -> web.Response:
         }
         for m in farm.mirrors.values()
     ]
-    return paged(request, [encode(v) for v in values], farm)
+    return paged(request, Listing([encode(v) for v in values]), farm)
 
 
 def _enriched_repository(repo: Repository) -> dict[str, Any]:
