@@ -125,11 +125,10 @@ class MirrorApi:
     async def ref_changes_queue(self) -> RefSyncQueue:
         return parse_model(RefSyncQueue, await self._get("supportInfo", "refChangesQueue"), "refChangesQueue")
 
-    async def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
+    def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         """Decoded one page at a time, so a large mirror's raw JSON is never all held at once."""
         url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
-        async for rows in self._client.pages(url, self._credentials, decode_sync_status_page):
-            yield rows
+        return self._client.pages(url, self._credentials, decode_sync_status_page)
 
 
 class PrimaryApi:
@@ -138,11 +137,10 @@ class PrimaryApi:
         self._base_url = base_url
         self._credentials = credentials
 
-    async def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
+    def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
         """The primary's repositories with content and metadata hashes, a page at a time."""
         url = rest_url(self._base_url, "repos")
-        async for rows in self._client.pages(url, self._credentials, decode_repository_page):
-            yield rows
+        return self._client.pages(url, self._credentials, decode_repository_page)
 
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)

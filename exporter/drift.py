@@ -189,6 +189,5 @@ def analyse(
 ) -> DriftReport:
     """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all)."""
     analysis = Analysis(primary, scope, mirror, previous_since, now, keep_all)
-    while not analysis.step(len(primary) + 1):
-        pass
+    analysis.step(len(primary) + 1)
     return analysis.report()

@@ -50,7 +50,6 @@ async def run_source(target: str, name: str, state: SourceState[T], fetch: Calla
         if state.success is False:
             log.info("poll recovered", extra={"target": target, "source": name, "after": state.error_reason})
         previous, state.value = state.value, value
-        del value
         free_later(previous)
         del previous
         state.success = True

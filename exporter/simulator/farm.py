@@ -266,7 +266,7 @@ class Farm:
         content_delay = self.scenario.sync_delay_seconds
         metadata_delay = self.scenario.metadata_sync_delay_seconds
         next_due = math.inf
-        for repo_id in sorted(mirror.behind):
+        for repo_id in list(mirror.behind):  # a copy: repositories that catch up leave the set
             repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
             if repo is None or mrepo is None or repo_id in mirror.failing:
                 continue  # failing repositories never sync; set_failing makes the mirror look again
