@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__
@@ -41,14 +41,6 @@ class ListenAddress:
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
-    if not settings.tls.verify:
-        return False
-    if settings.tls.ca_file is not None:
-        return ssl.create_default_context(cafile=str(settings.tls.ca_file))
-    return True
-
-
 def build_state(settings: Settings) -> ExporterState:
     return ExporterState(
         primary=PrimaryState(url=settings.primary.url),
@@ -59,8 +51,11 @@ def build_state(settings: Settings) -> ExporterState:
 class Exporter:
     """One running exporter: call ``start`` then ``stop``; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, settings: Settings, listen: ListenAddress) -> None:
+    def __init__(self, settings: Settings, listen: ListenAddress, resolver: AbstractResolver | None = None) -> None:
         self.settings = settings
+        # aiohttp's default (the system's getaddrinfo, cached 10 s) unless given: a given resolver is asked at every
+        # new connection (tests resolve names from a table they change).
+        self._resolver = resolver
         self.listen = listen
         self.state = build_state(settings)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -80,7 +75,9 @@ class Exporter:
         self.client: BitbucketClient | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(self.settings), limit=0)
+        connector = aiohttp.TCPConnector(
+            ssl=self.settings.tls.context(), limit=0, resolver=self._resolver, use_dns_cache=self._resolver is None
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": f"bitbucket-mirror-exporter/{__version__}"}
         )

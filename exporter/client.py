@@ -24,8 +24,11 @@ from exporter.config import Credentials, PollConfig
 
 # Reasons, also documented in docs/metrics.md.
 TIMEOUT = "timeout"
+CONNECT_TIMEOUT = "connect_timeout"
 CONNECTION = "connection"
+DNS = "dns"
 TLS = "tls"
+TOO_LARGE = "too_large"
 HTML_RESPONSE = "html_response"
 INVALID_JSON = "invalid_json"
 INVALID_RESPONSE = "invalid_response"
@@ -150,14 +153,30 @@ class BitbucketClient:
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
     async def _attempt(self, url: URL, headers: Mapping[str, str]) -> tuple[int, str, bytes, str | None]:
-        timeout = aiohttp.ClientTimeout(total=self._poll.timeout_seconds)
+        poll = self._poll
+        timeout = aiohttp.ClientTimeout(
+            total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
+        )
         async with (
             self._limit_for(url),
             self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp,
         ):
-            body = await resp.read()
+            body = await self._read_capped(resp)
             self.stats.add(f"{url.host}:{url.port}", len(body))
             return resp.status, resp.headers.get("Content-Type", ""), body, resp.headers.get("Retry-After")
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self._poll.max_response_bytes
+        too_large = FetchError(TOO_LARGE, f"response body larger than poll.max_response_bytes={cap}")
+        if resp.content_length is not None and resp.content_length > cap:
+            raise too_large
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > cap:
+                # Leaving the response unread closes the connection: the rest is never downloaded.
+                raise too_large
+        return bytes(body)
 
     async def get_json(self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None) -> Any:
         """GET a JSON document, retrying timeouts, connection errors, 429 and 5xx with backoff."""
@@ -180,10 +199,15 @@ class BitbucketClient:
             retry_after: float | None = None
             try:
                 status, content_type, body, retry_after_header = await self._attempt(url, headers)
+            except aiohttp.ConnectionTimeoutError:
+                connect = min(self._poll.connect_timeout_seconds, self._poll.timeout_seconds)
+                error = FetchError(CONNECT_TIMEOUT, f"no connection to {url.host}:{url.port} within {connect:g}s")
             except TimeoutError:
                 error = FetchError(TIMEOUT, f"no answer within {self._poll.timeout_seconds:g}s")
             except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
-                raise FetchError(TLS, f"TLS failure talking to {url.host}: {type(exc).__name__}") from None
+                raise FetchError(TLS, f"TLS failure talking to {url.host}:{url.port}: {_tls_problem(exc)}") from None
+            except aiohttp.ClientConnectorDNSError:
+                error = FetchError(DNS, f"cannot resolve {url.host}")
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
                 error = FetchError(CONNECTION, f"{type(exc).__name__} talking to {url.host}:{url.port}")
             else:
@@ -257,6 +281,18 @@ class BitbucketClient:
         async for page in self.pages(url, credentials, parse_page, params):
             values.extend(page)
         return values
+
+
+def _tls_problem(exc: Exception) -> str:
+    """What went wrong in the handshake, in OpenSSL's words (no secrets: certificates are public)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        problem = getattr(cert_error, "verify_message", None) or getattr(cert_error, "reason", None)
+        return f"certificate not trusted ({problem or type(cert_error).__name__}); is tls.ca_file set?"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        os_error = exc.os_error
+        return str(getattr(os_error, "reason", None) or type(os_error).__name__)
+    return type(exc).__name__
 
 
 def _as_int(value: Any) -> int | None:

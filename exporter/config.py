@@ -6,6 +6,7 @@ Environment variables use the prefix ``BITBUCKET_MIRROR_EXPORTER_`` and ``__`` b
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
+from exporter.tls import client_context
 
 ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
 PRIMARY_TARGET = "primary"
@@ -115,24 +117,49 @@ class MirrorConfig(_Target):
 class PollConfig(_Strict):
     interval_seconds: float = Field(default=30.0, gt=0, le=86400)
     timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Within timeout_seconds: a host that never accepts the connection (firewall drop, node down) is told apart from
+    # a slow answer (reason connect_timeout, not timeout).
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
     concurrency_per_host: int = Field(default=4, ge=1, le=256)
     retries: int = Field(default=2, ge=0, le=10)
     backoff_seconds: float = Field(default=0.5, ge=0, le=60)
     max_backoff_seconds: float = Field(default=10.0, ge=0, le=600)
     page_limit: int = Field(default=1000, ge=1, le=100000)
     max_pages: int = Field(default=10000, ge=1)
+    # One response body; a page of 1000 repositories is well under 1 MiB, so 32 MiB only stops a runaway answer
+    # (reason too_large) before it takes the exporter's memory.
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
 
 class TlsConfig(_Strict):
+    """TLS to Bitbucket: verification on by default, an optional CA bundle and an optional client certificate."""
+
     verify: bool = True
     ca_file: Path | None = None
+    # A client certificate (PEM) for a proxy or Bitbucket that asks for one; key_file when the key is separate.
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
-    @field_validator("ca_file")
+    @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
-    def _ca_readable(cls, path: Path | None) -> Path | None:
+    def _readable(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
             raise ValueError(f"cannot read {path}")
         return path
+
+    @model_validator(mode="after")
+    def _loads(self) -> Self:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        # A bad bundle or a key that does not match its certificate fails here, at start-up, not at every poll.
+        try:
+            self.context()
+        except ssl.SSLError as exc:
+            raise ValueError(f"cannot load ca_file: {exc.reason or exc.strerror}") from None
+        return self
+
+    def context(self) -> ssl.SSLContext | bool:
+        return client_context(self.verify, self.ca_file, self.cert_file, self.key_file)
 
 
 class Settings(BaseSettings):

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter, ListenAddress
@@ -101,6 +102,7 @@ async def running_farm(
     mirror_families: list[str] | None = None,
     interval: float = 0.2,
     prepare: Callable[[SimulatedFarm, dict[str, Any]], None] | None = None,
+    resolver: AbstractResolver | None = None,
     **poll: Any,
 ) -> AsyncIterator[Running]:
     """Start a farm and an exporter watching it; ``prepare`` may change the farm or the config first."""
@@ -111,7 +113,7 @@ async def running_farm(
         config = farm.exporter_config(interval_seconds=interval, **poll)
         if prepare is not None:
             prepare(farm, config)
-        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0))
+        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver)
         await exporter.start()
         try:
             async with aiohttp.ClientSession() as http:

@@ -19,7 +19,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ZERO_HASH = "0" * 40
-FAULTS = ("reset", "unavailable", "error", "unauthorized", "html", "broken_json", "hang")
+FAULTS = (
+    "reset",
+    "unavailable",
+    "error",
+    "bad_gateway",
+    "rate_limited",
+    "unauthorized",
+    "forbidden",
+    "html",
+    "broken_json",
+    "truncated_json",
+    "wrong_shape",
+    "page_loop",
+    "enormous",
+    "slow_drip",
+    "stall_mid_body",
+    "hang",
+)
 
 
 def _digest(*parts: object) -> str:
@@ -86,6 +103,8 @@ class Mirror:
     failing: set[int] = field(default_factory=set)
     # Endpoint name (or "*") -> fault kind from FAULTS.
     faults: dict[str, str] = field(default_factory=dict)
+    # Faulty answers left before the faults heal by themselves (a burst); None: until changed.
+    fault_budget: int | None = None
     last_seen: float = 0.0
     requests: dict[str, int] = field(default_factory=dict)
     # Primary project ids the mirror carries (syncSettings SELECTED_PROJECTS); None: all projects.
@@ -103,7 +122,12 @@ class Mirror:
         return self.selected_projects is None or repo.project.id in self.selected_projects
 
     def fault_for(self, endpoint: str) -> str | None:
-        return self.faults.get(endpoint) or self.faults.get("*")
+        fault = self.faults.get(endpoint) or self.faults.get("*")
+        if fault is not None and self.fault_budget is not None:
+            self.fault_budget -= 1
+            if self.fault_budget <= 0:
+                self.faults, self.fault_budget = {}, None
+        return fault
 
 
 @dataclass

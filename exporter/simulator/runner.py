@@ -27,29 +27,42 @@ class SimulatedFarm:
         self.farm = Farm(self.scenario, clock(), mirror_families)
         self.host = host
         self._runners: list[web.AppRunner] = []
+        self._mirror_runners: dict[str, web.AppRunner] = {}
         self.primary_url = ""
         self.mirror_urls: dict[str, str] = {}
 
-    async def _serve(self, app: web.Application) -> str:
+    async def _serve(self, app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, self.host, 0).start()
+        await web.TCPSite(runner, self.host, port).start()
         self._runners.append(runner)
-        port = runner.addresses[0][1]
-        return f"http://{self.host}:{port}"
+        return runner, f"http://{self.host}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
-        self.primary_url = await self._serve(primary_app(self.farm, self.clock))
+        self.primary_url = (await self._serve(primary_app(self.farm, self.clock)))[1]
         self.farm.primary_url = self.primary_url
         for name, mirror in self.farm.mirrors.items():
-            url = await self._serve(mirror_app(self.farm, name, self.clock))
+            self._mirror_runners[name], url = await self._serve(mirror_app(self.farm, name, self.clock))
             mirror.base_url = url
             self.mirror_urls[name] = url
+
+    async def stop_mirror(self, name: str) -> int:
+        """Take one mirror off the network (its connections close, its port is free); returns the port."""
+        runner = self._mirror_runners.pop(name)
+        port = int(runner.addresses[0][1])
+        self._runners.remove(runner)
+        await runner.cleanup()
+        return port
+
+    async def start_mirror(self, name: str, port: int) -> None:
+        """Bring a stopped mirror back on its old port."""
+        self._mirror_runners[name], _ = await self._serve(mirror_app(self.farm, name, self.clock), port)
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        self._mirror_runners.clear()
 
     async def __aenter__(self) -> SimulatedFarm:
         await self.start()

@@ -39,6 +39,9 @@ class Listing:
 RENDERED_KEY: web.AppKey[dict[str, Listing]] = web.AppKey("rendered")
 
 HANG_SECONDS = 30.0
+# The slow-drip fault's pause between bytes: a few bytes a second, never silent long enough for a read timeout.
+DRIP_SECONDS = 0.1
+ENORMOUS_BYTES = 64 * 1024 * 1024
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Log in - Bitbucket</title></head><body>Log in</body></html>"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,25 +102,84 @@ def _authorized(request: web.Request, farm: Farm) -> bool:
     return False
 
 
-async def _apply_fault(request: web.Request, fault: str) -> web.StreamResponse | None:
+async def _apply_fault(request: web.Request, fault: str, handler: Handler) -> web.StreamResponse | None:
+    """The faulty answer, or None to answer normally (a page fault on an endpoint that is not paged)."""
     if fault == "reset":
         if request.transport is not None:
             request.transport.abort()
         return web.Response(status=500)
-    if fault == "unavailable":
-        return errors("Service unavailable", 503)
-    if fault == "error":
-        return errors("Internal server error", 500)
-    if fault == "unauthorized":
-        return errors("Authentication failed. Please check your credentials and try again.", 401)
-    if fault == "html":
-        return web.Response(body=LOGIN_PAGE, content_type="text/html")
-    if fault == "broken_json":
-        return web.Response(body=b'{"values": [{"externalRepoId": "1", ', content_type="application/json")
+    simple = _SIMPLE_FAULTS.get(fault)
+    if simple is not None:
+        return simple()
     if fault == "hang":
         await asyncio.sleep(HANG_SECONDS)
         return errors("too late", 504)
-    return None
+    if fault == "enormous":
+        return await _enormous(request)
+    real = await handler(request)
+    body = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
+    if fault == "truncated_json":
+        # A proxy that cut the answer short but closed it cleanly: the length matches what is sent.
+        return web.Response(body=body[: len(body) // 2], content_type="application/json")
+    if fault == "page_loop":
+        document = json.loads(body) if body else None
+        if not isinstance(document, dict) or "isLastPage" not in document:
+            return real
+        start = int(request.query.get("start", "0"))
+        looped = {**document, "isLastPage": False, "nextPageStart": start}
+        return web.json_response(looped)
+    if fault == "slow_drip":
+        return await _trickle(request, body, first=1, pause=DRIP_SECONDS)
+    if fault == "stall_mid_body":
+        return await _trickle(request, body, first=max(1, len(body) // 2), pause=HANG_SECONDS)
+    raise AssertionError(f"fault {fault} has no answer")  # FAULTS and this function out of step
+
+
+# Faults answered by a fixed response, by name.
+_SIMPLE_FAULTS: dict[str, Callable[[], web.Response]] = {
+    "unavailable": lambda: errors("Service unavailable", 503),
+    "error": lambda: errors("Internal server error", 500),
+    "bad_gateway": lambda: web.Response(status=502, text="502 Bad Gateway", content_type="text/plain"),
+    "rate_limited": lambda: web.Response(
+        status=429, text="Too many requests", content_type="text/plain", headers={"Retry-After": "2"}
+    ),
+    "unauthorized": lambda: errors("Authentication failed. Please check your credentials and try again.", 401),
+    "forbidden": lambda: errors("You are not permitted to access this resource", 403),
+    "html": lambda: web.Response(body=LOGIN_PAGE, content_type="text/html"),
+    "broken_json": lambda: web.Response(body=b'{"values": [{"externalRepoId": "1", ', content_type="application/json"),
+    # Valid JSON, but not the documented shape (a list where an object is, values that are not a list).
+    "wrong_shape": lambda: web.json_response({"values": {"size": 1}, "isLastPage": "maybe", "state": []}),
+}
+
+
+async def _trickle(request: web.Request, body: bytes, first: int, pause: float) -> web.StreamResponse:
+    """Send ``first`` bytes of a normal answer at once, then one byte per ``pause`` seconds."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(body))})
+    await response.prepare(request)
+    try:
+        await response.write(body[:first])
+        for i in range(first, len(body)):
+            await asyncio.sleep(pause)
+            await response.write(body[i : i + 1])
+    except ConnectionError:
+        pass  # the client gave up, as it should
+    return response
+
+
+async def _enormous(request: web.Request) -> web.StreamResponse:
+    """A page far larger than any real one, streamed without a length: only a size cap stops the reader."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    item = b'{"externalRepoId": "1", "failedSyncCount": 0, "padding": "' + b"x" * 4000 + b'"},'
+    try:
+        await response.write(b'{"isLastPage": true, "values": [')
+        for _ in range(ENORMOUS_BYTES // len(item)):
+            await response.write(item)
+        await response.write(item[:-1] + b"]}")
+    except ConnectionError:
+        pass
+    return response
 
 
 @web.middleware
@@ -134,7 +196,7 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
         mirror.requests[route] = mirror.requests.get(route, 0) + 1
         fault = mirror.fault_for(route)
         if fault is not None:
-            response = await _apply_fault(request, fault)
+            response = await _apply_fault(request, fault, handler)
             if response is not None:
                 return response
     else:
@@ -428,7 +490,8 @@ async def sim_truth(request: web.Request) -> web.Response:
 async def sim_mirror(request: web.Request) -> web.Response:
     """Change one mirror: ``{"faults": {"*": "reset"}, "state": ..., "upstream_state": ..., "nodes": ...,
     "frozen": ..., "enabled": ..., "diagnostics_enabled": ..., "failing_repositories": [ids],
-    "missing_repositories": [ids], "selected_projects": [project ids] or null}``. Faults ``{}`` heal it."""
+    "missing_repositories": [ids], "selected_projects": [project ids] or null}``. Faults ``{}`` heal it; with
+    ``"fault_budget": n`` the faults heal by themselves after n faulty answers (a burst)."""
     farm = _farm(request)
     mirror = farm.mirrors.get(request.match_info["name"])
     if mirror is None:
@@ -439,6 +502,7 @@ async def sim_mirror(request: web.Request) -> web.Response:
         if bad:
             return errors(f"unknown faults {bad}; known: {list(FAULTS)}", 400)
         mirror.faults = dict(change["faults"])
+        mirror.fault_budget = change.get("fault_budget")
     for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled"):
         if key in change:
             setattr(mirror, key, change[key])
