@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -13,15 +14,20 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from exporter import __version__
 from exporter.api import MirrorApi, PrimaryApi
+from exporter.basic_auth import BasicAuth
 from exporter.client import BitbucketClient
 from exporter.collector import MirrorFarmCollector
-from exporter.config import PRIMARY_TARGET, Credentials, Settings
+from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, Settings
 from exporter.jmx.poller import JmxPoller
 from exporter.models import MirrorServer
 from exporter.poller import MirrorPoller, PrimaryPoller, poll_forever
+from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
 from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.tls import load_pair
 from exporter.urls import normalize_url
-from exporter.web import make_app
+from exporter.web import Served, make_app
+from exporter.web_config import FLAG as WEB_FLAG
+from exporter.web_config import WebConfig
 
 log = logging.getLogger("exporter")
 
@@ -48,30 +54,19 @@ def build_state(settings: Settings) -> ExporterState:
     )
 
 
-class Exporter:
-    """One running exporter: call ``start`` then ``stop``; ``port`` is the bound port (useful with port 0)."""
+class Polling:
+    """Everything one configuration polls: a client session, the pollers and their tasks. A reload replaces it."""
 
-    def __init__(self, settings: Settings, listen: ListenAddress, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, settings: Settings, state: ExporterState, resolver: AbstractResolver | None) -> None:
         self.settings = settings
-        # aiohttp's default (the system's getaddrinfo, cached 10 s) unless given: a given resolver is asked at every
-        # new connection (tests resolve names from a table they change).
+        self.state = state
         self._resolver = resolver
-        self.listen = listen
-        self.state = build_state(settings)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(
-            MirrorFarmCollector(self.state, settings.per_repository_metrics, settings.max_repository_series)
-        )
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._primary: PrimaryPoller | None = None
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
         self._mirror_pollers: dict[str, MirrorPoller] = {}
-        self._runner: web.AppRunner | None = None
-        self.port = listen.port
         self.client: BitbucketClient | None = None
 
     async def start(self) -> None:
@@ -90,27 +85,14 @@ class Exporter:
             first_cycle_wait=interval,
             on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
         )
-        self._runner = web.AppRunner(make_app(self.state, self.registry), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
         self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop))]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
-        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
+        configured = [m for m in self.state.mirrors if not m.discovered]
+        for mirror_state, mirror_cfg in zip(configured, self.settings.mirrors, strict=True):
             poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
             if mirror_cfg.jmx is not None:
                 jmx = JmxPoller(mirror_state, mirror_cfg.jmx, jvm_slots, poller.first_cycle.wait, self._stop, interval)
                 self._tasks.append(asyncio.create_task(jmx.run()))
-        log.info(
-            "exporter started",
-            extra={
-                "version": __version__,
-                "address": f"{self.listen.host}:{self.port}",
-                "mirrors": len(self.settings.mirrors),
-                "interval_seconds": interval,
-            },
-        )
 
     def _start_mirror(self, state: MirrorState, credentials: Credentials) -> tuple[MirrorPoller, asyncio.Task[None]]:
         assert self.client is not None and self._primary is not None
@@ -123,7 +105,6 @@ class Exporter:
         return poller, task
 
     async def poll_once(self) -> None:
-        """One more cycle of every target now, beside the schedule (bench/scale.py measures steady cycles so)."""
         assert self._primary is not None
         await asyncio.gather(self._primary.poll_once(), *(p.poll_once() for p in self._mirror_pollers.values()))
 
@@ -159,10 +140,142 @@ class Exporter:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+
+def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
+    """The state for a reloaded configuration: targets whose name and URL did not change keep what was learned
+    (last good values, error counts, drift history), so a reload does not blank the dashboards."""
+    new = build_state(settings)
+    primary = old.primary if old.primary.url == new.primary.url else new.primary
+    kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
+    mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
+    return ExporterState(primary=primary, mirrors=mirrors)
+
+
+class Exporter:
+    """One running exporter: call ``start`` then ``stop``; ``port`` is the bound port (useful with port 0).
+
+    ``loader`` reads the configuration again for ``reload`` (SIGHUP, ``POST /-/reload``); without one there is
+    nothing to reload (the demo)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        listen: ListenAddress,
+        resolver: AbstractResolver | None = None,
+        web_config: WebConfig | None = None,
+        loader: ConfigLoader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.listen = listen
+        # aiohttp's default (the system's getaddrinfo, cached 10 s) unless given: a given resolver is asked at every
+        # new connection (tests resolve names from a table they change).
+        self._resolver = resolver
+        self._web_config = web_config or WebConfig()
+        self._loader = loader
+        self.reloads = ReloadStatus()
+        self._reload_lock = asyncio.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        state = build_state(settings)
+        self._collector = self._farm_collector(settings, state)
+        self.registry.register(self._collector)
+        self.registry.register(ReloadCollector(self.reloads))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._served = Served(
+            state,
+            self.registry,
+            BasicAuth(self._web_config.basic_auth_users),
+            self.reload if loader is not None else None,
+        )
+        self._polling = Polling(settings, state, resolver)
+        self._web_tls: ssl.SSLContext | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = listen.port
+
+    @staticmethod
+    def _farm_collector(settings: Settings, state: ExporterState) -> MirrorFarmCollector:
+        return MirrorFarmCollector(state, settings.per_repository_metrics, settings.max_repository_series)
+
+    @property
+    def state(self) -> ExporterState:
+        return self._served.state
+
+    @property
+    def client(self) -> BitbucketClient | None:
+        return self._polling.client
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(make_app(self._served), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        tls = self._web_config.tls_server_config
+        self._web_tls = tls.context() if tls is not None else None
+        site = web.TCPSite(self._runner, self.listen.host, self.listen.port, ssl_context=self._web_tls)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        await self._polling.start()
+        log.info(
+            "exporter started",
+            extra={
+                "version": __version__,
+                "address": f"{self.listen.host}:{self.port}",
+                "tls": self._web_tls is not None,
+                "basic_auth": self._served.auth.enabled,
+                "mirrors": len(self.settings.mirrors),
+                "interval_seconds": self.settings.poll.interval_seconds,
+            },
+        )
+
+    async def poll_once(self) -> None:
+        """One more cycle of every target now, beside the schedule (bench/scale.py measures steady cycles so)."""
+        await self._polling.poll_once()
+
+    async def reload(self) -> tuple[bool, str]:
+        """Read the configuration again and apply it; on any problem keep running the old one and say why."""
+        assert self._loader is not None
+        async with self._reload_lock:
+            try:
+                settings, web_config = self._loader()
+                self._check_web_tls(web_config)
+            except ConfigError as exc:
+                self.reloads.failed()
+                log.error("config reload failed, keeping the running configuration", extra={"err": str(exc)})
+                return False, f"config reload failed, keeping the running configuration: {exc}"
+            await self._apply(settings, web_config)
+            self.reloads.succeeded()
+            log.info("config reloaded", extra={"mirrors": len(settings.mirrors)})
+            return True, "config reloaded"
+
+    def _check_web_tls(self, web_config: WebConfig) -> None:
+        tls = web_config.tls_server_config
+        if tls != self._web_config.tls_server_config:
+            raise ConfigError(f"{WEB_FLAG}: tls_server_config: files or policy changed; that needs a restart")
+        if tls is not None and self._web_tls is not None:
+            try:
+                # Same files, perhaps new contents (cert-manager renews in place): new handshakes use them.
+                load_pair(self._web_tls, tls.cert_file, tls.key_file)
+            except ValueError as exc:
+                raise ConfigError(f"{WEB_FLAG}: tls_server_config: {exc}") from None
+
+    async def _apply(self, settings: Settings, web_config: WebConfig) -> None:
+        # The old pollers stop first, so no target is ever polled twice at once.
+        await self._polling.stop()
+        state = carry_over(self.state, settings)
+        collector = self._farm_collector(settings, state)
+        self.registry.unregister(self._collector)
+        self.registry.register(collector)
+        self._collector, self.settings, self._web_config = collector, settings, web_config
+        self._served.state = state
+        self._served.auth = BasicAuth(web_config.basic_auth_users)
+        self._polling = Polling(settings, state, self._resolver)
+        await self._polling.start()
+
+    async def stop(self) -> None:
+        await self._polling.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
         log.info("exporter stopped")
 
 

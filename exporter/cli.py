@@ -12,8 +12,9 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped
-from exporter.config import ConfigError, load_settings
+from exporter.config import ConfigError, Settings, load_settings
 from exporter.logs import LEVELS, setup_logging
+from exporter.web_config import WebConfig, load_web_config
 
 PROG = "bitbucket-mirror-exporter"
 COMMANDS = ("run", "demo")
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address to serve /metrics on (default 0.0.0.0:{DEFAULT_PORT})",
     )
+    common.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for the exporter's own pages (exporter-toolkit style YAML); reloaded with the config",
+    )
     common.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info", help="default info")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
@@ -58,6 +66,12 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
     return args
 
 
+def load_configs(args: argparse.Namespace) -> tuple[Settings, WebConfig]:
+    """The configuration and the web config, as at start and at every reload; raises ConfigError."""
+    settings = load_settings(args.config)
+    return settings, load_web_config(args.web_config) if args.web_config is not None else WebConfig()
+
+
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM, so the running coroutine can shut down cleanly."""
     stop = asyncio.Event()
@@ -67,18 +81,37 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def reload_on_sighup(exporter: Exporter) -> None:
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def reload() -> None:
+        # Keep a reference until it ends: the event loop holds tasks only weakly.
+        task = asyncio.create_task(exporter.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 async def _serve(exporter: Exporter) -> None:
-    await serve_until_stopped(exporter, stop_on_signals())
+    stop = stop_on_signals()
+    reload_on_sighup(exporter)
+    await serve_until_stopped(exporter, stop)
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"{PROG}: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.config)
+        settings, web_config = load_configs(args)
     except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error(exc)
+    exporter = Exporter(settings, args.listen, web_config=web_config, loader=lambda: load_configs(args))
     try:
-        asyncio.run(_serve(Exporter(settings, args.listen)))
+        asyncio.run(_serve(exporter))
     except OSError as exc:
         log.error("cannot serve", extra={"address": f"{args.listen.host}:{args.listen.port}", "err": exc.strerror})
         return 1
@@ -89,7 +122,11 @@ def _demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
     try:
-        asyncio.run(run_demo(args.listen, args.demo_interval))
+        web_config = load_web_config(args.web_config) if args.web_config is not None else WebConfig()
+    except ConfigError as exc:
+        return _config_error(exc)
+    try:
+        asyncio.run(run_demo(args.listen, args.demo_interval, web_config))
     except OSError as exc:
         log.error("cannot serve", extra={"address": f"{args.listen.host}:{args.listen.port}", "err": exc.strerror})
         return 1

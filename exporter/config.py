@@ -215,7 +215,7 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return key or "(top level)"
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
     # pydantic's own text quotes the input value, which may be a secret: build the line from loc and msg only.
     first = exc.errors(include_input=False, include_url=False)[0]
     more = exc.error_count() - 1
@@ -228,7 +228,7 @@ def settings_from_mapping(data: dict[str, Any]) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_validation_error(exc)) from None
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -8,6 +8,7 @@ from exporter.app import Exporter, ListenAddress
 from exporter.cli import stop_on_signals
 from exporter.config import settings_from_mapping
 from exporter.simulator import Scenario, SimulatedFarm
+from exporter.web_config import WebConfig
 
 log = logging.getLogger("exporter.demo")
 
@@ -25,14 +26,15 @@ DEMO_SCENARIO = Scenario(
 )
 
 
-async def run_demo(listen: ListenAddress, interval_seconds: float) -> None:
+async def run_demo(listen: ListenAddress, interval_seconds: float, web_config: WebConfig | None = None) -> None:
     stop = stop_on_signals()
     async with SimulatedFarm(DEMO_SCENARIO) as farm:
         settings = settings_from_mapping(farm.exporter_config(interval_seconds=interval_seconds))
-        exporter = Exporter(settings, listen)
+        exporter = Exporter(settings, listen, web_config=web_config)
         await exporter.start()
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
-        print(f"Metrics: http://{host}:{exporter.port}/metrics", flush=True)
+        scheme = "https" if web_config is not None and web_config.tls_server_config is not None else "http"
+        print(f"Metrics: {scheme}://{host}:{exporter.port}/metrics", flush=True)
         print(f"Simulated primary: {farm.primary_url} (control API under /sim/)", flush=True)
         for name, url in farm.mirror_urls.items():
             print(f"Simulated mirror {name}: {url} ({farm.farm.mirrors[name].api_family} API)", flush=True)

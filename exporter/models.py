@@ -16,6 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+# Dates Python can hold (years 1 to 9999): anything outside is a broken answer, not a date to compare.
+_EARLIEST, _LATEST = datetime.min.replace(tzinfo=UTC).timestamp(), datetime.max.replace(tzinfo=UTC).timestamp()
+
 
 def _epoch_seconds(value: Any) -> float | None:
     if value is None or value == "":
@@ -23,19 +26,31 @@ def _epoch_seconds(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("a date, not a boolean")
     if isinstance(value, int | float):
-        return float(value) / 1000.0
+        return _in_range(value, 1000.0)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text) / 1000.0
+            millis = float(text)
         except ValueError:
             pass
+        else:
+            return _in_range(millis, 1000.0)
         # fromisoformat in 3.11 accepts "Z" and offsets; a date-time without an offset is taken as UTC.
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+        return _in_range(parsed.timestamp(), 1.0)
     raise ValueError("a date must be an ISO 8601 string or epoch milliseconds")
+
+
+def _in_range(number: float, per_second: float) -> float:
+    try:
+        seconds = float(number) / per_second
+    except OverflowError:
+        raise ValueError("a date out of range") from None
+    if not _EARLIEST <= seconds <= _LATEST:  # also NaN
+        raise ValueError("a date out of range")
+    return seconds
 
 
 Timestamp = Annotated[float | None, BeforeValidator(_epoch_seconds)]

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.basic_auth import BasicAuth
 from exporter.state import ExporterState, MirrorState
 
-STATE_KEY = web.AppKey("state", ExporterState)
-REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+# Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
+OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
+CHALLENGE = 'Basic realm="bitbucket-mirror-exporter", charset="UTF-8"'
+
+
+@dataclass
+class Served:
+    """What the endpoints serve; a reload replaces its parts, so handlers read it on every request."""
+
+    state: ExporterState
+    registry: CollectorRegistry
+    auth: BasicAuth = field(default_factory=lambda: BasicAuth({}))
+    # Reloads the configuration: (success, message). None: nothing to reload.
+    reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None
+
+
+SERVED_KEY = web.AppKey("served", Served)
 # Content type -> (monotonic time, exposition) of the latest rendering.
 Renderings = dict[str, tuple[float, bytes]]
 RENDERINGS_KEY: web.AppKey[Renderings] = web.AppKey("renderings")
@@ -27,7 +46,7 @@ async def metrics(request: web.Request) -> web.Response:
     renderings, now = request.app[RENDERINGS_KEY], time.monotonic()
     latest = renderings.get(content_type)
     if latest is None or now - latest[0] > SHARED_RENDERING_SECONDS:
-        latest = renderings[content_type] = (now, encoder(request.app[REGISTRY_KEY]))
+        latest = renderings[content_type] = (now, encoder(request.app[SERVED_KEY].registry))
     return web.Response(body=latest[1], headers={"Content-Type": content_type})
 
 
@@ -36,7 +55,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[STATE_KEY].ready:
+    if request.app[SERVED_KEY].state.ready:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: waiting for the first poll of every target\n")
 
@@ -62,7 +81,7 @@ def _mirror_row(mirror: MirrorState) -> str:
 
 
 async def landing(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+    state = request.app[SERVED_KEY].state
     rows = "\n".join(_mirror_row(m) for m in state.mirrors)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Bitbucket Mirror Exporter</title></head>
@@ -81,13 +100,30 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-def make_app(state: ExporterState, registry: CollectorRegistry) -> web.Application:
-    app = web.Application()
-    app[STATE_KEY] = state
-    app[REGISTRY_KEY] = registry
+async def reload(request: web.Request) -> web.Response:
+    served = request.app[SERVED_KEY]
+    if served.reload is None:
+        return web.Response(status=501, text="nothing to reload\n")
+    ok, message = await served.reload()
+    # As Prometheus does: 500 with the reason when the new configuration is refused (the old one stays).
+    return web.Response(status=200 if ok else 500, text=message + "\n")
+
+
+@web.middleware
+async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[SERVED_KEY].auth
+    if auth.enabled and request.path not in OPEN_PATHS and not await auth.allows(request.headers.get("Authorization")):
+        return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": CHALLENGE})
+    return await handler(request)
+
+
+def make_app(served: Served) -> web.Application:
+    app = web.Application(middlewares=[basic_auth])
+    app[SERVED_KEY] = served
     app[RENDERINGS_KEY] = {}
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
     return app

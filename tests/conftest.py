@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -103,13 +104,14 @@ async def running_farm(
     interval: float = 0.2,
     prepare: Callable[[SimulatedFarm, dict[str, Any]], None] | None = None,
     resolver: AbstractResolver | None = None,
+    farm_tls: ssl.SSLContext | None = None,
     **poll: Any,
 ) -> AsyncIterator[Running]:
     """Start a farm and an exporter watching it; ``prepare`` may change the farm or the config first."""
     poll.setdefault("timeout_seconds", 2.0)
     poll.setdefault("backoff_seconds", 0.01)
     poll.setdefault("max_backoff_seconds", 0.05)
-    async with SimulatedFarm(scenario or Scenario(), mirror_families) as farm:
+    async with SimulatedFarm(scenario or Scenario(), mirror_families, ssl_context=farm_tls) as farm:
         config = farm.exporter_config(interval_seconds=interval, **poll)
         if prepare is not None:
             prepare(farm, config)

@@ -53,11 +53,12 @@ def _redact(text: str, secret: str | None) -> str:
 
 def classify_failure(returncode: int, stdout: str, stderr: str) -> tuple[str, str]:
     """A reason label and a one-line detail for a failed jmxquery run."""
-    with contextlib.suppress(ValueError, AttributeError):
+    with contextlib.suppress(ValueError):
         # jmxquery reports connection and query problems as a JSON object on stdout.
         report = json.loads(stdout)
-        error, message = str(report["error"]), str(report.get("message", ""))
-        return {"connection-error": "connection", "bad-query": "bad_query"}.get(error, "jmx_error"), message
+        if isinstance(report, dict) and "error" in report:
+            error, message = str(report["error"]), str(report.get("message", ""))
+            return {"connection-error": "connection", "bad-query": "bad_query"}.get(error, "jmx_error"), message
     text = stderr or stdout
     if "SecurityException" in text or "Authentication failed" in text or "Invalid credentials" in text:
         return "auth", "authentication failed"

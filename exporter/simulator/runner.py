@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,10 @@ class SimulatedFarm:
         mirror_families: list[str] | None = None,
         host: str = "127.0.0.1",
         clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        # Served over HTTPS with this context when given (TLS tests); plain HTTP otherwise.
+        self.ssl_context = ssl_context
         self.scenario = scenario or Scenario()
         self.clock = clock
         self.farm = Farm(self.scenario, clock(), mirror_families)
@@ -34,9 +38,10 @@ class SimulatedFarm:
     async def _serve(self, app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, self.host, port).start()
+        await web.TCPSite(runner, self.host, port, ssl_context=self.ssl_context).start()
         self._runners.append(runner)
-        return runner, f"http://{self.host}:{runner.addresses[0][1]}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return runner, f"{scheme}://{self.host}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
         self.primary_url = (await self._serve(primary_app(self.farm, self.clock)))[1]

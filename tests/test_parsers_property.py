@@ -1,0 +1,221 @@
+"""Property tests: whatever bytes or JSON Bitbucket sends, every response parser either returns its result or raises
+the project's own FetchError (which the pollers count by reason), never anything else.
+
+hypothesis is used as a library (its pytest plugin is disabled in pyproject.toml). Documents are drawn from JSON
+built over the field names the parsers look for, so that most examples get past the first type check and reach the
+field conversions (dates, counts, ids) where the surprises are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.api import MirrorApi, PrimaryApi
+from exporter.client import BitbucketClient, FetchError, Page, _retry_after_seconds, decode_body, parse_json, parse_page
+from exporter.config import Credentials, PollConfig
+from exporter.jmx.config import JmxMatch, TimerAttributes
+from exporter.jmx.query import classify_failure, parse_rows
+from exporter.jmx.reading import read_node
+from exporter.listings import decode_repository_page, decode_sync_status_page
+
+# Every field name the models, listings and JMX reader look at, so generated objects hit real fields.
+KEYS = [
+    "values", "isLastPage", "nextPageStart", "limit", "size", "start", "count", "value", "state", "memberCount",
+    "discovering", "syncedRepos", "totalRepos", "id", "baseUrl", "type", "apiBaseUrl", "name", "address", "port",
+    "buildVersion", "local", "content", "metadata", "externalRepoId", "localRepoId", "localProjectId", "upstreamId",
+    "failedSyncCount", "initialSyncDate", "lastSyncDate", "hashes", "repoSlug", "attempt", "createdAt", "enabled",
+    "lastSeenDate", "mirrorType", "productVersion", "productType", "key", "contentHash", "metadataHash", "slug",
+    "project", "properties", "mode", "projectIds", "projectKey", "repositoryId", "repositorySlug", "errors",
+    "message", "mBeanName", "attribute", "attributeKey",
+]  # fmt: skip
+TRICKY_STRINGS = [
+    "", " ", "0", "-1", "3", "1e400", "-1e400", "NaN", "inf", "9" * 40, "2024-05-01T10:00:00Z",
+    "2024-05-01T10:00:00", "2024-05-01T10:00:00+14:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+    "99999-01-01", "SYNCHRONIZED", "com.atlassian:type=Timer,name=x", "\x00", "\ud7ff", "é",
+]  # fmt: skip
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.sampled_from([2**63, -(2**63) - 1, 10**400, 0, 1, -1])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(TRICKY_STRINGS)
+    | st.text(max_size=12)
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=6)
+    ),
+    max_leaves=24,
+)
+# Flat objects over the known field names with awkward values: where the field conversions are exercised.
+records = st.dictionaries(st.sampled_from(KEYS), scalars, max_size=10)
+documents = records | documents
+# A page of values: the usual shape, so the value-level conversions are reached often.
+paged_documents = st.fixed_dictionaries(
+    {"values": st.lists(documents, max_size=4)},
+    optional={"isLastPage": scalars, "nextPageStart": scalars, "limit": scalars},
+)
+
+
+def _encode(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+bodies = (
+    st.binary(max_size=200)
+    | documents.map(_encode)
+    | paged_documents.map(_encode)
+    | paged_documents.map(_encode).map(lambda b: b[: len(b) // 2])
+)
+
+# PROPERTY_EXAMPLES=5000 for a longer hunt; the default keeps the suite quick on two cores.
+EXAMPLES = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), deadline=None, database=None)
+
+BYTE_PARSERS: dict[str, Callable[[bytes], object]] = {
+    "parse_json": parse_json,
+    "parse_page": parse_page,
+    "decode_body": lambda body: decode_body("application/json", body, parse_json),
+    "repoSyncStatus page": decode_sync_status_page,
+    "repos page": decode_repository_page,
+}
+
+
+@pytest.mark.parametrize("parse", BYTE_PARSERS.values(), ids=BYTE_PARSERS.keys())
+@EXAMPLES
+@given(body=bodies)
+def test_byte_parsers_raise_only_fetch_error(parse: Callable[[bytes], object], body: bytes) -> None:
+    try:
+        parse(body)
+    except FetchError:
+        pass
+
+
+@EXAMPLES
+@given(body=bodies)
+def test_listing_rows_have_the_types_the_exporter_relies_on(body: bytes) -> None:
+    try:
+        page = decode_sync_status_page(body)
+    except FetchError:
+        return
+    for row in page.values:
+        assert isinstance(row.external_repo_id, str)
+        assert isinstance(row.failed_sync_count, int)
+        assert row.last_sync_date is None or row.last_sync_date.tzinfo is not None
+        row.last_sync_date is None or row.last_sync_date.timestamp()
+
+
+class CannedClient(BitbucketClient):
+    """Answers every GET with one fixed document, through the same decoding as the real client."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def get(self, url: Any, credentials: Any, decode: Callable[[bytes], Any], params: Any = None) -> Any:
+        return decode_body("application/json", self._body, decode)
+
+    async def pages(self, url: Any, credentials: Any, decode: Any, params: Any = None) -> Any:
+        yield (await self.get(url, credentials, decode)).values
+
+
+def _endpoints(body: bytes) -> dict[str, Callable[[], Awaitable[object]]]:
+    client = CannedClient(body)
+    mirror = MirrorApi(client, "http://mirror.invalid", Credentials())
+    primary = PrimaryApi(client, "http://primary.invalid", Credentials())
+
+    async def layout_then(fetch: Callable[[Any], Awaitable[object]]) -> object:
+        return await fetch(await mirror.detect_layout())
+
+    async def first_page(pages: Any) -> object:
+        return [row async for row in pages]
+
+    return {
+        "status": mirror.status,
+        "upstream": lambda: layout_then(mirror.upstream),
+        "progress": lambda: layout_then(mirror.progress),
+        "farm_nodes": lambda: layout_then(mirror.farm_nodes),
+        "sync_settings": lambda: layout_then(mirror.sync_settings),
+        "delayed_sync": mirror.delayed_sync,
+        "out_of_sync_repos": mirror.out_of_sync_repositories,
+        "ref_changes_queue_count": mirror.ref_changes_queue_count,
+        "ref_changes_queue": mirror.ref_changes_queue,
+        "repo_sync_status": lambda: first_page(mirror.repo_sync_status_pages()),
+        "repos": lambda: first_page(primary.repository_pages()),
+        "mirror_servers": primary.mirror_servers,
+    }
+
+
+ENDPOINTS = list(_endpoints(b""))
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@EXAMPLES
+@given(body=bodies)
+def test_every_endpoint_raises_only_fetch_error(endpoint: str, body: bytes) -> None:
+    fetch = _endpoints(body)[endpoint]
+    try:
+        asyncio.run(fetch())  # type: ignore[arg-type]
+    except FetchError:
+        pass
+
+
+@EXAMPLES
+@given(
+    status=st.integers(min_value=100, max_value=599),
+    content_type=st.sampled_from(["application/json", "text/html", ""]),
+    body=bodies,
+)
+def test_error_responses_always_become_a_fetch_error(status: int, content_type: str, body: bytes) -> None:
+    error = BitbucketClient._status_error(status, content_type, body)
+    assert error.reason == f"http_{status}"
+
+
+@EXAMPLES
+@given(
+    value=st.none()
+    | st.text(max_size=40)
+    | st.sampled_from(["120", "-5", "1e400", "nan", "Wed, 21 Oct 2015 07:28:00 GMT", "Mon, 99 Foo"])
+)
+def test_retry_after_never_raises(value: str | None) -> None:
+    seconds = _retry_after_seconds(value)
+    assert seconds is None or seconds >= 0
+
+
+jmx_rows = st.lists(
+    st.dictionaries(st.sampled_from(["mBeanName", "attribute", "attributeKey", "value", "x"]), documents, max_size=4),
+    max_size=6,
+)
+
+
+@EXAMPLES
+@given(stdout=st.text(max_size=200) | jmx_rows.map(json.dumps) | documents.map(json.dumps))
+def test_jmx_output_raises_only_fetch_error(stdout: str) -> None:
+    try:
+        rows = parse_rows(stdout)
+    except FetchError:
+        return
+    read_node(rows, JmxMatch(), TimerAttributes())
+
+
+@EXAMPLES
+@given(returncode=st.integers(-64, 255), stdout=st.text(max_size=80), stderr=st.text(max_size=80))
+def test_jmx_failures_are_always_classified(returncode: int, stdout: str, stderr: str) -> None:
+    reason, _ = classify_failure(returncode, stdout, stderr)
+    assert reason
+
+
+def test_the_canned_client_decodes_like_the_real_one() -> None:
+    """The endpoint property above is only as good as its stand-in client: a valid page goes through."""
+    body = _encode({"values": [{"externalRepoId": "7", "failedSyncCount": "2"}], "isLastPage": True})
+    rows = asyncio.run(_endpoints(body)["repo_sync_status"]())  # type: ignore[arg-type]
+    assert rows == [decode_sync_status_page(body).values]
+    assert isinstance(parse_page(body), Page)
