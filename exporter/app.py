@@ -32,6 +32,8 @@ from exporter.web_config import WebConfig
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9879
+# How long a stop waits for requests in flight to /metrics: SIGTERM must end the process within seconds.
+STOP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,9 @@ class Exporter:
         return self._polling.client
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(make_app(self._served), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            make_app(self._served), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
+        )
         await self._runner.setup()
         tls = self._web_config.tls_server_config
         self._web_tls = tls.context() if tls is not None else None

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
 from exporter.simulator import Scenario, SimulatedFarm
+from exporter.reloading import ConfigLoader
+from exporter.web_config import WebConfig
 from tests.jmx_node import compile_fake_node
 
 LOOPBACK = "127.0.0.1"
@@ -105,6 +107,8 @@ async def running_farm(
     prepare: Callable[[SimulatedFarm, dict[str, Any]], None] | None = None,
     resolver: AbstractResolver | None = None,
     farm_tls: ssl.SSLContext | None = None,
+    web_config: WebConfig | None = None,
+    loader: ConfigLoader | None = None,
     **poll: Any,
 ) -> AsyncIterator[Running]:
     """Start a farm and an exporter watching it; ``prepare`` may change the farm or the config first."""
@@ -115,7 +119,7 @@ async def running_farm(
         config = farm.exporter_config(interval_seconds=interval, **poll)
         if prepare is not None:
             prepare(farm, config)
-        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver)
+        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver, web_config, loader)
         await exporter.start()
         try:
             async with aiohttp.ClientSession() as http:

@@ -144,14 +144,18 @@ def alertmanager(workdir: Path, webhook_port: int) -> AbstractAsyncContextManage
 
 
 def prometheus(
-    workdir: Path, exporter_port: int, rules: Path | None = None, alertmanager_port: int | None = None
+    workdir: Path,
+    exporter_port: int,
+    rules: Path | None = None,
+    alertmanager_port: int | None = None,
+    scrape: dict[str, Any] | None = None,
 ) -> AbstractAsyncContextManager[int]:
-    """Prometheus scraping the exporter every second, optionally evaluating ``rules`` and alerting."""
+    """Prometheus scraping the exporter every second, optionally evaluating ``rules`` and alerting; ``scrape`` adds
+    to the scrape config (scheme, tls_config, basic_auth)."""
+    job = {"job_name": "bitbucket-mirror-exporter", "static_configs": [{"targets": [f"{LOOPBACK}:{exporter_port}"]}]}
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
-            {"job_name": "bitbucket-mirror-exporter", "static_configs": [{"targets": [f"{LOOPBACK}:{exporter_port}"]}]}
-        ],
+        "scrape_configs": [{**job, **(scrape or {})}],
     }
     if rules is not None:
         config["rule_files"] = [str(rules)]

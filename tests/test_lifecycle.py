@@ -1,0 +1,180 @@
+"""The exporter as a process: SIGHUP and POST /-/reload reload its configuration (keeping the old one, and saying
+why, when the new one is invalid), and SIGTERM stops it cleanly within seconds, even with a poll hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from exporter.simulator import Scenario, SimulatedFarm
+from tests.conftest import LOOPBACK, Samples, parse_metrics, value, wait_until
+
+RELOADED = "bitbucket_mirror_exporter_config_last_reload_successful"
+RELOADED_AT = "bitbucket_mirror_exporter_config_last_reload_success_timestamp_seconds"
+
+
+class ExporterProcess:
+    def __init__(self, process: asyncio.subprocess.Process, http: aiohttp.ClientSession) -> None:
+        self.process = process
+        self.http = http
+        self.log: list[str] = []
+        self.port = 0
+
+    async def read_log(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            text = line.decode(errors="replace").rstrip()
+            self.log.append(text)
+            started = re.search(r'msg="exporter started".* address=[^ ]*:(\d+)', text)
+            if started:
+                self.port = int(started[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    async def metrics(self) -> Samples:
+        async with self.http.get(self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return parse_metrics(await resp.text())
+
+    async def post_reload(self) -> tuple[int, str]:
+        async with self.http.post(self.url + "/-/reload", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            return resp.status, await resp.text()
+
+
+@asynccontextmanager
+async def exporter_process(config: Path) -> AsyncIterator[ExporterProcess]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exporter", "run", f"--config={config}", f"--web.listen-address={LOOPBACK}:0",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        running = ExporterProcess(process, http)
+        reader = asyncio.create_task(running.read_log())
+        try:
+
+            async def listening() -> bool:
+                return running.port > 0
+
+            await wait_until(listening, 30, "the exporter listening")
+            yield running
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await asyncio.wait_for(reader, 10)
+
+
+def _write(path: Path, farm: SimulatedFarm, mirrors: list[str], **extra: Any) -> None:
+    config = farm.exporter_config(interval_seconds=0.2, timeout_seconds=30.0)
+    config["mirrors"] = [m for m in config["mirrors"] if m["name"] in mirrors]
+    path.write_text(yaml.safe_dump({**config, **extra}))
+
+
+async def test_sighup_and_post_reload_apply_a_valid_config_and_keep_the_old_on_an_invalid_one(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    async with SimulatedFarm(Scenario(repositories=4)) as farm:
+        _write(config, farm, ["sydney", "frankfurt"])
+        async with exporter_process(config) as exporter:
+            latest: Samples = {}
+
+            async def polled(*mirrors: str) -> bool:
+                nonlocal latest
+                latest = await exporter.metrics()
+                return all(value(latest, "bitbucket_mirror_up", mirror=m) == 1.0 for m in mirrors)
+
+            await wait_until(lambda: polled("sydney", "frankfurt"), 30, "both mirrors polled")
+            assert value(latest, RELOADED) == 1.0
+            started_at = value(latest, RELOADED_AT)
+            assert started_at is not None
+
+            # SIGHUP: frankfurt leaves the configuration, sydney keeps what the exporter knew.
+            _write(config, farm, ["sydney"])
+            exporter.process.send_signal(signal.SIGHUP)
+
+            async def frankfurt_gone() -> bool:
+                samples = await exporter.metrics()
+                return (
+                    value(samples, "bitbucket_mirror_up", mirror="frankfurt") is None
+                    and (value(samples, RELOADED_AT) or 0) > started_at
+                )
+
+            await wait_until(frankfurt_gone, 20, "frankfurt gone after SIGHUP")
+            assert value(await exporter.metrics(), "bitbucket_mirror_repositories", mirror="sydney") == 4
+
+            # An invalid file: refused with the key named, the running configuration keeps polling.
+            config.write_text(config.read_text() + "mirrorz: []\n")
+            status, body = await exporter.post_reload()
+            assert status == 500 and "mirrorz: unknown key" in body, body
+            refused: Samples = {}
+
+            async def gauge_says_refused() -> bool:
+                nonlocal refused
+                refused = await exporter.metrics()  # scrapes within 0.2 s share a rendering: poll, do not expect
+                return value(refused, RELOADED) == 0.0
+
+            await wait_until(gauge_says_refused, 5, "the reload gauge at 0")
+            assert any("config reload failed" in line and "mirrorz" in line for line in exporter.log)
+            since = value(refused, "bitbucket_mirror_exporter_last_success_timestamp_seconds",
+                          target="sydney", source="status")  # fmt: skip
+            assert since is not None
+
+            async def still_polling() -> bool:
+                samples = await exporter.metrics()
+                stamp = value(samples, "bitbucket_mirror_exporter_last_success_timestamp_seconds",
+                              target="sydney", source="status")  # fmt: skip
+                return stamp is not None and stamp > since
+
+            await wait_until(still_polling, 20, "the old configuration still polling")
+            exporter.process.send_signal(signal.SIGHUP)  # the same invalid file by signal: refused and logged again
+
+            async def refused_twice() -> bool:
+                return sum("config reload failed" in line for line in exporter.log) == 2
+
+            await wait_until(refused_twice, 10, "the SIGHUP reload refused too")
+            assert value(await exporter.metrics(), RELOADED) == 0.0
+
+            # Fixed: POST /-/reload brings frankfurt back.
+            _write(config, farm, ["sydney", "frankfurt"])
+            status, body = await exporter.post_reload()
+            assert status == 200, body
+            await wait_until(lambda: polled("sydney", "frankfurt"), 30, "frankfurt back")
+            assert value(latest, RELOADED) == 1.0
+
+
+async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    async with SimulatedFarm(Scenario(repositories=4)) as farm:
+        _write(config, farm, ["sydney", "frankfurt"])
+        async with exporter_process(config) as exporter:
+
+            async def ready() -> bool:
+                async with exporter.http.get(exporter.url + "/-/ready") as resp:
+                    return resp.status == 200
+
+            await wait_until(ready, 30, "ready")
+            # Every sydney request now hangs for 30 s (the poll timeout here): polls are in flight at SIGTERM.
+            sydney = farm.farm.mirrors["sydney"]
+            before = sum(sydney.requests.values())
+            sydney.faults = {"*": "hang"}
+
+            async def hanging() -> bool:
+                return sum(sydney.requests.values()) > before
+
+            await wait_until(hanging, 10, "a request hanging")
+            sent = time.monotonic()
+            exporter.process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(exporter.process.wait(), 10)
+            assert code == 0, exporter.log[-5:]
+            print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
+        assert any('msg="exporter stopped"' in line for line in exporter.log)

@@ -1,0 +1,192 @@
+"""The optional web config: /metrics over TLS with bcrypt basic auth, health endpoints open; real clients (aiohttp
+and Prometheus itself) on loopback."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import yaml
+
+from exporter.config import ConfigError, Settings
+from exporter.simulator import Scenario
+from exporter.web_config import WebConfig, load_web_config
+from tests.certs import TestAuthority
+from tests.conftest import LOOPBACK, parse_metrics, running_farm, value, wait_until
+from tests.monitoring_stack import prometheus
+
+USER, PASSWORD = "prometheus", "scrape-Pa55-3e9d"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _hash(password: str) -> str:
+    # Cost 4 keeps the tests quick; production hashes use 10 to 12.
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def _web_config(tmp_path: Path, tls: bool = True) -> tuple[WebConfig, TestAuthority]:
+    ca = TestAuthority(tmp_path)
+    pair = ca.issue("exporter")
+    document: dict[str, Any] = {"basic_auth_users": {USER: _hash(PASSWORD), "other": _hash("other-password")}}
+    if tls:
+        document["tls_server_config"] = {"cert_file": str(pair.cert), "key_file": str(pair.key)}
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(document))
+    return load_web_config(path), ca
+
+
+async def test_pages_need_basic_auth_over_tls_and_health_endpoints_stay_open(tmp_path: Path) -> None:
+    web_config, ca = _web_config(tmp_path)
+    trust = ssl.create_default_context(cafile=str(ca.ca_file))
+    async with (
+        running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config) as run,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as client,
+    ):
+        base = f"https://{LOOPBACK}:{run.exporter.port}"
+        timeout = aiohttp.ClientTimeout(total=10)
+
+        async def status(path: str, auth: dict[str, str] | None = None, method: str = "GET") -> int:
+            async with client.request(method, base + path, headers=auth, timeout=timeout) as resp:
+                if resp.status == 401:
+                    assert resp.headers["WWW-Authenticate"].startswith('Basic realm="bitbucket-mirror-exporter"')
+                return resp.status
+
+        for path in ("/metrics", "/"):
+            assert await status(path) == 401
+            assert await status(path, basic(USER, "wrong")) == 401
+            assert await status(path, basic("nobody", PASSWORD)) == 401
+            assert await status(path, basic(USER, PASSWORD)) == 200
+            assert await status(path, basic("other", "other-password")) == 200
+        assert await status("/-/reload", method="POST") == 401
+        assert await status("/-/healthy") == 200
+
+        async def ready() -> bool:
+            return await status("/-/ready") == 200
+
+        await wait_until(ready, what="/-/ready without credentials")
+        async with client.get(base + "/metrics", headers=basic(USER, PASSWORD), timeout=timeout) as resp:
+            samples = parse_metrics(await resp.text())
+        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0
+        # Plain HTTP on the TLS port gets nothing.
+        with pytest.raises(aiohttp.ClientError):
+            async with run.http.get(f"http://{LOOPBACK}:{run.exporter.port}/-/healthy", timeout=timeout) as resp:
+                await resp.read()
+                assert resp.status != 200
+                raise aiohttp.ClientError("answered with an error")
+
+
+async def test_basic_auth_without_tls(tmp_path: Path) -> None:
+    web_config, _ = _web_config(tmp_path, tls=False)
+    async with running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config) as run:
+        assert (await run.get("/metrics"))[0] == 401
+        assert (await run.get("/-/healthy"))[0] == 200
+        async with run.http.get(run.url + "/metrics", headers=basic(USER, PASSWORD)) as resp:
+            assert resp.status == 200
+
+
+async def test_prometheus_scrapes_over_tls_with_basic_auth(tmp_path: Path) -> None:
+    web_config, ca = _web_config(tmp_path)
+    scrape = {
+        "scheme": "https",
+        "tls_config": {"ca_file": str(ca.ca_file)},
+        "basic_auth": {"username": USER, "password": PASSWORD},
+    }
+    async with (
+        running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config) as run,
+        prometheus(tmp_path, run.exporter.port, scrape=scrape) as port,
+    ):
+
+        async def scraped() -> bool:
+            url = f"http://{LOOPBACK}:{port}/api/v1/query"
+            async with run.http.get(url, params={"query": 'bitbucket_mirror_up{mirror="sydney"}'}) as resp:
+                result = (await resp.json())["data"]["result"]
+            return bool(result) and result[0]["value"][1] == "1"
+
+        await wait_until(scraped, 30, "Prometheus scraping through TLS and basic auth")
+
+
+def test_web_config_problems_name_the_flag_and_key(tmp_path: Path) -> None:
+    ca = TestAuthority(tmp_path)
+    pair = ca.issue("exporter")
+    cases: dict[str, Any] = {
+        "--web.config.file: basic_auth_users: user 'prometheus': not a bcrypt hash": {
+            "basic_auth_users": {USER: "plain-text-password"}
+        },
+        "--web.config.file: tls_server_config.cert_fil: unknown key": {
+            "tls_server_config": {"cert_file": str(pair.cert), "cert_fil": "x", "key_file": str(pair.key)}
+        },
+        "--web.config.file: tls_server_config.cert_file: Field required": {
+            "tls_server_config": {"key_file": str(pair.key)}
+        },
+        "--web.config.file: tls_server_config: cannot read the certificate or key": {
+            "tls_server_config": {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(pair.key)}
+        },
+        "--web.config.file: tls_server_config: client_auth_type RequireAndVerifyClientCert needs client_ca_file": {
+            "tls_server_config": {
+                "cert_file": str(pair.cert),
+                "key_file": str(pair.key),
+                "client_auth_type": "RequireAndVerifyClientCert",
+            }
+        },
+        "--web.config.file: users: unknown key": {"users": {}},
+    }
+    path = tmp_path / "web.yml"
+    for expected, document in cases.items():
+        path.write_text(yaml.safe_dump(document))
+        with pytest.raises(ConfigError) as raised:
+            load_web_config(path)
+        assert str(raised.value).startswith(expected), str(raised.value)
+        assert "plain-text-password" not in str(raised.value)
+
+
+def test_a_bad_web_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"primary": {"url": "http://127.0.0.1:9", "token": "t"}}))
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {USER: "hunter2"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "run", f"--config={config}", f"--web.config.file={web}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--web.config.file: basic_auth_users" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+async def test_a_reload_swaps_the_users_and_refuses_a_tls_change(tmp_path: Path) -> None:
+    web_config, _ = _web_config(tmp_path, tls=False)
+    current: dict[str, Any] = {}
+
+    def loader() -> tuple[Settings, WebConfig]:
+        return current["settings"], current["web"]
+
+    async with running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config, loader=loader) as run:
+        current["settings"], current["web"] = (
+            run.exporter.settings,
+            WebConfig(basic_auth_users={"new-user": _hash("new-password")}),
+        )
+        assert await run.exporter.reload() == (True, "config reloaded")
+        async with run.http.get(run.url + "/metrics", headers=basic(USER, PASSWORD)) as resp:
+            assert resp.status == 401
+        async with run.http.get(run.url + "/metrics", headers=basic("new-user", "new-password")) as resp:
+            assert resp.status == 200
+        # Turning TLS on needs a new listener: refused, the running web config stays.
+        (tmp_path / "tls").mkdir()
+        current["web"], _ = _web_config(tmp_path / "tls")
+        ok, message = await run.exporter.reload()
+        assert not ok and "tls_server_config" in message and "restart" in message
+        assert run.exporter.reloads.successful is False
+        async with run.http.get(run.url + "/metrics", headers=basic("new-user", "new-password")) as resp:
+            assert resp.status == 200
