@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
-from exporter.simulator import Scenario, SimulatedFarm
 from exporter.reloading import ConfigLoader
+from exporter.simulator import Scenario, SimulatedFarm
 from exporter.web_config import WebConfig
 from tests.jmx_node import compile_fake_node
 
