@@ -20,6 +20,13 @@ _DUMMY_HASH = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=10))
 REMEMBERED = 64
 
 
+def _matches(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # bcrypt 5 refuses passwords over 72 bytes, and a malformed hash
+        return False
+
+
 def parse_basic(header: str) -> tuple[str, str] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
@@ -54,7 +61,7 @@ class BasicAuth:
         running = self._running.get(key)
         if running is None:
             loop = asyncio.get_running_loop()
-            check = loop.run_in_executor(None, bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
+            check = loop.run_in_executor(None, _matches, password.encode(), hashed or _DUMMY_HASH)
             running = self._running[key] = asyncio.ensure_future(check)
             running.add_done_callback(lambda _: self._running.pop(key, None))
         ok = await asyncio.shield(running) and hashed is not None

@@ -1,4 +1,5 @@
-"""HTTP endpoints: /metrics, /-/healthy, /-/ready and a small landing page. None of them waits on Bitbucket."""
+"""HTTP endpoints: /metrics, /-/healthy, /-/ready, POST /-/reload and a small landing page; basic auth on all but
+the health endpoints when the web config has users. None of them waits on Bitbucket."""
 
 from __future__ import annotations
 

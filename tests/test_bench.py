@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.monitoring_stack import free_port
+
 BENCH = Path(__file__).parent.parent / "bench"
 
 
@@ -32,3 +34,17 @@ def test_scale_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     assert row["floor"]["response_bytes"] == row["exporter"]["response_bytes"]
     assert row["sync"]["drifting"] == row["exporter"]["drifting"] == {"sydney": 3}
     assert row["per_repository"]["requests"] == {"primary": 300, "sydney": 300}
+
+
+def test_soak_benchmark_runs_and_the_exporter_ends_in_step_with_the_farm(tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    command = [sys.executable, str(BENCH / "soak.py"), "--minutes", "0.17", "--load-seconds", "2", "--scrapers", "5"]
+    command += ["--repositories", "100", "--interval", "0.5", "--port", str(free_port()), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.with_suffix(".json").read_text())
+    assert figures["load"]["scrapes"] > 0 and figures["load"]["errors"] == 0
+    soak = figures["soak"]
+    assert soak["errors"] == 0 and soak["poll_errors"] == 0
+    # Created and deleted repositories are followed: the exporter's count is the farm's, extras dropped.
+    assert soak["repositories_on_mirrors_exported"] == soak["repositories_on_mirrors_truth"]

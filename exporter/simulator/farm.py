@@ -256,6 +256,28 @@ class Farm:
         self.changed()
         self.sync_timing_changed()
 
+    def create(self, project_index: int) -> int:
+        """Create a repository on the primary; each mirror in scope fetches it like any push (sync delay)."""
+        repo_id = max(self.repositories, default=0) + 1
+        project = self.projects[project_index % len(self.projects)]
+        self.repositories[repo_id] = Repository(repo_id, project, f"repo-{repo_id}", content_changed_at=self.now)
+        for mirror in self.mirrors.values():
+            if mirror.in_scope(self.repositories[repo_id]):
+                # Version 0: an empty copy, behind the primary until it syncs.
+                mirror.repositories[repo_id] = MirrorRepository(
+                    1000 + repo_id, 100 + project.id, 0, 0, self.now, self.now, diverged_since=self.now
+                )
+                mirror.behind.add(repo_id)
+        self.changed()
+        self.sync_timing_changed()
+        return repo_id
+
+    def forget_deleted(self, mirror: Mirror) -> None:
+        """The mirror notices deletions on the primary and drops its copies (no longer extra)."""
+        for repo_id in [r for r in mirror.repositories if r not in self.repositories]:
+            del mirror.repositories[repo_id]
+        self.changed()
+
     def delete(self, repo_id: int) -> None:
         """Delete a repository on the primary; mirrors keep their copies until they notice (extra)."""
         del self.repositories[repo_id]
