@@ -4,7 +4,7 @@ and ask for HTTP basic auth on every page except the health endpoints.
     tls_server_config:
       cert_file: /etc/exporter/tls.crt
       key_file: /etc/exporter/tls.key
-      client_ca_file: /etc/exporter/ca.crt        # optional: only clients with a certificate from this CA
+      client_ca_file: /etc/exporter/ca.crt        # optional, with client_auth_type: RequireAndVerifyClientCert
     basic_auth_users:
       prometheus: $2b$12$...                        # a bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
 """
@@ -45,8 +45,10 @@ class TlsServerConfig(_Strict):
 
     @model_validator(mode="after")
     def _loads(self) -> TlsServerConfig:
-        if self.client_auth_type == "RequireAndVerifyClientCert" and self.client_ca_file is None:
-            raise ValueError("client_auth_type RequireAndVerifyClientCert needs client_ca_file")
+        requires = self.client_auth_type == "RequireAndVerifyClientCert"
+        if requires != (self.client_ca_file is not None):
+            # Both or neither: a CA file that verified nobody would be a silent surprise.
+            raise ValueError("client_ca_file and client_auth_type RequireAndVerifyClientCert go together")
         self.context()  # a missing file or a key that does not fit fails at start, naming this section
         return self
 

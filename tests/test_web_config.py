@@ -132,11 +132,18 @@ def test_web_config_problems_name_the_flag_and_key(tmp_path: Path) -> None:
         "--web.config.file: tls_server_config: cannot read the certificate or key": {
             "tls_server_config": {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(pair.key)}
         },
-        "--web.config.file: tls_server_config: client_auth_type RequireAndVerifyClientCert needs client_ca_file": {
+        "--web.config.file: tls_server_config: client_ca_file and client_auth_type RequireAndVerifyClientCert go": {
             "tls_server_config": {
                 "cert_file": str(pair.cert),
                 "key_file": str(pair.key),
                 "client_auth_type": "RequireAndVerifyClientCert",
+            }
+        },
+        "--web.config.file: tls_server_config: client_ca_file and client_auth_type": {
+            "tls_server_config": {
+                "cert_file": str(pair.cert),
+                "key_file": str(pair.key),
+                "client_ca_file": str(ca.ca_file),
             }
         },
         "--web.config.file: users: unknown key": {"users": {}},
@@ -190,4 +197,22 @@ async def test_a_reload_swaps_the_users_and_refuses_a_tls_change(tmp_path: Path)
         assert not ok and "tls_server_config" in message and "restart" in message
         assert run.exporter.reloads.successful is False
         async with run.http.get(run.url + "/metrics", headers=basic("new-user", "new-password")) as resp:
+            assert resp.status == 200
+
+
+async def test_scrapers_without_a_client_certificate_are_refused_when_required(tmp_path: Path) -> None:
+    ca = TestAuthority(tmp_path)
+    server, scraper = ca.issue("exporter"), ca.issue("scraper", server=False)
+    tls = {"cert_file": str(server.cert), "key_file": str(server.key), "client_ca_file": str(ca.ca_file),
+           "client_auth_type": "RequireAndVerifyClientCert"}  # fmt: skip
+    web_config = WebConfig.model_validate({"tls_server_config": tls})
+    async with running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config) as run:
+        url = f"https://{LOOPBACK}:{run.exporter.port}/-/healthy"
+        anonymous = ssl.create_default_context(cafile=str(ca.ca_file))
+        with pytest.raises(aiohttp.ClientError):
+            async with run.http.get(url, ssl=anonymous, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                await resp.read()
+        known = ssl.create_default_context(cafile=str(ca.ca_file))
+        known.load_cert_chain(str(scraper.cert), str(scraper.key))
+        async with run.http.get(url, ssl=known, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             assert resp.status == 200
