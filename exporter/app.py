@@ -89,8 +89,8 @@ class Polling:
         )
         self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop))]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
-        configured = [m for m in self.state.mirrors if not m.discovered]
-        for mirror_state, mirror_cfg in zip(configured, self.settings.mirrors, strict=True):
+        # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
+        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
             poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
             if mirror_cfg.jmx is not None:
                 jmx = JmxPoller(mirror_state, mirror_cfg.jmx, jvm_slots, poller.first_cycle.wait, self._stop, interval)
