@@ -27,6 +27,10 @@ class AlertConfig:
     )
     exporter_down_for: str = "5m"
     poll_failing_for: str = "15m"
+    drift_unknown_for: str = "15m"
+    # The primary refuses a mirror's JWT beyond 30 s of clock difference; warn well before.
+    clock_skew_seconds: int = 15
+    clock_skew_for: str = "10m"
     mirror_down_for: str = "5m"
     not_synchronized_for: str = "30m"
     # Content drift pages only once a repository has diverged for longer than several full-sync intervals (3 min).
@@ -89,6 +93,14 @@ class _Rules:
     def exporter(self) -> list[dict[str, Any]]:
         c, m = self.c, self.m
         mirror_down = f'label_replace({m("bitbucket_mirror_up")} == 0, "target", "$1", "mirror", "(.*)")'
+        polled = m("bitbucket_mirror_exporter_poll_success", 'source!="repo_sync_status"')
+        primary_listing_failing = m("bitbucket_mirror_exporter_poll_success", 'target="primary",source="repositories"')
+        # The causes of unknown drift, for the description: one series per stale input, with the failing reason.
+        causes = (
+            '{{ range printf "bitbucket_mirror_drift_input_stale{job=%q,instance=%q,mirror=%q}" '
+            "$labels.job $labels.instance $labels.mirror | query }} {{ .Labels.target }} {{ .Labels.source }}: "
+            "{{ .Labels.reason }}.{{ end }}"
+        )
         return [
             self.alert(
                 "BitbucketMirrorExporterDown",
@@ -101,13 +113,26 @@ class _Rules:
             ),
             self.alert(
                 "BitbucketMirrorExporterPollFailing",
-                f"{m('bitbucket_mirror_exporter_poll_success')} == 0 unless on (job, instance, target) {mirror_down}",
+                # A mirror's repo_sync_status is left to BitbucketMirrorDriftUnknown, which names it: one cause, one
+                # alert.
+                f"{polled} == 0 unless on (job, instance, target) {mirror_down}",
                 c.poll_failing_for,
                 "warning",
-                "The exporter cannot poll a Bitbucket endpoint; its metrics are stale.",
+                "The exporter cannot poll a Bitbucket endpoint; its metrics are stale or absent.",
                 "Polling {{ $labels.source }} on {{ $labels.target }} has failed for "
-                f"{c.poll_failing_for}; its metrics keep their last value. The reason is in "
-                "bitbucket_mirror_exporter_poll_errors_total.",
+                f"{c.poll_failing_for}; its metrics are served for poll.stale_after_seconds, then left out. The "
+                "reason is in bitbucket_mirror_exporter_poll_errors_total.",
+            ),
+            self.alert(
+                "BitbucketMirrorDriftUnknown",
+                f"{m('bitbucket_mirror_drift_fresh')} == 0 "
+                f"unless on (job, instance, mirror) {m('bitbucket_mirror_up')} == 0 "
+                f"unless on (job, instance) {primary_listing_failing} == 0",
+                c.drift_unknown_for,
+                "warning",
+                "The exporter cannot tell whether a Bitbucket mirror is in sync.",
+                "Drift and lag of mirror {{ $labels.mirror }} could not be computed from fresh listings for "
+                f"{c.drift_unknown_for}: its drift alerts cannot fire.{causes}",
             ),
         ]
 
@@ -218,6 +243,17 @@ class _Rules:
                 "warning",
                 "The primary has not heard from a Bitbucket mirror.",
                 "The primary last heard from mirror {{ $labels.mirror }} {{ $value | humanizeDuration }} ago.",
+            ),
+            self.alert(
+                "BitbucketMirrorClockSkew",
+                # Not abs(): the sign says which clock is ahead.
+                f"{m('bitbucket_mirror_clock_skew_seconds')} > {c.clock_skew_seconds} "
+                f"or {m('bitbucket_mirror_clock_skew_seconds')} < -{c.clock_skew_seconds}",
+                c.clock_skew_for,
+                "warning",
+                "A Bitbucket mirror's clock differs from the primary's.",
+                "Mirror {{ $labels.mirror }}'s clock minus the primary's is {{ $value }}s. Beyond 30s the primary "
+                "refuses the mirror's authentication (JWT) and the mirror silently falls behind.",
             ),
             self.alert(
                 "BitbucketMirrorInitialSyncStalled",

@@ -14,7 +14,7 @@ from typing import Any
 
 from yarl import URL
 
-from exporter.client import INVALID_RESPONSE, BitbucketClient, FetchError
+from exporter.client import INVALID_RESPONSE, BitbucketClient, ClockReading, FetchError
 from exporter.config import Credentials
 from exporter.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.models import (
@@ -63,6 +63,10 @@ class MirrorApi:
     async def _get(self, *path: str, params: dict[str, str | int] | None = None) -> Any:
         return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params)
 
+    def clock(self) -> ClockReading | None:
+        """The mirror's clock, from the Date header of its latest answer."""
+        return self._client.clock(self._base_url)
+
     async def status(self) -> MirrorStatus:
         url = URL(self._base_url.rstrip("/") + "/status")
         return parse_model(MirrorStatus, await self._client.get_json(url, self._credentials), "status")
@@ -97,9 +101,10 @@ class MirrorApi:
         return parse_list(ClusterNode, await self._get(*self._mirror_path(layout, "farmNodes")), "farmNodes")
 
     async def sync_settings(self, layout: Layout) -> SyncSettings:
-        # 9.x: syncSettings; 8.x: assumed nested like progress and farmNodes (see docs/assumptions.md).
-        body = await self._get(*self._mirror_path(layout, "syncSettings"))
-        return parse_model(SyncSettings, body, "syncSettings")
+        """Which projects the mirror carries (RestUpstreamSettings): 9.x ``syncSettings``; 8.x
+        ``upstreamServers/{id}/settings`` (the 8.19 spec; there is no ``syncSettings`` on 8.x)."""
+        path = ("syncSettings",) if layout.family is ApiFamily.V9 else self._mirror_path(layout, "settings")
+        return parse_model(SyncSettings, await self._get(*path), "sync settings")
 
     async def delayed_sync(self) -> list[DelayedSyncRepository]:
         """9.5+: repositories some node has not synced within plugin.mirroring.repository.diagnostics.sync.tolerance.
@@ -136,6 +141,9 @@ class PrimaryApi:
         self._client = client
         self._base_url = base_url
         self._credentials = credentials
+
+    def clock(self) -> ClockReading | None:
+        return self._client.clock(self._base_url)
 
     def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
         """The primary's repositories with content and metadata hashes, a page at a time."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -70,6 +71,8 @@ class Polling:
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
         self._mirror_pollers: dict[str, MirrorPoller] = {}
         self.client: BitbucketClient | None = None
+        # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
+        self._anchor = 0.0
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -81,27 +84,37 @@ class Polling:
         self.client = BitbucketClient(self._session, self.settings.poll)
         primary = self.settings.primary
         interval = self.settings.poll.interval_seconds
+        self._anchor = time.monotonic()
         self._primary = PrimaryPoller(
             self.state.primary,
             PrimaryApi(self.client, primary.url, primary),
-            first_cycle_wait=interval,
+            interval,
             on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
         )
-        self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop))]
+        self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop, self._anchor))]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
         for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
             poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
             if mirror_cfg.jmx is not None:
-                jmx = JmxPoller(mirror_state, mirror_cfg.jmx, jvm_slots, poller.first_cycle.wait, self._stop, interval)
+                jmx = JmxPoller(
+                    mirror_state,
+                    mirror_cfg.jmx,
+                    jvm_slots,
+                    poller.first_cycle.wait,
+                    self._stop,
+                    interval,
+                    max(self.settings.poll.stale_after, 3 * mirror_cfg.jmx.interval_seconds),
+                )
                 self._tasks.append(asyncio.create_task(jmx.run()))
 
     def _start_mirror(self, state: MirrorState, credentials: Credentials) -> tuple[MirrorPoller, asyncio.Task[None]]:
         assert self.client is not None and self._primary is not None
         api = MirrorApi(self.client, state.url, credentials)
-        interval = self.settings.poll.interval_seconds
-        poller = MirrorPoller(state, api, self._primary, self.settings.per_repository_metrics == "all", interval)
-        task = asyncio.create_task(poll_forever(poller, interval, self._stop))
+        poll = self.settings.poll
+        keep_all = self.settings.per_repository_metrics == "all"
+        poller = MirrorPoller(state, api, self._primary, keep_all, poll.interval_seconds, poll.stale_after)
+        task = asyncio.create_task(poll_forever(poller, poll.interval_seconds, self._stop, self._anchor))
         self._tasks.append(task)
         self._mirror_pollers[state.name] = poller
         return poller, task
@@ -191,6 +204,7 @@ class Exporter:
             self.registry,
             BasicAuth(self._web_config.basic_auth_users),
             self.reload if loader is not None else None,
+            settings.poll.stale_after,
         )
         self._polling = Polling(settings, state, resolver)
         self._web_tls: ssl.SSLContext | None = None
@@ -199,7 +213,9 @@ class Exporter:
 
     @staticmethod
     def _farm_collector(settings: Settings, state: ExporterState) -> MirrorFarmCollector:
-        return MirrorFarmCollector(state, settings.per_repository_metrics, settings.max_repository_series)
+        return MirrorFarmCollector(
+            state, settings.per_repository_metrics, settings.max_repository_series, settings.poll.stale_after
+        )
 
     @property
     def state(self) -> ExporterState:
@@ -273,6 +289,7 @@ class Exporter:
         self._collector, self.settings, self._web_config = collector, settings, web_config
         self._served.state = state
         self._served.auth = BasicAuth(web_config.basic_auth_users)
+        self._served.stale_after = settings.poll.stale_after
         self._polling = Polling(settings, state, self._resolver)
         await self._polling.start()
 

@@ -69,7 +69,11 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 def load_configs(args: argparse.Namespace) -> tuple[Settings, WebConfig]:
     """The configuration and the web config, as at start and at every reload; raises ConfigError."""
     settings = load_settings(args.config)
-    return settings, load_web_config(args.web_config) if args.web_config is not None else WebConfig()
+    web_config = load_web_config(args.web_config) if args.web_config is not None else WebConfig()
+    # Once per load (start and each reload), never per poll.
+    for warning in settings.warnings():
+        log.warning("config warning", extra={"warning": warning})
+    return settings, web_config
 
 
 def stop_on_signals() -> asyncio.Event:

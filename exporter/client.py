@@ -34,6 +34,8 @@ INVALID_JSON = "invalid_json"
 INVALID_RESPONSE = "invalid_response"
 PAGE_LOOP = "page_loop"
 PAGE_CAP = "page_cap"
+# A password or token file that cannot be read (or is empty) when a request is made: rotated badly, unmounted.
+CREDENTIALS = "credentials"
 
 
 T = TypeVar("T")
@@ -54,11 +56,15 @@ class FetchError(Exception):
 
 
 def auth_headers(credentials: Credentials) -> dict[str, str]:
-    token = credentials.resolved_token()
+    try:
+        token = credentials.resolved_token()
+        password = credentials.resolved_password() if token is None else None
+    except ValueError as exc:
+        # The message names the file and why, never its content.
+        raise FetchError(CREDENTIALS, str(exc)) from None
     if token is not None:
         return {"Authorization": f"Bearer {token.get_secret_value()}"}
     if credentials.username is not None:
-        password = credentials.resolved_password()
         secret = password.get_secret_value() if password is not None else ""
         pair = base64.b64encode(f"{credentials.username}:{secret}".encode()).decode("ascii")
         return {"Authorization": f"Basic {pair}"}
@@ -116,6 +122,32 @@ def parse_page(body: bytes) -> Page[Any]:
     )
 
 
+@dataclass(frozen=True)
+class ClockReading:
+    """How far a host's clock is ahead of the exporter's, from the Date header of its latest answer."""
+
+    offset_seconds: float
+    # When it was read, on the exporter's clock: a reading is fresh like any value.
+    at: float
+
+
+def clock_offset(date_header: str | None, sent: float, received: float) -> float | None:
+    """The server's clock minus ours. ``Date`` has whole seconds, cut down (RFC 9110), so the server's time when it
+    answered lies in [Date, Date + 1): take the middle, against the middle of our request. None if unreadable."""
+    if not date_header:
+        return None
+    try:
+        server = parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return server + 0.5 - (sent + received) / 2
+
+
+def origin(url: URL | str) -> str:
+    parsed = URL(url) if isinstance(url, str) else url
+    return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+
+
 @dataclass
 class TrafficStats:
     """Requests and response bytes per host, for the exporter's self-metrics and the benchmarks."""
@@ -140,9 +172,15 @@ class BitbucketClient:
         self._rng = rng or random.Random()
         self._host_limits: dict[str, asyncio.Semaphore] = {}
         self.stats = TrafficStats()
+        # Origin -> the clock reading of its latest answer (no extra requests: answers carry a Date header anyway).
+        self._clocks: dict[str, ClockReading] = {}
+
+    def clock(self, base_url: str) -> ClockReading | None:
+        """The clock reading of the latest answer from ``base_url``'s host, if any."""
+        return self._clocks.get(origin(base_url))
 
     def _limit_for(self, url: URL) -> asyncio.Semaphore:
-        host = f"{url.scheme}://{url.host}:{url.port}"
+        host = origin(url)
         if host not in self._host_limits:
             self._host_limits[host] = asyncio.Semaphore(self._poll.concurrency_per_host)
         return self._host_limits[host]
@@ -157,13 +195,16 @@ class BitbucketClient:
         timeout = aiohttp.ClientTimeout(
             total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
         )
-        async with (
-            self._limit_for(url),
-            self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp,
-        ):
-            body = await self._read_capped(resp)
-            self.stats.add(f"{url.host}:{url.port}", len(body))
-            return resp.status, resp.headers.get("Content-Type", ""), body, resp.headers.get("Retry-After")
+        async with self._limit_for(url):
+            sent = time.time()
+            async with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
+                received = time.time()
+                offset = clock_offset(resp.headers.get("Date"), sent, received)
+                if offset is not None:
+                    self._clocks[origin(url)] = ClockReading(offset, received)
+                body = await self._read_capped(resp)
+                self.stats.add(f"{url.host}:{url.port}", len(body))
+                return resp.status, resp.headers.get("Content-Type", ""), body, resp.headers.get("Retry-After")
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self._poll.max_response_bytes

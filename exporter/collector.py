@@ -1,8 +1,10 @@
 """Renders the latest poll snapshot as Prometheus metric families, fresh on every scrape.
 
 Target values come from the background poll (see exporter/poller.py), not from a request made during the scrape;
-every HELP text of a target metric says so. When a source fails, its metrics keep the last good value and
-``bitbucket_mirror_exporter_poll_success`` / ``..._last_success_timestamp_seconds`` show how stale it is.
+every HELP text of a target metric says so. When a source fails, its metrics keep the last good value while it is at
+most ``poll.stale_after_seconds`` old, and are left out after that (state.py, "Freshness");
+``bitbucket_mirror_exporter_poll_success`` / ``..._last_success_timestamp_seconds`` say why. Drift and lag need both
+listings fresh (``bitbucket_mirror_drift_fresh``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
 from exporter.jmx.collector import jmx_metrics
 from exporter.source_metrics import SourceFamilies
-from exporter.state import ExporterState, MirrorState, SourceState
+from exporter.state import ExporterState, SourceState
 from exporter.urls import normalize_url
 
-CACHED = " Polled in the background every poll.interval_seconds; scrapes read the last poll."
+CACHED = (
+    " Polled in the background every poll.interval_seconds; scrapes read the last poll, absent once older than "
+    "poll.stale_after_seconds."
+)
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
@@ -30,20 +35,27 @@ def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
 
 class MirrorFarmCollector(Collector):
     def __init__(
-        self, state: ExporterState, per_repository: str = "unhealthy", max_repository_series: int = 100
+        self,
+        state: ExporterState,
+        per_repository: str = "unhealthy",
+        max_repository_series: int = 100,
+        stale_after: float = 90.0,
     ) -> None:
         self._state = state
         self._per_repository = per_repository
         self._max_repository_series = max_repository_series
+        self._stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._mirror_metrics()
-        yield from self._drift_metrics()
-        yield from self._mirror_server_metrics()
-        yield from jmx_metrics(self._state.mirrors)
+        now = time.time()
+        yield from self._mirror_metrics(now)
+        yield from self._drift_metrics(now)
+        yield from self._clock_metrics(now)
+        yield from self._mirror_server_metrics(now)
+        yield from jmx_metrics(self._state.mirrors, now)
         yield from self._self_metrics()
 
-    def _mirror_metrics(self) -> Iterator[Metric]:
+    def _mirror_metrics(self, now: float) -> Iterator[Metric]:
         up = _gauge(
             "bitbucket_mirror_up",
             "1 when the last poll of the mirror's /status endpoint succeeded.",
@@ -114,28 +126,31 @@ class MirrorFarmCollector(Collector):
             "Newest lastSyncDate over the mirror's repositories, as a Unix timestamp.",
             ["mirror"],
         )
+        stale = self._stale_after
         for mirror in self._state.mirrors:
             name = mirror.name
             up.add_metric([name], 1.0 if mirror.status.success else 0.0)
             info.add_metric(
                 [name], {"url": mirror.url, "api_family": str(mirror.layout.family) if mirror.layout else ""}
             )
-            self._add_states(state, mirror)
-            if (status := mirror.status.value) is not None and status.member_count is not None:
-                members.add_metric([name], status.member_count)
-            if (record := mirror.upstream.value) is not None:
+            if (status := mirror.status.fresh(now, stale)) is not None:
+                for seen in sorted(mirror.states_seen):
+                    state.add_metric([name, seen], 1.0 if seen == status.state else 0.0)
+                if status.member_count is not None:
+                    members.add_metric([name], status.member_count)
+            if (record := mirror.upstream.fresh(now, stale)) is not None:
                 upstream.add_metric([name, record.state], 1.0)
-            if (farm := mirror.farm_nodes.value) is not None:
+            if (farm := mirror.farm_nodes.fresh(now, stale)) is not None:
                 nodes.add_metric([name], len(farm))
-            if (progress := mirror.progress.value) is not None:
+            if (progress := mirror.progress.fresh(now, stale)) is not None:
                 discovering.add_metric([name], 1.0 if progress.discovering else 0.0)
                 synced.add_metric([name], progress.synced_repos)
                 total.add_metric([name], progress.total_repos)
-            if (refs := mirror.ref_changes_queue.value) is not None:
+            if (refs := mirror.ref_changes_queue.fresh(now, stale)) is not None:
                 queue.add_metric([name], refs.length)
                 for kind in sorted({"incremental", "snapshot", *refs.items_by_type}):
                     queue_items.add_metric([name, kind], refs.items_by_type.get(kind, 0))
-            if (summary := mirror.repo_sync_status.value) is not None:
+            if (summary := mirror.repo_sync_status.fresh(now, stale)) is not None:
                 repos.add_metric([name], summary.repositories)
                 failing.add_metric([name], summary.failing)
                 failed.add_metric([name], summary.failed_syncs)
@@ -144,20 +159,13 @@ class MirrorFarmCollector(Collector):
         yield from (up, state, members, upstream, info, nodes, discovering, synced, total, queue, queue_items)
         yield from (repos, failing, failed, last_sync)
 
-    @staticmethod
-    def _add_states(family: GaugeMetricFamily, mirror: MirrorState) -> None:
-        current = mirror.status.value.state if mirror.status.value is not None else None
-        for seen in sorted(mirror.states_seen):
-            family.add_metric([mirror.name, seen], 1.0 if seen == current else 0.0)
-
-    def _drift_metrics(self) -> Iterator[Metric]:
-        now = time.time()
+    def _drift_metrics(self, now: float) -> Iterator[Metric]:
         primary_repos = _gauge(
             "bitbucket_mirror_primary_repositories",
             "Repositories the primary offers for mirroring (mirroring/latest/repos).",
             [],
         )
-        if (repositories := self._state.primary.repositories.value) is not None:
+        if (repositories := self._state.primary.repositories.fresh(now, self._stale_after)) is not None:
             primary_repos.add_metric([], len(repositories))
         m = ["mirror"]
         in_sync = _gauge("bitbucket_mirror_repositories_in_sync", "Repositories whose content hashes match.", m)
@@ -178,11 +186,25 @@ class MirrorFarmCollector(Collector):
         extra = _gauge(
             "bitbucket_mirror_repositories_extra", "Repositories on the mirror that the primary no longer lists.", m
         )
+        fresh = _gauge(
+            "bitbucket_mirror_drift_fresh",
+            "1 when the mirror's drift and lag were computed from fresh inputs (the primary's and the mirror's "
+            "listings, both at most poll.stale_after_seconds old), else 0; while 0, drift and lag series are absent.",
+            m,
+        )
         lag = _gauge(
             "bitbucket_mirror_sync_lag_seconds",
-            "Longest time any repository's content has diverged from the primary (hashes differ or missing), "
-            "as first seen by the exporter; 0 when all are in sync. Resolution: the poll interval.",
+            "Longest time a repository's content has differed from the primary's, as first seen by the exporter, over "
+            "repositories in content drift that are neither missing nor failing (those have their own alerts and "
+            "per-repository lag); 0 when there is none. Resolution: the poll interval.",
             m,
+        )
+        stale_input = _gauge(
+            "bitbucket_mirror_drift_input_stale",
+            "1 for each input of the mirror's drift (target primary source repositories; the mirror's "
+            "repo_sync_status) that has no value fresher than poll.stale_after_seconds, with the reason of its last "
+            "failed poll; only while bitbucket_mirror_drift_fresh is 0.",
+            ["mirror", "target", "source", "reason"],
         )
         repo_labels = ["mirror", "project", "repository"]
         repo_lag = _gauge(
@@ -204,7 +226,16 @@ class MirrorFarmCollector(Collector):
         )
         for mirror in self._state.mirrors:
             report = mirror.drift
-            if report is None:
+            is_fresh = report is not None and report.fresh(now, self._stale_after)
+            fresh.add_metric([mirror.name], 1.0 if is_fresh else 0.0)
+            if report is None or not is_fresh:
+                # Never serve drift computed from stale inputs as current: absent, and these say why.
+                for target, source, st in (
+                    (PRIMARY_TARGET, "repositories", self._state.primary.repositories),
+                    (mirror.name, "repo_sync_status", mirror.repo_sync_status),
+                ):
+                    if st.fresh(now, self._stale_after) is None:
+                        stale_input.add_metric([mirror.name, target, source, st.error_reason or "not_polled_yet"], 1.0)
                 continue
             name = mirror.name
             in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
@@ -213,7 +244,7 @@ class MirrorFarmCollector(Collector):
             missing.add_metric([name], report.count(RepoState.MISSING))
             unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
             extra.add_metric([name], report.count(RepoState.EXTRA))
-            lag.add_metric([name], report.max_lag_seconds(now))
+            lag.add_metric([name], report.sync_lag_seconds(now))
             shown = [] if self._per_repository == "none" else report.repositories[: self._max_repository_series]
             for repo in shown:
                 labels = [name, repo.project_key, repo.slug]
@@ -221,10 +252,27 @@ class MirrorFarmCollector(Collector):
                 repo_failed.add_metric(labels, repo.failed_syncs)
             left_out = 0 if self._per_repository == "none" else len(report.repositories) - len(shown)
             dropped.add_metric([name], left_out)
-        yield from (primary_repos, in_sync, out_of_sync, missing, unknown, extra, lag, repo_lag, repo_failed, dropped)
-        yield from self._delayed_sync_metrics()
+        yield from (primary_repos, fresh, stale_input, in_sync, out_of_sync, missing, unknown, extra, lag, repo_lag)
+        yield from (repo_failed, dropped)
+        yield from self._delayed_sync_metrics(now)
 
-    def _delayed_sync_metrics(self) -> Iterator[Metric]:
+    def _clock_metrics(self, now: float) -> Iterator[Metric]:
+        skew = _gauge(
+            "bitbucket_mirror_clock_skew_seconds",
+            "The mirror's clock minus the primary's, from the Date headers of answers already fetched (each against "
+            "the exporter's clock at the middle of its request); resolution 1 s. Beyond 30 s the primary refuses "
+            "the mirror's JWT and the mirror falls behind.",
+            ["mirror"],
+        )
+        primary = self._state.primary.clock
+        if primary is not None and now - primary.at <= self._stale_after:
+            for mirror in self._state.mirrors:
+                clock = mirror.clock
+                if clock is not None and now - clock.at <= self._stale_after:
+                    skew.add_metric([mirror.name], float(round(clock.offset_seconds - primary.offset_seconds)))
+        yield skew
+
+    def _delayed_sync_metrics(self, now: float) -> Iterator[Metric]:
         available = _gauge(
             "bitbucket_mirror_delayed_sync_available",
             "1 when the mirror offers Bitbucket's own list of delayed repositories (9.5+ mirrorRepos/delayed-sync, "
@@ -238,7 +286,7 @@ class MirrorFarmCollector(Collector):
             ["mirror"],
         )
         for mirror in self._state.mirrors:
-            if (value := mirror.delayed_sync.value) is None:
+            if (value := mirror.delayed_sync.fresh(now, self._stale_after)) is None:
                 continue
             available.add_metric([mirror.name, value.endpoint], 1.0 if value.available else 0.0)
             if value.available and value.repositories is not None:
@@ -253,7 +301,7 @@ class MirrorFarmCollector(Collector):
                     return mirror.name
         return fallback
 
-    def _mirror_server_metrics(self) -> Iterator[Metric]:
+    def _mirror_server_metrics(self, now: float) -> Iterator[Metric]:
         enabled = _gauge(
             "bitbucket_mirror_server_enabled",
             "1 when the primary lists the mirror as enabled (mirrorServers).",
@@ -269,7 +317,7 @@ class MirrorFarmCollector(Collector):
             "The primary's record of each mirror server (mirrorServers)." + CACHED,
             labels=["mirror", "server_id", "mirror_type", "product_version"],
         )
-        for server in self._state.primary.mirror_servers.value or []:
+        for server in self._state.primary.mirror_servers.fresh(now, self._stale_after) or []:
             label = self._mirror_label(server.base_url, server.name or server.id)
             if server.enabled is not None:
                 enabled.add_metric([label], 1.0 if server.enabled else 0.0)

@@ -6,6 +6,7 @@ Environment variables use the prefix ``BITBUCKET_MIRROR_EXPORTER_`` and ``__`` b
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -18,10 +19,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
@@ -129,6 +131,23 @@ class PollConfig(_Strict):
     # One response body; a page of 1000 repositories is well under 1 MiB, so 32 MiB only stops a runaway answer
     # (reason too_large) before it takes the exporter's memory.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # How long a source's last good values are served while its polls fail; past that they are not served at all
+    # (docs/metrics.md, "Freshness"). Default: 3 x interval_seconds, so one or two failed polls do not blank a graph
+    # or reset an alert's `for`.
+    stale_after_seconds: float | None = Field(default=None, gt=0, le=7 * 86400)
+
+    @field_validator("stale_after_seconds")
+    @classmethod
+    def _at_least_one_interval(cls, value: float | None, info: ValidationInfo) -> float | None:
+        interval = info.data.get("interval_seconds")
+        if value is not None and interval is not None and value < interval:
+            # Shorter than an interval, every value would vanish between two successful polls.
+            raise ValueError(f"must be at least poll.interval_seconds ({interval:g})")
+        return value
+
+    @property
+    def stale_after(self) -> float:
+        return self.stale_after_seconds if self.stale_after_seconds is not None else 3 * self.interval_seconds
 
 
 class TlsConfig(_Strict):
@@ -207,6 +226,24 @@ class Settings(BaseSettings):
             seen_urls.add(mirror.url)
         return mirrors
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what the admin meant; logged once when the config is loaded."""
+        found = []
+        if self.poll.timeout_seconds > self.poll.interval_seconds:
+            found.append(
+                f"poll.timeout_seconds ({self.poll.timeout_seconds:g}) is longer than poll.interval_seconds "
+                f"({self.poll.interval_seconds:g}): a slow answer delays the next poll and values age past an interval"
+            )
+        for i, mirror in enumerate(self.mirrors):
+            credentials = mirror.credentials_or(self.primary)
+            if credentials.token is not None or credentials.token_file is not None:
+                inherited = "" if mirror.is_set else " (inherited from primary)"
+                found.append(
+                    f"mirrors[{i}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
+                    "auth with an admin account (HTTP access tokens fail on admin endpoints, BSERV-10482)"
+                )
+        return found
+
 
 def _key(loc: tuple[int | str, ...]) -> str:
     key = ""
@@ -224,11 +261,40 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{_key(tuple(first['loc']))}: {message}{suffix}"
 
 
+def _env_error(exc: SettingsError) -> str:
+    # pydantic-settings says 'error parsing value for field "mirrors" from source "EnvSettingsSource"'; the value
+    # itself may hold a password, so only the variable is named.
+    match = re.search(r'field "([^"]+)"', str(exc))
+    variable = ENV_PREFIX + (match.group(1).upper() if match else "*")
+    return f"{variable}: cannot parse the environment value (lists and mappings take JSON)"
+
+
 def settings_from_mapping(data: dict[str, Any]) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_env_error(exc)) from None
+
+
+def _repeated_key(node: yaml.Node | None, path: tuple[int | str, ...] = ()) -> tuple[str, int] | None:
+    """The first key repeated within one mapping, with its line. YAML forbids repeated keys but PyYAML keeps the last
+    one, so two ``mirrors:`` blocks would silently drop the first."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            if key in seen:
+                return _key((*path, key)), key_node.start_mark.line + 1
+            seen.add(key)
+            if (found := _repeated_key(value_node, (*path, key))) is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            if (found := _repeated_key(item, (*path, index))) is not None:
+                return found
+    return None
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -240,6 +306,10 @@ def load_settings(path: Path | None) -> Settings:
         except OSError as exc:
             raise ConfigError(f"--config: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
         try:
+            repeated = _repeated_key(yaml.compose(text, Loader=yaml.SafeLoader))
+            if repeated is not None:
+                key, line = repeated
+                raise ConfigError(f"{key}: the key appears twice (line {line}); only one may stay")
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

@@ -17,9 +17,12 @@ Classification of a repository the mirror is meant to carry (its sync settings' 
 The analysis runs in steps (``Analysis.step``, a chunk of the primary's repositories at a time) so that the poller can
 let scrapes in between at 100,000 repositories; ``analyse`` does it in one go.
 
-Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time the exporter first saw the
-current divergence; it resets when the repository is back in sync. Its resolution is the poll interval, and it lives
-in memory only: after a restart it counts from the first poll.
+Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time since the exporter first saw
+the current divergence (``seen_at``: when the later of the two listings that show it was read); it resets when the
+repository is back in sync. Its resolution is the poll interval, and it lives in memory only: after a restart it counts
+from the first poll. A mirror's lag (``DriftReport.sync_lag_seconds``) is the largest over the *silent laggards*:
+repositories in content drift that are neither missing nor failing (``failedSyncCount`` > 0). Missing and failing
+repositories have alerts of their own and keep their per-repository lag, so one cause raises one alert.
 """
 
 from __future__ import annotations
@@ -98,12 +101,20 @@ class DriftReport:
     diverged_since: dict[str, float]
     # The repositories per-repository series may be rendered for, worst first (longest lag, then most failures).
     repositories: list[RepoHealth]
+    # The earliest first-seen time over the silent laggards (content drift, not failing); None when there is none.
+    laggard_since: float | None = None
+    # When the older of the two listings compared was read: the report is as fresh as that (docs/metrics.md).
+    inputs_at: float = 0.0
 
     def count(self, state: RepoState) -> int:
         return self.counts.get(state, 0)
 
-    def max_lag_seconds(self, now: float) -> float:
-        return max(0.0, now - min(self.diverged_since.values())) if self.diverged_since else 0.0
+    def sync_lag_seconds(self, now: float) -> float:
+        """The longest lag over the silent laggards; 0 when there is none."""
+        return max(0.0, now - self.laggard_since) if self.laggard_since is not None else 0.0
+
+    def fresh(self, now: float, stale_after: float) -> bool:
+        return now - self.inputs_at <= stale_after
 
 
 def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str]:
@@ -121,18 +132,19 @@ class Analysis:
         scope: frozenset[str] | None,
         mirror: Mapping[str, MirrorRepo],
         previous_since: Mapping[str, float],
-        now: float,
+        seen_at: float,
         keep_all: bool = False,
     ) -> None:
         self._pending = iter(primary.items())
         self._scope = scope
         self._mirror = mirror
         self._previous_since = previous_since
-        self._now = now
+        self._seen_at = seen_at
         self._keep_all = keep_all
         self._counts: dict[RepoState, int] = {}
         self._since: dict[str, float] = {}
         self._kept: list[RepoHealth] = []
+        self._laggard_since: float | None = None
         # Primary repositories the mirror lists, in scope or not: the rest of the mirror's list is extra.
         self._matched = 0
 
@@ -164,19 +176,23 @@ class Analysis:
             diverged = None
             if state in DIVERGED:
                 # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
-                diverged = self._since[repo_id] = self._previous_since.get(repo_id, self._now)
+                diverged = self._since[repo_id] = self._previous_since.get(repo_id, self._seen_at)
+                if state is RepoState.CONTENT_DRIFT and not failed:
+                    since = self._laggard_since
+                    self._laggard_since = diverged if since is None or diverged < since else since
             if keep_all or state in UNHEALTHY or failed > 0:
                 self._kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
         return done < count
 
-    def report(self) -> DriftReport:
-        """Call once, after ``step`` returned True."""
+    def report(self, inputs_at: float | None = None) -> DriftReport:
+        """Call once, after ``step`` returned True; ``inputs_at`` defaults to ``seen_at``."""
         counts = dict(self._counts)
         extra = len(self._mirror) - self._matched
         if extra:
             counts[RepoState.EXTRA] = extra
         self._kept.sort(key=_worst_first)
-        return DriftReport(counts, self._since, self._kept)
+        at = self._seen_at if inputs_at is None else inputs_at
+        return DriftReport(counts, self._since, self._kept, self._laggard_since, at)
 
 
 def analyse(
@@ -187,7 +203,8 @@ def analyse(
     now: float,
     keep_all: bool = False,
 ) -> DriftReport:
-    """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all)."""
+    """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all).
+    ``now`` is when both listings were read."""
     analysis = Analysis(primary, scope, mirror, previous_since, now, keep_all)
     analysis.step(len(primary) + 1)
     return analysis.report()

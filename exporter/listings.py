@@ -5,20 +5,21 @@ At 100,000 repositories and three mirrors, validating these pages with the pydan
 cycle (bench/README.md has the profile). They are decoded straight from the response bytes into msgspec structs that
 hold only the fields the exporter reads. A page the typed decoder refuses (a number sent as a string where a string
 is expected, a date without an offset, ...) goes through the tolerant models of models.py instead, so both ways
-accept the same documents and yield the same rows.
+accept the same documents and yield the same rows. Numeric dates follow models.epoch_number_seconds in both ways
+(epoch milliseconds above 1e11, else epoch seconds), so a page of numeric dates stays on the fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 from pydantic import BaseModel
 
-from exporter.client import INVALID_JSON, FetchError, Page, parse_page
-from exporter.models import EnrichedRepository, RepoSyncStatus
+from exporter.client import INVALID_JSON, INVALID_RESPONSE, FetchError, Page, parse_page
+from exporter.models import EnrichedRepository, RepoSyncStatus, epoch_number_seconds
 from exporter.parsing import parse_model
 
 R = TypeVar("R")
@@ -37,8 +38,27 @@ class SyncStatusRow(msgspec.Struct, frozen=True, gc=False, rename="camel"):
 
     external_repo_id: str
     failed_sync_count: int = 0
-    last_sync_date: AwareDatetime | None = None
+    # A datetime, or epoch seconds (a float) where Bitbucket sent a number: numbers (msgspec reads numeric strings as
+    # numbers too) are turned into seconds by _numeric_dates_as_seconds, by the tolerant models' rule, before the
+    # page leaves the decoder. ISO dates stay datetimes so the common page costs no conversion per row;
+    # ``sync_seconds`` reads either.
+    last_sync_date: AwareDatetime | float | None = None
     hashes: Hashes | None = None
+
+
+def sync_seconds(when: datetime | float) -> float:
+    return when if type(when) is float else when.timestamp()  # type: ignore[union-attr]
+
+
+def _numeric_dates_as_seconds(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
+    for i, row in enumerate(rows):
+        if type(row.last_sync_date) is float:
+            try:
+                seconds = epoch_number_seconds(row.last_sync_date)
+            except ValueError:
+                raise FetchError(INVALID_RESPONSE, "repoSyncStatus: lastSyncDate: a date out of range") from None
+            rows[i] = msgspec.structs.replace(row, last_sync_date=seconds)
+    return rows
 
 
 class ProjectRow(msgspec.Struct, frozen=True, gc=False):
@@ -73,7 +93,7 @@ def _sync_status_row(model: RepoSyncStatus) -> SyncStatusRow:
     return SyncStatusRow(
         model.external_repo_id,
         model.failed_sync_count,
-        None if when is None else datetime.fromtimestamp(when, UTC),
+        when,
         None if model.hashes is None else Hashes(model.hashes.content, model.hashes.metadata),
     )
 
@@ -88,24 +108,42 @@ def _repository_row(model: EnrichedRepository) -> PrimaryRepositoryRow:
     )
 
 
-def page_decoder(row: type[R], model: type[M], from_model: Callable[[M], R], what: str) -> Callable[[bytes], Page[R]]:
-    typed = msgspec.json.Decoder(_Envelope[row], strict=False)  # type: ignore[valid-type]
+class PageDecoder(Generic[R, M]):
+    """Decodes a listing page with msgspec (``typed``), or, when msgspec refuses the page's shape, with the tolerant
+    pydantic models (``tolerant``): both accept the same documents and yield the same rows."""
 
-    def decode(body: bytes) -> Page[R]:
+    def __init__(
+        self,
+        row: type[R],
+        model: type[M],
+        from_model: Callable[[M], R],
+        what: str,
+        finish: Callable[[list[R]], list[R]] = lambda rows: rows,
+    ) -> None:
+        self._decoder = msgspec.json.Decoder(_Envelope[row], strict=False)  # type: ignore[valid-type]
+        self._model, self._from_model, self._what, self._finish = model, from_model, what, finish
+
+    def typed(self, body: bytes) -> Page[R] | None:
+        """The fast way; None when the page's shape needs the tolerant one."""
         try:
-            envelope = typed.decode(body)
+            envelope = self._decoder.decode(body)
         except msgspec.ValidationError:
-            pass  # valid JSON of a shape the typed decoder is stricter about: the tolerant models decide
+            return None  # valid JSON of a shape the typed decoder is stricter about: the tolerant models decide
         except msgspec.DecodeError:
             raise FetchError(INVALID_JSON, "response is not valid JSON") from None
-        else:
-            return Page(envelope.values, envelope.is_last_page, envelope.next_page_start, envelope.limit)
+        return Page(self._finish(envelope.values), envelope.is_last_page, envelope.next_page_start, envelope.limit)
+
+    def tolerant(self, body: bytes) -> Page[R]:
         page = parse_page(body)
-        rows = [from_model(parse_model(model, value, what)) for value in page.values]
+        rows = [self._from_model(parse_model(self._model, value, self._what)) for value in page.values]
         return Page(rows, page.is_last_page, page.next_page_start, page.limit)
 
-    return decode
+    def __call__(self, body: bytes) -> Page[R]:
+        page = self.typed(body)
+        return page if page is not None else self.tolerant(body)
 
 
-decode_sync_status_page = page_decoder(SyncStatusRow, RepoSyncStatus, _sync_status_row, "repoSyncStatus")
-decode_repository_page = page_decoder(PrimaryRepositoryRow, EnrichedRepository, _repository_row, "repos")
+decode_sync_status_page = PageDecoder(
+    SyncStatusRow, RepoSyncStatus, _sync_status_row, "repoSyncStatus", _numeric_dates_as_seconds
+)
+decode_repository_page = PageDecoder(PrimaryRepositoryRow, EnrichedRepository, _repository_row, "repos")

@@ -6,7 +6,10 @@ differ from them, the models accept more than the specs promise (see docs/assump
 * unknown fields are ignored;
 * enum-like fields (``state``, ``mirrorType``, ``type``) are plain strings, so a value no spec lists is kept as sent;
 * numbers sent as strings are accepted (``/status`` sends ``memberCount`` as ``"3"``);
-* dates are accepted as ISO 8601 strings or as epoch milliseconds, number or string, and held as epoch seconds.
+* dates are accepted as ISO 8601 strings or as epoch numbers (number or string), and held as epoch seconds. A
+  number above 1e11 is epoch milliseconds, any other epoch seconds (``epoch_number_seconds``): the 9.x specs type
+  dates as date-time strings, other Bitbucket resources send milliseconds, and what a given version sends for
+  ``lastSyncDate`` is not published. exporter/listings.py applies the same rule.
 """
 
 from __future__ import annotations
@@ -20,33 +23,45 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 _EARLIEST, _LATEST = datetime.min.replace(tzinfo=UTC).timestamp(), datetime.max.replace(tzinfo=UTC).timestamp()
 
 
+# 1e11 seconds is the year 5138; 1e11 milliseconds is March 1973, before any Bitbucket: no date is ambiguous.
+MILLISECONDS_ABOVE = 1e11
+
+
+def epoch_number_seconds(number: float) -> float:
+    """A numeric date as epoch seconds: epoch milliseconds when its magnitude is above 1e11, else epoch seconds.
+    Raises ValueError for a date Python cannot hold (NaN included)."""
+    return _in_range(number, 1000.0 if abs(number) > MILLISECONDS_ABOVE else 1.0)
+
+
 def _epoch_seconds(value: Any) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise ValueError("a date, not a boolean")
     if isinstance(value, int | float):
-        return _in_range(value, 1000.0)
+        return epoch_number_seconds(value)
     if isinstance(value, str):
         text = value.strip()
+        if text.lower() == "null":
+            return None  # as msgspec's lax mode reads it on the fast path: a date that is not there
         try:
-            millis = float(text)
+            number = float(text)
         except ValueError:
             pass
         else:
-            return _in_range(millis, 1000.0)
+            return epoch_number_seconds(number)
         # fromisoformat in 3.11 accepts "Z" and offsets; a date-time without an offset is taken as UTC.
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return _in_range(parsed.timestamp(), 1.0)
-    raise ValueError("a date must be an ISO 8601 string or epoch milliseconds")
+    raise ValueError("a date must be an ISO 8601 string or an epoch number")
 
 
 def _in_range(number: float, per_second: float) -> float:
     try:
         seconds = float(number) / per_second
-    except OverflowError:
+    except OverflowError:  # an int beyond float range
         raise ValueError("a date out of range") from None
     if not _EARLIEST <= seconds <= _LATEST:  # also NaN
         raise ValueError("a date out of range")

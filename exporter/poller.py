@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -21,6 +22,7 @@ from exporter.client import FetchError
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo
 from exporter.freeing import free_later
+from exporter.listings import sync_seconds
 from exporter.models import MirrorServer, MirrorStatus
 from exporter.state import DelayedSync, MirrorState, PrimaryState, RefQueue, RepoSyncSummary, SourceState
 
@@ -54,7 +56,7 @@ async def run_source(target: str, name: str, state: SourceState[T], fetch: Calla
         del previous
         state.success = True
         state.error_reason = None
-        state.last_success_timestamp = time.time()
+        state.last_success_timestamp = state.value_timestamp = time.time()
     finally:
         state.duration_seconds = time.monotonic() - started
 
@@ -82,6 +84,39 @@ class FirstCycle:
             await asyncio.wait_for(self._done.wait(), timeout=self._wait_seconds)
 
 
+class PrimaryListings:
+    """Hands each cycle's primary listing to the mirrors of the same cycle.
+
+    A mirror that finished reading before the primary must compare against the primary's listing of this cycle, not
+    the previous one, or a push would show up to two intervals late. Cycles of the primary and of every mirror start
+    together (``poll_forever`` with one anchor), so "this cycle's" listing is one whose read began at most ``slack``
+    seconds before the mirror's cycle did."""
+
+    def __init__(self, slack: float) -> None:
+        self._slack = slack
+        self._started = -math.inf  # monotonic start of the latest finished read
+        self._finished = asyncio.Event()
+
+    def publish(self, started: float) -> None:
+        self._started = started
+        self._finished.set()
+        self._finished = asyncio.Event()
+
+    async def wait_for_cycle(self, cycle_started: float, at_most: float) -> bool:
+        """Wait until a read that began with the cycle that began at ``cycle_started`` has finished (successfully or
+        not); False when none did within ``at_most`` seconds."""
+        deadline = time.monotonic() + at_most
+        while self._started < cycle_started - self._slack:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._finished.wait(), timeout=remaining)
+            except TimeoutError:
+                return False
+        return True
+
+
 class MirrorPoller:
     def __init__(
         self,
@@ -89,16 +124,20 @@ class MirrorPoller:
         api: MirrorApi,
         primary: PrimaryPoller,
         keep_all_repositories: bool,
-        first_cycle_wait: float = 30.0,
+        interval: float = 30.0,
+        stale_after: float = 90.0,
     ) -> None:
         self.state = state
-        self.first_cycle = FirstCycle(first_cycle_wait)
+        self.first_cycle = FirstCycle(interval)
         self._api = api
         self._primary = primary
         self._keep_all = keep_all_repositories
+        self._interval = interval
+        self._stale_after = stale_after
         self._delayed_sync_endpoint_missing = False
         self._family: ApiFamily | None = None
-        # This cycle's mirror hashes, held only until the drift analysis has read them (the bulk of the memory).
+        # This cycle's mirror hashes and when they were read, held only until the drift analysis has read them (the
+        # bulk of the memory).
         self._fresh_rows: dict[str, MirrorRepo] | None = None
 
     async def _detect_layout(self) -> Layout:
@@ -130,6 +169,7 @@ class MirrorPoller:
             if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
                 self._remember_state(exc.body["state"])
                 self.state.status.value = MirrorStatus(state=exc.body["state"])
+                self.state.status.value_timestamp = time.time()
             raise
 
     def _remember_state(self, state: str) -> None:
@@ -145,21 +185,27 @@ class MirrorPoller:
 
     async def _repo_sync_status(self) -> RepoSyncSummary:
         failing = failed_syncs = 0
+        # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
         newest: datetime | None = None
+        newest_number: float | None = None
         rows: dict[str, MirrorRepo] = {}
         async for page in self._api.repo_sync_status_pages():
             for repo in page:
                 if repo.failed_sync_count > 0:
                     failing += 1
                     failed_syncs += repo.failed_sync_count
-                if repo.last_sync_date is not None and (newest is None or repo.last_sync_date > newest):
-                    newest = repo.last_sync_date
+                when = repo.last_sync_date
+                if type(when) is float:
+                    if newest_number is None or when > newest_number:
+                        newest_number = when
+                elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
+                    newest = when  # type: ignore[assignment]
                 hashes = repo.hashes
                 rows[repo.external_repo_id] = MirrorRepo(
                     hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
                 )
         self._fresh_rows = rows
-        newest_seconds = newest.timestamp() if newest is not None else None
+        newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
         return RepoSyncSummary(len(rows), failing, failed_syncs, newest_seconds)
 
     async def _delayed_sync(self) -> DelayedSync:
@@ -187,27 +233,35 @@ class MirrorPoller:
             return frozenset(settings.project_ids)
         return None
 
-    async def _analyse_drift(self) -> None:
-        """Join this cycle's mirror hashes with the primary's latest ones."""
+    async def _analyse_drift(self, cycle_started: float) -> None:
+        """Join this cycle's mirror hashes with this cycle's primary ones (docs/metrics.md, "Freshness")."""
         rows, self._fresh_rows = self._fresh_rows, None
         if rows is None:
-            return  # this cycle's listing failed: keep the last report, stale like every value of a failing source
-        await self._primary.first_cycle.wait()
-        primary = self._primary.state.repositories.value
-        if primary is None:
+            return  # this cycle's listing failed: the last report rides over until its inputs are stale
+        mirror_read = self.state.repo_sync_status.last_success_timestamp
+        # Bounded: a primary slower than an interval leaves this cycle with the latest listing, if still fresh.
+        await self._primary.listings.wait_for_cycle(cycle_started, self._interval)
+        listing = self._primary.state.repositories
+        primary, primary_read = listing.value, listing.last_success_timestamp
+        if primary is None or primary_read is None or mirror_read is None:
             return
+        if time.time() - primary_read > self._stale_after:
+            return  # no fresh primary listing: drift stays unknown (the report ages out), never computed from old data
         previous = self.state.drift.diverged_since if self.state.drift is not None else {}
-        analysis = Analysis(primary, self._scope(), rows, previous, time.time(), self._keep_all)
+        # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
+        seen_at = max(primary_read, mirror_read)
+        analysis = Analysis(primary, self._scope(), rows, previous, seen_at, self._keep_all)
         del rows, primary  # the analysis holds them now, and is freed off the event loop
         # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
         while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
             await asyncio.sleep(0)
-        self.state.drift = analysis.report()
+        self.state.drift = analysis.report(inputs_at=min(primary_read, mirror_read))
         free_later(analysis)
         del analysis
 
     async def poll_once(self) -> None:
         s, name = self.state, self.state.name
+        cycle_started = time.monotonic()
         # One detection per cycle, shared by the sources that need it: a down mirror costs one attempt, not three.
         layout = asyncio.ensure_future(self._detect_layout())
         try:
@@ -218,18 +272,15 @@ class MirrorPoller:
                 run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(layout, self._api.farm_nodes)),
                 run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
                 run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
-                # The 8.x syncSettings path is assumed, so its 404 says nothing about the layout.
                 run_source(
-                    name,
-                    "sync_settings",
-                    s.sync_settings,
-                    lambda: self._with_layout(layout, self._api.sync_settings, redetect_on_404=False),
+                    name, "sync_settings", s.sync_settings, lambda: self._with_layout(layout, self._api.sync_settings)
                 ),
                 run_source(name, "delayed_sync", s.delayed_sync, self._delayed_sync),
             )
         finally:
             layout.cancel()
-        await self._analyse_drift()
+        await self._analyse_drift(cycle_started)
+        s.clock = self._api.clock()
         if s.status.success and s.status.value is not None:
             self._remember_state(s.status.value.state)
         s.cycles += 1
@@ -241,14 +292,21 @@ class PrimaryPoller:
         self,
         state: PrimaryState,
         api: PrimaryApi,
-        first_cycle_wait: float,
+        interval: float,
         on_mirror_servers: Callable[[list[MirrorServer]], None] | None = None,
     ) -> None:
         self.state = state
         self._api = api
-        # Mirrors polled at start-up wait for the primary's first hashes.
-        self.first_cycle = FirstCycle(first_cycle_wait)
+        # A mirror waits for this cycle's listing; cycles start together within a fraction of the interval.
+        self.listings = PrimaryListings(slack=min(interval / 2, 1.0))
         self._on_mirror_servers = on_mirror_servers
+
+    async def _published_repositories(self) -> None:
+        started = time.monotonic()
+        try:
+            await run_source(PRIMARY_TARGET, "repositories", self.state.repositories, self._repositories)
+        finally:
+            self.listings.publish(started)
 
     async def _repositories(self) -> dict[str, PrimaryRepo]:
         repositories: dict[str, PrimaryRepo] = {}
@@ -280,10 +338,10 @@ class PrimaryPoller:
         s = self.state
         await asyncio.gather(
             run_source(PRIMARY_TARGET, "mirror_servers", s.mirror_servers, self._api.mirror_servers),
-            run_source(PRIMARY_TARGET, "repositories", s.repositories, self._repositories),
+            self._published_repositories(),
         )
+        s.clock = self._api.clock()
         s.cycles += 1
-        self.first_cycle.set()
         if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
             self._on_mirror_servers(s.mirror_servers.value)
 
@@ -292,12 +350,22 @@ class Poller(Protocol):
     async def poll_once(self) -> None: ...
 
 
-async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event) -> None:
-    """Poll now, then every ``interval`` seconds from the start of the previous cycle, until ``stop`` is set."""
+def next_start(now: float, interval: float, anchor: float) -> float:
+    """The first time at or after ``now`` on the grid ``anchor + k * interval``."""
+    return anchor + math.ceil((now - anchor) / interval) * interval
+
+
+async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None) -> None:
+    """Poll now, then every ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles
+    start on the grid ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that
+    overruns skips to the next grid point); without one, ``interval`` after the start of the previous cycle."""
     while not stop.is_set():
         started = time.monotonic()
         await poller.poll_once()
-        remaining = interval - (time.monotonic() - started)
-        if remaining > 0:
+        now = time.monotonic()
+        wake = next_start(now, interval, anchor) if anchor is not None else started + interval
+        if wake <= started:  # a cycle shorter than the clock's resolution: never poll twice in one slot
+            wake += interval
+        if wake > now:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=remaining)
+                await asyncio.wait_for(stop.wait(), timeout=wake - now)

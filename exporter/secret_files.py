@@ -10,10 +10,16 @@ from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 def read_secret_file(path: Path) -> SecretStr:
     try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         # Only the reason, never the content.
         raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not secret:
+        # An empty file is a Secret mounted before it was filled in: sending an empty password only earns a 401.
+        raise ValueError(f"{path} is empty")
+    return SecretStr(secret)
 
 
 def readable_secret_file(path: Path | None) -> Path | None:

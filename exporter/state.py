@@ -2,6 +2,9 @@
 
 The pollers write it; the collector reads it on every scrape. Both run on the one event loop thread, so a scrape
 always sees whole values: a source's ``value`` is replaced in one assignment, never mutated in place.
+
+Freshness (docs/metrics.md): a value is served while it was learned at most ``poll.stale_after_seconds`` ago, so
+metrics ride over a failed poll or two; past that the collector leaves them out rather than serve them as current.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from exporter.api import Layout
+from exporter.client import ClockReading
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
 from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
@@ -28,12 +32,24 @@ class SourceState(Generic[T]):
     success: bool | None = None  # None until the first poll finished
     duration_seconds: float = 0.0
     last_success_timestamp: float | None = None
+    # When ``value`` was learned: the last success, or a failed answer that still told something (a starting
+    # mirror's 503 carries its state).
+    value_timestamp: float | None = None
     error_reason: str | None = None
     errors_total: dict[str, int] = field(default_factory=dict)
 
     @property
     def polled(self) -> bool:
         return self.success is not None
+
+    def fresh(self, now: float, stale_after: float) -> T | None:
+        """The value, if it was learned at most ``stale_after`` seconds before ``now``; else None (not served)."""
+        if self.value is None or self.value_timestamp is None or now - self.value_timestamp > stale_after:
+            return None
+        return self.value
+
+    def age(self, now: float) -> float | None:
+        return None if self.value_timestamp is None else now - self.value_timestamp
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ class JmxNodeState:
     """One mirror node's JMX, polled on its own interval (jmx.interval_seconds)."""
 
     url: str
+    # The larger of poll.stale_after_seconds and 3 x jmx.interval_seconds: JMX is polled less often.
+    stale_after_seconds: float = 90.0
     source: SourceState[NodeReading] = field(default_factory=SourceState)
 
 
@@ -83,6 +101,8 @@ class MirrorState:
     sync_settings: SourceState[SyncSettings] = field(default_factory=SourceState)
     delayed_sync: SourceState[DelayedSync] = field(default_factory=SourceState)
     drift: DriftReport | None = None
+    # The mirror's clock against the exporter's; beside the primary's, the skew JWT authentication depends on.
+    clock: ClockReading | None = None
     jmx_nodes: dict[str, JmxNodeState] = field(default_factory=dict)
     discovered: bool = False
     cycles: int = 0
@@ -106,6 +126,7 @@ class PrimaryState:
     mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
     # The primary's repositories by id, with their hashes: fetched once per cycle, shared by every mirror.
     repositories: SourceState[dict[str, PrimaryRepo]] = field(default_factory=SourceState)
+    clock: ClockReading | None = None
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:

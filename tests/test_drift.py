@@ -70,17 +70,17 @@ def test_counts_scope_and_extra() -> None:
 def test_lag_is_carried_while_diverged_and_forgotten_when_healed_or_gone() -> None:
     up = {"1": primary(content=B), "2": primary(content=B)}
     first = analyse(up, None, {"1": mirror(), "2": mirror()}, {}, now=100.0)
-    assert first.max_lag_seconds(now=130.0) == 30.0
+    assert first.sync_lag_seconds(now=130.0) == 30.0
     # The primary moves again while the mirror is still behind: the divergence is the same one.
     up["1"] = primary(content=D)
     second = analyse(up, None, {"1": mirror(), "2": mirror(content=B)}, first.diverged_since, now=160.0)
     assert second.diverged_since == {"1": 100.0}
-    assert second.max_lag_seconds(now=190.0) == 90.0
+    assert second.sync_lag_seconds(now=190.0) == 90.0
     # Deleted on the primary: forgotten, and counted as extra while the mirror still has it.
     del up["1"]
     third = analyse(up, None, {"1": mirror(), "2": mirror(content=B)}, second.diverged_since, now=220.0)
     assert third.diverged_since == {}
-    assert third.max_lag_seconds(now=230.0) == 0.0
+    assert third.sync_lag_seconds(now=230.0) == 0.0
     assert third.count(RepoState.EXTRA) == 1
 
 
@@ -97,3 +97,17 @@ def test_unhealthy_repositories_come_worst_first_and_keep_all_keeps_all() -> Non
     assert report.repositories[-1].lag_seconds(now=110.0) == 0.0
     everything = analyse(up, None, down, {}, now=100.0, keep_all=True)
     assert len(everything.repositories) == 6
+
+
+def test_a_mirror_lag_counts_only_silent_laggards_not_missing_or_failing_repositories() -> None:
+    # One cause, one alert: a missing repository (RepositoriesMissing) and a failing one (RepositorySyncFailing) keep
+    # their per-repository lag, but only a repository that drifts without failing drives the mirror's lag.
+    up = {"1": primary(content=B), "2": primary(content=B), "3": primary(content=B), "4": primary()}
+    down = {"1": mirror(failed=2), "3": mirror(), "4": mirror()}  # 1 failing, 2 missing, 3 silently behind
+    report = analyse(up, None, down, {"1": 10.0, "2": 20.0, "3": 50.0}, now=100.0)
+    assert report.diverged_since == {"1": 10.0, "2": 20.0, "3": 50.0}
+    assert report.sync_lag_seconds(now=110.0) == 60.0  # repository 3 only
+    lags = {r.repo_id: r.lag_seconds(now=110.0) for r in report.repositories}
+    assert lags == {"1": 100.0, "2": 90.0, "3": 60.0}
+    alone = analyse(up, None, {"1": mirror(failed=2), "3": mirror(content=B), "4": mirror()}, {}, now=100.0)
+    assert alone.sync_lag_seconds(now=500.0) == 0.0  # missing and failing alone: no mirror lag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -97,8 +98,12 @@ async def test_lag_is_within_one_poll_interval_of_the_truth_and_keeps_growing(fa
     async with running_farm(scenario, families, interval=interval) as run:
         await run.wait_ready()
         name = next(iter(run.farm.mirror_urls))
-        # Repository 2 never syncs on this mirror, while the primary keeps moving.
-        await run.control(f"/sim/mirrors/{name}", {"failing_repositories": [2]})
+        # Repository 5 keeps failing to sync and has diverged longest; repository 2 falls behind silently (the mirror
+        # stops syncing) while the primary keeps moving. Only repository 2 drives the mirror's lag.
+        await run.control(f"/sim/mirrors/{name}", {"failing_repositories": [5]})
+        await run.control("/sim/push", {"repository_ids": [5]})
+        await run.next_cycles(2)
+        await run.control(f"/sim/mirrors/{name}", {"frozen": True})
         await run.control("/sim/push", {"repository_ids": [2]})
         lags = []
         for _ in range(3):
@@ -107,7 +112,7 @@ async def test_lag_is_within_one_poll_interval_of_the_truth_and_keeps_growing(fa
             samples = await run.metrics()
             truth = await run.truth()
             since = truth["mirrors"][name]["diverged_since"]
-            assert set(since) == {"2"}
+            assert set(since) == {"2", "5"}
             truth_lag = truth["now"] - since["2"]
             exported = lag(samples, name)
             assert truth_lag - interval - 0.25 <= exported <= truth_lag + 0.05, (exported, truth_lag)
@@ -119,10 +124,73 @@ async def test_lag_is_within_one_poll_interval_of_the_truth_and_keeps_growing(fa
                 repository="repo-2",
             )
             assert repo_lag == pytest.approx(exported, abs=0.05)
+            failing_lag = value(
+                samples,
+                "bitbucket_mirror_repository_sync_lag_seconds",
+                mirror=name,
+                project="PRJ2",
+                repository="repo-5",
+            )
+            assert failing_lag is not None and failing_lag > exported  # kept per repository, not in the mirror's lag
             lags.append(exported)
         assert lags[0] < lags[1] < lags[2]
         for other in list(run.farm.mirror_urls)[1:]:
             assert lag(samples, other) == 0.0
+
+
+async def test_a_push_shows_within_one_interval_at_every_scrape_even_when_the_primary_reads_slower() -> None:
+    # The primary's listing takes three slow pages, the mirror's one quick page: the mirror always finishes first.
+    # Each cycle's drift must still use that cycle's primary listing, or a push shows up to two intervals late.
+    interval, page_latency, pages = 1.0, 0.1, 3
+    scenario = Scenario(seed=5, repositories=30, page_limit_cap=10, primary_latency_seconds=page_latency)
+    async with running_farm(scenario, ["9.x"], interval=interval, page_limit=100) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"frozen": True})
+        # Pushes a third of an interval apart: at least one lands early in a cycle, where reading the previous
+        # cycle's primary listing would see it almost two intervals late.
+        repos = [2, 3, 4]
+        for repo_id in repos:
+            await run.control("/sim/push", {"repository_ids": [repo_id]})
+            await asyncio.sleep(interval / 3)
+        # How late a push may show: the rest of the interval it lands in, plus the primary's read of that cycle.
+        bound = interval + pages * page_latency + 0.3
+        checked = 0
+        deadline = asyncio.get_running_loop().time() + 3 * interval
+        while asyncio.get_running_loop().time() < deadline:
+            samples = await run.metrics()
+            truth = await run.truth()
+            since = truth["mirrors"]["sydney"]["diverged_since"]
+            for repo_id in repos:
+                truth_lag = truth["now"] - since[str(repo_id)]
+                seen = value(
+                    samples,
+                    "bitbucket_mirror_repository_sync_lag_seconds",
+                    mirror="sydney",
+                    project=f"PRJ{(repo_id - 1) % 3 + 1}",
+                    repository=f"repo-{repo_id}",
+                )
+                exported = 0.0 if seen is None else seen
+                assert exported <= truth_lag + 0.05, (repo_id, exported, truth_lag)
+                assert exported >= truth_lag - bound, f"repo-{repo_id}: lag {exported:.2f}s, truth {truth_lag:.2f}s"
+                checked += 1
+            await asyncio.sleep(0.05)
+        assert checked > 30
+
+
+async def test_an_8x_mirror_with_selected_projects_reads_its_scope_from_settings() -> None:
+    # 8.x keeps the sync scope at upstreamServers/{id}/settings; reading a path that does not exist there counted
+    # every repository outside the scope as missing.
+    async with running_farm(Scenario(repositories=12, projects=3), ["8.x"]) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"selected_projects": [1]})
+        await wait_for_truth(run)
+        samples = await run.metrics()
+        truth = await run.truth()
+    assert truth["mirrors"]["sydney"]["classes"]["missing"] == []
+    assert value(samples, "bitbucket_mirror_repositories_missing", mirror="sydney") == 0
+    assert value(samples, "bitbucket_mirror_repositories_in_sync", mirror="sydney") == 4
+    assert value(samples, "bitbucket_mirror_exporter_poll_success", target="sydney", source="sync_settings") == 1.0
+    assert run.farm.farm.mirrors["sydney"].requests.get("sync_settings", 0) > 0
 
 
 @pytest.mark.parametrize("mirrors", [1, 3])

@@ -174,7 +174,9 @@ async def secret_farm(
     tmp_path: Path, poll: dict[str, Any], hostname: str | None = None, resolver: AbstractResolver | None = None
 ) -> AsyncIterator[tuple[Running, CapturedLogs]]:
     scenario = Scenario(repositories=REPOSITORIES, password=PASSWORD, token=TOKEN)
-    poll = {"retries": 1, **poll}
+    # Long enough for every fault here to ride over (docs/metrics.md, "Freshness"); tests/test_freshness.py covers
+    # what happens past it.
+    poll = {"retries": 1, "stale_after_seconds": 60, **poll}
     with CapturedLogs().attached() as logs:
         async with running_farm(
             scenario, ["9.x", "8.x"], prepare=_secret_config(tmp_path, hostname), resolver=resolver, **poll

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from exporter import listings
@@ -18,6 +19,7 @@ from exporter.listings import (
     SyncStatusRow,
     decode_repository_page,
     decode_sync_status_page,
+    sync_seconds,
 )
 
 EPOCH_2024 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -47,13 +49,21 @@ def sync_row(**fields: Any) -> dict[str, Any]:
 EXPECTED_SYNC_ROW = SyncStatusRow("7", 2, EPOCH_2024, Hashes(CONTENT, METADATA))
 
 
+def as_read(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
+    """Rows as the exporter reads them: a date as epoch seconds, whether it arrived as a string or a number."""
+    return [
+        msgspec.structs.replace(r, last_sync_date=None if r.last_sync_date is None else sync_seconds(r.last_sync_date))
+        for r in rows
+    ]
+
+
 def test_a_documented_sync_status_page_decodes_to_rows_and_keeps_its_paging_fields(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Without the tolerant way: a documented page must take the fast one.
     monkeypatch.setattr(listings, "parse_page", None)
     decoded = decode_sync_status_page(page(sync_row(), isLastPage=False, nextPageStart=25))
-    assert decoded.values == [EXPECTED_SYNC_ROW]
+    assert decoded.values == [EXPECTED_SYNC_ROW]  # an ISO date stays a datetime: no conversion per row
     assert (decoded.is_last_page, decoded.next_page_start, decoded.limit) == (False, 25, 25)
 
 
@@ -70,7 +80,30 @@ def test_a_documented_sync_status_page_decodes_to_rows_and_keeps_its_paging_fiel
     ],
 )
 def test_tolerated_variants_give_the_same_row(variant: dict[str, Any]) -> None:
-    assert decode_sync_status_page(page(sync_row(**variant))).values == [EXPECTED_SYNC_ROW]
+    assert as_read(decode_sync_status_page(page(sync_row(**variant))).values) == as_read([EXPECTED_SYNC_ROW])
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        int(EPOCH_2024.timestamp() * 1000),  # epoch milliseconds, as other Bitbucket resources send dates
+        EPOCH_2024.timestamp() * 1000.0,
+        int(EPOCH_2024.timestamp()),  # epoch seconds
+        str(int(EPOCH_2024.timestamp() * 1000)),  # numeric strings are numbers to msgspec too
+    ],
+)
+def test_numeric_dates_stay_on_the_fast_path(monkeypatch: pytest.MonkeyPatch, date: object) -> None:
+    # Without the tolerant way: these pages must not fall back to it (at 100,000 repositories that costs seconds).
+    monkeypatch.setattr(listings, "parse_page", None)
+    assert as_read(decode_sync_status_page(page(sync_row(lastSyncDate=date))).values) == as_read([EXPECTED_SYNC_ROW])
+
+
+def test_a_numeric_date_out_of_range_is_an_invalid_response_both_ways() -> None:
+    body = page(sync_row(lastSyncDate=1e300))
+    for decode in (decode_sync_status_page.typed, decode_sync_status_page.tolerant):
+        with pytest.raises(FetchError) as caught:
+            decode(body)
+        assert caught.value.reason == INVALID_RESPONSE
 
 
 def test_absent_hashes_and_dates_stay_absent() -> None:

@@ -15,6 +15,7 @@ from exporter.models import (
     RepoSyncStatus,
     SyncProgress,
     UpstreamServer,
+    epoch_number_seconds,
     parse_count,
 )
 from exporter.parsing import parse_list, parse_model
@@ -51,9 +52,13 @@ def test_unknown_fields_are_ignored() -> None:
         int(EPOCH_2024 * 1000),
         str(int(EPOCH_2024 * 1000)),
         EPOCH_2024 * 1000.0,
+        # Epoch seconds: a number at or below 1e11 (1e11 ms would be 1973, 1e11 s the year 5138).
+        int(EPOCH_2024),
+        str(int(EPOCH_2024)),
+        EPOCH_2024,
     ],
 )
-def test_dates_as_iso_8601_or_epoch_milliseconds(raw: object) -> None:
+def test_dates_as_iso_8601_or_epoch_numbers(raw: object) -> None:
     repo = RepoSyncStatus.model_validate({"externalRepoId": "1", "lastSyncDate": raw})
     assert repo.last_sync_date == pytest.approx(EPOCH_2024)
 
@@ -134,3 +139,11 @@ def test_a_list_endpoint_that_sends_an_object_is_an_invalid_response() -> None:
     with pytest.raises(FetchError) as caught:
         parse_list(ClusterNode, {"values": []}, "farmNodes")
     assert caught.value.reason == "invalid_response"
+
+
+@pytest.mark.parametrize(
+    ("number", "seconds"),
+    [(1e11, 1e11), (1e11 + 1, 1e8 + 0.001), (0, 0.0), (-1e12, -1e9), (1_709_294_400, 1_709_294_400)],
+)
+def test_one_rule_for_numeric_dates(number: float, seconds: float) -> None:
+    assert epoch_number_seconds(number) == pytest.approx(seconds)

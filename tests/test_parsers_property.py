@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,7 +27,7 @@ from exporter.config import Credentials
 from exporter.jmx.config import JmxMatch, TimerAttributes
 from exporter.jmx.query import classify_failure, parse_rows
 from exporter.jmx.reading import read_node
-from exporter.listings import decode_repository_page, decode_sync_status_page
+from exporter.listings import decode_repository_page, decode_sync_status_page, sync_seconds
 
 # Every field name the models, listings and JMX reader look at, so generated objects hit real fields.
 KEYS = [
@@ -109,9 +111,54 @@ def test_listing_rows_have_the_types_the_exporter_relies_on(body: bytes) -> None
     for row in page.values:
         assert isinstance(row.external_repo_id, str)
         assert isinstance(row.failed_sync_count, int)
-        if row.last_sync_date is not None:
+        if isinstance(row.last_sync_date, datetime):
             assert row.last_sync_date.tzinfo is not None
-            row.last_sync_date.timestamp()  # the poller's use: must not raise
+        if row.last_sync_date is not None:
+            assert math.isfinite(sync_seconds(row.last_sync_date))  # the poller's use: must not raise
+
+
+def _outcome(decode: Callable[[bytes], Page[Any] | None], body: bytes) -> object:
+    """The rows as the exporter reads them (dates as epoch seconds), or the error's reason; None: not decoded."""
+    try:
+        page = decode(body)
+    except FetchError as exc:
+        return exc.reason
+    if page is None:
+        return None
+    return [
+        (
+            r.external_repo_id,
+            r.failed_sync_count,
+            r.hashes,
+            None if r.last_sync_date is None else sync_seconds(r.last_sync_date),
+        )
+        for r in page.values
+    ]
+
+
+dates = (
+    # Not NaN or infinity: JSON has neither (json.dumps would write a token msgspec rightly refuses as invalid_json).
+    scalars.filter(lambda d: not (isinstance(d, float) and not math.isfinite(d)))
+    | st.integers(min_value=-(10**14), max_value=10**14)
+    | st.floats(min_value=-1e14, max_value=1e14)
+    | st.integers(min_value=-(10**14), max_value=10**14).map(str)
+    | st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
+)
+
+
+@EXAMPLES
+@given(date=dates, failed=st.integers(min_value=0, max_value=5) | st.sampled_from(["3", None]))
+def test_both_decoders_read_every_date_the_same_way(date: object, failed: object) -> None:
+    # A page the fast decoder takes must give exactly the tolerant models' rows (or the same error); one it refuses
+    # goes the tolerant way anyway. Numbers: epoch milliseconds above 1e11, epoch seconds otherwise, both ways.
+    row = {"externalRepoId": "1", "failedSyncCount": failed, "lastSyncDate": date, "hashes": {"content": "a"}}
+    body = json.dumps({"isLastPage": True, "values": [row]}, allow_nan=True).encode()
+    fast = _outcome(decode_sync_status_page.typed, body)
+    if fast is not None:
+        assert fast == _outcome(decode_sync_status_page.tolerant, body)
+    numeric = isinstance(date, int | float) and not isinstance(date, bool)
+    if numeric and abs(date) < 1e14 and isinstance(failed, int):  # type: ignore[arg-type]
+        assert fast is not None, "a numeric date must stay on the fast path"
 
 
 class CannedClient(BitbucketClient):

@@ -1,5 +1,8 @@
 """The simulator speaks the documented API: its responses validate against the official Bitbucket OpenAPI schemas.
 
+The schemas come from tests/fixtures/openapi/, extracted from Atlassian's 9.2 and 9.6 specs (and the 8.x paths) by
+scripts/extract-openapi-fixture, so this runs from a fresh clone.
+
 The schemas are closed here (additionalProperties: false on every object with declared properties), so the simulator
 cannot invent fields either. The few fields that only older versions' docs show (8.x ``repoSlug``, the 8.x upstream
 record's ``type`` and ``apiBaseUrl``) are allowed by name, with the fact sheet as their source.
@@ -16,12 +19,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from openapi_schema_validator import OAS30ReadValidator
 
 from exporter.simulator import Scenario, SimulatedFarm
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "openapi"
+UPSTREAM = "/mirroring/latest/upstreamServers/{upstreamId}"
 REST = "/rest/mirroring/latest"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
 EXTRA_8X_FIELDS = {
@@ -35,12 +38,8 @@ EXTRA_8X_FIELDS = {
 
 @cache
 def spec(version: str) -> dict[str, Any]:
-    if not REFERENCE.is_dir():
-        pytest.fail(f"the OpenAPI specs are expected in {REFERENCE} (shared/reference beside the repository)")
-    if version == "9.2":
-        return json.loads((REFERENCE / "bitbucket-dc-9.2-openapi.json").read_text())
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load((REFERENCE / "bitbucket-dc-9.6-openapi.yaml").read_text(), Loader=loader)
+    """The fixture of one version: ``paths`` (path -> schema of its 200 answer) and ``schemas`` (components)."""
+    return dict(json.loads((FIXTURES / f"bitbucket-dc-{version}.json").read_text()))
 
 
 def _closed(node: Any) -> Any:
@@ -55,7 +54,7 @@ def _closed(node: Any) -> Any:
 
 @cache
 def closed_components(version: str, allow_8x: bool) -> dict[str, Any]:
-    components = copy.deepcopy(spec(version)["components"])
+    components = {"schemas": copy.deepcopy(spec(version)["schemas"])}
     if allow_8x:
         for name, extra in EXTRA_8X_FIELDS.items():
             components["schemas"][name]["properties"].update(extra)
@@ -63,8 +62,7 @@ def closed_components(version: str, allow_8x: bool) -> dict[str, Any]:
 
 
 def response_schema(version: str, path: str) -> dict[str, Any]:
-    content = spec(version)["paths"][path]["get"]["responses"]["200"]["content"]
-    return next(iter(content.values()))["schema"]
+    return dict(spec(version)["paths"][path])
 
 
 def check(instance: Any, schema: dict[str, Any], version: str = "9.2", allow_8x: bool = False) -> None:
@@ -156,9 +154,16 @@ async def test_mirror_endpoints_of_the_8x_family_match_the_same_schemas(farm: Si
         check(await get(http, f"{base}/upstreamServers/{upstream_id}/progress"), component("RestSyncProgress"))
         nodes = await get(http, f"{base}/upstreamServers/{upstream_id}/farmNodes")
         check(nodes, {"type": "array", "items": component("RestClusterNode")})
-        settings = await get(http, f"{base}/upstreamServers/{upstream_id}/syncSettings")
+        # 8.x reads the sync scope from .../settings (RestUpstreamSettings); .../syncSettings does not exist there.
+        settings = await get(http, f"{base}/upstreamServers/{upstream_id}/settings")
         assert settings == {"mode": "SELECTED_PROJECTS", "projectIds": ["1", "2"]}
+        check(settings, response_schema("8.x", f"{UPSTREAM}/settings"), version="8.x")
         check(settings, component("RestUpstreamSettings"))
+        async with http.get(f"{base}/upstreamServers/{upstream_id}/syncSettings", headers=ADMIN) as resp:
+            assert resp.status == 404
+        for path in ("progress", "farmNodes"):
+            body = await get(http, f"{base}/upstreamServers/{upstream_id}/{path}")
+            check(body, response_schema("8.x", f"{UPSTREAM}/{path}"), version="8.x")
         out_of_sync = await get(http, f"{base}/supportInfo/out-of-sync-repos/content")
         assert out_of_sync == str(next(r.id for r in farm.farm.repositories.values() if not r.zero_hashes))
         check(out_of_sync, response_schema("9.2", "/mirroring/latest/supportInfo/out-of-sync-repos/content"))

@@ -15,7 +15,10 @@ from prometheus_client.core import (
 from exporter.source_metrics import SourceFamilies
 from exporter.state import MirrorState
 
-JMX_CACHED = " Read over JMX every jmx.interval_seconds; scrapes read the last reading."
+JMX_CACHED = (
+    " Read over JMX every jmx.interval_seconds; scrapes read the last reading, absent once older than the larger of "
+    "poll.stale_after_seconds and 3 x jmx.interval_seconds."
+)
 NODE = ["mirror", "node"]
 SYNC = [*NODE, "sync"]
 
@@ -24,7 +27,7 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc + JMX_CACHED, labels=labels)
 
 
-def jmx_metrics(mirrors: Iterable[MirrorState]) -> Iterator[Metric]:
+def jmx_metrics(mirrors: Iterable[MirrorState], now: float) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "bitbucket_mirror_jmx_up", "1 when the last JMX poll of the mirror node succeeded, else 0.", labels=NODE
     )
@@ -86,7 +89,7 @@ def jmx_metrics(mirrors: Iterable[MirrorState]) -> Iterator[Metric]:
         for node, state in mirror.jmx_nodes.items():
             labels = [mirror.name, node]
             health.add(labels, state.source)
-            reading = state.source.value
+            reading = state.source.fresh(now, state.stale_after_seconds)
             if reading is None:
                 continue
             beans.add_metric(labels, reading.beans)

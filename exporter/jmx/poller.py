@@ -40,8 +40,10 @@ class JmxPoller:
         wait_for_farm_nodes: Callable[[], Awaitable[None]],
         stop: asyncio.Event,
         follow_seconds: float,
+        stale_after: float = 180.0,
     ) -> None:
         self._mirror = mirror
+        self._stale_after = stale_after
         # How often the node list is rebuilt from farmNodes: the mirror's poll interval, not the slower JMX one.
         self._follow_seconds = follow_seconds
         self._stop = stop
@@ -108,7 +110,7 @@ class JmxPoller:
                 continue
             if current is not None:
                 self._tasks.pop(name).cancel()  # moved to another address: start over
-            updated[name] = JmxNodeState(url)
+            updated[name] = JmxNodeState(url, self._stale_after)
             self._start_node(name, updated[name], credentials)
         self._mirror.jmx_nodes = updated
 

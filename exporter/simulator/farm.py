@@ -113,6 +113,8 @@ class Mirror:
     missing: dict[int, float] = field(default_factory=dict)
     # 8.x to 9.4: out-of-sync-repos answers 409 unless plugin.mirroring.repository.diagnostics.sync.enabled.
     diagnostics_enabled: bool = False
+    # How far the mirror's clock (its answers' Date header) runs ahead of the true time.
+    clock_skew_seconds: float = 0.0
     # Repositories whose content or metadata version differs from the primary's; only these can sync.
     behind: set[int] = field(default_factory=set)
     # No repository in ``behind`` may sync before this time (a lower bound: -inf means "look").
@@ -151,6 +153,10 @@ class Scenario:
     # The page size Bitbucket applies at most, whatever limit a client asks for.
     page_limit_cap: int = 100
     default_page_limit: int = 25
+    # How far the primary's clock (its answers' Date header) runs ahead of the true time.
+    primary_clock_skew_seconds: float = 0.0
+    # Seconds the primary takes for each answer: a large primary's listing takes longer than a mirror's.
+    primary_latency_seconds: float = 0.0
     username: str = "admin"
     password: str = "admin"
     token: str = "simulated-token"
@@ -418,6 +424,8 @@ class Farm:
                 "failed_syncs": sum(r.failed_sync_count for r in repos),
                 "newest_last_sync": max((r.last_sync_date for r in repos), default=None),
                 "ref_changes_queue_length": len(self.pending(mirror)),
+                # What bitbucket_mirror_clock_skew_seconds must show: the mirror's clock minus the primary's.
+                "clock_skew_seconds": mirror.clock_skew_seconds - self.scenario.primary_clock_skew_seconds,
                 "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
                 "classes": classes,
                 "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes).items()},

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
@@ -182,6 +183,18 @@ async def _enormous(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def dated(request: web.Request, response: web.StreamResponse) -> None:
+    """The Date header on the simulated host's own clock: the true time plus its skew (whole seconds, cut down)."""
+    farm = request.app[FARM_KEY]
+    mirror_name = request.app.get(MIRROR_KEY)
+    skew = (
+        farm.mirrors[mirror_name].clock_skew_seconds
+        if mirror_name is not None
+        else farm.scenario.primary_clock_skew_seconds
+    )
+    response.headers["Date"] = formatdate(request.app[CLOCK_KEY]() + skew, usegmt=True)
+
+
 @web.middleware
 async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     farm = request.app[FARM_KEY]
@@ -201,6 +214,8 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 return response
     else:
         farm.primary_requests[route] = farm.primary_requests.get(route, 0) + 1
+        if farm.scenario.primary_latency_seconds > 0:
+            await asyncio.sleep(farm.scenario.primary_latency_seconds)
     # /status is public on real Bitbucket; the REST API wants an admin for supportInfo.
     if request.path.startswith("/rest/") and not _authorized(request, farm):
         return errors("Authentication failed. Please check your credentials and try again.", 401)
@@ -362,6 +377,18 @@ async def sync_settings(request: web.Request) -> web.Response:
     )
 
 
+async def sync_settings_mode(request: web.Request) -> web.Response:
+    if (missing := _check_upstream(request)) is not None:
+        return missing
+    return web.json_response("ALL_PROJECTS" if _mirror(request).selected_projects is None else "SELECTED_PROJECTS")
+
+
+async def sync_settings_projects(request: web.Request) -> web.Response:
+    if (missing := _check_upstream(request)) is not None:
+        return missing
+    return web.json_response([str(p) for p in sorted(_mirror(request).selected_projects or ())])
+
+
 async def delayed_sync(request: web.Request) -> web.Response:
     farm, mirror = _farm(request), _mirror(request)
     try:
@@ -389,6 +416,7 @@ async def out_of_sync_repos(request: web.Request) -> web.Response:
 
 def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
+    app.on_response_prepare.append(dated)
     app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, mirror_name, clock, {}
     r = app.router
     r.add_get("/status", mirror_status, name="status")
@@ -404,7 +432,14 @@ def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}", upstream_server_v8, name="upstream")
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/progress", progress, name="progress")
         r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/farmNodes", farm_nodes, name="farm_nodes")
-        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/syncSettings", sync_settings, name="sync_settings")
+        # 8.x: RestUpstreamSettings at .../settings (8.19 spec), with its two sub-resources.
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/settings", sync_settings, name="sync_settings")
+        r.add_get(f"{REST}/upstreamServers/{{upstream_id}}/settings/mode", sync_settings_mode, name="settings_mode")
+        r.add_get(
+            f"{REST}/upstreamServers/{{upstream_id}}/settings/projects",
+            sync_settings_projects,
+            name="settings_projects",
+        )
         r.add_get(f"{REST}/supportInfo/out-of-sync-repos/content", out_of_sync_repos, name="out_of_sync")
     r.add_get(f"{REST}/supportInfo/repoSyncStatus", repo_sync_status, name="repo_sync_status")
     r.add_get(
@@ -503,7 +538,7 @@ async def sim_mirror(request: web.Request) -> web.Response:
             return errors(f"unknown faults {bad}; known: {list(FAULTS)}", 400)
         mirror.faults = dict(change["faults"])
         mirror.fault_budget = change.get("fault_budget")
-    for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled"):
+    for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled", "clock_skew_seconds"):
         if key in change:
             setattr(mirror, key, change[key])
     if "missing_repositories" in change:
@@ -520,7 +555,14 @@ async def sim_scenario(request: web.Request) -> web.Response:
     """Change the running scenario: ``{"push_rate": ..., "sync_delay_seconds": ...}``."""
     farm = _farm(request)
     change = await request.json()
-    for key in ("push_rate", "sync_delay_seconds", "metadata_sync_delay_seconds", "sync_tolerance_seconds"):
+    for key in (
+        "push_rate",
+        "sync_delay_seconds",
+        "metadata_sync_delay_seconds",
+        "sync_tolerance_seconds",
+        "primary_clock_skew_seconds",
+        "primary_latency_seconds",
+    ):
         if key in change:
             setattr(farm.scenario, key, float(change[key]))
     farm.sync_timing_changed()
@@ -552,6 +594,7 @@ async def sim_delete(request: web.Request) -> web.Response:
 
 def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
+    app.on_response_prepare.append(dated)
     app[FARM_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, clock, {}
     r = app.router
     r.add_get("/status", primary_status, name="status")

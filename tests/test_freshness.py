@@ -1,0 +1,275 @@
+"""Truth first: no number computed from stale or partial inputs is served as current.
+
+A source's values ride over a short failure (up to poll.stale_after_seconds), then are left out; drift and lag need
+both listings fresh (bitbucket_mirror_drift_fresh); first-seen times survive a stale period; the clock skew comes from
+the Date headers of answers already fetched. All against the simulated farm's ground truth over loopback HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.collector import MirrorFarmCollector
+from exporter.jmx.reading import NodeReading
+from exporter.simulator import Scenario, SimulatedFarm
+from exporter.state import ExporterState, JmxNodeState, MirrorState, PrimaryState, RepoSyncSummary, SourceState
+from tests.conftest import Running, Samples, running_farm, value, wait_until
+
+INTERVAL = 0.2
+STALE = 3 * INTERVAL  # the default, poll.stale_after_seconds = 3 x interval
+DRIFT_SERIES = (
+    "bitbucket_mirror_repositories_in_sync",
+    "bitbucket_mirror_repositories_missing",
+    "bitbucket_mirror_repositories_hash_unknown",
+    "bitbucket_mirror_repositories_extra",
+    "bitbucket_mirror_sync_lag_seconds",
+    "bitbucket_mirror_repository_series_dropped",
+)
+
+
+def drift_series(samples: Samples, mirror: str) -> list[str]:
+    """Every drift or lag series of the mirror (mirror-level and per-repository) that is served."""
+    return sorted(
+        name
+        for (name, labels) in samples
+        if ("mirror", mirror) in labels
+        and (name in DRIFT_SERIES or name.startswith("bitbucket_mirror_repository_") or "out_of_sync" in name)
+    )
+
+
+async def until(run: Running, check: Any, what: str, within: float = 10.0) -> Samples:
+    found: Samples = {}
+
+    async def holds() -> bool:
+        nonlocal found
+        found = await run.metrics()
+        return bool(check(found))
+
+    await wait_until(holds, within, what)
+    return found
+
+
+async def test_a_failing_mirror_listing_rides_over_then_its_drift_is_left_out_and_comes_back_with_its_lag() -> None:
+    async with running_farm(Scenario(repositories=8), ["9.x", "8.x"], interval=INTERVAL) as run:
+        await run.wait_ready()
+        # A silent laggard on sydney: its lag must survive the stale period, since the divergence does.
+        await run.control("/sim/mirrors/sydney", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [3]})
+        await run.next_cycles(2)
+        before = await run.metrics()
+        diverged_at = (await run.truth())["mirrors"]["sydney"]["diverged_since"]["3"]
+        assert value(before, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
+        assert value(before, "bitbucket_mirror_repositories_out_of_sync", mirror="sydney", hash="content") == 1.0
+
+        # The mirror's repoSyncStatus now answers 401 (a rotated password).
+        await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized"}})
+        stale = await until(
+            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0, "sydney's drift stale"
+        )
+        assert drift_series(stale, "sydney") == []
+        assert value(stale, "bitbucket_mirror_repositories", mirror="sydney") is None
+        assert value(stale, "bitbucket_mirror_repositories_failing", mirror="sydney") is None
+        assert (
+            value(
+                stale,
+                "bitbucket_mirror_drift_input_stale",
+                mirror="sydney",
+                target="sydney",
+                source="repo_sync_status",
+                reason="http_401",
+            )
+            == 1.0
+        )
+        # Everything else goes on: the mirror is up, frankfurt's drift is fresh and true.
+        assert value(stale, "bitbucket_mirror_up", mirror="sydney") == 1.0
+        assert value(stale, "bitbucket_mirror_drift_fresh", mirror="frankfurt") == 1.0
+        assert value(stale, "bitbucket_mirror_repositories_in_sync", mirror="frankfurt") == 8.0
+        assert drift_series(stale, "frankfurt") != []
+
+        await run.control("/sim/mirrors/sydney", {"faults": {}})
+        back = await until(
+            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0, "sydney's drift back"
+        )
+        truth = await run.truth()
+        # The divergence lasted through the stale period, so its first-seen time was kept: lag is the whole time.
+        lag = value(back, "bitbucket_mirror_sync_lag_seconds", mirror="sydney")
+        assert lag is not None and truth["now"] - diverged_at - INTERVAL - 0.3 <= lag <= truth["now"] - diverged_at
+        assert value(back, "bitbucket_mirror_drift_input_stale", mirror="sydney", target="sydney",
+                     source="repo_sync_status", reason="http_401") is None  # fmt: skip
+
+
+async def test_a_short_failure_keeps_the_last_values(tmp_path: Path) -> None:
+    # One failed poll within stale_after_seconds: the values stay (a graph keeps its line, an alert its `for`).
+    async with running_farm(Scenario(repositories=5), ["9.x"], interval=INTERVAL, stale_after_seconds=30) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized"}})
+        failing = await until(
+            run,
+            lambda s: (
+                value(s, "bitbucket_mirror_exporter_poll_success", target="sydney", source="repo_sync_status") == 0.0
+            ),
+            "the failure seen",
+        )
+        await run.next_cycles(3)
+        later = await run.metrics()
+        for samples in (failing, later):
+            assert value(samples, "bitbucket_mirror_repositories", mirror="sydney") == 5.0
+            assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
+            assert value(samples, "bitbucket_mirror_repositories_in_sync", mirror="sydney") == 5.0
+
+
+async def test_a_primary_listing_that_fails_leaves_every_mirror_drift_unknown_and_never_grows_lag(
+    tmp_path: Path,
+) -> None:
+    password = tmp_path / "primary-password"
+    password.write_text("admin")
+
+    def primary_from_file(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        # The mirrors have credentials of their own; only the primary's password file is rotated badly.
+        del config["primary"]["password"]
+        config["primary"]["password_file"] = str(password)
+        for mirror in config["mirrors"]:
+            mirror.update(username="admin", password="admin")
+
+    async with running_farm(
+        Scenario(repositories=6), ["9.x", "8.x"], interval=INTERVAL, prepare=primary_from_file
+    ) as run:
+        await run.wait_ready()
+        await run.next_cycles(1)
+        assert value(await run.metrics(), "bitbucket_mirror_sync_lag_seconds", mirror="sydney") == 0.0
+        password.write_text("rotated-elsewhere")
+        # Meanwhile the primary moves on and the mirrors follow; stale drift would now be wrong either way.
+        await run.control("/sim/push", {"repository_ids": [1, 2]})
+
+        def both_unknown(s: Samples) -> bool:
+            return all(value(s, "bitbucket_mirror_drift_fresh", mirror=m) == 0.0 for m in ("sydney", "frankfurt"))
+
+        stale = await until(run, both_unknown, "every mirror's drift unknown")
+        for mirror in ("sydney", "frankfurt"):
+            assert drift_series(stale, mirror) == []
+            assert (
+                value(
+                    stale,
+                    "bitbucket_mirror_drift_input_stale",
+                    mirror=mirror,
+                    target="primary",
+                    source="repositories",
+                    reason="http_401",
+                )
+                == 1.0
+            )
+        assert value(stale, "bitbucket_mirror_primary_repositories") is None
+        # The mirrors' own sources are fresh.
+        assert value(stale, "bitbucket_mirror_repositories", mirror="sydney") == 6.0
+
+        password.write_text("admin")
+        back = await until(
+            run,
+            lambda s: not both_unknown(s) and value(s, "bitbucket_mirror_drift_fresh", mirror="frankfurt") == 1.0,
+            "drift back",
+        )
+        await run.next_cycles(2)
+        back = await run.metrics()
+        for mirror in ("sydney", "frankfurt"):
+            assert value(back, "bitbucket_mirror_drift_fresh", mirror=mirror) == 1.0
+            assert value(back, "bitbucket_mirror_sync_lag_seconds", mirror=mirror) == 0.0  # they kept up
+
+
+@pytest.mark.parametrize(("mirror_skew", "primary_skew"), [(20.0, 0.0), (-7.0, 5.0), (0.0, 0.0)])
+async def test_clock_skew_from_date_headers_equals_the_truth(mirror_skew: float, primary_skew: float) -> None:
+    scenario = Scenario(repositories=3, primary_clock_skew_seconds=primary_skew)
+    async with running_farm(scenario, ["9.x", "8.x"], interval=INTERVAL) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"clock_skew_seconds": mirror_skew})
+        requests_before = dict(run.farm.farm.mirrors["sydney"].requests)
+        truth = (await run.truth())["mirrors"]
+        want = truth["sydney"]["clock_skew_seconds"]
+        assert want == mirror_skew - primary_skew
+
+        def close(s: Samples) -> bool:
+            got = value(s, "bitbucket_mirror_clock_skew_seconds", mirror="sydney")
+            return got is not None and abs(got - want) <= 1.0
+
+        samples = await until(run, close, f"clock skew {want}")
+        # Resolution 1 s: whole seconds; and frankfurt, on the true clock, is as far off as the primary is.
+        assert value(samples, "bitbucket_mirror_clock_skew_seconds", mirror="sydney") in (want - 1, want, want + 1)
+        other = value(samples, "bitbucket_mirror_clock_skew_seconds", mirror="frankfurt")
+        assert other is not None and abs(other - truth["frankfurt"]["clock_skew_seconds"]) <= 1.0
+        # No request of its own: the skew comes from answers the exporter fetched anyway.
+        assert set(run.farm.farm.mirrors["sydney"].requests) == set(requests_before)
+
+
+async def test_the_landing_page_shows_failing_and_stale_sources_and_no_stale_state() -> None:
+    async with running_farm(Scenario(repositories=4), ["9.x", "8.x"], interval=INTERVAL) as run:
+        await run.wait_ready()
+        _, healthy = await run.get("/")
+        assert "Every source was polled successfully" in healthy
+        assert healthy.count("<td>fresh</td>") == 2
+        await run.control(
+            "/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized", "status": "unavailable"}}
+        )
+        await until(
+            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0, "sydney's drift stale"
+        )
+        await wait_until(lambda: _stale_status(run), what="sydney's /status values left out as stale")
+        _, page = await run.get("/")
+        sydney = next(line for line in page.splitlines() if line.startswith("<tr><td>sydney</td>"))
+        # Down, no state shown (the last one is stale), drift unknown.
+        assert "<td>down</td><td></td>" in sydney and "<td>unknown</td>" in sydney
+        assert "SYNCHRONIZED" not in sydney
+        assert (
+            "<td>sydney</td><td>repo_sync_status</td><td>failing, values left out (stale)</td><td>http_401</td>" in page
+        )
+        assert "<td>sydney</td><td>status</td><td>failing, values left out (stale)</td><td>http_503</td>" in page
+        assert "<td>frankfurt</td>" in page and "<td>frankfurt</td><td>status</td>" not in page
+
+
+async def _stale_status(run: Running) -> bool:
+    return value(await run.metrics(), "bitbucket_mirror_state", mirror="sydney", state="SYNCHRONIZED") is None
+
+
+def _collect(state: ExporterState, stale_after: float) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(MirrorFarmCollector(state, stale_after=stale_after))
+    return registry
+
+
+def test_each_source_is_served_up_to_stale_after_and_not_a_second_longer() -> None:
+    # No sockets: a hand-built state, read through the collector like a scrape.
+    now = time.time()
+    mirror = MirrorState(name="sydney", url="https://mirror.example.com")
+    mirror.farm_nodes = SourceState(
+        value=[], success=False, value_timestamp=now - 89.0, last_success_timestamp=now - 89
+    )
+    mirror.repo_sync_status = SourceState(
+        value=RepoSyncSummary(7, 1, 3, None), success=False, value_timestamp=now - 91.0, error_reason="timeout"
+    )
+    node = JmxNodeState("service:jmx:rmi:///jndi/rmi://n:3333/jmxrmi", stale_after_seconds=180.0)
+    node.source = SourceState(
+        value=NodeReading(beans=4, timers={}, tickets=[]), success=False, value_timestamp=now - 170
+    )
+    gone = JmxNodeState("service:jmx:rmi:///jndi/rmi://m:3333/jmxrmi", stale_after_seconds=180.0)
+    gone.source = SourceState(
+        value=NodeReading(beans=4, timers={}, tickets=[]), success=False, value_timestamp=now - 190
+    )
+    mirror.jmx_nodes = {"n1": node, "n2": gone}
+    state = ExporterState(primary=PrimaryState(url="https://bitbucket.example.com"), mirrors=[mirror])
+    registry = _collect(state, stale_after=90.0)
+    assert registry.get_sample_value("bitbucket_mirror_farm_nodes", {"mirror": "sydney"}) == 0.0  # 89 s old: served
+    assert registry.get_sample_value("bitbucket_mirror_repositories", {"mirror": "sydney"}) is None  # 91 s: not
+    assert registry.get_sample_value("bitbucket_mirror_up", {"mirror": "sydney"}) == 0.0  # always served
+    assert registry.get_sample_value("bitbucket_mirror_node_jmx_beans", {"mirror": "sydney", "node": "n1"}) == 4.0
+    assert registry.get_sample_value("bitbucket_mirror_node_jmx_beans", {"mirror": "sydney", "node": "n2"}) is None
+    # No report yet: drift unknown, and the causes named.
+    assert registry.get_sample_value("bitbucket_mirror_drift_fresh", {"mirror": "sydney"}) == 0.0
+    stale_inputs = {
+        (s.labels["target"], s.labels["source"], s.labels["reason"])
+        for family in registry.collect()
+        if family.name == "bitbucket_mirror_drift_input_stale"
+        for s in family.samples
+    }
+    assert stale_inputs == {("primary", "repositories", "not_polled_yet"), ("sydney", "repo_sync_status", "timeout")}
