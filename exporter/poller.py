@@ -136,8 +136,7 @@ class MirrorPoller:
         self._stale_after = stale_after
         self._delayed_sync_endpoint_missing = False
         self._family: ApiFamily | None = None
-        # This cycle's mirror hashes and when they were read, held only until the drift analysis has read them (the
-        # bulk of the memory).
+        # This cycle's mirror hashes, held only until the drift analysis has read them (the bulk of the memory).
         self._fresh_rows: dict[str, MirrorRepo] | None = None
 
     async def _detect_layout(self) -> Layout:
@@ -150,13 +149,11 @@ class MirrorPoller:
             log.info("mirror API detected", extra={"target": self.state.name, "family": self.state.layout.family})
         return self.state.layout
 
-    async def _with_layout(
-        self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]], redetect_on_404: bool = True
-    ) -> T:
+    async def _with_layout(self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]]) -> T:
         try:
             return await fetch(await layout)
         except FetchError as exc:
-            if exc.status == 404 and redetect_on_404:
+            if exc.status == 404:
                 # The mirror may have been upgraded across 9.0 or re-paired with another upstream: detect again.
                 self.state.layout = None
             raise

@@ -4,7 +4,11 @@ see them resolve."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from alerts.rules import AlertConfig, render
 from exporter.simulator import Scenario
@@ -51,3 +55,89 @@ async def test_a_broken_mirror_alerts_through_alertmanager_and_resolves_when_hea
             )
 
         await wait_until(resolved, 90, "both alerts resolved at the receiver")
+
+
+# Every drift alert at once: no `for`, thresholds of a second, so only the rules' logic decides what fires.
+EAGER = AlertConfig(
+    drift_unknown_for="0s",
+    poll_failing_for="0s",
+    out_of_sync_lag_seconds=1,
+    out_of_sync_for="0s",
+    lag_warning_seconds=1,
+    lag_critical_seconds=2,
+    lag_for="0s",
+    missing_for="0s",
+    failed_syncs=1,
+    repository_failing_for="0s",
+)
+DRIFT_ALERTS = {
+    "BitbucketMirrorRepositoriesOutOfSync",
+    "BitbucketMirrorSyncLagHigh",
+    "BitbucketMirrorRepositoriesMissing",
+    "BitbucketMirrorRepositorySyncFailing",
+    "BitbucketMirrorDriftUnknown",
+    "BitbucketMirrorExporterPollFailing",
+}
+
+
+async def firing(prometheus_port: int) -> list[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/alerts", timeout=aiohttp.ClientTimeout(total=5)) as resp,
+    ):
+        alerts: list[dict[str, Any]] = (await resp.json())["data"]["alerts"]
+    return [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] in DRIFT_ALERTS]
+
+
+def names(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(a["labels"]["alertname"], a["labels"].get("repository", a["labels"].get("mirror", ""))) for a in alerts}
+
+
+async def test_one_cause_raises_one_alert_against_a_real_prometheus(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render(EAGER))
+    scenario = Scenario(repositories=8, mirrors=1)
+    async with (
+        running_farm(scenario, ["9.x"], interval=0.5) as run,
+        prometheus(tmp_path, run.exporter.port, rules) as port,
+    ):
+        await run.wait_ready()
+        # One repository missing, another whose syncs keep failing while the primary moves on.
+        await run.control("/sim/mirrors/sydney", {"missing_repositories": [3], "failing_repositories": [5]})
+        await run.control("/sim/push", {"repository_ids": [5]})
+        expected = {
+            ("BitbucketMirrorRepositoriesMissing", "sydney"),
+            ("BitbucketMirrorRepositorySyncFailing", "repo-5"),
+        }
+        seen: set[tuple[str, str]] = set()
+
+        async def settled() -> bool:
+            nonlocal seen
+            seen = names(await firing(port))
+            return seen == expected
+
+        await wait_until(settled, 30, f"exactly {expected}")
+        # Stays so: the missing and the failing repository's lag grow, yet no lag or out-of-sync alert joins them.
+        await asyncio.sleep(3)
+        assert names(await firing(port)) == expected
+
+        # A silent laggard is what the lag alerts are for.
+        await run.control("/sim/mirrors/sydney", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [1]})
+
+        async def lagging() -> bool:
+            return {"BitbucketMirrorSyncLagHigh", "BitbucketMirrorRepositoriesOutOfSync"} <= {
+                n for n, _ in names(await firing(port))
+            }
+
+        await wait_until(lagging, 30, "SyncLagHigh and RepositoriesOutOfSync for the silent laggard")
+
+        # The listing now fails: one alert that names it, and the drift alerts go (drift is unknown, not stale).
+        await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized"}})
+
+        async def unknown() -> bool:
+            return names(await firing(port)) == {("BitbucketMirrorDriftUnknown", "sydney")}
+
+        await wait_until(unknown, 30, "DriftUnknown alone")
+        (alert,) = await firing(port)
+        assert alert["annotations"]["description"].endswith(" sydney repo_sync_status: http_401.")

@@ -201,3 +201,18 @@ def test_warnings_for_a_token_on_a_mirror_and_a_timeout_longer_than_the_interval
 
 def test_no_warnings_for_a_plain_config() -> None:
     assert load_settings(FIXTURES / "valid" / "minimal.yml").warnings() == []
+
+
+def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_password(tmp_path: Path) -> None:
+    from exporter.client import CREDENTIALS, FetchError, auth_headers
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = tmp_path / "c.yml"
+    config.write_text(f"primary: {{url: https://b.example.com, username: a, password_file: {secret}}}\n")
+    credentials = load_settings(config).primary
+    assert auth_headers(credentials)["Authorization"].startswith("Basic ")
+    secret.write_text("")  # a Secret rotated badly: the poll fails with its own reason, the file named, no content
+    with pytest.raises(FetchError) as caught:
+        auth_headers(credentials)
+    assert caught.value.reason == CREDENTIALS and str(secret) in caught.value.detail and "empty" in caught.value.detail
