@@ -203,35 +203,6 @@ async def test_clock_skew_from_date_headers_equals_the_truth(mirror_skew: float,
         assert set(run.farm.farm.mirrors["sydney"].requests) == set(requests_before)
 
 
-async def test_the_landing_page_shows_failing_and_stale_sources_and_no_stale_state() -> None:
-    async with running_farm(Scenario(repositories=4), ["9.x", "8.x"], interval=INTERVAL) as run:
-        await run.wait_ready()
-        _, healthy = await run.get("/")
-        assert "Every source was polled successfully" in healthy
-        assert healthy.count("<td>fresh</td>") == 2
-        await run.control(
-            "/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized", "status": "unavailable"}}
-        )
-        await until(
-            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0, "sydney's drift stale"
-        )
-        await wait_until(lambda: _stale_status(run), what="sydney's /status values left out as stale")
-        _, page = await run.get("/")
-        sydney = next(line for line in page.splitlines() if line.startswith("<tr><td>sydney</td>"))
-        # Down, no state shown (the last one is stale), drift unknown.
-        assert "<td>down</td><td></td>" in sydney and "<td>unknown</td>" in sydney
-        assert "SYNCHRONIZED" not in sydney
-        assert (
-            "<td>sydney</td><td>repo_sync_status</td><td>failing, values left out (stale)</td><td>http_401</td>" in page
-        )
-        assert "<td>sydney</td><td>status</td><td>failing, values left out (stale)</td><td>http_503</td>" in page
-        assert "<td>frankfurt</td>" in page and "<td>frankfurt</td><td>status</td>" not in page
-
-
-async def _stale_status(run: Running) -> bool:
-    return value(await run.metrics(), "bitbucket_mirror_state", mirror="sydney", state="SYNCHRONIZED") is None
-
-
 def _collect(state: ExporterState, stale_after: float) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(MirrorFarmCollector(state, stale_after=stale_after))
