@@ -17,7 +17,7 @@ from exporter.logs import LEVELS, setup_logging
 from exporter.web_config import WebConfig, load_web_config
 
 PROG = "bitbucket-mirror-exporter"
-COMMANDS = ("run", "demo")
+COMMANDS = ("run", "demo", "rules")
 EXIT_CONFIG = 2
 
 log = logging.getLogger("exporter")
@@ -52,10 +52,16 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules}")
     commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
     demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
     demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
+    rules = commands.add_parser("rules", help="print the Prometheus alert rules, with your own thresholds")
+    rules.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="override a setting"
+    )
+    rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
     return parser
 
 
@@ -137,8 +143,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from alerts.rules import AlertConfig, render
+
+    if args.list:
+        kinds = AlertConfig.kinds()
+        for name, default in asdict(AlertConfig()).items():
+            print(f"{name}={default}  ({kinds[name]})")
+        return 0
+    try:
+        pairs = [item.split("=", 1) for item in args.overrides]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("--set takes NAME=VALUE")
+        config = AlertConfig.with_overrides(dict(pairs))
+    except ValueError as exc:
+        print(f"{PROG} rules: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    text = render(config)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
+    if args.command == "rules":
+        return _rules(args)
     setup_logging(args.log_level)
     if args.command == "demo":
         return _demo(args)

@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.basic_auth import BasicAuth
 from exporter.landing import render as render_landing
+from exporter.runbooks import page as runbook_page
 from exporter.state import ExporterState
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
@@ -67,6 +68,10 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=render_landing(served.state, time.time(), served.stale_after), content_type="text/html")
 
 
+async def runbooks(request: web.Request) -> web.Response:
+    return web.Response(text=runbook_page(), content_type="text/html")
+
+
 async def reload(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.reload is None:
@@ -92,5 +97,6 @@ def make_app(served: Served) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_get("/runbooks", runbooks)
     app.router.add_post("/-/reload", reload)
     return app

@@ -16,8 +16,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from alerts.rules import CHART_TEMPLATE, AlertConfig, alert_names, render_template, rule_groups
 from exporter import __version__
 from exporter.config import settings_from_mapping
+from tests.certs import TestAuthority
 from tests.monitoring_stack import binary
 
 ROOT = Path(__file__).parent.parent
@@ -49,9 +51,7 @@ def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_the_charts_rules_and_dashboards_are_copies_of_the_generated_ones() -> None:
-    assert filecmp.cmp(ROOT / "alerts/bitbucket-mirror.rules.yml", CHART / "files/bitbucket-mirror.rules.yml", False), (
-        "helm/files is stale: run scripts/sync-chart"
-    )
+    assert (ROOT / CHART_TEMPLATE).read_text() == render_template(), "helm/files is stale: run scripts/generate"
     sources = sorted(p.name for p in (ROOT / "dashboards/generated").glob("*.json"))
     assert sorted(p.name for p in (CHART / "files/dashboards").glob("*.json")) == sources
     for name in sources:
@@ -101,8 +101,15 @@ def test_the_rendered_exporter_config_passes_the_exporters_validation(values: Pa
     manifests = render(values)
     [config_map] = [m for m in of_kind(manifests, "ConfigMap") if "config.yml" in m["data"]]
     _secret_files(manifests, tmp_path)
-    # The Secret is mounted at SECRET_DIR in the pod; here its files are in tmp_path.
+    # The Secret is mounted at SECRET_DIR in the pod; here its files are in tmp_path. The CA and client certificate
+    # mounts get real PEM files, since the exporter loads them at start.
     text = config_map["data"]["config.yml"].replace(SECRET_DIR, str(tmp_path))
+    if "/etc/bitbucket-mirror-exporter/ca/" in text:
+        authority = TestAuthority(tmp_path)
+        client = authority.issue("exporter", server=False)
+        text = text.replace("/etc/bitbucket-mirror-exporter/ca/ca.crt", str(authority.ca_file))
+        text = text.replace("/etc/bitbucket-mirror-exporter/client/tls.crt", str(client.cert))
+        text = text.replace("/etc/bitbucket-mirror-exporter/client/tls.key", str(client.key))
     settings = settings_from_mapping(yaml.safe_load(text))
     assert settings.mirrors
 
@@ -201,6 +208,15 @@ def test_the_rule_selector_can_be_changed() -> None:
         ("service.port=70000", "at '/service/port'"),
         ("logLevel=verbose", "at '/logLevel'"),
         ("credentials.pasword=x", "additional properties 'pasword' not allowed"),
+        # The exporter's own configuration, checked with the schema of its pydantic models.
+        ("config.poll.interval_seconds=abc", "at '/config/poll/interval_seconds': got string, want number"),
+        ("config.mirrors[0].nme=x", "at '/config/mirrors/0': additional properties 'nme' not allowed"),
+        ("config.per_repository_metrics=some", "at '/config/per_repository_metrics'"),
+        # Alert settings: durations and counts, and only alerts that exist.
+        ("prometheusRule.config.lag_for=banana", "at '/prometheusRule/config/lag_for'"),
+        ("prometheusRule.config.failed_syncs=-1", "at '/prometheusRule/config/failed_syncs'"),
+        ("prometheusRule.config.lag_fore=5m", "additional properties 'lag_fore' not allowed"),
+        ("prometheusRule.disabled.BitbucketMirrorDwn=true", "additional properties 'BitbucketMirrorDwn' not allowed"),
     ],
 )
 def test_bad_values_fail_the_schema_with_a_clear_message(setting: str, message: str) -> None:
@@ -215,3 +231,83 @@ def test_the_kubernetes_validation_notices_a_misspelt_field() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="securityContxt"):
         kubernetes_validate.validate(deployment, latest_version(), strict=True)
+
+
+def rules_of(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    [rule] = of_kind(manifests, "PrometheusRule")
+    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
+
+
+def test_the_charts_default_rules_are_exactly_the_generated_ones() -> None:
+    manifests = render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true",
+                       f"prometheusRule.runbookUrl={AlertConfig().runbook_url}")  # fmt: skip
+    [rule] = of_kind(manifests, "PrometheusRule")
+    assert rule["spec"] == rule_groups()
+
+
+def test_alerts_are_tunable_disabled_and_labelled_from_values(tmp_path: Path) -> None:
+    rules = rules_of(render(
+        CHART / "ci/minimal-values.yaml",
+        "prometheusRule.enabled=true",
+        "prometheusRule.config.lag_for=7m",
+        "prometheusRule.config.lag_critical_seconds=7200",
+        "prometheusRule.disabled.BitbucketMirrorMetadataDrift=true",
+        "prometheusRule.additionalRuleLabels.team=scm",
+    ))  # fmt: skip
+    names = {r["alert"] for r in rules}
+    assert names == set(alert_names()) - {"BitbucketMirrorMetadataDrift"}
+    lag = [r for r in rules if r["alert"] == "BitbucketMirrorSyncLagHigh"]
+    assert {r["for"] for r in lag} == {"7m"}
+    assert any(r["expr"].endswith("> 7200") for r in lag)
+    assert all(r["labels"]["team"] == "scm" and r["labels"]["severity"] for r in rules)
+    # Prometheus' own templates came through untouched, and promtool accepts the result.
+    assert (
+        "{{ $labels.mirror }}"
+        in next(r for r in rules if r["alert"] == "BitbucketMirrorDown")["annotations"]["description"]
+    )
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": rules}]}))
+    check = subprocess.run(
+        [binary("promtool", "prometheus"), "check", "rules", str(rules_file)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_runbooks_default_to_the_exporters_own_page_in_the_cluster() -> None:
+    rules = rules_of(render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true"))
+    base = "http://mirrors-bitbucket-mirror-exporter.bitbucket.svc:9879/runbooks#"
+    assert all(r["annotations"]["runbook_url"] == base + r["alert"].lower() for r in rules)
+
+
+def test_the_image_repository_is_an_explicit_choice() -> None:
+    result = helm("template", "mirrors", str(CHART), "--set", "config.primary.url=https://b.example.com", check=False)
+    assert result.returncode != 0
+    assert "image.repository is required" in result.stderr
+
+
+def test_what_a_real_install_mounts_ca_web_config_extra_volumes_and_a_password_per_mirror(tmp_path: Path) -> None:
+    manifests = render(CHART / "ci/real-install-values.yaml")
+    [deployment] = of_kind(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["ca"]["secret"] == {
+        "secretName": "corp-ca", "defaultMode": 0o444, "items": [{"key": "ca.crt", "path": "ca.crt"}]
+    }  # fmt: skip
+    assert mounts["ca"]["readOnly"] and mounts["client-cert"]["mountPath"] == "/etc/bitbucket-mirror-exporter/client"
+    assert volumes["client-cert"]["secret"]["secretName"] == "exporter-client-cert"
+    assert "--web.config.file=/etc/bitbucket-mirror-exporter/web/web-config.yml" in container["args"]
+    assert volumes["web-tls"]["secret"]["secretName"] == "exporter-web-tls"
+    assert {"key": "frankfurt-password", "path": "mirror-frankfurt-password"} in volumes["credentials"]["secret"][
+        "items"
+    ]
+    [config_map] = of_kind(manifests, "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["config.yml"])
+    assert config["tls"]["ca_file"] == "/etc/bitbucket-mirror-exporter/ca/ca.crt"
+    assert config["mirrors"][1]["password_file"] == f"{SECRET_DIR}/mirror-frankfurt-password"
+    assert "password_file" not in config["mirrors"][0]
+    [monitor] = of_kind(manifests, "ServiceMonitor")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["serverName"] == "bitbucket-mirror-exporter"
+    assert endpoint["basicAuth"]["username"] == {"name": "exporter-scrape", "key": "user"}

@@ -46,6 +46,8 @@ def test_the_build_stage_builds_the_exporter_wheel_from_the_docker_context(tmp_p
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "bitbucket-mirror-exporter = exporter.cli:main" in whl.read(entry_points).decode()
     assert "exporter/cli.py" in names and "exporter/jmx/query.py" in names and "exporter/simulator/farm.py" in names
+    # `bitbucket-mirror-exporter rules` and the /runbooks page work from the installed package alone.
+    assert "alerts/rules.py" in names and "alerts/runbooks.md" in names
 
 
 def test_the_dockerfile_runs_as_the_charts_non_root_user_on_the_charts_port() -> None:

@@ -46,8 +46,9 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- end -}}
 
 {{- define "bme.image" -}}
+{{- $repository := required "image.repository is required: no public image is published yet; build it (README, Container image) and push it to your registry" .Values.image.repository -}}
 {{- $tag := .Values.image.tag | default (printf "%s%s" .Chart.AppVersion (ternary "-jmx" "" (ne (include "bme.jmx" .) ""))) -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
 
 {{- define "bme.secretDir" -}}/etc/bitbucket-mirror-exporter/secrets{{- end -}}
@@ -65,7 +66,26 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 
 {{- define "bme.anySecret" -}}
 {{- range list "password" "token" "jmxPassword" -}}{{- include "bme.secretKey" (list $ .) -}}{{- end -}}
+{{- if .Values.existingSecret.name -}}{{- range $name, $key := .Values.existingSecret.mirrorPasswordKeys -}}{{ $key }}{{- end -}}{{- end -}}
 {{- end -}}
+
+{{/* (list $text $settings): $text with every __BME_<setting>__ replaced by the setting's value. */}}
+{{- define "bme.fill" -}}
+{{- $text := index . 0 -}}
+{{- range $key, $value := index . 1 -}}
+{{- $text = replace (printf "__BME_%s__" $key) (toString $value) $text -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
+
+{{/* The alerts' runbook base: prometheusRule.runbookUrl, else the exporter's own /runbooks in the cluster. */}}
+{{- define "bme.runbookUrl" -}}
+{{- .Values.prometheusRule.runbookUrl | default (printf "http://%s.%s.svc:%v/runbooks" (include "bme.fullname" .) .Release.Namespace .Values.service.port) -}}
+{{- end -}}
+
+{{- define "bme.caDir" -}}/etc/bitbucket-mirror-exporter/ca{{- end -}}
+{{- define "bme.webDir" -}}/etc/bitbucket-mirror-exporter/web{{- end -}}
+{{- define "bme.webTlsDir" -}}/etc/bitbucket-mirror-exporter/web-tls{{- end -}}
 
 {{/* The exporter configuration: .Values.config with the *_file keys pointed at the mounted Secret. */}}
 {{- define "bme.config" -}}
@@ -79,6 +99,20 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- $_ := set $primary "token_file" (printf "%s/token" $dir) -}}
 {{- end -}}
 {{- $_ := set $config "primary" $primary -}}
+{{- if .Values.existingSecret.name -}}
+{{- range $config.mirrors -}}
+{{- if hasKey $.Values.existingSecret.mirrorPasswordKeys .name -}}
+{{- $_ := set . "password_file" (printf "%s/mirror-%s-password" $dir .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.tls.caSecret.name -}}
+{{- $tls := $config.tls | default dict -}}
+{{- if not $tls.ca_file -}}
+{{- $_ := set $tls "ca_file" (printf "%s/%s" (include "bme.caDir" .) .Values.tls.caSecret.key) -}}
+{{- end -}}
+{{- $_ := set $config "tls" $tls -}}
+{{- end -}}
 {{- if include "bme.secretKey" (list . "jmxPassword") -}}
 {{- range $config.mirrors -}}
 {{- if and .jmx (not (hasKey .jmx "password")) (not (hasKey .jmx "password_file")) -}}
