@@ -151,7 +151,8 @@ def render(state: ExporterState, now: float, stale_after: float) -> str:
 <body>
 <h1>Bitbucket Mirror Exporter</h1>
 <p>Version {html.escape(__version__)}. <a href="metrics">Metrics</a> · <a href="runbooks">Runbooks</a> ·
-<a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a>. Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.</p>
+<a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a>.
+Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.</p>
 <table id="targets">
 {header}
 {body}
