@@ -4,6 +4,7 @@ grafanalib still writes removed."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
+from alerts.rules import alert_names
 from dashboards import exporter_health, overview, repository_drift, sync_performance
+from dashboards.variables import RUNBOOKS
 
 GENERATED = Path(__file__).parent / "generated"
 
@@ -38,8 +41,18 @@ def _without(mapping: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k not in keys}
 
 
+def runbook_links(description: str) -> list[dict[str, Any]]:
+    """A link to the runbook of each alert the panel's description names: the alert-backed panels."""
+    named = [name for name in alert_names() if re.search(rf"\b{name}\b", description)]
+    return [
+        {"title": f"Runbook: {name}", "url": f"${{{RUNBOOKS}}}#{name.lower()}", "targetBlank": True} for name in named
+    ]
+
+
 def _panel(panel: dict[str, Any]) -> dict[str, Any]:
     panel = _without(panel, LEGACY_PANEL_KEYS)
+    if panel["type"] != "row" and (links := runbook_links(panel.get("description", ""))):
+        panel["links"] = [*panel.get("links", []), *links]
     if panel["type"] == "row":
         panel = {k: v for k, v in panel.items() if k in ROW_ONLY_KEYS}
         panel["panels"] = [_panel(p) for p in panel["panels"]]
@@ -54,7 +67,7 @@ def _panel(panel: dict[str, Any]) -> dict[str, Any]:
 def _template(template: dict[str, Any]) -> dict[str, Any]:
     template = _without(template, LEGACY_TEMPLATE_KEYS)
     current = template["current"]
-    del current["tags"]
+    current.pop("tags", None)
     if current["value"] == "$__all":
         current["text"] = "All"
     return template

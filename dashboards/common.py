@@ -24,7 +24,16 @@ def dashboard(
         description=description,
         tags=TAGS,
         panels=grid_panels,
-        templating=g.Templating([variables.datasource(), variables.job(), variables.mirror(), *extra]),
+        templating=g.Templating(
+            [
+                variables.datasource(),
+                variables.cluster(),
+                variables.job(),
+                variables.mirror(),
+                *extra,
+                variables.runbooks(),
+            ]
+        ),
         links=[
             g.DashboardLink(
                 title="Bitbucket mirror dashboards",

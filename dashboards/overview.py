@@ -7,9 +7,12 @@ from grafanalib import core as g
 from dashboards import thresholds as t
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
+    DATASOURCE,
+    TARGET,
     UP_MAPPING,
     UP_THRESHOLDS,
     ZERO_IS_GOOD,
+    AlertList,
     Column,
     Grid,
     Query,
@@ -86,22 +89,42 @@ def mirrors_table() -> g.Table:
     )
 
 
+def alert_list() -> AlertList:
+    """The exporter's alerts firing or pending now, from the Prometheus data source's rules."""
+    # grafanalib's Panel fields are unknown to mypy.
+    return AlertList(  # type: ignore[call-arg]
+        title="Firing alerts",
+        description="BitbucketMirror* alerts firing or pending in Prometheus (the data source's alert rules); each "
+        "has a runbook at the Runbooks variable's address.",
+        dataSource=DATASOURCE,
+        label_filter='{alertname=~"BitbucketMirror.*"}',
+    )
+
+
 def dashboard() -> g.Dashboard:
     grid = Grid()
     grid.line(
         [
-            stat("Mirrors up", "Mirrors whose /status answers.", Query(f"sum({mirror_sel('bitbucket_mirror_up')})"),
-                 "short"),
+            stat(
+                "Mirrors up",
+                "One box per mirror: up while its /status answers, down (red) when it does not "
+                "(BitbucketMirrorDown).",
+                Query(by_mirror(mirror_sel("bitbucket_mirror_up")), "{{mirror}}"),
+                "none",
+                UP_THRESHOLDS,
+                UP_MAPPING,
+            ),
             stat(
                 "Mirrors not synchronized",
-                "Mirrors whose /status reports a state other than SYNCHRONIZED.",
+                "Mirrors whose /status reports a state other than SYNCHRONIZED (BitbucketMirrorNotSynchronized).",
                 Query(f"sum({mirror_sel('bitbucket_mirror_state', NOT_SYNCHRONIZED)})"),
                 "short",
                 ZERO_IS_GOOD,
             ),
             stat(
                 "Repositories out of sync",
-                "Repositories whose content differs from the primary, summed over the selected mirrors.",
+                "Repositories whose content differs from the primary, summed over the selected mirrors "
+                "(BitbucketMirrorRepositoriesOutOfSync once one has differed long enough).",
                 Query(f"sum({mirror_sel('bitbucket_mirror_repositories_out_of_sync', CONTENT)})"),
                 "short",
                 ZERO_IS_GOOD,
@@ -116,7 +139,8 @@ def dashboard() -> g.Dashboard:
             ),
             stat(
                 "Failing repositories",
-                "Repositories whose last syncs failed (failedSyncCount > 0), summed over the selected mirrors.",
+                "Repositories whose last syncs failed (failedSyncCount > 0), summed over the selected mirrors "
+                "(BitbucketMirrorRepositorySyncFailing).",
                 Query(f"sum({mirror_sel('bitbucket_mirror_repositories_failing')})"),
                 "short",
                 ZERO_IS_GOOD,
@@ -131,6 +155,40 @@ def dashboard() -> g.Dashboard:
         height=4,
     )  # fmt: skip
     grid.add(mirrors_table(), 24, 8)
+    last_success = sel("bitbucket_mirror_exporter_last_success_timestamp_seconds", TARGET)
+    failing = f"max by (target, source) ({sel('bitbucket_mirror_exporter_poll_success', TARGET)} == 0)"
+    failing_sources = table(
+        "Failing or stale sources",
+        "Each endpoint whose last poll failed, with how long ago it last succeeded; the exporter's landing page (/) "
+        "shows the reason. Empty when every poll succeeds.",
+        [Query(f"max by (target, source) (time() - {last_success}) and on (target, source) {failing}")],
+        [Column("target", "Target", "string"), Column("source", "Source", "string"),
+         Column("Value", "Last good poll", "s", ZERO_IS_GOOD)],
+        sort_by="Last good poll",
+    )  # fmt: skip
+    grid.line(
+        [
+            stat(
+                "Sources failing",
+                "Endpoints whose last poll failed, over the primary and the selected mirrors: their values are served "
+                "for poll.stale_after_seconds, then left out (BitbucketMirrorExporterPollFailing).",
+                Query(f"count({sel('bitbucket_mirror_exporter_poll_success', TARGET)} == 0) or vector(0)"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Mirrors with unknown drift",
+                "Mirrors whose drift and lag cannot be computed from fresh listings: their drift alerts cannot fire "
+                "(BitbucketMirrorDriftUnknown).",
+                Query(f"count({mirror_sel('bitbucket_mirror_drift_fresh')} == 0) or vector(0)"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            failing_sources,
+            alert_list(),
+        ],
+        height=5,
+    )
     grid.row("Trends")
     grid.line(
         [

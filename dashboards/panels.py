@@ -15,6 +15,9 @@ import attr
 from grafanalib import core as g
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Optional: Prometheus setups that label each cluster's series with `cluster` pick one; "All" (.*) also matches series
+# without the label.
+CLUSTER = 'cluster=~"$cluster"'
 JOB = 'job=~"$job"'
 MIRROR = 'mirror=~"$mirror"'
 NODE = 'node=~"$node"'
@@ -24,8 +27,8 @@ RATE_WINDOW = "[$__rate_interval]"
 
 
 def sel(metric: str, *matchers: str) -> str:
-    """``metric{job=~"$job", ...}``: a selector scoped to the dashboard's job."""
-    return f"{metric}{{{', '.join((JOB, *matchers))}}}"
+    """``metric{cluster=~"$cluster", job=~"$job", ...}``: a selector scoped to the dashboard's cluster and job."""
+    return f"{metric}{{{', '.join((CLUSTER, JOB, *matchers))}}}"
 
 
 def mirror_sel(metric: str, *matchers: str) -> str:
@@ -231,3 +234,27 @@ class Grid:
         for panel in panels:
             self.add(panel, width, height)
         return self
+
+
+@attr.s
+class AlertList(g.Panel):  # type: ignore[misc]
+    """Grafana's alert list panel in its unified-alerting shape (grafanalib's AlertList writes the legacy one): the
+    alerts of the data source's rules whose labels match ``label_filter``, firing or pending."""
+
+    label_filter: str = attr.ib(default="")
+
+    def to_json_data(self) -> dict[str, Any]:
+        options = {
+            "viewMode": "list",
+            "groupMode": "default",
+            "groupBy": [],
+            "maxItems": 20,
+            "sortOrder": 1,
+            "dashboardAlerts": False,
+            "alertName": "",
+            "alertInstanceLabelFilter": self.label_filter,
+            "datasource": "${datasource}",
+            "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False, "error": True},
+        }
+        data: dict[str, Any] = self.panel_json({"type": "alertlist", "options": options})
+        return data

@@ -28,7 +28,8 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def data_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    return (p for p in panels(dashboard) if p["type"] != "row")
+    """Panels that draw the exporter's metrics (not rows, and not the alert list, which reads the rules)."""
+    return (p for p in panels(dashboard) if p["type"] not in ("row", "alertlist"))
 
 
 @dataclass(frozen=True)

@@ -137,13 +137,20 @@ def test_variables() -> None:
     for name, dashboard in DASHBOARDS.items():
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-        assert variables["job"]["query"] == "label_values(bitbucket_mirror_exporter_build_info, job)"
-        mirror = variables["mirror"]
-        assert (mirror["multi"], mirror["includeAll"], mirror["allValue"]) == (True, True, ALL), name
-        assert 'job=~"$job"' in mirror["query"]
+        assert (
+            variables["job"]["query"] == 'label_values(bitbucket_mirror_exporter_build_info{cluster=~"$cluster"}, job)'
+        )
+        # Several exporters (one per farm, an HA pair) together; a cluster label where Prometheus has one.
+        for multi in ("cluster", "job", "mirror"):
+            assert (variables[multi]["multi"], variables[multi]["includeAll"]) == (True, True), (name, multi)
+        assert variables["mirror"]["allValue"] == ALL and variables["job"]["allValue"] == ALL
+        assert variables["cluster"]["allValue"] == ".*", "All must match series without a cluster label"
+        assert 'job=~"$job"' in variables["mirror"]["query"]
+        assert variables["runbooks"]["type"] == "textbox"
+        assert variables["runbooks"]["query"] == AlertConfig().runbook_url
         exprs = [q.expr for q in queries() if q.dashboard == name]
         for variable in variables:
-            if variable != "datasource":
+            if variable not in ("datasource", "runbooks"):
                 assert any(f"${variable}" in e for e in exprs), f"{name}: ${variable} unused"
     node = {v["name"]: v for v in DASHBOARDS["sync-performance.json"]["templating"]["list"]}["node"]
     assert node["multi"] and 'mirror=~"$mirror"' in node["query"]
@@ -191,3 +198,30 @@ def test_alerts_named_in_descriptions_exist_and_table_links_point_at_a_dashboard
                 for prop in override["properties"]:
                     for link in prop["value"] if prop["id"] == "links" else []:
                         assert re.match(r"/d/([\w-]+)\?", link["url"])[1] in uids  # type: ignore[index]
+
+
+def test_every_alert_backed_panel_links_to_its_runbook() -> None:
+    linked: set[str] = set()
+    for name, dashboard in DASHBOARDS.items():
+        for panel in data_panels(dashboard):
+            named = set(re.findall(r"\bBitbucketMirror\w+", panel.get("description", "")))
+            links = {link["url"] for link in panel.get("links", [])}
+            for alert in named:
+                assert "${runbooks}#" + alert.lower() in links, f"{name} / {panel['title']}: no runbook for {alert}"
+            linked |= named
+    # The alerts a dashboard can show are all linked somewhere.
+    shown = {"BitbucketMirrorDown", "BitbucketMirrorSyncLagHigh", "BitbucketMirrorRepositoriesOutOfSync",
+             "BitbucketMirrorRepositorySyncFailing", "BitbucketMirrorDriftUnknown",
+             "BitbucketMirrorExporterPollFailing"}  # fmt: skip
+    assert shown <= linked
+
+
+def test_the_overview_shows_mirrors_down_in_red_failing_sources_and_firing_alerts() -> None:
+    overview = {p["title"]: p for p in panels(DASHBOARDS["mirror-farm-overview.json"])}
+    up = overview["Mirrors up"]
+    assert [s["color"] for s in up["fieldConfig"]["defaults"]["thresholds"]["steps"]] == ["red", "green"]
+    assert "by (mirror)" in up["targets"][0]["expr"] and up["targets"][0]["legendFormat"] == "{{mirror}}"
+    assert {"Sources failing", "Mirrors with unknown drift", "Failing or stale sources"} <= set(overview)
+    alerts = overview["Firing alerts"]
+    assert alerts["type"] == "alertlist"
+    assert alerts["options"]["alertInstanceLabelFilter"] == '{alertname=~"BitbucketMirror.*"}'

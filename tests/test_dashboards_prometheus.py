@@ -3,6 +3,7 @@ from a real JVM: each one parses and evaluates, and returns data, as Grafana wou
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from dashboards.preview import draw_all
 from exporter.simulator import Scenario, SimulatedFarm
 from tests.conftest import running_farm, wait_until
 from tests.dashboard_json import PanelQuery, generated, queries
@@ -21,7 +23,8 @@ JOB = "bitbucket-mirror-exporter"
 # What Grafana puts in for the variables: a multi-value selection becomes a regex alternation, and
 # $__rate_interval is four scrape intervals (Prometheus scrapes every second here).
 VARIABLES = {
-    "job": JOB,
+    "cluster": ".*",  # All: matches series without a cluster label
+    "job": f"({JOB})",
     "mirror": "(sydney|frankfurt)",
     "node": "(node-a|node-b)",
     "__rate_interval": "4s",
@@ -129,7 +132,17 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
                 assert not failing, "\n".join(failing)
 
             variables = {v["name"]: v for d in generated().values() for v in d["templating"]["list"]}
+            assert await api.label_values(variables["cluster"]["query"]) == []  # optional: no cluster label here
             assert await api.label_values(variables["job"]["query"]) == [JOB]
             assert await api.label_values(variables["mirror"]["query"]) == ["frankfurt", "sydney"]
             assert await api.label_values(variables["node"]["query"]) == ["node-a", "node-b"]
+
+            # The previews (docs/dashboards/) drawn from this Prometheus: every data panel gets its series.
+            base = f"http://{LOOPBACK}:{port}"
+            drawn = await asyncio.to_thread(draw_all, generated(), base, VARIABLES, tmp_path / "previews")
+            for name, panels in drawn.items():
+                png = tmp_path / "previews" / name.replace(".json", ".png")
+                assert png.stat().st_size > 20_000, name
+                empty = [title for title, count in panels.items() if not count and title != "Firing alerts"]
+                assert not empty, f"{name}: drawn without data: {empty}"
     assert len(panel_queries) > 50
