@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 import time
 from dataclasses import dataclass
@@ -14,21 +15,21 @@ from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__
-from exporter.api import MirrorApi, PrimaryApi
-from exporter.basic_auth import BasicAuth
-from exporter.client import BitbucketClient
-from exporter.collector import MirrorFarmCollector
 from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, Settings
 from exporter.jmx.poller import JmxPoller
-from exporter.models import MirrorServer
-from exporter.poller import MirrorPoller, PrimaryPoller, poll_forever
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
+from exporter.rest.api import MirrorApi, PrimaryApi, normalize_url
+from exporter.rest.client import BitbucketClient
+from exporter.rest.collector import MirrorFarmCollector
+from exporter.rest.models import MirrorServer
+from exporter.rest.poller import MirrorPoller, PrimaryPoller
+from exporter.sources import poll_forever
 from exporter.state import ExporterState, MirrorState, PrimaryState
 from exporter.tls import load_pair
-from exporter.urls import normalize_url
-from exporter.web import Served, make_app
-from exporter.web_config import FLAG as WEB_FLAG
-from exporter.web_config import WebConfig
+from exporter.web.auth import BasicAuth
+from exporter.web.config import FLAG as WEB_FLAG
+from exporter.web.config import WebConfig
+from exporter.web.server import Served, make_app
 
 log = logging.getLogger("exporter")
 
@@ -298,6 +299,15 @@ class Exporter:
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("exporter stopped")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so the running coroutine can shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 async def serve_until_stopped(exporter: Exporter, stop: asyncio.Event) -> None:

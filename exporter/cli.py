@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
-from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped
+from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped, stop_on_signals
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.logs import LEVELS, setup_logging
-from exporter.web_config import WebConfig, load_web_config
+from exporter.web.config import WebConfig, load_web_config
 
 PROG = "bitbucket-mirror-exporter"
-COMMANDS = ("run", "demo", "rules")
+COMMANDS = ("run", "demo", "rules", "check-config")
 EXIT_CONFIG = 2
 
 log = logging.getLogger("exporter")
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config}")
     commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
     demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
     demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
     rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="check the configuration (file, environment, web config) and exit: 0 when valid, 2 when not",
+    )
     return parser
 
 
@@ -80,15 +85,6 @@ def load_configs(args: argparse.Namespace) -> tuple[Settings, WebConfig]:
     for warning in settings.warnings():
         log.warning("config warning", extra={"warning": warning})
     return settings, web_config
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM, so the running coroutine can shut down cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 def reload_on_sighup(exporter: Exporter) -> None:
@@ -169,10 +165,27 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """For CI pipelines and chart hooks: the same loading as a start, with nothing polled or served."""
+    try:
+        settings, web_config = load_configs(args)
+    except ConfigError as exc:
+        return _config_error(exc)
+    print(
+        f"{PROG}: config OK: primary {settings.primary.url}, {len(settings.mirrors)} mirror(s), "
+        f"poll every {settings.poll.interval_seconds:g}s"
+        + (", web config with TLS" if web_config.tls_server_config is not None else "")
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     if args.command == "rules":
         return _rules(args)
+    if args.command == "check-config":
+        setup_logging(args.log_level)
+        return _check_config(args)
     setup_logging(args.log_level)
     if args.command == "demo":
         return _demo(args)

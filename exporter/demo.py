@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from exporter.app import Exporter, ListenAddress
-from exporter.cli import stop_on_signals
+from exporter.app import Exporter, ListenAddress, stop_on_signals
 from exporter.config import settings_from_mapping
 from exporter.simulator import Scenario, SimulatedFarm
-from exporter.web_config import WebConfig
+from exporter.web.config import WebConfig
 
 log = logging.getLogger("exporter.demo")
 

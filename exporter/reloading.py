@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.config import Settings
-from exporter.web_config import WebConfig
+from exporter.web.config import WebConfig
 
 # Reads the configuration (file and environment) and the web config again; raises ConfigError when invalid.
 ConfigLoader = Callable[[], tuple[Settings, WebConfig]]

@@ -10,46 +10,19 @@ metrics ride over a failed poll or two; past that the collector leaves them out 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from exporter.api import Layout
-from exporter.client import ClockReading
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
-from exporter.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
+from exporter.rest.api import Layout
+from exporter.rest.client import ClockReading
+from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
+from exporter.sources import SourceState
 
 T = TypeVar("T")
 
 # Known mirror /status states, exported at 0 even before they are seen so alerts can compare against them.
 KNOWN_MIRROR_STATES = ("SYNCHRONIZED", "METADATA_SYNCHRONIZED", "BOOTSTRAPPED", "STARTING", "UNKNOWN")
-
-
-@dataclass
-class SourceState(Generic[T]):
-    """One endpoint (or small group of endpoints) of one target: the last good value and how polling went."""
-
-    value: T | None = None
-    success: bool | None = None  # None until the first poll finished
-    duration_seconds: float = 0.0
-    last_success_timestamp: float | None = None
-    # When ``value`` was learned: the last success, or a failed answer that still told something (a starting
-    # mirror's 503 carries its state).
-    value_timestamp: float | None = None
-    error_reason: str | None = None
-    errors_total: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def polled(self) -> bool:
-        return self.success is not None
-
-    def fresh(self, now: float, stale_after: float) -> T | None:
-        """The value, if it was learned at most ``stale_after`` seconds before ``now``; else None (not served)."""
-        if self.value is None or self.value_timestamp is None or now - self.value_timestamp > stale_after:
-            return None
-        return self.value
-
-    def age(self, now: float) -> float | None:
-        return None if self.value_timestamp is None else now - self.value_timestamp
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
 from exporter.reloading import ConfigLoader
 from exporter.simulator import Scenario, SimulatedFarm
-from exporter.web_config import WebConfig
+from exporter.web.config import WebConfig
 from tests.jmx_node import compile_fake_node
 
 LOOPBACK = "127.0.0.1"

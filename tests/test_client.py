@@ -15,8 +15,9 @@ from aiohttp import web
 from pydantic import SecretStr
 from yarl import URL
 
-from exporter.client import BitbucketClient, FetchError
 from exporter.config import Credentials, PollConfig
+from exporter.rest.client import BitbucketClient
+from exporter.sources import FetchError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -204,7 +204,8 @@ def test_no_warnings_for_a_plain_config() -> None:
 
 
 def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_password(tmp_path: Path) -> None:
-    from exporter.client import CREDENTIALS, FetchError, auth_headers
+    from exporter.rest.client import auth_headers
+    from exporter.sources import CREDENTIALS, FetchError
 
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
@@ -216,3 +217,13 @@ def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_p
     with pytest.raises(FetchError) as caught:
         auth_headers(credentials)
     assert caught.value.reason == CREDENTIALS and str(secret) in caught.value.detail and "empty" in caught.value.detail
+
+
+@pytest.mark.parametrize("path", [FIXTURES / "valid" / "full.yml", *INVALID[:3]], ids=lambda p: p.stem)
+def test_check_config_exits_0_for_a_valid_file_and_2_naming_the_key_otherwise(path: Path) -> None:
+    result = _cli(["check-config", "--config", str(path)], {})
+    if path.parent.name == "valid":
+        assert result.returncode == 0 and "config OK: primary https://bitbucket.example.com/context" in result.stdout
+    else:
+        assert result.returncode == 2
+        assert f"config error: {expected_key(path)}:" in result.stderr

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from alerts.rules import alert_names
-from exporter import client
+from exporter.rest import client
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import MirrorFarmCollector
 from exporter.jmx.reading import NodeReading
+from exporter.rest.collector import MirrorFarmCollector
 from exporter.simulator import Scenario, SimulatedFarm
-from exporter.state import ExporterState, JmxNodeState, MirrorState, PrimaryState, RepoSyncSummary, SourceState
+from exporter.sources import SourceState
+from exporter.state import ExporterState, JmxNodeState, MirrorState, PrimaryState, RepoSyncSummary
 from tests.conftest import Running, Samples, running_farm, value, wait_until
 
 INTERVAL = 0.2

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from alerts.rules import AlertConfig, alert_names, render
-from exporter.runbooks import anchor, page
+from exporter.web.runbooks import anchor, page
 from tests.conftest import running_farm
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from pathlib import Path
 import jmxquery
 import pytest
 
-from exporter.client import FetchError
 from exporter.jmx.config import JmxMatch, TimerAttributes
 from exporter.jmx.query import JmxRow, classify_failure, jmxquery_command, parse_rows, run_jmxquery
 from exporter.jmx.reading import key_property, per_second, read_node, unit_seconds
+from exporter.sources import FetchError
 from tests.conftest import wait_until
 from tests.jmx_node import (
     FARM_VET,

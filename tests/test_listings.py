@@ -9,9 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from exporter import listings
-from exporter.client import INVALID_JSON, INVALID_RESPONSE, FetchError
-from exporter.listings import (
+from exporter.rest import listings
+from exporter.rest.listings import (
     Hashes,
     PrimaryRepositoryRow,
     ProjectRow,
@@ -21,6 +20,7 @@ from exporter.listings import (
     decode_sync_status_page,
     sync_seconds,
 )
+from exporter.sources import INVALID_JSON, INVALID_RESPONSE, FetchError
 
 EPOCH_2024 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 CONTENT, METADATA = "a" * 64, "b" * 64

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter.client import FetchError
-from exporter.models import (
+from exporter.rest.models import (
     ClusterNode,
     FarmSyncRequest,
     MirrorServer,
@@ -17,8 +16,10 @@ from exporter.models import (
     UpstreamServer,
     epoch_number_seconds,
     parse_count,
+    parse_list,
+    parse_model,
 )
-from exporter.parsing import parse_list, parse_model
+from exporter.sources import FetchError
 
 EPOCH_2024 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 

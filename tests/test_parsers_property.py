@@ -21,13 +21,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.api import MirrorApi, PrimaryApi
-from exporter.client import BitbucketClient, FetchError, Page, _retry_after_seconds, decode_body, parse_json, parse_page
 from exporter.config import Credentials
 from exporter.jmx.config import JmxMatch, TimerAttributes
 from exporter.jmx.query import classify_failure, parse_rows
 from exporter.jmx.reading import read_node
-from exporter.listings import decode_repository_page, decode_sync_status_page, sync_seconds
+from exporter.rest.api import MirrorApi, PrimaryApi
+from exporter.rest.client import BitbucketClient, Page, _retry_after_seconds, decode_body, parse_json, parse_page
+from exporter.rest.listings import decode_repository_page, decode_sync_status_page, sync_seconds
+from exporter.sources import FetchError
 
 # Every field name the models, listings and JMX reader look at, so generated objects hit real fields.
 KEYS = [

@@ -17,7 +17,7 @@ import yaml
 
 from exporter.config import ConfigError, Settings
 from exporter.simulator import Scenario
-from exporter.web_config import WebConfig, load_web_config
+from exporter.web.config import WebConfig, load_web_config
 from tests.certs import TestAuthority
 from tests.conftest import LOOPBACK, parse_metrics, running_farm, value, wait_until
 from tests.monitoring_stack import prometheus

@@ -12,7 +12,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
-from exporter.source_metrics import SourceFamilies
+from exporter.sources import SourceFamilies
 from exporter.state import MirrorState
 
 JMX_CACHED = (

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from exporter.jmx.config import JmxConfig, JmxCredentials
 from exporter.jmx.query import jmxquery_command, run_jmxquery
 from exporter.jmx.reading import NodeReading, read_node
-from exporter.poller import poll_forever, run_source
+from exporter.sources import poll_forever, run_source
 from exporter.state import JmxNodeState, MirrorState
 
 log = logging.getLogger("exporter.jmx")

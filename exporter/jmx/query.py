@@ -18,7 +18,7 @@ from typing import Any
 
 import jmxquery
 
-from exporter.client import FetchError
+from exporter.sources import FetchError
 
 # Enough to tell what went wrong; the JVM's stderr can be a long stack trace.
 _DETAIL_CHARS = 300

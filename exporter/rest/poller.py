@@ -9,79 +9,27 @@ its own: one failing endpoint never blocks another, and a failed source keeps it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
-from exporter.api import ApiFamily, Layout, MirrorApi, PrimaryApi
-from exporter.client import FetchError
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo
-from exporter.freeing import free_later
-from exporter.listings import sync_seconds
-from exporter.models import MirrorServer, MirrorStatus
-from exporter.state import DelayedSync, MirrorState, PrimaryState, RefQueue, RepoSyncSummary, SourceState
+from exporter.rest.api import ApiFamily, Layout, MirrorApi, PrimaryApi
+from exporter.rest.listings import sync_seconds
+from exporter.rest.models import MirrorServer, MirrorStatus
+from exporter.sources import FetchError, FirstCycle, free_later, run_source
+from exporter.state import DelayedSync, MirrorState, PrimaryState, RefQueue, RepoSyncSummary
 
 log = logging.getLogger("exporter.poller")
 
 T = TypeVar("T")
 
-UNEXPECTED = "unexpected"
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
-
-
-async def run_source(target: str, name: str, state: SourceState[T], fetch: Callable[[], Awaitable[T]]) -> None:
-    """Run one fetch, record its outcome and log only when the source's health changes."""
-    started = time.monotonic()
-    try:
-        value = await fetch()
-    except FetchError as exc:
-        _record_failure(target, name, state, exc.reason, exc.detail)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        # A bug must not kill the poll loop; count it and keep serving the last good values.
-        _record_failure(target, name, state, UNEXPECTED, type(exc).__name__)
-        log.debug("unexpected error", extra={"target": target, "source": name}, exc_info=True)
-    else:
-        if state.success is False:
-            log.info("poll recovered", extra={"target": target, "source": name, "after": state.error_reason})
-        previous, state.value = state.value, value
-        free_later(previous)
-        del previous
-        state.success = True
-        state.error_reason = None
-        state.last_success_timestamp = state.value_timestamp = time.time()
-    finally:
-        state.duration_seconds = time.monotonic() - started
-
-
-def _record_failure(target: str, name: str, state: SourceState[Any], reason: str, detail: str) -> None:
-    state.errors_total[reason] = state.errors_total.get(reason, 0) + 1
-    if state.success is not False or state.error_reason != reason:
-        log.warning("poll failed", extra={"target": target, "source": name, "reason": reason, "detail": detail})
-    state.success = False
-    state.error_reason = reason
-
-
-class FirstCycle:
-    """Lets another poller wait, boundedly, for this one's first cycle instead of skipping a cycle of its own."""
-
-    def __init__(self, wait_seconds: float) -> None:
-        self._done = asyncio.Event()
-        self._wait_seconds = wait_seconds
-
-    def set(self) -> None:
-        self._done.set()
-
-    async def wait(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), timeout=self._wait_seconds)
 
 
 class PrimaryListings:
@@ -341,28 +289,3 @@ class PrimaryPoller:
         s.cycles += 1
         if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
             self._on_mirror_servers(s.mirror_servers.value)
-
-
-class Poller(Protocol):
-    async def poll_once(self) -> None: ...
-
-
-def next_start(now: float, interval: float, anchor: float) -> float:
-    """The first time at or after ``now`` on the grid ``anchor + k * interval``."""
-    return anchor + math.ceil((now - anchor) / interval) * interval
-
-
-async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None) -> None:
-    """Poll now, then every ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles
-    start on the grid ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that
-    overruns skips to the next grid point); without one, ``interval`` after the start of the previous cycle."""
-    while not stop.is_set():
-        started = time.monotonic()
-        await poller.poll_once()
-        now = time.monotonic()
-        wake = next_start(now, interval, anchor) if anchor is not None else started + interval
-        if wake <= started:  # a cycle shorter than the clock's resolution: never poll twice in one slot
-            wake += interval
-        if wake > now:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wake - now)

@@ -15,9 +15,11 @@ differ from them, the models accept more than the specs promise (see docs/assump
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from exporter.sources import INVALID_RESPONSE, FetchError
 
 # Dates Python can hold (years 1 to 9999): anything outside is a broken answer, not a date to compare.
 _EARLIEST, _LATEST = datetime.min.replace(tzinfo=UTC).timestamp(), datetime.max.replace(tzinfo=UTC).timestamp()
@@ -245,3 +247,23 @@ def parse_repository_ids(body: Any) -> list[str]:
             raise ValueError("not a repository id")
         ids.append(str(item))
     return ids
+
+
+# --- Turning decoded JSON into these models, failing with the client's own error ------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise FetchError(INVALID_RESPONSE, f"{what}: {where}: {first['msg']}") from None
+
+
+def parse_list(model: type[M], data: Any, what: str) -> list[M]:
+    if not isinstance(data, list):
+        raise FetchError(INVALID_RESPONSE, f"{what}: expected a JSON array")
+    return [parse_model(model, item, what) for item in data]

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 from pydantic import BaseModel
 
-from exporter.client import INVALID_JSON, INVALID_RESPONSE, FetchError, Page, parse_page
-from exporter.models import EnrichedRepository, RepoSyncStatus, epoch_number_seconds
-from exporter.parsing import parse_model
+from exporter.rest.client import Page, parse_page
+from exporter.rest.models import EnrichedRepository, RepoSyncStatus, epoch_number_seconds, parse_model
+from exporter.sources import INVALID_JSON, INVALID_RESPONSE, FetchError
 
 R = TypeVar("R")
 M = TypeVar("M", bound=BaseModel)

@@ -1,7 +1,7 @@
 """An async Bitbucket REST client on one aiohttp session.
 
-Every failure becomes a FetchError with a short, stable ``reason`` (it is the ``reason`` label of
-``bitbucket_mirror_exporter_poll_errors_total``). Messages never contain credentials: auth travels in headers only
+Every failure becomes a FetchError (exporter/sources.py) with a short, stable ``reason`` (it is the ``reason`` label
+of ``bitbucket_mirror_exporter_poll_errors_total``). Messages never contain credentials: auth travels in headers only
 and configured URLs may not carry userinfo.
 """
 
@@ -21,38 +21,24 @@ import aiohttp
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
-
-# Reasons, also documented in docs/metrics.md.
-TIMEOUT = "timeout"
-CONNECT_TIMEOUT = "connect_timeout"
-CONNECTION = "connection"
-DNS = "dns"
-TLS = "tls"
-TOO_LARGE = "too_large"
-HTML_RESPONSE = "html_response"
-INVALID_JSON = "invalid_json"
-INVALID_RESPONSE = "invalid_response"
-PAGE_LOOP = "page_loop"
-PAGE_CAP = "page_cap"
-# A password or token file that cannot be read (or is empty) when a request is made: rotated badly, unmounted.
-CREDENTIALS = "credentials"
-
+from exporter.sources import (
+    CONNECT_TIMEOUT,
+    CONNECTION,
+    CREDENTIALS,
+    DNS,
+    HTML_RESPONSE,
+    INVALID_JSON,
+    INVALID_RESPONSE,
+    PAGE_CAP,
+    PAGE_LOOP,
+    TIMEOUT,
+    TLS,
+    TOO_LARGE,
+    FetchError,
+    http_reason,
+)
 
 T = TypeVar("T")
-
-
-def http_reason(status: int) -> str:
-    return f"http_{status}"
-
-
-class FetchError(Exception):
-    def __init__(self, reason: str, detail: str, status: int | None = None, body: Any = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.status = status
-        # The parsed JSON body of an error response, when it had one (a starting mirror's /status sends its state).
-        self.body = body
 
 
 def auth_headers(credentials: Credentials) -> dict[str, str]:

@@ -12,10 +12,10 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter.basic_auth import BasicAuth
-from exporter.landing import render as render_landing
-from exporter.runbooks import page as runbook_page
 from exporter.state import ExporterState
+from exporter.web.auth import BasicAuth
+from exporter.web.landing import render as render_landing
+from exporter.web.runbooks import page as runbook_page
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})

@@ -13,7 +13,8 @@ from typing import Any
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
-from exporter.state import ExporterState, MirrorState, PrimaryState, SourceState
+from exporter.sources import SourceState
+from exporter.state import ExporterState, MirrorState, PrimaryState
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }

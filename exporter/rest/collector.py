@@ -19,9 +19,9 @@ from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
 from exporter.jmx.collector import jmx_metrics
-from exporter.source_metrics import SourceFamilies
-from exporter.state import ExporterState, SourceState
-from exporter.urls import normalize_url
+from exporter.rest.api import normalize_url
+from exporter.sources import SourceFamilies, SourceState
+from exporter.state import ExporterState
 
 CACHED = (
     " Polled in the background every poll.interval_seconds; scrapes read the last poll, absent once older than "

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from yarl import URL
 
-from exporter.client import INVALID_RESPONSE, BitbucketClient, ClockReading, FetchError
 from exporter.config import Credentials
-from exporter.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
-from exporter.models import (
+from exporter.rest.client import BitbucketClient, ClockReading
+from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
+from exporter.rest.models import (
     ClusterNode,
     DelayedSyncRepository,
     MirrorServer,
@@ -27,9 +28,11 @@ from exporter.models import (
     SyncSettings,
     UpstreamServer,
     parse_count,
+    parse_list,
+    parse_model,
     parse_repository_ids,
 )
-from exporter.parsing import parse_list, parse_model
+from exporter.sources import INVALID_RESPONSE, FetchError
 
 REST = "rest/mirroring/latest"
 DELAYED_SYNC_LIMIT = 100  # the documented maximum
@@ -45,6 +48,17 @@ class Layout:
     family: ApiFamily
     # 8.x only: the id that every mirror-side path is nested under.
     upstream_id: str | None = None
+
+
+def normalize_url(url: str) -> str:
+    """Base-URL comparison: a mirror's URL as configured and as the primary lists it rarely match to the letter, but
+    scheme and host case, default ports and trailing slashes do not matter."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = (parts.hostname or "").lower() + (f":{port}" if port and port != default else "")
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def rest_url(base_url: str, *path: str) -> URL:

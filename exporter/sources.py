@@ -1,0 +1,213 @@
+"""What every polled source shares, REST endpoints and JMX nodes alike: the error a poll fails with and its reasons,
+``SourceState`` (a source's last good value and how polling went), ``run_source`` (one fetch, recorded, logged once
+per change of state), the poll loop, the self-metrics every source renders, and the hand-off of replaced values to a
+freeing thread.
+
+Freshness (docs/metrics.md): a value is served while it was learned at most ``poll.stale_after_seconds`` ago, so
+metrics ride over a failed poll or two; past that the collectors leave them out rather than serve them as current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger("exporter.poller")
+
+T = TypeVar("T")
+
+# Reasons, also documented in docs/metrics.md.
+TIMEOUT = "timeout"
+CONNECT_TIMEOUT = "connect_timeout"
+CONNECTION = "connection"
+DNS = "dns"
+TLS = "tls"
+TOO_LARGE = "too_large"
+HTML_RESPONSE = "html_response"
+INVALID_JSON = "invalid_json"
+INVALID_RESPONSE = "invalid_response"
+PAGE_LOOP = "page_loop"
+PAGE_CAP = "page_cap"
+# A password or token file that cannot be read (or is empty) when a request is made: rotated badly, unmounted.
+CREDENTIALS = "credentials"
+# A bug in the exporter: counted, and the poll loop carries on.
+UNEXPECTED = "unexpected"
+
+
+def http_reason(status: int) -> str:
+    return f"http_{status}"
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, detail: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+        # The parsed JSON body of an error response, when it had one (a starting mirror's /status sends its state).
+        self.body = body
+
+
+@dataclass
+class SourceState(Generic[T]):
+    """One endpoint (or small group of endpoints) of one target: the last good value and how polling went."""
+
+    value: T | None = None
+    success: bool | None = None  # None until the first poll finished
+    duration_seconds: float = 0.0
+    last_success_timestamp: float | None = None
+    # When ``value`` was learned: the last success, or a failed answer that still told something (a starting
+    # mirror's 503 carries its state).
+    value_timestamp: float | None = None
+    error_reason: str | None = None
+    errors_total: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def polled(self) -> bool:
+        return self.success is not None
+
+    def fresh(self, now: float, stale_after: float) -> T | None:
+        """The value, if it was learned at most ``stale_after`` seconds before ``now``; else None (not served)."""
+        if self.value is None or self.value_timestamp is None or now - self.value_timestamp > stale_after:
+            return None
+        return self.value
+
+    def age(self, now: float) -> float | None:
+        return None if self.value_timestamp is None else now - self.value_timestamp
+
+
+# --- Freeing replaced values off the event loop --------------------------------------------------------------------
+# Dropping the last reference to a 100,000-repository snapshot deallocates half a million objects, tens of
+# milliseconds during which the event loop answers no scrape. Handed to this thread instead, the same work is
+# interleaved with the event loop by the interpreter's thread switching (every few milliseconds).
+
+_PENDING: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_STARTED = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def _free_forever() -> None:
+    while True:
+        item = _PENDING.get()
+        del item  # the last reference: deallocation happens here, on this thread
+
+
+def free_later(*items: Any) -> None:
+    """Take over references to ``items``; the caller must hold no other reference for this to help."""
+    global _thread
+    with _STARTED:
+        if _thread is None:
+            _thread = threading.Thread(target=_free_forever, name="free-snapshots", daemon=True)
+            _thread.start()
+    for item in items:
+        _PENDING.put(item)
+
+
+# --- Running a source ---------------------------------------------------------------------------------------------
+
+
+async def run_source(target: str, name: str, state: SourceState[T], fetch: Callable[[], Awaitable[T]]) -> None:
+    """Run one fetch, record its outcome and log only when the source's health changes."""
+    started = time.monotonic()
+    try:
+        value = await fetch()
+    except FetchError as exc:
+        _record_failure(target, name, state, exc.reason, exc.detail)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # A bug must not kill the poll loop; count it and keep serving the last good values.
+        _record_failure(target, name, state, UNEXPECTED, type(exc).__name__)
+        log.debug("unexpected error", extra={"target": target, "source": name}, exc_info=True)
+    else:
+        if state.success is False:
+            log.info("poll recovered", extra={"target": target, "source": name, "after": state.error_reason})
+        previous, state.value = state.value, value
+        free_later(previous)
+        del previous
+        state.success = True
+        state.error_reason = None
+        state.last_success_timestamp = state.value_timestamp = time.time()
+    finally:
+        state.duration_seconds = time.monotonic() - started
+
+
+def _record_failure(target: str, name: str, state: SourceState[Any], reason: str, detail: str) -> None:
+    state.errors_total[reason] = state.errors_total.get(reason, 0) + 1
+    if state.success is not False or state.error_reason != reason:
+        log.warning("poll failed", extra={"target": target, "source": name, "reason": reason, "detail": detail})
+    state.success = False
+    state.error_reason = reason
+
+
+class FirstCycle:
+    """Lets another poller wait, boundedly, for this one's first cycle instead of skipping a cycle of its own."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        self._done = asyncio.Event()
+        self._wait_seconds = wait_seconds
+
+    def set(self) -> None:
+        self._done.set()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), timeout=self._wait_seconds)
+
+
+# --- The poll loop ------------------------------------------------------------------------------------------------
+
+
+class Poller(Protocol):
+    async def poll_once(self) -> None: ...
+
+
+def next_start(now: float, interval: float, anchor: float) -> float:
+    """The first time at or after ``now`` on the grid ``anchor + k * interval``."""
+    return anchor + math.ceil((now - anchor) / interval) * interval
+
+
+async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None) -> None:
+    """Poll now, then every ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles
+    start on the grid ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that
+    overruns skips to the next grid point); without one, ``interval`` after the start of the previous cycle."""
+    while not stop.is_set():
+        started = time.monotonic()
+        await poller.poll_once()
+        now = time.monotonic()
+        wake = next_start(now, interval, anchor) if anchor is not None else started + interval
+        if wake <= started:  # a cycle shorter than the clock's resolution: never poll twice in one slot
+            wake += interval
+        if wake > now:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wake - now)
+
+
+# --- Self-metrics -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFamilies:
+    success: GaugeMetricFamily
+    duration: GaugeMetricFamily
+    last_success: GaugeMetricFamily
+    errors: CounterMetricFamily
+
+    def add(self, labels: list[str], source: SourceState[Any]) -> None:
+        if source.polled:
+            self.success.add_metric(labels, 1.0 if source.success else 0.0)
+            self.duration.add_metric(labels, source.duration_seconds)
+        if source.last_success_timestamp is not None:
+            self.last_success.add_metric(labels, source.last_success_timestamp)
+        for reason, count in sorted(source.errors_total.items()):
+            self.errors.add_metric([*labels, reason], count)
