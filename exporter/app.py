@@ -24,7 +24,7 @@ from exporter.rest.collector import MirrorFarmCollector
 from exporter.rest.models import MirrorServer
 from exporter.rest.poller import MirrorPoller, PrimaryPoller
 from exporter.sources import poll_forever
-from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
 from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
@@ -51,10 +51,15 @@ class ListenAddress:
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
+def policy(settings: Settings) -> Policy:
+    return Policy(settings.per_repository_metrics, settings.max_repository_series, settings.poll.stale_after)
+
+
 def build_state(settings: Settings) -> ExporterState:
     return ExporterState(
         primary=PrimaryState(url=settings.primary.url),
         mirrors=[MirrorState(name=m.name, url=m.url) for m in settings.mirrors],
+        policy=policy(settings),
     )
 
 
@@ -105,17 +110,16 @@ class Polling:
                     poller.first_cycle.wait,
                     self._stop,
                     interval,
-                    max(self.settings.poll.stale_after, 3 * mirror_cfg.jmx.interval_seconds),
+                    max(self.state.policy.stale_after, 3 * mirror_cfg.jmx.interval_seconds),
                 )
                 self._tasks.append(asyncio.create_task(jmx.run()))
 
     def _start_mirror(self, state: MirrorState, credentials: Credentials) -> tuple[MirrorPoller, asyncio.Task[None]]:
         assert self.client is not None and self._primary is not None
-        api = MirrorApi(self.client, state.url, credentials)
-        poll = self.settings.poll
-        keep_all = self.settings.per_repository_metrics == "all"
-        poller = MirrorPoller(state, api, self._primary, keep_all, poll.interval_seconds, poll.stale_after)
-        task = asyncio.create_task(poll_forever(poller, poll.interval_seconds, self._stop, self._anchor))
+        api = MirrorApi(self.client, state.url, credentials, state.name)
+        interval = self.settings.poll.interval_seconds
+        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval)
+        task = asyncio.create_task(poll_forever(poller, interval, self._stop, self._anchor))
         self._tasks.append(task)
         self._mirror_pollers[state.name] = poller
         return poller, task
@@ -167,7 +171,7 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     primary = old.primary if old.primary.url == new.primary.url else new.primary
     kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
     mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
-    return ExporterState(primary=primary, mirrors=mirrors)
+    return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy)
 
 
 class Exporter:
@@ -193,34 +197,24 @@ class Exporter:
         self._loader = loader
         self.reloads = ReloadStatus()
         self._reload_lock = asyncio.Lock()
+        # The one owner of what was learned: the collectors and the pages read it through this object, so a reload
+        # changes this one reference (and the Polling that writes it).
+        self.state = build_state(settings)
         self.registry = CollectorRegistry(auto_describe=True)
-        state = build_state(settings)
-        self._collector = self._farm_collector(settings, state)
-        self.registry.register(self._collector)
+        self.registry.register(MirrorFarmCollector(lambda: self.state))
         self.registry.register(ReloadCollector(self.reloads))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._served = Served(
-            state,
+            lambda: self.state,
             self.registry,
             BasicAuth(self._web_config.basic_auth_users),
             self.reload if loader is not None else None,
-            settings.poll.stale_after,
         )
-        self._polling = Polling(settings, state, resolver)
+        self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
         self.port = listen.port
-
-    @staticmethod
-    def _farm_collector(settings: Settings, state: ExporterState) -> MirrorFarmCollector:
-        return MirrorFarmCollector(
-            state, settings.per_repository_metrics, settings.max_repository_series, settings.poll.stale_after
-        )
-
-    @property
-    def state(self) -> ExporterState:
-        return self._served.state
 
     @property
     def client(self) -> BitbucketClient | None:
@@ -283,15 +277,10 @@ class Exporter:
     async def _apply(self, settings: Settings, web_config: WebConfig) -> None:
         # The old pollers stop first, so no target is ever polled twice at once.
         await self._polling.stop()
-        state = carry_over(self.state, settings)
-        collector = self._farm_collector(settings, state)
-        self.registry.unregister(self._collector)
-        self.registry.register(collector)
-        self._collector, self.settings, self._web_config = collector, settings, web_config
-        self._served.state = state
+        self.state = carry_over(self.state, settings)
+        self.settings, self._web_config = settings, web_config
         self._served.auth = BasicAuth(web_config.basic_auth_users)
-        self._served.stale_after = settings.poll.stale_after
-        self._polling = Polling(settings, state, self._resolver)
+        self._polling = Polling(settings, self.state, self._resolver)
         await self._polling.start()
 
     async def stop(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
-from exporter.rest.api import Layout
+from exporter.rest.api import ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
 from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 from exporter.sources import SourceState
@@ -40,15 +40,6 @@ class RepoSyncSummary:
     newest_last_sync: float | None
 
 
-@dataclass(frozen=True)
-class DelayedSync:
-    """Bitbucket's own list of repositories that missed the sync tolerance, where the version offers one."""
-
-    available: bool
-    endpoint: str  # "delayed-sync" (9.5+), "out-of-sync-repos" (8.x to 9.4, opt-in) or "" (neither)
-    repositories: int | None = None
-
-
 @dataclass
 class JmxNodeState:
     """One mirror node's JMX, polled on its own interval (jmx.interval_seconds)."""
@@ -63,7 +54,7 @@ class JmxNodeState:
 class MirrorState:
     name: str
     url: str
-    layout: Layout | None = None
+    api_family: ApiFamily | None = None
     states_seen: set[str] = field(default_factory=lambda: set(KNOWN_MIRROR_STATES))
     status: SourceState[MirrorStatus] = field(default_factory=SourceState)
     upstream: SourceState[UpstreamServer] = field(default_factory=SourceState)
@@ -106,10 +97,32 @@ class PrimaryState:
         return {"mirror_servers": self.mirror_servers, "repositories": self.repositories}
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How much to render, from the configuration: read by the pollers (what to keep) and the collectors (what to
+    show), and replaced with the state on a reload."""
+
+    # per_repository_metrics: all, unhealthy (drifting, missing or failing) or none.
+    per_repository: str = "unhealthy"
+    max_repository_series: int = 100
+    # poll.stale_after_seconds: how long a value is served after it was learned.
+    stale_after: float = 90.0
+
+    @property
+    def keep_all(self) -> bool:
+        """Whether drift analysis keeps every repository for per-repository series, not only the unhealthy ones."""
+        return self.per_repository == "all"
+
+    def shown(self, repositories: list[T]) -> list[T]:
+        """The repositories that get per-repository series (they come worst first)."""
+        return [] if self.per_repository == "none" else repositories[: self.max_repository_series]
+
+
 @dataclass
 class ExporterState:
     primary: PrimaryState
     mirrors: list[MirrorState]
+    policy: Policy = field(default_factory=Policy)
 
     @property
     def ready(self) -> bool:

@@ -25,6 +25,12 @@ from tests.jmx_node import compile_fake_node
 LOOPBACK = "127.0.0.1"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", help="rewrite tests/unit/golden/ from the current output"
+    )
+
+
 async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 15.0, what: str = "") -> None:
     """Poll ``condition`` every 50 ms until it holds; fail the test after ``within`` seconds."""
     deadline = time.monotonic() + within

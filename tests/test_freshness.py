@@ -17,7 +17,7 @@ from exporter.jmx.reading import NodeReading
 from exporter.rest.collector import MirrorFarmCollector
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.sources import SourceState
-from exporter.state import ExporterState, JmxNodeState, MirrorState, PrimaryState, RepoSyncSummary
+from exporter.state import ExporterState, JmxNodeState, MirrorState, Policy, PrimaryState, RepoSyncSummary
 from tests.conftest import Running, Samples, running_farm, value, wait_until
 
 INTERVAL = 0.2
@@ -204,9 +204,9 @@ async def test_clock_skew_from_date_headers_equals_the_truth(mirror_skew: float,
         assert set(run.farm.farm.mirrors["sydney"].requests) == set(requests_before)
 
 
-def _collect(state: ExporterState, stale_after: float) -> CollectorRegistry:
+def _collect(state: ExporterState) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(MirrorFarmCollector(state, stale_after=stale_after))
+    registry.register(MirrorFarmCollector(lambda: state))
     return registry
 
 
@@ -229,8 +229,9 @@ def test_each_source_is_served_up_to_stale_after_and_not_a_second_longer() -> No
         value=NodeReading(beans=4, timers={}, tickets=[]), success=False, value_timestamp=now - 190
     )
     mirror.jmx_nodes = {"n1": node, "n2": gone}
-    state = ExporterState(primary=PrimaryState(url="https://bitbucket.example.com"), mirrors=[mirror])
-    registry = _collect(state, stale_after=90.0)
+    primary = PrimaryState(url="https://bitbucket.example.com")
+    state = ExporterState(primary=primary, mirrors=[mirror], policy=Policy(stale_after=90.0))
+    registry = _collect(state)
     assert registry.get_sample_value("bitbucket_mirror_farm_nodes", {"mirror": "sydney"}) == 0.0  # 89 s old: served
     assert registry.get_sample_value("bitbucket_mirror_repositories", {"mirror": "sydney"}) is None  # 91 s: not
     assert registry.get_sample_value("bitbucket_mirror_up", {"mirror": "sydney"}) == 0.0  # always served

@@ -7,6 +7,8 @@ in both. The family is detected per mirror: 9.x first, 8.x when 9.x answers 404.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +35,8 @@ from exporter.rest.models import (
     parse_repository_ids,
 )
 from exporter.sources import INVALID_RESPONSE, FetchError
+
+log = logging.getLogger("exporter.poller")
 
 REST = "rest/mirroring/latest"
 DELAYED_SYNC_LIMIT = 100  # the documented maximum
@@ -68,11 +72,34 @@ def rest_url(base_url: str, *path: str) -> URL:
     return url
 
 
+@dataclass(frozen=True)
+class DelayedSync:
+    """Bitbucket's own list of repositories that missed the sync tolerance, where the version offers one."""
+
+    available: bool
+    endpoint: str  # "delayed-sync" (9.5+), "out-of-sync-repos" (8.x to 9.4, opt-in) or "" (neither)
+    repositories: int | None = None
+
+
 class MirrorApi:
-    def __init__(self, client: BitbucketClient, base_url: str, credentials: Credentials) -> None:
+    """One mirror's endpoints. It owns the API family: detected once (one detection in flight, shared by concurrent
+    callers, so a down mirror costs one attempt per cycle), detected again after a 404 from a family-specific path
+    (an upgrade across 9.0, a new upstream), and it remembers whether delayed-sync exists (9.5+)."""
+
+    def __init__(self, client: BitbucketClient, base_url: str, credentials: Credentials, target: str = "") -> None:
         self._client = client
         self._base_url = base_url
         self._credentials = credentials
+        self._target = target or base_url
+        self._layout: Layout | None = None
+        # The family before a 404 made it detect again.
+        self._previous_family: ApiFamily | None = None
+        self._detecting: asyncio.Future[Layout] | None = None
+        self._delayed_sync_missing = False
+
+    @property
+    def family(self) -> ApiFamily | None:
+        return self._layout.family if self._layout is not None else None
 
     async def _get(self, *path: str, params: dict[str, str | int] | None = None) -> Any:
         return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params)
@@ -85,7 +112,7 @@ class MirrorApi:
         url = URL(self._base_url.rstrip("/") + "/status")
         return parse_model(MirrorStatus, await self._client.get_json(url, self._credentials), "status")
 
-    async def detect_layout(self) -> Layout:
+    async def _detect(self) -> Layout:
         try:
             await self._get("upstreamServer")
             return Layout(ApiFamily.V9)
@@ -98,29 +125,77 @@ class MirrorApi:
             raise FetchError(INVALID_RESPONSE, "upstreamServers: the mirror has no upstream server")
         return Layout(ApiFamily.V8, upstreams[0].id)
 
-    def _mirror_path(self, layout: Layout, *path: str) -> tuple[str, ...]:
+    async def layout(self) -> Layout:
+        if self._layout is not None:
+            return self._layout
+        if self._detecting is None:
+            self._detecting = asyncio.ensure_future(self._detect())
+        detecting = self._detecting
+        try:
+            layout = await asyncio.shield(detecting)
+        finally:
+            if detecting.done() and self._detecting is detecting:
+                self._detecting = None  # a failed detection is tried again by the next call, not cached
+        if self._layout is None:
+            if self._previous_family not in (None, layout.family):
+                self._delayed_sync_missing = False  # upgraded across 9.5 perhaps: delayed-sync may exist now
+            self._layout = layout
+            log.info("mirror API detected", extra={"target": self._target, "family": layout.family})
+        return layout
+
+    async def _family_path(self, *path: str) -> Any:
+        """GET a family-specific path: 8.x nests it under upstreamServers/{id}; a 404 there means detect again."""
+        layout = await self.layout()
         if layout.family is ApiFamily.V8:
             assert layout.upstream_id is not None
-            return ("upstreamServers", layout.upstream_id, *path)
-        return path
+            path = ("upstreamServers", layout.upstream_id, *path)
+        try:
+            return await self._get(*path)
+        except FetchError as exc:
+            if exc.status == 404 and self._layout is layout:
+                self._previous_family = layout.family
+                self._layout = None
+            raise
 
-    async def upstream(self, layout: Layout) -> UpstreamServer:
-        path = self._mirror_path(layout) if layout.family is ApiFamily.V8 else ("upstreamServer",)
-        return parse_model(UpstreamServer, await self._get(*path), "upstream server")
+    async def upstream(self) -> UpstreamServer:
+        layout = await self.layout()
+        path = () if layout.family is ApiFamily.V8 else ("upstreamServer",)
+        return parse_model(UpstreamServer, await self._family_path(*path), "upstream server")
 
-    async def progress(self, layout: Layout) -> SyncProgress:
-        return parse_model(SyncProgress, await self._get(*self._mirror_path(layout, "progress")), "progress")
+    async def progress(self) -> SyncProgress:
+        return parse_model(SyncProgress, await self._family_path("progress"), "progress")
 
-    async def farm_nodes(self, layout: Layout) -> list[ClusterNode]:
-        return parse_list(ClusterNode, await self._get(*self._mirror_path(layout, "farmNodes")), "farmNodes")
+    async def farm_nodes(self) -> list[ClusterNode]:
+        return parse_list(ClusterNode, await self._family_path("farmNodes"), "farmNodes")
 
-    async def sync_settings(self, layout: Layout) -> SyncSettings:
+    async def sync_settings(self) -> SyncSettings:
         """Which projects the mirror carries (RestUpstreamSettings): 9.x ``syncSettings``; 8.x
         ``upstreamServers/{id}/settings`` (the 8.19 spec; there is no ``syncSettings`` on 8.x)."""
-        path = ("syncSettings",) if layout.family is ApiFamily.V9 else self._mirror_path(layout, "settings")
-        return parse_model(SyncSettings, await self._get(*path), "sync settings")
+        layout = await self.layout()
+        path = "syncSettings" if layout.family is ApiFamily.V9 else "settings"
+        return parse_model(SyncSettings, await self._family_path(path), "sync settings")
 
-    async def delayed_sync(self) -> list[DelayedSyncRepository]:
+    async def delayed_sync(self) -> DelayedSync:
+        """Bitbucket's own delayed list: 9.5+ delayed-sync, else the opt-in out-of-sync-repos of 8.x to 9.4."""
+        if not self._delayed_sync_missing:
+            try:
+                return DelayedSync(True, "delayed-sync", len(await self._delayed_sync_repositories()))
+            except FetchError as exc:
+                if exc.status != 404:
+                    raise
+                # Before 9.5: remember, so an 8.x mirror is not asked for delayed-sync every cycle.
+                self._delayed_sync_missing = True
+        try:
+            return DelayedSync(True, "out-of-sync-repos", len(await self.out_of_sync_repositories()))
+        except FetchError as exc:
+            if exc.status == 409:
+                # Opt-in (plugin.mirroring.repository.diagnostics.sync.enabled) and off: not an error.
+                return DelayedSync(False, "out-of-sync-repos")
+            if exc.status == 404:
+                return DelayedSync(False, "")
+            raise
+
+    async def _delayed_sync_repositories(self) -> list[DelayedSyncRepository]:
         """9.5+: repositories some node has not synced within plugin.mirroring.repository.diagnostics.sync.tolerance.
         The server returns at most 100."""
         body = await self._get("mirrorRepos", "delayed-sync", params={"limit": DELAYED_SYNC_LIMIT})

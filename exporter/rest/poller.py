@@ -12,21 +12,19 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
 
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo
-from exporter.rest.api import ApiFamily, Layout, MirrorApi, PrimaryApi
+from exporter.rest.api import MirrorApi, PrimaryApi
 from exporter.rest.listings import sync_seconds
 from exporter.rest.models import MirrorServer, MirrorStatus
 from exporter.sources import FetchError, FirstCycle, free_later, run_source
-from exporter.state import DelayedSync, MirrorState, PrimaryState, RefQueue, RepoSyncSummary
+from exporter.state import MirrorState, Policy, PrimaryState, RefQueue, RepoSyncSummary
 
 log = logging.getLogger("exporter.poller")
 
-T = TypeVar("T")
 
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
@@ -71,40 +69,15 @@ class MirrorPoller:
         state: MirrorState,
         api: MirrorApi,
         primary: PrimaryPoller,
-        keep_all_repositories: bool,
+        policy: Policy,
         interval: float = 30.0,
-        stale_after: float = 90.0,
     ) -> None:
         self.state = state
         self.first_cycle = FirstCycle(interval)
         self._api = api
         self._primary = primary
-        self._keep_all = keep_all_repositories
+        self._policy = policy
         self._interval = interval
-        self._stale_after = stale_after
-        self._delayed_sync_endpoint_missing = False
-        self._family: ApiFamily | None = None
-        # This cycle's mirror hashes, held only until the drift analysis has read them (the bulk of the memory).
-        self._fresh_rows: dict[str, MirrorRepo] | None = None
-
-    async def _detect_layout(self) -> Layout:
-        if self.state.layout is None:
-            self.state.layout = await self._api.detect_layout()
-            if self._family is not None and self._family != self.state.layout.family:
-                # Upgraded across 9.5 perhaps: delayed-sync may exist now.
-                self._delayed_sync_endpoint_missing = False
-            self._family = self.state.layout.family
-            log.info("mirror API detected", extra={"target": self.state.name, "family": self.state.layout.family})
-        return self.state.layout
-
-    async def _with_layout(self, layout: asyncio.Future[Layout], fetch: Callable[[Layout], Awaitable[T]]) -> T:
-        try:
-            return await fetch(await layout)
-        except FetchError as exc:
-            if exc.status == 404:
-                # The mirror may have been upgraded across 9.0 or re-paired with another upstream: detect again.
-                self.state.layout = None
-            raise
 
     async def _status(self) -> MirrorStatus:
         try:
@@ -112,13 +85,10 @@ class MirrorPoller:
         except FetchError as exc:
             # A starting mirror answers 503 with its state; keep the state, the poll still counts as failed.
             if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
-                self._remember_state(exc.body["state"])
+                self.state.states_seen.add(exc.body["state"])
                 self.state.status.value = MirrorStatus(state=exc.body["state"])
                 self.state.status.value_timestamp = time.time()
             raise
-
-    def _remember_state(self, state: str) -> None:
-        self.state.states_seen.add(state)
 
     async def _ref_changes_queue(self) -> RefQueue:
         length, queue = await asyncio.gather(self._api.ref_changes_queue_count(), self._api.ref_changes_queue())
@@ -128,7 +98,9 @@ class MirrorPoller:
             by_type[kind] = by_type.get(kind, 0) + 1
         return RefQueue(length=length, items_by_type=by_type)
 
-    async def _repo_sync_status(self) -> RepoSyncSummary:
+    async def _repo_sync_status(self) -> tuple[RepoSyncSummary, dict[str, MirrorRepo]]:
+        """The summary for the state, and the mirror's hashes for this cycle's drift analysis (the bulk of the
+        memory, held only until the analysis has read them)."""
         failing = failed_syncs = 0
         # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
         newest: datetime | None = None
@@ -149,28 +121,8 @@ class MirrorPoller:
                 rows[repo.external_repo_id] = MirrorRepo(
                     hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
                 )
-        self._fresh_rows = rows
         newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
-        return RepoSyncSummary(len(rows), failing, failed_syncs, newest_seconds)
-
-    async def _delayed_sync(self) -> DelayedSync:
-        if not self._delayed_sync_endpoint_missing:
-            try:
-                return DelayedSync(True, "delayed-sync", len(await self._api.delayed_sync()))
-            except FetchError as exc:
-                if exc.status != 404:
-                    raise
-                # Before 9.5: remember, so an 8.x mirror is not asked for delayed-sync every cycle.
-                self._delayed_sync_endpoint_missing = True
-        try:
-            return DelayedSync(True, "out-of-sync-repos", len(await self._api.out_of_sync_repositories()))
-        except FetchError as exc:
-            if exc.status == 409:
-                # Opt-in (plugin.mirroring.repository.diagnostics.sync.enabled) and off: not an error.
-                return DelayedSync(False, "out-of-sync-repos")
-            if exc.status == 404:
-                return DelayedSync(False, "")
-            raise
+        return RepoSyncSummary(len(rows), failing, failed_syncs, newest_seconds), rows
 
     def _scope(self) -> frozenset[str] | None:
         settings = self.state.sync_settings.value
@@ -178,9 +130,8 @@ class MirrorPoller:
             return frozenset(settings.project_ids)
         return None
 
-    async def _analyse_drift(self, cycle_started: float) -> None:
+    async def _analyse_drift(self, rows: dict[str, MirrorRepo] | None, cycle_started: float) -> None:
         """Join this cycle's mirror hashes with this cycle's primary ones (docs/metrics.md, "Freshness")."""
-        rows, self._fresh_rows = self._fresh_rows, None
         if rows is None:
             return  # this cycle's listing failed: the last report rides over until its inputs are stale
         mirror_read = self.state.repo_sync_status.last_success_timestamp
@@ -190,12 +141,12 @@ class MirrorPoller:
         primary, primary_read = listing.value, listing.last_success_timestamp
         if primary is None or primary_read is None or mirror_read is None:
             return
-        if time.time() - primary_read > self._stale_after:
+        if time.time() - primary_read > self._policy.stale_after:
             return  # no fresh primary listing: drift stays unknown (the report ages out), never computed from old data
         previous = self.state.drift.diverged_since if self.state.drift is not None else {}
         # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
         seen_at = max(primary_read, mirror_read)
-        analysis = Analysis(primary, self._scope(), rows, previous, seen_at, self._keep_all)
+        analysis = Analysis(primary, self._scope(), rows, previous, seen_at, self._policy.keep_all)
         del rows, primary  # the analysis holds them now, and is freed off the event loop
         # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
         while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
@@ -205,29 +156,30 @@ class MirrorPoller:
         del analysis
 
     async def poll_once(self) -> None:
-        s, name = self.state, self.state.name
+        s, name, api = self.state, self.state.name, self._api
         cycle_started = time.monotonic()
-        # One detection per cycle, shared by the sources that need it: a down mirror costs one attempt, not three.
-        layout = asyncio.ensure_future(self._detect_layout())
-        try:
-            await asyncio.gather(
-                run_source(name, "status", s.status, self._status),
-                run_source(name, "upstream", s.upstream, lambda: self._with_layout(layout, self._api.upstream)),
-                run_source(name, "progress", s.progress, lambda: self._with_layout(layout, self._api.progress)),
-                run_source(name, "farm_nodes", s.farm_nodes, lambda: self._with_layout(layout, self._api.farm_nodes)),
-                run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
-                run_source(name, "repo_sync_status", s.repo_sync_status, self._repo_sync_status),
-                run_source(
-                    name, "sync_settings", s.sync_settings, lambda: self._with_layout(layout, self._api.sync_settings)
-                ),
-                run_source(name, "delayed_sync", s.delayed_sync, self._delayed_sync),
-            )
-        finally:
-            layout.cancel()
-        await self._analyse_drift(cycle_started)
-        s.clock = self._api.clock()
+        rows: dict[str, MirrorRepo] | None = None
+
+        async def repo_sync_status() -> RepoSyncSummary:
+            nonlocal rows
+            summary, rows = await self._repo_sync_status()
+            return summary
+
+        await asyncio.gather(
+            run_source(name, "status", s.status, self._status),
+            run_source(name, "upstream", s.upstream, api.upstream),
+            run_source(name, "progress", s.progress, api.progress),
+            run_source(name, "farm_nodes", s.farm_nodes, api.farm_nodes),
+            run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
+            run_source(name, "repo_sync_status", s.repo_sync_status, repo_sync_status),
+            run_source(name, "sync_settings", s.sync_settings, api.sync_settings),
+            run_source(name, "delayed_sync", s.delayed_sync, api.delayed_sync),
+        )
+        await self._analyse_drift(rows, cycle_started)
+        s.api_family = api.family
+        s.clock = api.clock()
         if s.status.success and s.status.value is not None:
-            self._remember_state(s.status.value.state)
+            s.states_seen.add(s.status.value.state)
         s.cycles += 1
         self.first_cycle.set()
 

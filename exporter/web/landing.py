@@ -122,7 +122,7 @@ def _mirror_row(mirror: MirrorState, now: float, stale_after: float) -> list[Cel
         Cell(mirror.url),
         up,
         state,
-        Cell(str(mirror.layout.family) if mirror.layout is not None else ""),
+        Cell(str(mirror.api_family or "")),
         Cell(_age(mirror.status.last_success_timestamp, now)),
         _number(summary.repositories if summary is not None else None),
         *drift,

@@ -26,13 +26,12 @@ CHALLENGE = 'Basic realm="bitbucket-mirror-exporter", charset="UTF-8"'
 class Served:
     """What the endpoints serve; a reload replaces its parts, so handlers read it on every request."""
 
-    state: ExporterState
+    # The exporter's state as it is now (a reload replaces it): read on every request.
+    state: Callable[[], ExporterState]
     registry: CollectorRegistry
     auth: BasicAuth = field(default_factory=lambda: BasicAuth({}))
     # Reloads the configuration: (success, message). None: nothing to reload.
     reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None
-    # poll.stale_after_seconds: the landing page shows what /metrics leaves out as stale.
-    stale_after: float = 90.0
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -58,14 +57,14 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[SERVED_KEY].state.ready:
+    if request.app[SERVED_KEY].state().ready:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: waiting for the first poll of every target\n")
 
 
 async def landing(request: web.Request) -> web.Response:
-    served = request.app[SERVED_KEY]
-    return web.Response(text=render_landing(served.state, time.time(), served.stale_after), content_type="text/html")
+    state = request.app[SERVED_KEY].state()
+    return web.Response(text=render_landing(state, time.time(), state.policy.stale_after), content_type="text/html")
 
 
 async def runbooks(request: web.Request) -> web.Response:

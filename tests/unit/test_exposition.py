@@ -1,0 +1,45 @@
+"""The golden exposition (node_exporter's e2e-output): the collectors' output for a seeded state under a frozen clock,
+compared byte for byte with tests/unit/golden/exposition.txt. After an intended change, regenerate it with
+`scripts/test unit --update-golden` and read the diff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.rest.collector import MirrorFarmCollector
+from tests.unit.scenario import NOW, seeded_state
+
+GOLDEN = Path(__file__).parent / "golden" / "exposition.txt"
+
+
+def exposition() -> str:
+    state = seeded_state()
+    registry = CollectorRegistry()
+    registry.register(MirrorFarmCollector(lambda: state, clock=lambda: NOW))
+    return generate_latest(registry).decode()
+
+
+def test_the_exposition_is_the_golden_one(request: pytest.FixtureRequest) -> None:
+    text = exposition()
+    if request.config.getoption("--update-golden"):
+        GOLDEN.write_text(text)
+    assert GOLDEN.exists(), "no golden file: run scripts/test unit --update-golden"
+    assert text == GOLDEN.read_text(), "the exposition changed: if intended, run scripts/test unit --update-golden"
+
+
+def test_the_golden_exposition_says_what_the_seeded_state_holds() -> None:
+    # A golden file could hold a wrong truth: these lines pin the decisions the seeded state is built around.
+    text = exposition()
+    assert 'bitbucket_mirror_sync_lag_seconds{mirror="sydney"} 600.0' in text  # the silent laggard only
+    assert (
+        'bitbucket_mirror_repository_sync_lag_seconds{mirror="sydney",project="PRJ",repository="repo-3"} 3600.0' in text
+    )
+    assert 'bitbucket_mirror_drift_fresh{mirror="frankfurt"} 0.0' in text
+    assert 'mirror="frankfurt",reason="http_401",source="repo_sync_status",target="frankfurt"} 1.0' in text
+    assert 'bitbucket_mirror_repositories{mirror="frankfurt"}' not in text  # stale: left out
+    assert 'bitbucket_mirror_sync_discovering{mirror="frankfurt"} 0.0' in text  # failing, still within stale_after
+    assert 'bitbucket_mirror_clock_skew_seconds{mirror="sydney"} 21.0' in text
+    assert 'bitbucket_mirror_repository_series_dropped{mirror="sydney"} 2.0' in text  # max_repository_series=2
