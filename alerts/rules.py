@@ -110,7 +110,9 @@ class _Rules:
         """A selector for one of the exporter's metrics, scoped to the configured job."""
         return f"{metric}{{{self.c.selector}{',' + matchers if matchers else ''}}}"
 
-    def alert(self, name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
+    def alert(
+        self, *, name: str, expr: str, for_: str, severity: str, summary: str, description: str
+    ) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": name, "expr": expr}
         if for_ not in ("", "0s"):
             rule["for"] = for_
@@ -135,36 +137,40 @@ class _Rules:
         )
         return [
             self.alert(
-                "BitbucketMirrorExporterDown",
-                f"{m('up')} == 0 or absent({m('up')})",
-                c.exporter_down_for,
-                "warning",
-                "Prometheus cannot scrape the Bitbucket mirror exporter.",
-                "Prometheus has not scraped the exporter{{ with $labels.instance }} at {{ . }}{{ end }} for "
-                f"{c.exporter_down_for} (job matching {{{c.selector}}}): no mirror alert can fire while it is down.",
+                name="BitbucketMirrorExporterDown",
+                expr=f"{m('up')} == 0 or absent({m('up')})",
+                for_=c.exporter_down_for,
+                severity="warning",
+                summary="Prometheus cannot scrape the Bitbucket mirror exporter.",
+                description=(
+                    "Prometheus has not scraped the exporter{{ with $labels.instance }} at {{ . }}{{ end }} for "
+                    f"{c.exporter_down_for} (job matching {{{c.selector}}}): no mirror alert can fire while it is down."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorExporterPollFailing",
+                name="BitbucketMirrorExporterPollFailing",
                 # A mirror's repo_sync_status is left to BitbucketMirrorDriftUnknown, which names it: one cause, one
                 # alert.
-                f"{polled} == 0 unless on (job, instance, target) {mirror_down}",
-                c.poll_failing_for,
-                "warning",
-                "The exporter cannot poll a Bitbucket endpoint; its metrics are stale or absent.",
-                "Polling {{ $labels.source }} on {{ $labels.target }} has failed for "
+                expr=f"{polled} == 0 unless on (job, instance, target) {mirror_down}",
+                for_=c.poll_failing_for,
+                severity="warning",
+                summary="The exporter cannot poll a Bitbucket endpoint; its metrics are stale or absent.",
+                description="Polling {{ $labels.source }} on {{ $labels.target }} has failed for "
                 f"{c.poll_failing_for}; its metrics are served for poll.stale_after_seconds, then left out. The "
                 "reason is in bitbucket_mirror_exporter_poll_errors_total.",
             ),
             self.alert(
-                "BitbucketMirrorDriftUnknown",
-                f"{m('bitbucket_mirror_drift_fresh')} == 0 "
+                name="BitbucketMirrorDriftUnknown",
+                expr=f"{m('bitbucket_mirror_drift_fresh')} == 0 "
                 f"unless on (job, instance, mirror) {m('bitbucket_mirror_up')} == 0 "
                 f"unless on (job, instance) {primary_listing_failing} == 0",
-                c.drift_unknown_for,
-                "warning",
-                "The exporter cannot tell whether a Bitbucket mirror is in sync.",
-                "Drift and lag of mirror {{ $labels.mirror }} could not be computed from fresh listings for "
-                f"{c.drift_unknown_for}: its drift alerts cannot fire.{causes}",
+                for_=c.drift_unknown_for,
+                severity="warning",
+                summary="The exporter cannot tell whether a Bitbucket mirror is in sync.",
+                description=(
+                    "Drift and lag of mirror {{ $labels.mirror }} could not be computed from fresh listings for "
+                    f"{c.drift_unknown_for}: its drift alerts cannot fire.{causes}"
+                ),
             ),
         ]
 
@@ -177,125 +183,132 @@ class _Rules:
         metadata_drift = m("bitbucket_mirror_repositories_out_of_sync", 'hash="metadata"')
         return [
             self.alert(
-                "BitbucketMirrorDown",
-                f"{up} == 0",
-                c.mirror_down_for,
-                "critical",
-                "A Bitbucket mirror does not answer.",
-                "Mirror {{ $labels.mirror }} has not answered /status for " + c.mirror_down_for + ".",
+                name="BitbucketMirrorDown",
+                expr=f"{up} == 0",
+                for_=c.mirror_down_for,
+                severity="critical",
+                summary="A Bitbucket mirror does not answer.",
+                description="Mirror {{ $labels.mirror }} has not answered /status for " + c.mirror_down_for + ".",
             ),
             self.alert(
-                "BitbucketMirrorNotSynchronized",
-                f"{not_synchronized} == 1 unless on (job, instance, mirror) {up} == 0",
-                c.not_synchronized_for,
-                "warning",
-                "A Bitbucket mirror is not synchronized.",
-                "Mirror {{ $labels.mirror }} has reported state {{ $labels.state }}, not SYNCHRONIZED, for "
+                name="BitbucketMirrorNotSynchronized",
+                expr=f"{not_synchronized} == 1 unless on (job, instance, mirror) {up} == 0",
+                for_=c.not_synchronized_for,
+                severity="warning",
+                summary="A Bitbucket mirror is not synchronized.",
+                description="Mirror {{ $labels.mirror }} has reported state {{ $labels.state }}, not SYNCHRONIZED, for "
                 f"{c.not_synchronized_for}.",
             ),
             self.alert(
-                "BitbucketMirrorRepositoriesOutOfSync",
-                f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds}",
-                c.out_of_sync_for,
-                "warning",
-                "Repositories on a Bitbucket mirror have content that differs from the primary.",
-                "{{ $value }} repositories on mirror {{ $labels.mirror }} differ from the primary, at least one for "
-                f"more than {c.out_of_sync_lag_seconds}s: clones and CI builds there get stale code.",
+                name="BitbucketMirrorRepositoriesOutOfSync",
+                expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds}",
+                for_=c.out_of_sync_for,
+                severity="warning",
+                summary="Repositories on a Bitbucket mirror have content that differs from the primary.",
+                description=(
+                    "{{ $value }} repositories on mirror {{ $labels.mirror }} differ from the primary, at least one "
+                    f"for more than {c.out_of_sync_lag_seconds}s: clones and CI builds there get stale code."
+                ),
+            ),
+            # One alert name, two severities: the example route lets the critical one inhibit the warning.
+            *(
+                self.alert(
+                    name="BitbucketMirrorSyncLagHigh",
+                    expr=f"{lag} > {threshold}",
+                    for_=c.lag_for,
+                    severity=severity,
+                    summary="A Bitbucket mirror lags behind the primary.",
+                    description="A repository on mirror {{ $labels.mirror }} has differed from the primary for "
+                    "{{ $value | humanizeDuration }}.",
+                )
+                for severity, threshold in (("warning", c.lag_warning_seconds), ("critical", c.lag_critical_seconds))
             ),
             self.alert(
-                "BitbucketMirrorSyncLagHigh",
-                f"{lag} > {c.lag_warning_seconds}",
-                c.lag_for,
-                "warning",
-                "A Bitbucket mirror lags behind the primary.",
-                "A repository on mirror {{ $labels.mirror }} has differed from the primary for "
-                "{{ $value | humanizeDuration }}.",
+                name="BitbucketMirrorMetadataDrift",
+                expr=f"{metadata_drift} > 0",
+                for_=c.metadata_drift_for,
+                severity="info",
+                summary="Repository metadata on a Bitbucket mirror differs from the primary.",
+                description=(
+                    "{{ $value }} repositories on mirror {{ $labels.mirror }} have the primary's content but different "
+                    f"metadata, continuously for {c.metadata_drift_for}. Metadata and pull-request refs sync late by "
+                    "design."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorSyncLagHigh",
-                f"{lag} > {c.lag_critical_seconds}",
-                c.lag_for,
-                "critical",
-                "A Bitbucket mirror lags behind the primary.",
-                "A repository on mirror {{ $labels.mirror }} has differed from the primary for "
-                "{{ $value | humanizeDuration }}.",
-            ),
-            self.alert(
-                "BitbucketMirrorMetadataDrift",
-                f"{metadata_drift} > 0",
-                c.metadata_drift_for,
-                "info",
-                "Repository metadata on a Bitbucket mirror differs from the primary.",
-                "{{ $value }} repositories on mirror {{ $labels.mirror }} have the primary's content but different "
-                f"metadata, continuously for {c.metadata_drift_for}. Metadata and pull-request refs sync late by "
-                "design.",
-            ),
-            self.alert(
-                "BitbucketMirrorRepositoriesMissing",
-                f"{m('bitbucket_mirror_repositories_missing')} > 0 "
+                name="BitbucketMirrorRepositoriesMissing",
+                expr=f"{m('bitbucket_mirror_repositories_missing')} > 0 "
                 f"unless on (job, instance, mirror) {m('bitbucket_mirror_sync_discovering')} == 1",
-                c.missing_for,
-                "warning",
-                "Repositories the primary offers are missing on a Bitbucket mirror.",
-                "{{ $value }} repositories in mirror {{ $labels.mirror }}'s scope have been missing there for "
-                f"{c.missing_for}.",
+                for_=c.missing_for,
+                severity="warning",
+                summary="Repositories the primary offers are missing on a Bitbucket mirror.",
+                description=(
+                    "{{ $value }} repositories in mirror {{ $labels.mirror }}'s scope have been missing there for "
+                    f"{c.missing_for}."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorRepositorySyncFailing",
-                f"{m('bitbucket_mirror_repository_failed_syncs')} >= {c.failed_syncs}",
-                c.repository_failing_for,
-                "warning",
-                "A repository keeps failing to sync on a Bitbucket mirror.",
-                "Repository {{ $labels.project }}/{{ $labels.repository }} on mirror {{ $labels.mirror }} has "
-                "failed to sync {{ $value }} times in a row.",
+                name="BitbucketMirrorRepositorySyncFailing",
+                expr=f"{m('bitbucket_mirror_repository_failed_syncs')} >= {c.failed_syncs}",
+                for_=c.repository_failing_for,
+                severity="warning",
+                summary="A repository keeps failing to sync on a Bitbucket mirror.",
+                description=(
+                    "Repository {{ $labels.project }}/{{ $labels.repository }} on mirror {{ $labels.mirror }} has "
+                    "failed to sync {{ $value }} times in a row."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorRefChangesQueueBacklog",
-                f"{m('bitbucket_mirror_ref_changes_queue_length')} > {c.queue_backlog}",
-                c.queue_backlog_for,
-                "warning",
-                "Ref changes pile up in a Bitbucket mirror farm's queue.",
-                "Mirror farm {{ $labels.mirror }} has {{ $value }} ref changes waiting to sync.",
+                name="BitbucketMirrorRefChangesQueueBacklog",
+                expr=f"{m('bitbucket_mirror_ref_changes_queue_length')} > {c.queue_backlog}",
+                for_=c.queue_backlog_for,
+                severity="warning",
+                summary="Ref changes pile up in a Bitbucket mirror farm's queue.",
+                description="Mirror farm {{ $labels.mirror }} has {{ $value }} ref changes waiting to sync.",
             ),
             self.alert(
-                "BitbucketMirrorFarmNodesMissing",
-                f"{m('bitbucket_mirror_farm_nodes')} < max_over_time({m('bitbucket_mirror_farm_nodes')}"
+                name="BitbucketMirrorFarmNodesMissing",
+                expr=f"{m('bitbucket_mirror_farm_nodes')} < max_over_time({m('bitbucket_mirror_farm_nodes')}"
                 f"[{c.farm_nodes_window}])",
-                c.farm_nodes_for,
-                "warning",
-                "A Bitbucket mirror farm has lost nodes.",
-                "Mirror farm {{ $labels.mirror }} lists {{ $value }} nodes, fewer than it did in the last "
+                for_=c.farm_nodes_for,
+                severity="warning",
+                summary="A Bitbucket mirror farm has lost nodes.",
+                description="Mirror farm {{ $labels.mirror }} lists {{ $value }} nodes, fewer than it did in the last "
                 f"{c.farm_nodes_window}.",
             ),
             self.alert(
-                "BitbucketMirrorNotSeenByPrimary",
-                f"time() - {m('bitbucket_mirror_server_last_seen_timestamp_seconds')} > {c.not_seen_seconds} "
+                name="BitbucketMirrorNotSeenByPrimary",
+                expr=f"time() - {m('bitbucket_mirror_server_last_seen_timestamp_seconds')} > {c.not_seen_seconds} "
                 f"and on (job, instance, mirror) {m('bitbucket_mirror_server_enabled')} == 1",
-                c.not_seen_for,
-                "warning",
-                "The primary has not heard from a Bitbucket mirror.",
-                "The primary last heard from mirror {{ $labels.mirror }} {{ $value | humanizeDuration }} ago.",
+                for_=c.not_seen_for,
+                severity="warning",
+                summary="The primary has not heard from a Bitbucket mirror.",
+                description=(
+                    "The primary last heard from mirror {{ $labels.mirror }} {{ $value | humanizeDuration }} ago."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorClockSkew",
+                name="BitbucketMirrorClockSkew",
                 # Not abs(): the sign says which clock is ahead.
-                f"{m('bitbucket_mirror_clock_skew_seconds')} > {c.clock_skew_seconds} "
+                expr=f"{m('bitbucket_mirror_clock_skew_seconds')} > {c.clock_skew_seconds} "
                 f"or {m('bitbucket_mirror_clock_skew_seconds')} < -{c.clock_skew_seconds}",
-                c.clock_skew_for,
-                "warning",
-                "A Bitbucket mirror's clock differs from the primary's.",
-                "Mirror {{ $labels.mirror }}'s clock minus the primary's is {{ $value }}s. Beyond 30s the primary "
-                "refuses the mirror's authentication (JWT) and the mirror silently falls behind.",
+                for_=c.clock_skew_for,
+                severity="warning",
+                summary="A Bitbucket mirror's clock differs from the primary's.",
+                description=(
+                    "Mirror {{ $labels.mirror }}'s clock minus the primary's is {{ $value }}s. Beyond 30s the primary "
+                    "refuses the mirror's authentication (JWT) and the mirror silently falls behind."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorInitialSyncStalled",
-                f"{m('bitbucket_mirror_sync_synced_repositories')} < "
+                name="BitbucketMirrorInitialSyncStalled",
+                expr=f"{m('bitbucket_mirror_sync_synced_repositories')} < "
                 f"{m('bitbucket_mirror_sync_total_repositories')} "
                 f"and changes({m('bitbucket_mirror_sync_synced_repositories')}[{c.initial_sync_stall_window}]) == 0",
-                c.initial_sync_stall_for,
-                "warning",
-                "A Bitbucket mirror's synchronization makes no progress.",
-                "Mirror {{ $labels.mirror }} has synced {{ $value }} repositories and made no progress for "
+                for_=c.initial_sync_stall_for,
+                severity="warning",
+                summary="A Bitbucket mirror's synchronization makes no progress.",
+                description="Mirror {{ $labels.mirror }} has synced {{ $value }} repositories and made no progress for "
                 f"more than {c.initial_sync_stall_for}.",
             ),
         ]
@@ -308,31 +321,33 @@ class _Rules:
         snapshot_p99 = m(quantile, 'sync="snapshot",quantile="0.99"')
         return [
             self.alert(
-                "BitbucketMirrorJmxDown",
-                f"{m('bitbucket_mirror_jmx_up')} == 0",
-                c.jmx_down_for,
-                "warning",
-                "The exporter cannot read a Bitbucket mirror node's JMX.",
-                "Reading JMX of node {{ $labels.node }} of mirror {{ $labels.mirror }} has failed for "
+                name="BitbucketMirrorJmxDown",
+                expr=f"{m('bitbucket_mirror_jmx_up')} == 0",
+                for_=c.jmx_down_for,
+                severity="warning",
+                summary="The exporter cannot read a Bitbucket mirror node's JMX.",
+                description="Reading JMX of node {{ $labels.node }} of mirror {{ $labels.mirror }} has failed for "
                 f"{c.jmx_down_for}; its sync timers are stale.",
             ),
             self.alert(
-                "BitbucketMirrorSnapshotSyncsFrequent",
-                f"rate({snapshots}[1h]) * 3600 > {c.snapshot_syncs_per_hour}",
-                c.snapshot_syncs_for,
-                "warning",
-                "A Bitbucket mirror node runs many snapshot syncs.",
-                "Node {{ $labels.node }} of mirror {{ $labels.mirror }} runs {{ $value | humanize }} snapshot "
-                "(full) syncs an hour: its incremental syncs keep failing or its hashes keep mismatching.",
+                name="BitbucketMirrorSnapshotSyncsFrequent",
+                expr=f"rate({snapshots}[1h]) * 3600 > {c.snapshot_syncs_per_hour}",
+                for_=c.snapshot_syncs_for,
+                severity="warning",
+                summary="A Bitbucket mirror node runs many snapshot syncs.",
+                description=(
+                    "Node {{ $labels.node }} of mirror {{ $labels.mirror }} runs {{ $value | humanize }} snapshot "
+                    "(full) syncs an hour: its incremental syncs keep failing or its hashes keep mismatching."
+                ),
             ),
             self.alert(
-                "BitbucketMirrorSyncSlow",
-                f"{incremental_p99} > {c.incremental_sync_slow_seconds} "
+                name="BitbucketMirrorSyncSlow",
+                expr=f"{incremental_p99} > {c.incremental_sync_slow_seconds} "
                 f"or {snapshot_p99} > {c.snapshot_sync_slow_seconds}",
-                c.sync_slow_for,
-                "warning",
-                "Syncs on a Bitbucket mirror node are slow.",
-                "The 99th percentile of {{ $labels.sync }} sync time on node {{ $labels.node }} of mirror "
+                for_=c.sync_slow_for,
+                severity="warning",
+                summary="Syncs on a Bitbucket mirror node are slow.",
+                description="The 99th percentile of {{ $labels.sync }} sync time on node {{ $labels.node }} of mirror "
                 "{{ $labels.mirror }} is {{ $value | humanizeDuration }}.",
             ),
         ]

@@ -9,6 +9,12 @@ from grafanalib import core as g
 
 from dashboards import variables
 
+# Every dashboard's uid, in one place: links between dashboards (the overview table's) use these.
+OVERVIEW_UID = "bbmirror-overview"
+REPOSITORY_DRIFT_UID = "bbmirror-repository-drift"
+SYNC_PERFORMANCE_UID = "bbmirror-sync-performance"
+EXPORTER_HEALTH_UID = "bbmirror-exporter-health"
+
 TAG = "bitbucket-mirror"
 TAGS = ["bitbucket", TAG]
 # Grafana 11's dashboard schema version; Grafana migrates older JSON on load, newer Grafana reads this as is.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
+from dashboards.common import EXPORTER_HEALTH_UID
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
     TARGET,
     UP_MAPPING,
     UP_THRESHOLDS,
+    VALUE,
     ZERO_IS_GOOD,
     Column,
     Grid,
@@ -21,7 +23,7 @@ from dashboards.panels import (
     timeseries,
 )
 
-UID = "bbmirror-exporter-health"
+UID = EXPORTER_HEALTH_UID
 SOURCE = "target, source"
 
 
@@ -34,24 +36,27 @@ def age(metric: str) -> str:
 
 
 def sources_table() -> g.Table:
-    queries = [
-        Query(f"max by ({SOURCE}) ({poll('bitbucket_mirror_exporter_poll_success')})"),
-        Query(f"max by ({SOURCE}) ({poll('bitbucket_mirror_exporter_poll_duration_seconds')})"),
-        Query(f"max by ({SOURCE}) ({age(poll('bitbucket_mirror_exporter_last_success_timestamp_seconds'))})"),
-    ]
-    columns = [
-        Column("target", "Target", "string"),
-        Column("source", "Source", "string"),
-        Column("Value #A", "Last poll", "none", UP_THRESHOLDS, UP_MAPPING),
-        Column("Value #B", "Duration", "s"),
-        Column("Value #C", "Data age", "s"),
+    labels = [Column("target", "Target", "string"), Column("source", "Source", "string")]
+    values = [
+        (
+            Query(f"max by ({SOURCE}) ({poll('bitbucket_mirror_exporter_poll_success')})"),
+            Column(VALUE, "Last poll", "none", UP_THRESHOLDS, UP_MAPPING),
+        ),
+        (
+            Query(f"max by ({SOURCE}) ({poll('bitbucket_mirror_exporter_poll_duration_seconds')})"),
+            Column(VALUE, "Duration", "s"),
+        ),
+        (
+            Query(f"max by ({SOURCE}) ({age(poll('bitbucket_mirror_exporter_last_success_timestamp_seconds'))})"),
+            Column(VALUE, "Data age", "s"),
+        ),
     ]
     return table(
         "Sources",
         "Each Bitbucket endpoint the exporter polls: whether the last poll succeeded, how long it took, and the age "
         "of the values it serves (a failed poll keeps the last good values).",
-        queries,
-        columns,
+        labels,
+        values,
         sort_by="Data age",
     )
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import thresholds as t
+from dashboards.common import OVERVIEW_UID, REPOSITORY_DRIFT_UID
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
     DATASOURCE,
     TARGET,
     UP_MAPPING,
     UP_THRESHOLDS,
+    VALUE,
     ZERO_IS_GOOD,
     AlertList,
     Column,
@@ -23,10 +25,9 @@ from dashboards.panels import (
     timeseries,
 )
 
-UID = "bbmirror-overview"
+UID = OVERVIEW_UID
 CONTENT = 'hash="content"'
 NOT_SYNCHRONIZED = 'state!="SYNCHRONIZED"'
-DRIFT_UID = "bbmirror-repository-drift"
 
 
 def by_mirror(expr: str) -> str:
@@ -48,33 +49,34 @@ def in_scope() -> str:
 def mirrors_table() -> g.Table:
     drift_link = {
         "title": "Repositories of ${__value.raw}",
-        "url": f"/d/{DRIFT_UID}?${{datasource:queryparam}}&${{job:queryparam}}&var-mirror=${{__value.raw}}"
+        "url": f"/d/{REPOSITORY_DRIFT_UID}?${{datasource:queryparam}}&${{job:queryparam}}&var-mirror=${{__value.raw}}"
         "&${__url_time_range}",
     }
-    queries = [
-        Query(f"max by (mirror, state) ({mirror_sel('bitbucket_mirror_state')} == 1)"),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_up"))),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_in_sync"))),
-        Query(by_mirror(in_scope())),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_out_of_sync", CONTENT))),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_sync_lag_seconds"))),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_ref_changes_queue_length"))),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_failing"))),
-        Query(by_mirror(f"time() - {mirror_sel('bitbucket_mirror_server_last_seen_timestamp_seconds')}")),
-        Query(by_mirror(mirror_sel("bitbucket_mirror_farm_nodes"))),
-    ]
-    columns = [
-        Column("mirror", "Mirror", "string", link=drift_link),
-        Column("state", "State", "string"),
-        Column("Value #B", "Up", "none", UP_THRESHOLDS, UP_MAPPING),
-        Column("Value #C", "In sync", "short"),
-        Column("Value #D", "In scope", "short"),
-        Column("Value #E", "Out of sync", "short", ZERO_IS_GOOD),
-        Column("Value #F", "Max lag", "s", t.SYNC_LAG),
-        Column("Value #G", "Queue", "short", t.QUEUE_BACKLOG),
-        Column("Value #H", "Failing repositories", "short", ZERO_IS_GOOD),
-        Column("Value #I", "Last seen by primary", "s", t.NOT_SEEN),
-        Column("Value #J", "Farm nodes", "short"),
+    labels = [Column("mirror", "Mirror", "string", link=drift_link), Column("state", "State", "string")]
+    values: list[tuple[Query, Column | None]] = [
+        # Only supplies the state label.
+        (Query(f"max by (mirror, state) ({mirror_sel('bitbucket_mirror_state')} == 1)"), None),
+        (Query(by_mirror(mirror_sel("bitbucket_mirror_up"))), Column(VALUE, "Up", "none", UP_THRESHOLDS, UP_MAPPING)),
+        (Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_in_sync"))), Column(VALUE, "In sync", "short")),
+        (Query(by_mirror(in_scope())), Column(VALUE, "In scope", "short")),
+        (
+            Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_out_of_sync", CONTENT))),
+            Column(VALUE, "Out of sync", "short", ZERO_IS_GOOD),
+        ),
+        (Query(by_mirror(mirror_sel("bitbucket_mirror_sync_lag_seconds"))), Column(VALUE, "Max lag", "s", t.SYNC_LAG)),
+        (
+            Query(by_mirror(mirror_sel("bitbucket_mirror_ref_changes_queue_length"))),
+            Column(VALUE, "Queue", "short", t.QUEUE_BACKLOG),
+        ),
+        (
+            Query(by_mirror(mirror_sel("bitbucket_mirror_repositories_failing"))),
+            Column(VALUE, "Failing repositories", "short", ZERO_IS_GOOD),
+        ),
+        (
+            Query(by_mirror(f"time() - {mirror_sel('bitbucket_mirror_server_last_seen_timestamp_seconds')}")),
+            Column(VALUE, "Last seen by primary", "s", t.NOT_SEEN),
+        ),
+        (Query(by_mirror(mirror_sel("bitbucket_mirror_farm_nodes"))), Column(VALUE, "Farm nodes", "short")),
     ]
     return table(
         "Mirrors",
@@ -83,8 +85,8 @@ def mirrors_table() -> g.Table:
         "Out of sync counts content drift; Max lag is how long the longest of those has differed. Queue is the "
         "farm's ref-changes queue; Last seen is how long ago the primary last heard from the mirror. Click a mirror "
         "for its repositories.",
-        queries,
-        columns,
+        labels,
+        values,
         sort_by="Max lag",
     )
 
@@ -161,9 +163,13 @@ def dashboard() -> g.Dashboard:
         "Failing or stale sources",
         "Each endpoint whose last poll failed, with how long ago it last succeeded; the exporter's landing page (/) "
         "shows the reason. Empty when every poll succeeds.",
-        [Query(f"max by (target, source) (time() - {last_success}) and on (target, source) {failing}")],
-        [Column("target", "Target", "string"), Column("source", "Source", "string"),
-         Column("Value", "Last good poll", "s", ZERO_IS_GOOD)],
+        [Column("target", "Target", "string"), Column("source", "Source", "string")],
+        [
+            (
+                Query(f"max by (target, source) (time() - {last_success}) and on (target, source) {failing}"),
+                Column(VALUE, "Last good poll", "s", ZERO_IS_GOOD),
+            )
+        ],
         sort_by="Last good poll",
     )  # fmt: skip
     grid.line(

@@ -65,8 +65,11 @@ class Query:
         return target
 
 
+REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 def targets(queries: Sequence[Query]) -> list[dict[str, Any]]:
-    return [q.target(chr(ord("A") + i)) for i, q in enumerate(queries)]
+    return [q.target(ref_id) for ref_id, q in zip(REF_IDS, queries, strict=False)]
 
 
 def steps(*levels: tuple[str, float | None]) -> list[dict[str, Any]]:
@@ -144,9 +147,14 @@ def stat(
     )
 
 
+# The source of a value column: table() replaces it by the value field of the column's own query.
+VALUE = "Value"
+
+
 @dataclass(frozen=True)
 class Column:
-    """One column of a table: ``source`` is a label name or ``Value #<refId>``; thresholds colour the cell."""
+    """One column of a table: ``source`` is a label name, or VALUE for a query's value (see ``table``); thresholds
+    colour the cell."""
 
     source: str
     title: str
@@ -170,12 +178,17 @@ class Column:
 def table(
     title: str,
     description: str,
-    queries: Sequence[Query],
-    columns: Sequence[Column],
+    labels: Sequence[Column],
+    values: Sequence[tuple[Query, Column | None]],
     sort_by: str,
 ) -> g.Table:
-    """Instant queries joined on their labels into one table (Grafana's merge), columns renamed and ordered by
-    ``columns``; anything not listed there (Time, the value of a query that only supplies a label) is left out."""
+    """Instant queries joined on their labels into one table (Grafana's merge). ``labels`` are the label columns,
+    first; each query comes with the column that shows its value (None: it only supplies labels), so adding a query
+    cannot shift another's column. Anything not listed (Time, a label-only query's value) is left out."""
+    columns = list(labels)
+    for ref_id, (_, column) in zip(REF_IDS, values, strict=False):
+        if column is not None:
+            columns.append(replace(column, source=VALUE if len(values) == 1 else f"{VALUE} #{ref_id}"))
     shown = [c.source for c in columns]
     organize = {
         "indexByName": {name: i for i, name in enumerate(shown)},
@@ -185,7 +198,7 @@ def table(
         title=title,
         description=description,
         dataSource=DATASOURCE,
-        targets=targets([replace(q, instant=True, table=True) for q in queries]),
+        targets=targets([replace(q, instant=True, table=True) for q, _ in values]),
         transformations=[
             {"id": "merge", "options": {}},
             {"id": "filterFieldsByName", "options": {"include": {"names": shown}}},

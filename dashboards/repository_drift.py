@@ -5,10 +5,11 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import thresholds as t
+from dashboards.common import REPOSITORY_DRIFT_UID
 from dashboards.common import dashboard as make_dashboard
-from dashboards.panels import ZERO_IS_GOOD, Column, Grid, Query, mirror_sel, stat, table, timeseries
+from dashboards.panels import VALUE, ZERO_IS_GOOD, Column, Grid, Query, mirror_sel, stat, table, timeseries
 
-UID = "bbmirror-repository-drift"
+UID = REPOSITORY_DRIFT_UID
 REPOSITORY = "mirror, project, repository"
 # How many repositories the table and the lag graph show at most; the exporter itself caps the per-repository series
 # at max_repository_series per mirror.
@@ -22,19 +23,19 @@ def per_repository(metric: str) -> str:
 
 def repositories_table() -> g.Table:
     lag = per_repository("bitbucket_mirror_repository_sync_lag_seconds")
-    queries = [
-        Query(f"topk({TOP}, {lag} > 0)"),
-        # Grafana's date units read milliseconds since the epoch.
-        Query(f"(time() - topk({TOP}, {lag} > 0)) * 1000"),
-        Query(f"{per_repository('bitbucket_mirror_repository_failed_syncs')} > 0"),
-    ]
-    columns = [
+    labels = [
         Column("mirror", "Mirror", "string"),
         Column("project", "Project", "string"),
         Column("repository", "Repository", "string"),
-        Column("Value #A", "Lag", "s", t.SYNC_LAG),
-        Column("Value #B", "Differs since", "dateTimeAsIso"),
-        Column("Value #C", "Failed syncs", "short", t.REPOSITORY_FAILED_SYNCS),
+    ]
+    values = [
+        (Query(f"topk({TOP}, {lag} > 0)"), Column(VALUE, "Lag", "s", t.SYNC_LAG)),
+        # Grafana's date units read milliseconds since the epoch.
+        (Query(f"(time() - topk({TOP}, {lag} > 0)) * 1000"), Column(VALUE, "Differs since", "dateTimeAsIso")),
+        (
+            Query(f"{per_repository('bitbucket_mirror_repository_failed_syncs')} > 0"),
+            Column(VALUE, "Failed syncs", "short", t.REPOSITORY_FAILED_SYNCS),
+        ),
     ]
     return table(
         "Repositories out of sync or failing",
@@ -42,8 +43,8 @@ def repositories_table() -> g.Table:
         "exporter has seen it differ), and every repository whose last syncs failed. Empty lag: the content "
         "matches but syncs fail. Lag counts from when the exporter first saw the difference, so it restarts with "
         "the exporter. Only repositories with per-repository series are here (see Series dropped).",
-        queries,
-        columns,
+        labels,
+        values,
         sort_by="Lag",
     )
 

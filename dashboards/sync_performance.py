@@ -6,10 +6,11 @@ from grafanalib import core as g
 
 from dashboards import thresholds as t
 from dashboards import variables
+from dashboards.common import SYNC_PERFORMANCE_UID
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import NODE, Grid, Query, mirror_sel, rate, timeseries
 
-UID = "bbmirror-sync-performance"
+UID = SYNC_PERFORMANCE_UID
 NODE_LEGEND = "{{mirror}}/{{node}}"
 # The quantiles worth a line each; the timers also report 0.75, 0.98 and 0.999.
 QUANTILES = "0.5|0.95|0.99"
