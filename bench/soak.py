@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -219,11 +220,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def report(result: dict[str, object]) -> str:
+def report(result: dict[str, Any]) -> str:
     load, soak = result["load"], result["soak"]
     assert isinstance(load, dict) and isinstance(soak, dict)
     rows = "\n".join(f"| {s['at_seconds']:.0f} | {s['rss_mb']:.1f} | {s['series']} | {s['repositories']} |"
-                     for s in result["samples"])  # type: ignore[attr-defined]  # fmt: skip
+                     for s in result["samples"])  # fmt: skip
     return f"""# Load and soak (bench/soak.py)
 
 Machine: {result["machine"]}. Settings: {result["settings"]}.

@@ -19,16 +19,23 @@ from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
 from exporter.reloading import ConfigLoader
 from exporter.simulator import Scenario, SimulatedFarm
+from exporter.state import MirrorState, PrimaryState
 from exporter.web.config import WebConfig
 from tests.jmx_node import compile_fake_node
 
 LOOPBACK = "127.0.0.1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tier is the folder: tests/unit (no sockets, no processes; seconds) and tests/system (real parts)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in ("unit", "system"):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--update-golden", action="store_true", help="rewrite tests/unit/golden/ from the current output"
-    )
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/unit/golden/ from the current output")
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 15.0, what: str = "") -> None:
@@ -96,7 +103,7 @@ class Running:
     async def next_cycles(self, count: int = 1, within: float = 15.0) -> None:
         """Wait until every target has finished ``count`` more poll cycles."""
         state = self.exporter.state
-        targets = [state.primary, *state.mirrors]
+        targets: list[PrimaryState | MirrorState] = [state.primary, *state.mirrors]
         goal = [t.cycles + count for t in targets]
 
         async def done() -> bool:

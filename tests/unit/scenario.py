@@ -107,7 +107,7 @@ def seeded_state() -> ExporterState:
     frankfurt = mirror("frankfurt", ApiFamily.V8, "in_sync")
     # frankfurt's progress fails, but its last value is still within stale_after; its listing is stale.
     frankfurt.progress = failing(SyncProgress(), age=40, reason="http_500", errors=3)  # type: ignore[assignment]
-    frankfurt.repo_sync_status = failing(frankfurt.repo_sync_status.value, age=200, reason="http_401", errors=7)
+    frankfurt.repo_sync_status = failing(frankfurt.repo_sync_status.value, age=200, reason="http_401", errors=7)  # type: ignore[assignment]
     report = frankfurt.drift
     assert report is not None  # its last report was computed when that listing was last read
     frankfurt.drift = type(report)(report.counts, report.diverged_since, report.repositories, None, NOW - 200)

@@ -7,9 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.monitoring_stack import free_port
 
-BENCH = Path(__file__).parent.parent / "bench"
+# Benchmarks, run by `scripts/test bench` (CI runs them once), not by the default suite.
+pytestmark = pytest.mark.bench
+
+
+BENCH = Path(__file__).parent.parent.parent / "bench"
 
 
 def test_jmx_poll_benchmark_runs() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from exporter import __version__
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 
 
 def exporter_command(*args: str) -> list[str]:

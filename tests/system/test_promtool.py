@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.simulator import Scenario
 from tests.conftest import running_farm
 
-METRICS_DOC = Path(__file__).parent.parent / "docs" / "metrics.md"
+METRICS_DOC = Path(__file__).parent.parent.parent / "docs" / "metrics.md"
 
 
 def exported_names(text: str) -> set[str]:

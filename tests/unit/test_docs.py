@@ -9,7 +9,7 @@ from pathlib import Path
 from alerts.rules import alert_names
 from exporter.rest import client
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def test_license_changelog_and_troubleshooting_exist() -> None:

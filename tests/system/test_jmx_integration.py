@@ -12,7 +12,7 @@ import pytest
 from exporter.simulator import Scenario, SimulatedFarm
 from tests.conftest import Running, running_farm, value, wait_until
 from tests.jmx_node import INCREMENTAL, SNAPSHOT, TICKETS, Timer, fake_node, processes_mentioning, silent_endpoint
-from tests.test_promtool import lint, undocumented
+from tests.system.test_promtool import lint, undocumented
 
 SCENARIO = Scenario(repositories=5, mirrors=1)
 PASSWORD = "jmx-pa55-do-not-leak"
@@ -29,11 +29,11 @@ async def metric(run: Running, name: str, **labels: str) -> float | None:
     return value(await run.metrics(), name, **labels)
 
 
-async def wait_for_metric(run: Running, expected: float, name: str, within: float = 30, **labels: str) -> None:
+async def wait_for_metric(run: Running, expected: float, name: str, **labels: str) -> None:
     async def seen() -> bool:
         return await metric(run, name, **labels) == expected
 
-    await wait_until(seen, within, f"{name}{labels} == {expected}")
+    await wait_until(seen, 30, f"{name}{labels} == {expected}")
 
 
 async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
@@ -66,12 +66,20 @@ async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
             assert value(samples, q, **a, sync="incremental", quantile="0.5") == pytest.approx(0.1)
             assert value(samples, q, **a, sync="incremental", quantile="0.999") == pytest.approx(0.2)
             assert value(samples, q, **a, sync="snapshot", quantile="0.99") == 12.5
-            assert value(samples, "bitbucket_mirror_node_sync_duration_mean_seconds", **a, sync="incremental") == (
-                pytest.approx(0.1205)
-            )
-            assert value(samples, "bitbucket_mirror_node_sync_duration_max_seconds", **a, sync="incremental") == (
-                pytest.approx(0.25)
-            )
+            assert value(
+                samples,
+                "bitbucket_mirror_node_sync_duration_mean_seconds",
+                mirror=a["mirror"],
+                node=a["node"],
+                sync="incremental",
+            ) == (pytest.approx(0.1205))
+            assert value(
+                samples,
+                "bitbucket_mirror_node_sync_duration_max_seconds",
+                mirror=a["mirror"],
+                node=a["node"],
+                sync="incremental",
+            ) == (pytest.approx(0.25))
             assert value(samples, "bitbucket_mirror_node_sync_rate", **a, sync="snapshot") == 0.25
             assert value(samples, "bitbucket_mirror_node_tickets", **a, resource="scm-hosting", attribute="Used") == 2
             assert value(samples, "bitbucket_mirror_node_jmx_bean_info", **a, kind="incremental",
@@ -79,7 +87,9 @@ async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
 
             # node-b's first poll hangs for up to 60 s; node-a keeps being polled meanwhile, and scrapes answer.
             await node.timer(INCREMENTAL, Timer(count=43))
-            await wait_for_metric(run, 43, "bitbucket_mirror_node_syncs_total", **a, sync="incremental")
+            await wait_for_metric(
+                run, 43, "bitbucket_mirror_node_syncs_total", mirror=a["mirror"], node=a["node"], sync="incremental"
+            )
             hung = run.exporter.state.mirrors[0].jmx_nodes["node-b"].source
             assert not hung.polled
             assert value(await run.metrics(), "bitbucket_mirror_jmx_up", mirror="sydney", node="node-b") is None
@@ -100,19 +110,30 @@ async def test_a_node_that_times_out_is_down_with_a_reason_and_keeps_its_last_va
         jmx = {"timeout_seconds": 1.5, "nodes": [{"name": "n1", "url": node.url}]}
         async with running_farm(SCENARIO, ["9.x"], prepare=with_jmx(jmx)) as run:
             n1 = {"mirror": "sydney", "node": "n1"}
-            await wait_for_metric(run, 9, "bitbucket_mirror_node_syncs_total", **n1, sync="incremental")
+            await wait_for_metric(
+                run, 9, "bitbucket_mirror_node_syncs_total", mirror=n1["mirror"], node=n1["node"], sync="incremental"
+            )
             # Freeze the node's JVM: connections are accepted by the kernel but nothing answers.
             node.process.send_signal(signal.SIGSTOP)
             try:
-                await wait_for_metric(run, 0, "bitbucket_mirror_jmx_up", **n1)
+                await wait_for_metric(run, 0, "bitbucket_mirror_jmx_up", mirror=n1["mirror"], node=n1["node"])
                 samples = await run.metrics()
                 errors = value(samples, "bitbucket_mirror_exporter_jmx_poll_errors_total", **n1, reason="timeout")
                 assert errors is not None and errors >= 1
                 # Stale, not gone: the last reading is still served.
-                assert value(samples, "bitbucket_mirror_node_syncs_total", **n1, sync="incremental") == 9
+                assert (
+                    value(
+                        samples,
+                        "bitbucket_mirror_node_syncs_total",
+                        mirror=n1["mirror"],
+                        node=n1["node"],
+                        sync="incremental",
+                    )
+                    == 9
+                )
             finally:
                 node.process.send_signal(signal.SIGCONT)
-            await wait_for_metric(run, 1, "bitbucket_mirror_jmx_up", **n1)
+            await wait_for_metric(run, 1, "bitbucket_mirror_jmx_up", mirror=n1["mirror"], node=n1["node"])
 
 
 async def test_nodes_from_farm_nodes_with_a_jmx_port(fake_node_classes: Path) -> None:

@@ -174,8 +174,8 @@ async def secret_farm(
     tmp_path: Path, poll: dict[str, Any], hostname: str | None = None, resolver: AbstractResolver | None = None
 ) -> AsyncIterator[tuple[Running, CapturedLogs]]:
     scenario = Scenario(repositories=REPOSITORIES, password=PASSWORD, token=TOKEN)
-    # Long enough for every fault here to ride over (docs/metrics.md, "Freshness"); tests/test_freshness.py covers
-    # what happens past it.
+    # Long enough for every fault here to ride over (docs/metrics.md, "Freshness"); tests/system/test_freshness.py
+    # covers what happens past it.
     poll = {"retries": 1, "stale_after_seconds": 60, **poll}
     with CapturedLogs().attached() as logs:
         async with running_farm(

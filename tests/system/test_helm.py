@@ -22,7 +22,7 @@ from exporter.config import settings_from_mapping
 from tests.certs import TestAuthority
 from tests.monitoring_stack import binary
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parent.parent.parent
 CHART = ROOT / "helm"
 HELM = ROOT / ".tools" / "bin" / "helm"
 VALUES = sorted((CHART / "ci").glob("*.yaml"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"
 SCRIPT = REPO / "scripts" / "extract-openapi-fixture"
 

@@ -14,7 +14,7 @@ from alerts.rules import AlertConfig, alert_names, render
 from exporter.web.runbooks import anchor, page
 from tests.conftest import running_farm
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def test_nothing_generated_is_stale() -> None:

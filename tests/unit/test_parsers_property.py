@@ -180,18 +180,15 @@ def _endpoints(body: bytes) -> dict[str, Callable[[], Awaitable[object]]]:
     mirror = MirrorApi(client, "http://mirror.invalid", Credentials())
     primary = PrimaryApi(client, "http://primary.invalid", Credentials())
 
-    async def layout_then(fetch: Callable[[Any], Awaitable[object]]) -> object:
-        return await fetch(await mirror.detect_layout())
-
     async def first_page(pages: Any) -> object:
         return [row async for row in pages]
 
     return {
         "status": mirror.status,
-        "upstream": lambda: layout_then(mirror.upstream),
-        "progress": lambda: layout_then(mirror.progress),
-        "farm_nodes": lambda: layout_then(mirror.farm_nodes),
-        "sync_settings": lambda: layout_then(mirror.sync_settings),
+        "upstream": mirror.upstream,
+        "progress": mirror.progress,
+        "farm_nodes": mirror.farm_nodes,
+        "sync_settings": mirror.sync_settings,
         "delayed_sync": mirror.delayed_sync,
         "out_of_sync_repos": mirror.out_of_sync_repositories,
         "ref_changes_queue_count": mirror.ref_changes_queue_count,
@@ -262,6 +259,6 @@ def test_jmx_failures_are_always_classified(returncode: int, stdout: str, stderr
 def test_the_canned_client_decodes_like_the_real_one() -> None:
     """The endpoint property above is only as good as its stand-in client: a valid page goes through."""
     body = _encode({"values": [{"externalRepoId": "7", "failedSyncCount": "2"}], "isLastPage": True})
-    rows = asyncio.run(_endpoints(body)["repo_sync_status"]())  # type: ignore[arg-type]
+    rows: object = asyncio.run(_endpoints(body)["repo_sync_status"]())  # type: ignore[arg-type]
     assert rows == [decode_sync_status_page(body).values]
     assert isinstance(parse_page(body), Page)

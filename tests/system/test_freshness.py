@@ -6,18 +6,12 @@ the Date headers of answers already fetched. All against the simulated farm's gr
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from exporter.jmx.reading import NodeReading
-from exporter.rest.collector import MirrorFarmCollector
 from exporter.simulator import Scenario, SimulatedFarm
-from exporter.sources import SourceState
-from exporter.state import ExporterState, JmxNodeState, MirrorState, Policy, PrimaryState, RepoSyncSummary
 from tests.conftest import Running, Samples, running_farm, value, wait_until
 
 INTERVAL = 0.2
@@ -202,47 +196,3 @@ async def test_clock_skew_from_date_headers_equals_the_truth(mirror_skew: float,
         assert other is not None and abs(other - truth["frankfurt"]["clock_skew_seconds"]) <= 1.0
         # No request of its own: the skew comes from answers the exporter fetched anyway.
         assert set(run.farm.farm.mirrors["sydney"].requests) == set(requests_before)
-
-
-def _collect(state: ExporterState) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(MirrorFarmCollector(lambda: state))
-    return registry
-
-
-def test_each_source_is_served_up_to_stale_after_and_not_a_second_longer() -> None:
-    # No sockets: a hand-built state, read through the collector like a scrape.
-    now = time.time()
-    mirror = MirrorState(name="sydney", url="https://mirror.example.com")
-    mirror.farm_nodes = SourceState(
-        value=[], success=False, value_timestamp=now - 89.0, last_success_timestamp=now - 89
-    )
-    mirror.repo_sync_status = SourceState(
-        value=RepoSyncSummary(7, 1, 3, None), success=False, value_timestamp=now - 91.0, error_reason="timeout"
-    )
-    node = JmxNodeState("service:jmx:rmi:///jndi/rmi://n:3333/jmxrmi", stale_after_seconds=180.0)
-    node.source = SourceState(
-        value=NodeReading(beans=4, timers={}, tickets=[]), success=False, value_timestamp=now - 170
-    )
-    gone = JmxNodeState("service:jmx:rmi:///jndi/rmi://m:3333/jmxrmi", stale_after_seconds=180.0)
-    gone.source = SourceState(
-        value=NodeReading(beans=4, timers={}, tickets=[]), success=False, value_timestamp=now - 190
-    )
-    mirror.jmx_nodes = {"n1": node, "n2": gone}
-    primary = PrimaryState(url="https://bitbucket.example.com")
-    state = ExporterState(primary=primary, mirrors=[mirror], policy=Policy(stale_after=90.0))
-    registry = _collect(state)
-    assert registry.get_sample_value("bitbucket_mirror_farm_nodes", {"mirror": "sydney"}) == 0.0  # 89 s old: served
-    assert registry.get_sample_value("bitbucket_mirror_repositories", {"mirror": "sydney"}) is None  # 91 s: not
-    assert registry.get_sample_value("bitbucket_mirror_up", {"mirror": "sydney"}) == 0.0  # always served
-    assert registry.get_sample_value("bitbucket_mirror_node_jmx_beans", {"mirror": "sydney", "node": "n1"}) == 4.0
-    assert registry.get_sample_value("bitbucket_mirror_node_jmx_beans", {"mirror": "sydney", "node": "n2"}) is None
-    # No report yet: drift unknown, and the causes named.
-    assert registry.get_sample_value("bitbucket_mirror_drift_fresh", {"mirror": "sydney"}) == 0.0
-    stale_inputs = {
-        (s.labels["target"], s.labels["source"], s.labels["reason"])
-        for family in registry.collect()
-        if family.name == "bitbucket_mirror_drift_input_stale"
-        for s in family.samples
-    }
-    assert stale_inputs == {("primary", "repositories", "not_polled_yet"), ("sydney", "repo_sync_status", "timeout")}

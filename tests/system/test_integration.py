@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exporter.simulator import Scenario, SimulatedFarm
-from tests.conftest import running_farm, value, wait_until
+from tests.conftest import running_farm, value
 
 FAMILIES = [["9.x"], ["8.x"], ["9.x", "8.x", "9.x"]]
 
@@ -83,83 +83,6 @@ async def test_repo_sync_status_follows_every_capped_page() -> None:
         # ceil(95 / 7) pages per cycle, whatever limit the exporter asked for.
         cycles = run.exporter.state.mirrors[0].cycles
         assert truth["mirrors"]["sydney"]["requests"]["repo_sync_status"] == 14 * cycles
-
-
-async def test_a_broken_mirror_is_counted_keeps_its_last_values_and_recovers() -> None:
-    async with running_farm(Scenario(repositories=12), ["9.x", "8.x"]) as run:
-        await run.wait_ready()
-        before = await run.metrics()
-        assert value(before, "bitbucket_mirror_repositories", mirror="frankfurt") == 12
-        await run.control("/sim/mirrors/frankfurt", {"faults": {"*": "reset"}})
-        await run.next_cycles(2)
-        broken = await run.metrics()
-        assert value(broken, "bitbucket_mirror_up", mirror="frankfurt") == 0.0
-        assert value(broken, "bitbucket_mirror_up", mirror="sydney") == 1.0
-        errors = value(
-            broken,
-            "bitbucket_mirror_exporter_poll_errors_total",
-            target="frankfurt",
-            source="status",
-            reason="connection",
-        )
-        assert errors is not None and errors >= 1
-        assert (
-            value(
-                broken,
-                "bitbucket_mirror_exporter_poll_success",
-                target="frankfurt",
-                source="repo_sync_status",
-            )
-            == 0.0
-        )
-        # The last good values stay, and their age shows.
-        assert value(broken, "bitbucket_mirror_repositories", mirror="frankfurt") == 12
-        stale_since = value(
-            broken,
-            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
-            target="frankfurt",
-            source="repo_sync_status",
-        )
-        fresh_since = value(
-            broken,
-            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
-            target="sydney",
-            source="repo_sync_status",
-        )
-        assert stale_since is not None and fresh_since is not None and stale_since < fresh_since
-
-        await run.control("/sim/mirrors/frankfurt", {"faults": {}})
-
-        async def recovered() -> bool:
-            return value(await run.metrics(), "bitbucket_mirror_up", mirror="frankfurt") == 1.0
-
-        await wait_until(recovered, what="frankfurt up again")
-
-
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [
-        ("html", "html_response"),
-        ("broken_json", "invalid_json"),
-        ("unauthorized", "http_401"),
-        ("error", "http_500"),
-        ("unavailable", "http_503"),
-    ],
-)
-async def test_each_bad_answer_is_counted_with_its_own_reason(fault: str, reason: str) -> None:
-    async with running_farm(Scenario(repositories=3), ["9.x"], retries=1) as run:
-        await run.wait_ready()
-        await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": fault}})
-        await run.next_cycles(1)
-        samples = await run.metrics()
-        labels = {"target": "sydney", "source": "repo_sync_status"}
-        assert value(samples, "bitbucket_mirror_exporter_poll_errors_total", **labels, reason=reason) == pytest.approx(
-            run.exporter.state.mirrors[0].repo_sync_status.errors_total[reason]
-        )
-        assert value(samples, "bitbucket_mirror_exporter_poll_success", **labels) == 0.0
-        # Other sources of the same mirror are not affected.
-        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0
-        assert value(samples, "bitbucket_mirror_exporter_poll_success", target="sydney", source="progress") == 1.0
 
 
 async def test_a_starting_mirror_reports_its_state_but_is_not_up() -> None:

@@ -23,7 +23,7 @@ from openapi_schema_validator import OAS30ReadValidator
 
 from exporter.simulator import Scenario, SimulatedFarm
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "openapi"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openapi"
 UPSTREAM = "/mirroring/latest/upstreamServers/{upstreamId}"
 REST = "/rest/mirroring/latest"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
@@ -58,7 +58,8 @@ def closed_components(version: str, allow_8x: bool) -> dict[str, Any]:
     if allow_8x:
         for name, extra in EXTRA_8X_FIELDS.items():
             components["schemas"][name]["properties"].update(extra)
-    return _closed(components)
+    closed: dict[str, Any] = _closed(components)
+    return closed
 
 
 def response_schema(version: str, path: str) -> dict[str, Any]:

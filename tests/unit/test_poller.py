@@ -1,0 +1,207 @@
+"""The pollers driven one cycle at a time against in-process fakes (no sockets): what a cycle records, logging once
+per change of state, and the mirror API's family detection and delayed-sync memory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from exporter.config import Credentials, PollConfig
+from exporter.drift import RepoState
+from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
+from exporter.rest.client import BitbucketClient, ClockReading, Page
+from exporter.rest.listings import Hashes, PrimaryRepositoryRow, ProjectRow, RepositoryHashes, SyncStatusRow
+from exporter.rest.models import (
+    ClusterNode,
+    MirrorServer,
+    MirrorStatus,
+    RefSyncQueue,
+    SyncProgress,
+    SyncSettings,
+    UpstreamServer,
+)
+from exporter.rest.poller import MirrorPoller, PrimaryPoller
+from exporter.sources import FetchError, run_source
+from exporter.state import MirrorState, Policy, PrimaryState
+
+A, B = "a" * 64, "b" * 64
+
+
+class FakePrimary(PrimaryApi):
+    def __init__(self, repositories: dict[int, str]) -> None:
+        self.repositories = repositories
+
+    def clock(self) -> ClockReading | None:
+        return ClockReading(0.0, 0.0)
+
+    async def mirror_servers(self) -> list[MirrorServer]:
+        return [MirrorServer(id="1", name="sydney", baseUrl="https://sydney.example.com", enabled=True)]
+
+    async def _pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
+        yield [
+            PrimaryRepositoryRow(i, f"r{i}", ProjectRow("PRJ", 1), RepositoryHashes(h, "m"))
+            for i, h in self.repositories.items()
+        ]
+
+    def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
+        return self._pages()
+
+
+class FakeMirror(MirrorApi):
+    def __init__(self, hashes: dict[int, str], fail: dict[str, FetchError] | None = None) -> None:
+        self.hashes = hashes
+        self.fail = fail or {}
+
+    @property
+    def family(self) -> ApiFamily | None:
+        return ApiFamily.V9
+
+    def clock(self) -> ClockReading | None:
+        return None
+
+    def _maybe_fail(self, source: str) -> None:
+        if source in self.fail:
+            raise self.fail[source]
+
+    async def status(self) -> MirrorStatus:
+        self._maybe_fail("status")
+        return MirrorStatus(state="SYNCHRONIZED", memberCount=2)
+
+    async def upstream(self) -> UpstreamServer:
+        return UpstreamServer(id="u", state="INSTALLED")
+
+    async def progress(self) -> SyncProgress:
+        return SyncProgress()
+
+    async def farm_nodes(self) -> list[ClusterNode]:
+        return [ClusterNode(id="n1")]
+
+    async def sync_settings(self) -> SyncSettings:
+        return SyncSettings()
+
+    async def delayed_sync(self) -> DelayedSync:
+        return DelayedSync(True, "delayed-sync", 0)
+
+    async def ref_changes_queue_count(self) -> int:
+        return 0
+
+    async def ref_changes_queue(self) -> RefSyncQueue:
+        return RefSyncQueue()
+
+    async def _pages(self) -> AsyncIterator[list[SyncStatusRow]]:
+        self._maybe_fail("repo_sync_status")
+        yield [SyncStatusRow(str(i), 0, None, Hashes(h, "m")) for i, h in self.hashes.items()]
+
+    def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
+        return self._pages()
+
+
+def pollers(primary: FakePrimary, mirror: FakeMirror) -> tuple[PrimaryPoller, MirrorPoller]:
+    primary_poller = PrimaryPoller(PrimaryState(url="https://b.example.com"), primary, interval=30)
+    state = MirrorState(name="sydney", url="https://sydney.example.com")
+    return primary_poller, MirrorPoller(state, mirror, primary_poller, Policy(), interval=30)
+
+
+async def test_one_cycle_records_every_source_and_the_drift_of_this_cycles_listings() -> None:
+    primary, mirror = pollers(FakePrimary({1: A, 2: B, 3: A}), FakeMirror({1: A, 2: A}))
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    state = mirror.state
+    assert all(source.success for source in state.sources().values())
+    assert state.repo_sync_status.value is not None and state.repo_sync_status.value.repositories == 2
+    report = state.drift
+    assert report is not None
+    assert (
+        report.count(RepoState.IN_SYNC),
+        report.count(RepoState.CONTENT_DRIFT),
+        report.count(RepoState.MISSING),
+    ) == (1, 1, 1)
+    # First seen when the later of the two listings was read, never later than that.
+    assert primary.state.repositories.last_success_timestamp is not None
+    assert report.diverged_since["2"] <= max(
+        primary.state.repositories.last_success_timestamp, state.repo_sync_status.last_success_timestamp or 0
+    )
+    assert state.api_family is ApiFamily.V9 and state.cycles == 1 and "SYNCHRONIZED" in state.states_seen
+
+
+async def test_a_failed_listing_keeps_the_last_report_and_counts_its_reason() -> None:
+    fake = FakeMirror({1: A})
+    primary, mirror = pollers(FakePrimary({1: A}), fake)
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    first = mirror.state.drift
+    fake.fail["repo_sync_status"] = FetchError("http_401", "HTTP 401", status=401)
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    assert mirror.state.drift is first  # rides over; the collector ages it out by its inputs' time
+    assert mirror.state.repo_sync_status.errors_total == {"http_401": 1}
+    assert mirror.state.repo_sync_status.success is False
+
+
+async def test_run_source_logs_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.poller")
+    state = MirrorState(name="m", url="https://m.example.com").status
+    outcomes: list[Callable[[], Any]] = []
+
+    async def fetch() -> MirrorStatus:
+        return outcomes.pop(0)()  # type: ignore[no-any-return]
+
+    def fail(reason: str) -> Callable[[], MirrorStatus]:
+        def raise_it() -> MirrorStatus:
+            raise FetchError(reason, reason)
+
+        return raise_it
+
+    ok: Callable[[], MirrorStatus] = lambda: MirrorStatus()  # noqa: E731
+    outcomes += [ok, fail("timeout"), fail("timeout"), fail("http_503"), fail("http_503"), ok, ok]
+    for _ in range(7):
+        await run_source("m", "status", state, fetch)
+    messages = [(r.getMessage(), getattr(r, "reason", getattr(r, "after", None))) for r in caplog.records]
+    assert messages == [("poll failed", "timeout"), ("poll failed", "http_503"), ("poll recovered", "http_503")]
+    assert state.errors_total == {"timeout": 2, "http_503": 2}
+
+
+class CountingClient(BitbucketClient):
+    """Answers from a table of path -> body or status; counts requests per path."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        super().__init__(None, PollConfig())  # type: ignore[arg-type]
+        self.answers = answers
+        self.asked: dict[str, int] = {}
+
+    async def get(self, url: URL, credentials: Credentials, decode: Callable[[bytes], Any], params: Any = None) -> Any:
+        path = url.path.removeprefix("/rest/mirroring/latest/")
+        self.asked[path] = self.asked.get(path, 0) + 1
+        await asyncio.sleep(0)  # let concurrent callers overlap
+        answer = self.answers.get(path, 404)
+        if isinstance(answer, int):
+            raise FetchError(f"http_{answer}", f"HTTP {answer}", status=answer)
+        return answer
+
+    async def pages(self, url: URL, credentials: Credentials, decode: Any, params: Any = None) -> Any:
+        yield Page(await self.get(url, credentials, decode)).values
+
+
+async def test_the_api_family_is_detected_once_for_concurrent_callers_and_again_after_a_404() -> None:
+    client = CountingClient({"upstreamServer": {"id": "u"}, "progress": {}, "farmNodes": [], "syncSettings": {}})
+    api = MirrorApi(client, "https://m.example.com", Credentials())
+    await asyncio.gather(api.progress(), api.farm_nodes(), api.sync_settings())
+    assert client.asked["upstreamServer"] == 1 and api.family is ApiFamily.V9
+    # Upgraded (or downgraded) behind our back: a family-specific 404 makes the next call detect again.
+    del client.answers["progress"]
+    with pytest.raises(FetchError):
+        await api.progress()
+    assert api.family is None
+    await api.farm_nodes()
+    assert client.asked["upstreamServer"] == 2
+
+
+async def test_an_8x_mirror_is_asked_for_delayed_sync_once_then_only_for_out_of_sync_repos() -> None:
+    client = CountingClient({"supportInfo/out-of-sync-repos/content": "1,2"})
+    api = MirrorApi(client, "https://m.example.com", Credentials())
+    for _ in range(3):
+        assert await api.delayed_sync() == DelayedSync(True, "out-of-sync-repos", 2)
+    assert client.asked["mirrorRepos/delayed-sync"] == 1
+    assert client.asked["supportInfo/out-of-sync-repos/content"] == 3

@@ -1,0 +1,86 @@
+"""The exporter's web handlers through aiohttp's test client: readiness, basic auth on everything but the health
+endpoints, reload answers, and scrapes in one burst sharing a rendering."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import bcrypt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from exporter.rest.collector import MirrorFarmCollector
+from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.web.auth import BasicAuth
+from exporter.web.server import Served, make_app
+
+Reload = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def state() -> ExporterState:
+    return ExporterState(
+        PrimaryState(url="https://b.example.com"), [MirrorState(name="sydney", url="https://s.example.com")]
+    )
+
+
+async def client_for(served: Served) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(make_app(served))) as client:
+        yield client
+
+
+def served(current: ExporterState, auth: BasicAuth | None = None, reload: Reload | None = None) -> Served:
+    registry = CollectorRegistry()
+    registry.register(MirrorFarmCollector(lambda: current))
+    return Served(lambda: current, registry, auth or BasicAuth({}), reload)
+
+
+async def test_ready_waits_for_the_first_poll_of_every_configured_target() -> None:
+    current = state()
+    async for client in client_for(served(current)):
+        assert (await client.get("/-/ready")).status == 503
+        current.primary.cycles = 1
+        assert (await client.get("/-/ready")).status == 503
+        current.mirrors[0].cycles = 1
+        assert (await client.get("/-/ready")).status == 200
+        assert (await client.get("/-/healthy")).status == 200
+
+
+async def test_basic_auth_guards_every_page_but_the_health_endpoints() -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    good = {"Authorization": "Basic " + base64.b64encode(b"prometheus:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"prometheus:wrong").decode()}
+    async for client in client_for(served(state(), BasicAuth({"prometheus": hashed}))):
+        for path in ("/metrics", "/", "/runbooks"):
+            refused = await client.get(path)
+            assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Basic ")
+            assert (await client.get(path, headers=bad)).status == 401
+            assert (await client.get(path, headers=good)).status == 200
+        for path in ("/-/healthy", "/-/ready"):
+            assert (await client.get(path)).status in (200, 503)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"), [(None, 501), ((True, "config reloaded"), 200), ((False, "config reload failed: x"), 500)]
+)
+async def test_reload_answers(outcome: tuple[bool, str] | None, status: int) -> None:
+    async def reload() -> tuple[bool, str]:
+        assert outcome is not None
+        return outcome
+
+    async for client in client_for(served(state(), reload=None if outcome is None else reload)):
+        answer = await client.post("/-/reload")
+        assert answer.status == status
+        if outcome is not None:
+            assert (await answer.text()).strip() == outcome[1]
+
+
+async def test_scrapes_in_one_burst_share_one_rendering() -> None:
+    current = state()
+    async for client in client_for(served(current)):
+        first = await (await client.get("/metrics")).text()
+        current.mirrors[0].status.success = True  # changes bitbucket_mirror_up
+        second = await (await client.get("/metrics")).text()
+    assert first == second and 'bitbucket_mirror_up{mirror="sydney"} 0.0' in first
