@@ -1,7 +1,8 @@
 """aiohttp servers for the simulated primary and mirrors, speaking the documented Bitbucket mirroring API.
 
-Shapes follow the Bitbucket DC 9.2/9.6 OpenAPI schemas (tests/system/test_simulator_schema.py checks them). A mirror serves
-either the 8.x layout (``upstreamServers/{id}/...``) or the 9.x one (flat paths), never both, as real mirrors do.
+Shapes follow the Bitbucket DC 9.2/9.6 OpenAPI schemas (tests/system/test_simulator_schema.py checks them). A mirror
+serves either the 8.x layout (``upstreamServers/{id}/...``) or the 9.x one (flat paths), never both, as real mirrors
+do.
 """
 
 from __future__ import annotations
