@@ -41,7 +41,7 @@ from exporter.drift import RepoState
 
 REST = "/rest/mirroring/latest"
 POLL = PollConfig()
-# The small mirror endpoints the exporter reads once per cycle on a 9.x mirror (exporter/api.py, poller.py).
+# The small mirror endpoints the exporter reads once per cycle on a 9.x mirror (exporter/rest/api.py, rest/poller.py).
 MIRROR_SINGLES = (
     "/status",
     f"{REST}/upstreamServer",

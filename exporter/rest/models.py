@@ -9,7 +9,7 @@ differ from them, the models accept more than the specs promise (see docs/assump
 * dates are accepted as ISO 8601 strings or as epoch numbers (number or string), and held as epoch seconds. A
   number above 1e11 is epoch milliseconds, any other epoch seconds (``epoch_number_seconds``): the 9.x specs type
   dates as date-time strings, other Bitbucket resources send milliseconds, and what a given version sends for
-  ``lastSyncDate`` is not published. exporter/listings.py applies the same rule.
+  ``lastSyncDate`` is not published. exporter/rest/listings.py applies the same rule.
 """
 
 from __future__ import annotations

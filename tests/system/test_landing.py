@@ -13,7 +13,7 @@ from tests.browser import dom, rows_by_first_cell, screenshot
 from tests.conftest import Running, running_farm, value, wait_until
 
 INTERVAL = 0.2
-BAD = (0xF4, 0xC7, 0xC3)  # td.bad's background in exporter/landing.py
+BAD = (0xF4, 0xC7, 0xC3)  # td.bad's background in exporter/web/landing.py
 
 
 def bad_pixels(png: Path) -> int:
