@@ -19,10 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent.parent / RULES_FILE)
     args = parser.parse_args(argv)
     try:
-        pairs = [item.split("=", 1) for item in args.set]
-        if any(len(pair) != 2 for pair in pairs):
-            raise ValueError("--set takes NAME=VALUE")
-        config = AlertConfig.with_overrides(dict(pairs))
+        config = AlertConfig.from_settings(args.set)
     except ValueError as exc:
         print(f"python3 -m alerts: {exc}", file=sys.stderr)
         return 2

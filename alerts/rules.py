@@ -78,6 +78,14 @@ class AlertConfig:
         return cls(**values)
 
     @classmethod
+    def from_settings(cls, items: list[str]) -> AlertConfig:
+        """From ``NAME=VALUE`` strings as ``--set`` takes them; ValueError names the problem."""
+        pairs = [item.split("=", 1) for item in items]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("--set takes NAME=VALUE")
+        return cls.with_overrides(dict(pairs))
+
+    @classmethod
     def kinds(cls) -> dict[str, str]:
         """Setting -> "duration", "count" (a whole number), or "text"."""
         return {f.name: _kind(f.name, f.type in (int, "int")) for f in fields(cls)}

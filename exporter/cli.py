@@ -150,10 +150,7 @@ def _rules(args: argparse.Namespace) -> int:
             print(f"{name}={default}  ({kinds[name]})")
         return 0
     try:
-        pairs = [item.split("=", 1) for item in args.overrides]
-        if any(len(pair) != 2 for pair in pairs):
-            raise ValueError("--set takes NAME=VALUE")
-        config = AlertConfig.with_overrides(dict(pairs))
+        config = AlertConfig.from_settings(args.overrides)
     except ValueError as exc:
         print(f"{PROG} rules: {exc}", file=sys.stderr)
         return EXIT_CONFIG
