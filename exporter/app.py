@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -29,13 +28,11 @@ from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
-from exporter.web.server import Served, make_app
+from exporter.web.server import Served, Server
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9879
-# How long a stop waits for requests in flight to /metrics: SIGTERM must end the process within seconds.
-STOP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,7 @@ class Exporter:
         )
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: Server | None = None
         self.port = listen.port
 
     @property
@@ -221,15 +218,11 @@ class Exporter:
         return self._polling.client
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(
-            make_app(self._served), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
-        )
-        await self._runner.setup()
         tls = self._web_config.tls_server_config
         self._web_tls = tls.context() if tls is not None else None
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port, ssl_context=self._web_tls)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._server = Server(self._served, self.listen.host, self.listen.port, self._web_tls)
+        await self._server.start()
+        self.port = self._server.port
         await self._polling.start()
         log.info(
             "exporter started",
@@ -285,8 +278,8 @@ class Exporter:
 
     async def stop(self) -> None:
         await self._polling.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.stop()
         log.info("exporter stopped")
 
 

@@ -3,6 +3,7 @@ the health endpoints when the web config has users. None of them waits on Bitbuc
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -99,3 +100,31 @@ def make_app(served: Served) -> web.Application:
     app.router.add_get("/runbooks", runbooks)
     app.router.add_post("/-/reload", reload)
     return app
+
+
+# How long a stop waits for requests in flight to /metrics: SIGTERM must end the process within seconds.
+STOP_SECONDS = 2.0
+
+
+@dataclass
+class Server:
+    """The exporter's HTTP server on one address, over TLS when the web config asks for it; ``port`` is the bound
+    port (useful with port 0)."""
+
+    served: Served
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(
+            make_app(self.served), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
