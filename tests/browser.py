@@ -4,6 +4,7 @@ screenshot, each from a fresh profile, with the flags this machine's closed netw
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -27,7 +28,11 @@ FLAGS = [
 def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("chromium not found: install the Debian package 'chromium' (scripts/bootstrap does)")
+        message = "chromium not found: install the Debian package 'chromium' (scripts/bootstrap does on Debian)"
+        # Ubuntu has no chromium deb (only a snap): skipped there with this reason, but never in CI.
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
