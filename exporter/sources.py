@@ -82,9 +82,6 @@ class SourceState(Generic[T]):
             return None
         return self.value
 
-    def age(self, now: float) -> float | None:
-        return None if self.value_timestamp is None else now - self.value_timestamp
-
 
 # --- Freeing replaced values off the event loop --------------------------------------------------------------------
 # Dropping the last reference to a 100,000-repository snapshot deallocates half a million objects, tens of

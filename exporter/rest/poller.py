@@ -9,7 +9,7 @@ its own: one failing endpoint never blocks another, and a failed source keeps it
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,9 +22,6 @@ from exporter.rest.listings import sync_seconds
 from exporter.rest.models import MirrorServer, MirrorStatus
 from exporter.sources import FetchError, FirstCycle, free_later, run_source
 from exporter.state import MirrorState, Policy, PrimaryState, RefQueue, RepoSyncSummary
-
-log = logging.getLogger("exporter.poller")
-
 
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
@@ -48,19 +45,13 @@ class PrimaryListings:
         self._finished.set()
         self._finished = asyncio.Event()
 
-    async def wait_for_cycle(self, cycle_started: float, at_most: float) -> bool:
+    async def wait_for_cycle(self, cycle_started: float, at_most: float) -> None:
         """Wait until a read that began with the cycle that began at ``cycle_started`` has finished (successfully or
-        not); False when none did within ``at_most`` seconds."""
+        not), or ``at_most`` seconds have passed."""
         deadline = time.monotonic() + at_most
-        while self._started < cycle_started - self._slack:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
+        while self._started < cycle_started - self._slack and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), timeout=remaining)
-            except TimeoutError:
-                return False
-        return True
 
 
 class MirrorPoller:
