@@ -14,15 +14,16 @@ from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__
-from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, Settings
+from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
 from exporter.jmx.poller import JmxPoller
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
 from exporter.rest.api import MirrorApi, PrimaryApi, normalize_url
 from exporter.rest.client import BitbucketClient
 from exporter.rest.collector import MirrorFarmCollector
 from exporter.rest.models import MirrorServer
-from exporter.rest.poller import MirrorPoller, PrimaryPoller
-from exporter.sources import poll_forever
+from exporter.rest.nodes import NodeFleet
+from exporter.rest.poller import DriftJob, MirrorPoller, PrimaryPoller
+from exporter.sources import Poller, poll_forever
 from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
 from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
@@ -73,6 +74,9 @@ class Polling:
         self._primary: PrimaryPoller | None = None
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
         self._mirror_pollers: dict[str, MirrorPoller] = {}
+        self._fleets: dict[str, NodeFleet] = {}
+        # Every poll loop running, mirrors' nodes included (stop cancels them all).
+        self._loops: set[asyncio.Task[None]] = set()
         self.client: BitbucketClient | None = None
         # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
         self._anchor = 0.0
@@ -81,8 +85,11 @@ class Polling:
         connector = aiohttp.TCPConnector(
             ssl=self.settings.tls.context(), limit=0, resolver=self._resolver, use_dns_cache=self._resolver is None
         )
+        # No shared cookie jar: each mirror keeps its load balancer's affinity cookie itself (rest/client.py).
         self._session = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": f"bitbucket-mirror-exporter/{__version__}"}
+            connector=connector,
+            headers={"User-Agent": f"bitbucket-mirror-exporter/{__version__}"},
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.client = BitbucketClient(self._session, self.settings.poll)
         primary = self.settings.primary
@@ -94,11 +101,11 @@ class Polling:
             interval,
             on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
         )
-        self._tasks = [asyncio.create_task(poll_forever(self._primary, interval, self._stop, self._anchor))]
+        self._tasks = [self._spawn(self._primary)]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
         for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
-            poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary))
+            poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary), mirror_cfg.nodes)
             if mirror_cfg.jmx is not None:
                 jmx = JmxPoller(
                     mirror_state,
@@ -111,19 +118,39 @@ class Polling:
                 )
                 self._tasks.append(asyncio.create_task(jmx.run()))
 
-    def _start_mirror(self, state: MirrorState, credentials: Credentials) -> tuple[MirrorPoller, asyncio.Task[None]]:
+    def _start_mirror(
+        self, state: MirrorState, credentials: Credentials, nodes: NodesConfig | None = None
+    ) -> tuple[MirrorPoller, asyncio.Task[None]]:
         assert self.client is not None and self._primary is not None
         api = MirrorApi(self.client, state.url, credentials, state.name)
         interval = self.settings.poll.interval_seconds
-        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval)
-        task = asyncio.create_task(poll_forever(poller, interval, self._stop, self._anchor))
+        fleet = None
+        if nodes is not None:
+            drift = DriftJob(self._primary, self.state.policy, interval)
+            fleet = NodeFleet(state, nodes, credentials, self.client, drift, interval, self._spawn)
+            self._fleets[state.name] = fleet
+        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval, fleet)
+        task = self._spawn(poller)
         self._tasks.append(task)
         self._mirror_pollers[state.name] = poller
         return poller, task
 
+    def _spawn(self, poller: Poller) -> asyncio.Task[None]:
+        """A poll loop on the shared grid. Node loops come and go with farmNodes: they are kept in a set they leave
+        when they end, so a farm whose node list flaps does not grow it."""
+        task = asyncio.create_task(poll_forever(poller, self.settings.poll.interval_seconds, self._stop, self._anchor))
+        self._loops.add(task)
+        task.add_done_callback(self._loops.discard)
+        return task
+
     async def poll_once(self) -> None:
         assert self._primary is not None
-        await asyncio.gather(self._primary.poll_once(), *(p.poll_once() for p in self._mirror_pollers.values()))
+        nodes = [p for fleet in self._fleets.values() for p in fleet.pollers()]
+        await asyncio.gather(
+            self._primary.poll_once(),
+            *(p.poll_once() for p in self._mirror_pollers.values()),
+            *(p.poll_once() for p in nodes),
+        )
 
     def _discover(self, servers: list[MirrorServer]) -> None:
         """Follow the primary's mirrorServers: add mirrors it lists that are not configured, drop ones it no longer
@@ -136,6 +163,7 @@ class Polling:
             self._tasks.remove(task)
             self.state.mirrors.remove(state)
             del self._mirror_pollers[state.name]
+            self._fleets.pop(state.name, None)
             log.info("discovered mirror gone", extra={"mirror": state.name})
         configured = {normalize_url(m.url) for m in self.settings.mirrors}
         names = {m.name for m in self.state.mirrors}
@@ -154,9 +182,10 @@ class Polling:
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._loops]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 

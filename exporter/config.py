@@ -10,7 +10,6 @@ import re
 import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -28,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
 from exporter.tls import client_context
+from exporter.urls import check_base_url, check_node_template
 
 ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
 PRIMARY_TARGET = "primary"
@@ -39,18 +39,6 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _check_base_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    # Credentials in the URL would end up in logs and labels; they belong in username/password.
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials; use username/password or token")
-    if parts.query or parts.fragment:
-        raise ValueError("must not contain a query or fragment")
-    return url.rstrip("/")
 
 
 class Credentials(UserPassword):
@@ -80,6 +68,10 @@ class Credentials(UserPassword):
             v is not None for v in (self.username, self.password, self.password_file, self.token, self.token_file)
         )
 
+    def credentials_or(self, default: Credentials) -> Credentials:
+        """These credentials, or ``default`` when none are set (a mirror uses the primary's, a node its mirror's)."""
+        return self if self.is_set else default
+
     def resolved_token(self) -> SecretStr | None:
         if self.token_file is not None:
             return read_secret_file(self.token_file)
@@ -92,15 +84,50 @@ class _Target(Credentials):
     @field_validator("url")
     @classmethod
     def _base_url(cls, url: str) -> str:
-        return _check_base_url(url)
+        return check_base_url(url)
 
 
 class PrimaryConfig(_Target):
     pass
 
 
+class StaticNode(_Target):
+    """One node of a farm by its own base URL; without credentials of its own it uses the mirror's."""
+
+    name: str = Field(min_length=1, max_length=128)
+
+
+class NodesConfig(_Strict):
+    """How to reach each node of a mirror farm, so every node's own listings are read (they are node-local)."""
+
+    # Built for each farmNodes entry, every cycle, from its {address}, {port}, {id} and {name}.
+    url_template: str | None = None
+    static: list[StaticNode] = Field(default_factory=list)
+
+    @field_validator("url_template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        return None if template is None else check_node_template(template)
+
+    @field_validator("static")
+    @classmethod
+    def _unique(cls, nodes: list[StaticNode]) -> list[StaticNode]:
+        names = [node.name for node in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique")
+        return nodes
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.url_template is None) == (not self.static):
+            raise ValueError("set url_template or static (a list of {name, url}), one of them")
+        return self
+
+
 class MirrorConfig(_Target):
     name: str = Field(min_length=1, max_length=128)
+    # Each node's own URL, to read its node-local listings; absent: the farm URL only (one node per walk).
+    nodes: NodesConfig | None = None
     # The mirror nodes' JMX (sync timers, tickets); off unless set.
     jmx: JmxConfig | None = None
 
@@ -110,10 +137,6 @@ class MirrorConfig(_Target):
         if name == PRIMARY_TARGET:
             raise ValueError(f"'{PRIMARY_TARGET}' is reserved for the primary's target label")
         return name
-
-    def credentials_or(self, default: Credentials) -> Credentials:
-        """A mirror without credentials of its own uses the primary's."""
-        return self if self.is_set else default
 
 
 class PollConfig(_Strict):

@@ -89,6 +89,8 @@ class RepoHealth:
     state: RepoState
     failed_syncs: int
     diverged_since: float | None
+    # Over a farm's nodes (``union``): on how many the content diverges (content drift or missing).
+    nodes_behind: int = 0
 
     def lag_seconds(self, now: float) -> float:
         return max(0.0, now - self.diverged_since) if self.diverged_since is not None else 0.0
@@ -105,6 +107,12 @@ class DriftReport:
     laggard_since: float | None = None
     # When the older of the two listings compared was read: the report is as fresh as that (docs/metrics.md).
     inputs_at: float = 0.0
+    # One node's report, for ``union`` (``Analysis(per_node=True)``): the primary's repositories the node lists, in
+    # scope or not, and the ids it lists that the primary does not.
+    matched: int = 0
+    extra_ids: tuple[str, ...] = ()
+    # A union's: over how many nodes.
+    nodes: int = 0
 
     def count(self, state: RepoState) -> int:
         return self.counts.get(state, 0)
@@ -134,7 +142,12 @@ class Analysis:
         previous_since: Mapping[str, float],
         seen_at: float,
         keep_all: bool = False,
+        per_node: bool = False,
     ) -> None:
+        """``per_node``: one node of a farm, for ``union``: hash_unknown repositories are kept too (a node's own
+        hashes may be unknown while its peers' are known) and the extra ids are listed."""
+        self._primary = primary
+        self._per_node = per_node
         self._pending = iter(primary.items())
         self._scope = scope
         self._mirror = mirror
@@ -180,7 +193,7 @@ class Analysis:
                 if state is RepoState.CONTENT_DRIFT and not failed:
                     since = self._laggard_since
                     self._laggard_since = diverged if since is None or diverged < since else since
-            if keep_all or state in UNHEALTHY or failed > 0:
+            if keep_all or state in UNHEALTHY or failed > 0 or (self._per_node and state is RepoState.HASH_UNKNOWN):
                 self._kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
         return done < count
 
@@ -188,11 +201,79 @@ class Analysis:
         """Call once, after ``step`` returned True; ``inputs_at`` defaults to ``seen_at``."""
         counts = dict(self._counts)
         extra = len(self._mirror) - self._matched
+        extra_ids: tuple[str, ...] = ()
         if extra:
             counts[RepoState.EXTRA] = extra
+            if self._per_node:
+                extra_ids = tuple(repo_id for repo_id in self._mirror if repo_id not in self._primary)
         self._kept.sort(key=_worst_first)
         at = self._seen_at if inputs_at is None else inputs_at
-        return DriftReport(counts, self._since, self._kept, self._laggard_since, at)
+        return DriftReport(counts, self._since, self._kept, self._laggard_since, at, self._matched, extra_ids)
+
+
+# From worst to best: a farm's repository is as bad as on its worst node.
+_SEVERITY = {
+    RepoState.MISSING: 4,
+    RepoState.CONTENT_DRIFT: 3,
+    RepoState.METADATA_DRIFT: 2,
+    RepoState.HASH_UNKNOWN: 1,
+    RepoState.IN_SYNC: 0,
+}
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
+    """The farm's report from its nodes' (``Analysis(per_node=True)`` against the same primary listing): a repository
+    is in the worst class any node puts it in, its failures are the most any node counts, its divergence began when
+    the first node's did, and ``nodes_behind`` counts the nodes where its content diverges. A repository no node kept
+    is in sync on every node. The lag is the worst node's."""
+    merged: dict[str, RepoHealth] = {}
+    behind: dict[str, int] = {}
+    for report in nodes:
+        for repo in report.repositories:
+            if repo.state in DIVERGED:
+                behind[repo.repo_id] = behind.get(repo.repo_id, 0) + 1
+            seen = merged.get(repo.repo_id)
+            if seen is None:
+                merged[repo.repo_id] = repo
+                continue
+            worse = repo.state if _SEVERITY[repo.state] > _SEVERITY[seen.state] else seen.state
+            since = _earliest(seen.diverged_since, repo.diverged_since) if worse in DIVERGED else None
+            failed = max(seen.failed_syncs, repo.failed_syncs)
+            merged[repo.repo_id] = RepoHealth(repo.repo_id, repo.project_key, repo.slug, worse, failed, since)
+    counts: dict[RepoState, int] = {}
+    kept: list[RepoHealth] = []
+    since_by_repo: dict[str, float] = {}
+    laggard: float | None = None
+    for repo_id, repo in merged.items():
+        counts[repo.state] = counts.get(repo.state, 0) + 1
+        if repo.diverged_since is not None:
+            since_by_repo[repo_id] = repo.diverged_since
+            if repo.state is RepoState.CONTENT_DRIFT and not repo.failed_syncs:
+                laggard = _earliest(laggard, repo.diverged_since)
+        if keep_all or repo.state in UNHEALTHY or repo.failed_syncs > 0:
+            kept.append(
+                RepoHealth(
+                    repo_id,
+                    repo.project_key,
+                    repo.slug,
+                    repo.state,
+                    repo.failed_syncs,
+                    repo.diverged_since,
+                    behind.get(repo_id, 0),
+                )
+            )
+    in_scope = max((sum(c for s, c in r.counts.items() if s is not RepoState.EXTRA) for r in nodes), default=0)
+    counts[RepoState.IN_SYNC] = counts.get(RepoState.IN_SYNC, 0) + max(0, in_scope - len(merged))
+    extra = {repo_id for report in nodes for repo_id in report.extra_ids}
+    if extra:
+        counts[RepoState.EXTRA] = len(extra)
+    kept.sort(key=_worst_first)
+    inputs_at = min((report.inputs_at for report in nodes), default=0.0)
+    return DriftReport(counts, since_by_repo, kept, laggard, inputs_at, nodes=len(nodes))
 
 
 def analyse(

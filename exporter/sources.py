@@ -200,11 +200,13 @@ class SourceFamilies:
     last_success: GaugeMetricFamily
     errors: CounterMetricFamily
 
-    def add(self, labels: list[str], source: SourceState[Any]) -> None:
+    def add(self, labels: dict[str, str], source: SourceState[Any]) -> None:
+        """One source's samples; ``labels`` by name, so a family can hold sources with more labels than others (a
+        node's sources carry ``node`` besides ``target`` and ``source``)."""
         if source.polled:
-            self.success.add_metric(labels, 1.0 if source.success else 0.0)
-            self.duration.add_metric(labels, source.duration_seconds)
+            self.success.add_sample(self.success.name, labels, 1.0 if source.success else 0.0)
+            self.duration.add_sample(self.duration.name, labels, source.duration_seconds)
         if source.last_success_timestamp is not None:
-            self.last_success.add_metric(labels, source.last_success_timestamp)
+            self.last_success.add_sample(self.last_success.name, labels, source.last_success_timestamp)
         for reason, count in sorted(source.errors_total.items()):
-            self.errors.add_metric([*labels, reason], count)
+            self.errors.add_sample(self.errors.name + "_total", {**labels, "reason": reason}, count)

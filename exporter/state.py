@@ -38,6 +38,19 @@ class RepoSyncSummary:
     failing: int
     failed_syncs: int
     newest_last_sync: float | None
+    # failedSyncCount by repository id, for the failing ones only (few): a farm's union over its nodes needs them.
+    failed_by_repo: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def union(cls, nodes: list[RepoSyncSummary]) -> RepoSyncSummary:
+        """Over a farm's nodes: a repository fails when it fails on any node, with the most failures any node counts;
+        the repository count is the most any node lists (their ids are not kept)."""
+        failed: dict[str, int] = {}
+        for node in nodes:
+            for repo_id, count in node.failed_by_repo.items():
+                failed[repo_id] = max(count, failed.get(repo_id, 0))
+        newest = max((n.newest_last_sync for n in nodes if n.newest_last_sync is not None), default=None)
+        return cls(max((n.repositories for n in nodes), default=0), len(failed), sum(failed.values()), newest, failed)
 
 
 @dataclass
@@ -48,6 +61,22 @@ class JmxNodeState:
     # The larger of poll.stale_after_seconds and 3 x jmx.interval_seconds: JMX is polled less often.
     stale_after_seconds: float = 90.0
     source: SourceState[NodeReading] = field(default_factory=SourceState)
+
+
+@dataclass
+class NodeState:
+    """One node of a farm, read at its own URL (nodes.url_template or nodes.static): its /status and its node-local
+    repoSyncStatus, and the drift of its own copy."""
+
+    name: str
+    url: str
+    status: SourceState[MirrorStatus] = field(default_factory=SourceState)
+    repo_sync_status: SourceState[RepoSyncSummary] = field(default_factory=SourceState)
+    drift: DriftReport | None = None
+    states_seen: set[str] = field(default_factory=lambda: set(KNOWN_MIRROR_STATES))
+
+    def sources(self) -> dict[str, SourceState[Any]]:
+        return {"status": self.status, "repo_sync_status": self.repo_sync_status}
 
 
 @dataclass
@@ -68,11 +97,18 @@ class MirrorState:
     # The mirror's clock against the exporter's; beside the primary's, the skew JWT authentication depends on.
     clock: ClockReading | None = None
     jmx_nodes: dict[str, JmxNodeState] = field(default_factory=dict)
+    # With nodes configured: each node's own state, by farmNodes name (or static name). The mirror's
+    # repo_sync_status and drift are then the union over the nodes that answered (exporter/rest/nodes.py).
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    by_node: bool = False
+    # How many nodes answered the latest cycle's listing, and when that cycle ended.
+    nodes_polled: int = 0
+    nodes_polled_at: float | None = None
     discovered: bool = False
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        return {
+        sources: dict[str, SourceState[Any]] = {
             "status": self.status,
             "upstream": self.upstream,
             "progress": self.progress,
@@ -82,6 +118,9 @@ class MirrorState:
             "sync_settings": self.sync_settings,
             "delayed_sync": self.delayed_sync,
         }
+        if self.by_node:
+            del sources["repo_sync_status"]  # not polled at the farm URL: each node's is (NodeState.sources)
+        return sources
 
 
 @dataclass

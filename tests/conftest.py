@@ -122,14 +122,16 @@ async def running_farm(
     farm_tls: ssl.SSLContext | None = None,
     web_config: WebConfig | None = None,
     loader: ConfigLoader | None = None,
+    nodes: bool = False,
     **poll: Any,
 ) -> AsyncIterator[Running]:
-    """Start a farm and an exporter watching it; ``prepare`` may change the farm or the config first."""
+    """Start a farm and an exporter watching it (with ``nodes``, each mirror node by node); ``prepare`` may change the
+    farm or the config first."""
     poll.setdefault("timeout_seconds", 2.0)
     poll.setdefault("backoff_seconds", 0.01)
     poll.setdefault("max_backoff_seconds", 0.05)
     async with SimulatedFarm(scenario or Scenario(), mirror_families, ssl_context=farm_tls) as farm:
-        config = farm.exporter_config(interval_seconds=interval, **poll)
+        config = farm.exporter_config(interval_seconds=interval, nodes=nodes, **poll)
         if prepare is not None:
             prepare(farm, config)
         exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver, web_config, loader)

@@ -78,7 +78,7 @@ def _health(nodes: list[Node]) -> SourceFamilies:
         ),
     )
     for node in nodes:
-        health.add(node.labels, node.state.source)
+        health.add(dict(zip(NODE, node.labels, strict=True)), node.state.source)
     return health
 
 

@@ -13,6 +13,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exporter.secret_files import UserPassword
+from exporter.urls import check_node_template
 
 DEFAULT_URL_TEMPLATE = "service:jmx:rmi:///jndi/rmi://{address}:{port}/jmxrmi"
 # Measured in bench/jmx_poll.py: these options cut jmxquery's JVM start-up CPU (C1 only, serial GC, small heap).
@@ -106,10 +107,16 @@ class TimerAttributes(_Strict):
 
 
 class JmxConfig(JmxCredentials):
-    # Either the nodes, each with its service URL, or a port: one URL per node the mirror's farmNodes lists.
+    # Over JMX with jmxquery: either the nodes, each with its service URL, or a port: one URL per node the mirror's
+    # farmNodes lists.
     nodes: list[JmxNodeConfig] = Field(default_factory=list)
     port: int | None = Field(default=None, ge=1, le=65535)
     url_template: str = DEFAULT_URL_TEMPLATE
+    # Or from jmx_exporter's Prometheus text, where Atlassian's Helm chart already serves it
+    # (monitoring.exposeJmxMetrics): one page per node of the mirror's nodes (nodes.static, else farmNodes), for
+    # Bitbucket's JVM (port 9999) and for the Mesh sidecar's (9998, the hosting tickets). No JVM is started.
+    exporter_url_template: str | None = None
+    mesh_exporter_url_template: str | None = None
     interval_seconds: float = Field(default=60.0, ge=1, le=86400)
     timeout_seconds: float = Field(default=20.0, gt=0, le=600)
     java: str = Field(default="java", min_length=1)
@@ -129,6 +136,16 @@ class JmxConfig(JmxCredentials):
             raise ValueError("must be a JMX service URL (service:jmx:...) with {address}")
         return template
 
+    @field_validator("exporter_url_template", "mesh_exporter_url_template")
+    @classmethod
+    def _exporter_template(cls, template: str | None) -> str | None:
+        return None if template is None else check_node_template(template, base_url=False)
+
+    @property
+    def from_exporter(self) -> bool:
+        """Read from jmx_exporter pages rather than over JMX."""
+        return self.exporter_url_template is not None or self.mesh_exporter_url_template is not None
+
     @field_validator("object_names")
     @classmethod
     def _object_names(cls, names: list[str]) -> list[str]:
@@ -140,10 +157,17 @@ class JmxConfig(JmxCredentials):
 
     @model_validator(mode="after")
     def _nodes_or_port(self) -> Self:
+        if self.from_exporter:
+            if self.nodes or self.port is not None:
+                raise ValueError("set nodes or port (over JMX) or the exporter URL templates (jmx_exporter), not both")
+            return self
         if self.nodes and self.port is not None:
             raise ValueError("set nodes or port, not both")
         if not self.nodes and self.port is None:
-            raise ValueError("set nodes (each with a url) or port (to use the mirror's farmNodes addresses)")
+            raise ValueError(
+                "set nodes (each with a url) or port (to use the mirror's farmNodes addresses), or "
+                "exporter_url_template (jmx_exporter)"
+            )
         names = [node.name for node in self.nodes]
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import BitbucketClient, ClockReading
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -96,13 +96,15 @@ class MirrorApi:
         self._previous_family: ApiFamily | None = None
         self._detecting: asyncio.Future[Layout] | None = None
         self._delayed_sync_missing = False
+        # Every request through the farm's load balancer keeps its affinity cookie: one node answers them all.
+        self._affinity = Affinity()
 
     @property
     def family(self) -> ApiFamily | None:
         return self._layout.family if self._layout is not None else None
 
     async def _get(self, *path: str, params: dict[str, str | int] | None = None) -> Any:
-        return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params)
+        return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params, self._affinity)
 
     def clock(self) -> ClockReading | None:
         """The mirror's clock, from the Date header of its latest answer."""
@@ -110,7 +112,8 @@ class MirrorApi:
 
     async def status(self) -> MirrorStatus:
         url = URL(self._base_url.rstrip("/") + "/status")
-        return parse_model(MirrorStatus, await self._client.get_json(url, self._credentials), "status")
+        body = await self._client.get_json(url, self._credentials, affinity=self._affinity)
+        return parse_model(MirrorStatus, body, "status")
 
     async def _detect(self) -> Layout:
         try:
@@ -119,7 +122,9 @@ class MirrorApi:
         except FetchError as exc:
             if exc.status != 404:
                 raise
-        servers = await self._client.get_all(rest_url(self._base_url, "upstreamServers"), self._credentials)
+        servers = await self._client.get_all(
+            rest_url(self._base_url, "upstreamServers"), self._credentials, affinity=self._affinity
+        )
         upstreams = parse_list(UpstreamServer, servers, "upstreamServers")
         if not upstreams:
             raise FetchError(INVALID_RESPONSE, "upstreamServers: the mirror has no upstream server")
@@ -222,7 +227,7 @@ class MirrorApi:
     def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         """Decoded one page at a time, so a large mirror's raw JSON is never all held at once."""
         url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
-        return self._client.pages(url, self._credentials, decode_sync_status_page)
+        return self._client.pages(url, self._credentials, decode_sync_status_page, affinity=self._affinity)
 
 
 class PrimaryApi:

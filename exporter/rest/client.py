@@ -135,6 +135,31 @@ def origin(url: URL | str) -> str:
 
 
 @dataclass
+class Affinity:
+    """The cookies a load balancer set, sent back on every later request to the same base URL.
+
+    Node-local listings (repoSyncStatus) read through a farm's load balancer must come from one node for a whole
+    walk, and from the same node cycle after cycle, or counts mix nodes and flap. Atlassian's chart configures
+    nginx-ingress with cookie affinity (``persistent``), so keeping its cookie pins the exporter to one node until that
+    node leaves. Kept per mirror, not in the session's jar: cookies do not tell ports apart, and aiohttp's jar drops
+    cookies of IP-address hosts."""
+
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def header(self) -> dict[str, str]:
+        if not self.cookies:
+            return {}
+        return {"Cookie": "; ".join(f"{name}={value}" for name, value in self.cookies.items())}
+
+    def update(self, response: aiohttp.ClientResponse) -> None:
+        for name, morsel in response.cookies.items():
+            if morsel.value and morsel["max-age"] not in ("0", "-1"):
+                self.cookies[name] = morsel.value
+            else:
+                self.cookies.pop(name, None)  # expired: the balancer forgot it
+
+
+@dataclass
 class TrafficStats:
     """Requests and response bytes per host, for the exporter's self-metrics and the benchmarks."""
 
@@ -176,15 +201,21 @@ class BitbucketClient:
         # "Equal jitter": at least half the exponential step, so retries spread out but still back off.
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    async def _attempt(self, url: URL, headers: Mapping[str, str]) -> tuple[int, str, bytes, str | None]:
+    async def _attempt(
+        self, url: URL, headers: Mapping[str, str], affinity: Affinity | None
+    ) -> tuple[int, str, bytes, str | None]:
         poll = self._poll
         timeout = aiohttp.ClientTimeout(
             total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
         )
         async with self._limit_for(url):
             sent = time.time()
+            if affinity is not None:
+                headers = {**headers, **affinity.header()}
             async with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
                 received = time.time()
+                if affinity is not None:
+                    affinity.update(resp)
                 offset = clock_offset(resp.headers.get("Date"), sent, received)
                 if offset is not None:
                     self._clocks[origin(url)] = ClockReading(offset, received)
@@ -205,9 +236,15 @@ class BitbucketClient:
                 raise too_large
         return bytes(body)
 
-    async def get_json(self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None) -> Any:
+    async def get_json(
+        self,
+        url: URL,
+        credentials: Credentials,
+        params: Mapping[str, str | int] | None = None,
+        affinity: Affinity | None = None,
+    ) -> Any:
         """GET a JSON document, retrying timeouts, connection errors, 429 and 5xx with backoff."""
-        return await self.get(url, credentials, parse_json, params)
+        return await self.get(url, credentials, parse_json, params, affinity)
 
     async def get(
         self,
@@ -215,8 +252,10 @@ class BitbucketClient:
         credentials: Credentials,
         decode: Callable[[bytes], T],
         params: Mapping[str, str | int] | None = None,
+        affinity: Affinity | None = None,
     ) -> T:
-        """GET and decode a 2xx body with ``decode``, retrying timeouts, connection errors, 429 and 5xx."""
+        """GET and decode a 2xx body with ``decode``, retrying timeouts, connection errors, 429 and 5xx; with an
+        ``affinity``, its cookies go along and the answer's replace them."""
         if params:
             url = url.update_query({k: str(v) for k, v in params.items()})
         headers = {"Accept": "application/json", **auth_headers(credentials)}
@@ -225,7 +264,7 @@ class BitbucketClient:
             last = attempt == attempts - 1
             retry_after: float | None = None
             try:
-                status, content_type, body, retry_after_header = await self._attempt(url, headers)
+                status, content_type, body, retry_after_header = await self._attempt(url, headers, affinity)
             except aiohttp.ConnectionTimeoutError:
                 connect = min(self._poll.connect_timeout_seconds, self._poll.timeout_seconds)
                 error = FetchError(CONNECT_TIMEOUT, f"no connection to {url.host}:{url.port} within {connect:g}s")
@@ -276,6 +315,7 @@ class BitbucketClient:
         credentials: Credentials,
         decode: Callable[[bytes], Page[T]],
         params: Mapping[str, str | int] | None = None,
+        affinity: Affinity | None = None,
     ) -> AsyncIterator[list[T]]:
         """Yield the values of each page of a Bitbucket paged resource, decoded by ``decode`` (``parse_page`` for
         plain JSON values).
@@ -286,7 +326,9 @@ class BitbucketClient:
         start = 0
         limit = self._poll.page_limit
         for _ in range(self._poll.max_pages):
-            page = await self.get(url, credentials, decode, {**(params or {}), "start": start, "limit": limit})
+            page = await self.get(
+                url, credentials, decode, {**(params or {}), "start": start, "limit": limit}, affinity
+            )
             yield page.values
             if page.is_last_page is True:  # also when absent: Page's default
                 return
@@ -302,10 +344,14 @@ class BitbucketClient:
         raise FetchError(PAGE_CAP, f"more than poll.max_pages={self._poll.max_pages} pages")
 
     async def get_all(
-        self, url: URL, credentials: Credentials, params: Mapping[str, str | int] | None = None
+        self,
+        url: URL,
+        credentials: Credentials,
+        params: Mapping[str, str | int] | None = None,
+        affinity: Affinity | None = None,
     ) -> list[Any]:
         values: list[Any] = []
-        async for page in self.pages(url, credentials, parse_page, params):
+        async for page in self.pages(url, credentials, parse_page, params, affinity):
             values.extend(page)
         return values
 

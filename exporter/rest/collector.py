@@ -65,7 +65,8 @@ class MirrorFarmCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         scrape = Scrape(self._state(), self._clock())
-        for area in (status, upstream, farm_nodes, progress, queue, repositories, drift, delayed_sync, clock_skew):
+        areas = (status, upstream, farm_nodes, progress, queue, repositories, drift, nodes, delayed_sync, clock_skew)
+        for area in areas:
             yield from area(scrape)
         yield from mirror_servers(scrape)
         yield from jmx_metrics(scrape.state.mirrors, scrape.now)
@@ -228,6 +229,12 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "failedSyncCount of the repository on the mirror. Only for repositories selected by per_repository_metrics.",
         repo_labels,
     )
+    nodes_behind = _gauge(
+        "bitbucket_mirror_repository_nodes_behind",
+        "Nodes of the farm (of those that answered) where the repository's content diverges from the primary's or "
+        "is missing. Only with nodes configured, and only for repositories selected by per_repository_metrics.",
+        repo_labels,
+    )
     dropped = _gauge(
         "bitbucket_mirror_repository_series_dropped",
         "Repositories left without per-repository series because of max_repository_series.",
@@ -258,9 +265,71 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
             labels = [name, repo.project_key, repo.slug]
             repo_lag.add_metric(labels, repo.lag_seconds(now))
             repo_failed.add_metric(labels, repo.failed_syncs)
+            if mirror.by_node:
+                nodes_behind.add_metric(labels, repo.nodes_behind)
         dropped.add_metric([name], 0 if policy.per_repository == "none" else len(report.repositories) - len(shown))
     yield from (primary_repos, fresh, stale_input, in_sync, out_of_sync, missing, unknown, extra, lag, repo_lag)
-    yield from (repo_failed, dropped)
+    yield from (repo_failed, nodes_behind, dropped)
+
+
+def nodes(scrape: Scrape) -> Iterator[Metric]:
+    """Each node at its own URL (nodes.url_template or nodes.static): ``/status`` and the node-local
+    ``…/supportInfo/repoSyncStatus`` against the primary's ``…/repos`` (exporter/rest/nodes.py)."""
+    now, stale_after = scrape.now, scrape.state.policy.stale_after
+    node_labels = ["mirror", "node"]
+    up = _gauge(
+        "bitbucket_mirror_node_up",
+        "1 when the last poll of the node's own /status succeeded, else 0; for each node farmNodes lists (or "
+        "nodes.static names).",
+        node_labels,
+    )
+    state = _gauge(
+        "bitbucket_mirror_node_state",
+        "1 for the state the node's own /status reports now, 0 for the other states known or seen.",
+        [*node_labels, "state"],
+    )
+    out_of_sync = _gauge(
+        "bitbucket_mirror_node_repositories_out_of_sync",
+        "Repositories whose content hashes on this node differ from the primary's (hash=content), or whose content "
+        "matches but metadata hashes differ (hash=metadata).",
+        [*node_labels, "hash"],
+    )
+    missing = _gauge(
+        "bitbucket_mirror_node_repositories_missing",
+        "Repositories in the mirror's scope that this node does not list.",
+        node_labels,
+    )
+    lag = _gauge(
+        "bitbucket_mirror_node_sync_lag_seconds",
+        "Longest time a repository's content on this node has differed from the primary's, as first seen by the "
+        "exporter, over repositories in content drift on the node that are neither missing nor failing there; 0 "
+        "when there is none.",
+        node_labels,
+    )
+    polled = _gauge(
+        "bitbucket_mirror_nodes_polled",
+        "Nodes whose listing answered in the mirror's latest cycle: the mirror's drift and lag are the union over "
+        "these (compare with bitbucket_mirror_farm_nodes).",
+    )
+    for mirror in scrape.state.mirrors:
+        if not mirror.by_node:
+            continue
+        if mirror.nodes_polled_at is not None and now - mirror.nodes_polled_at <= stale_after:
+            polled.add_metric([mirror.name], mirror.nodes_polled)
+        for name, node in sorted(mirror.nodes.items()):
+            labels = [mirror.name, name]
+            up.add_metric(labels, 1.0 if node.status.success else 0.0)
+            if (current := scrape.fresh(node.status)) is not None:
+                for seen in sorted(node.states_seen):
+                    state.add_metric([*labels, seen], 1.0 if seen == current.state else 0.0)
+            report = node.drift
+            if report is None or not report.fresh(now, stale_after):
+                continue  # a node that stopped answering: no drift series once its listing is stale
+            out_of_sync.add_metric([*labels, "content"], report.count(RepoState.CONTENT_DRIFT))
+            out_of_sync.add_metric([*labels, "metadata"], report.count(RepoState.METADATA_DRIFT))
+            missing.add_metric(labels, report.count(RepoState.MISSING))
+            lag.add_metric(labels, report.sync_lag_seconds(now))
+    yield from (up, state, out_of_sync, missing, lag, polled)
 
 
 def delayed_sync(scrape: Scrape) -> Iterator[Metric]:
@@ -367,7 +436,11 @@ def self_metrics(scrape: Scrape) -> Iterator[Metric]:
     targets += [(mirror.name, mirror.sources()) for mirror in scrape.state.mirrors]
     for target, sources in targets:
         for source, st in sources.items():
-            health.add([target, source], st)
+            health.add({"target": target, "source": source}, st)
+    for mirror in scrape.state.mirrors:
+        for node_name, node in sorted(mirror.nodes.items()):
+            for source, st in node.sources().items():
+                health.add({"target": mirror.name, "node": node_name, "source": source}, st)
     build = GaugeMetricFamily(
         "bitbucket_mirror_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
     )

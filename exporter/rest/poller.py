@@ -13,31 +13,37 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import Analysis, MirrorRepo, PrimaryRepo
+from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo
 from exporter.rest.api import MirrorApi, PrimaryApi
 from exporter.rest.listings import sync_seconds
-from exporter.rest.models import MirrorServer, MirrorStatus
-from exporter.sources import FetchError, FirstCycle, free_later, run_source
+from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
+from exporter.sources import FetchError, FirstCycle, SourceState, free_later, run_source
 from exporter.state import MirrorState, Policy, PrimaryState, RefQueue, RepoSyncSummary
+
+if TYPE_CHECKING:
+    from exporter.rest.nodes import NodeFleet
 
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
 
 
-class PrimaryListings:
-    """Hands each cycle's primary listing to the mirrors of the same cycle.
+class CycleHandoff:
+    """Hands the outcome of one poller's cycle to pollers of the same cycle: the primary's listing to the mirrors,
+    each node's listing to its mirror's union.
 
     A mirror that finished reading before the primary must compare against the primary's listing of this cycle, not
-    the previous one, or a push would show up to two intervals late. Cycles of the primary and of every mirror start
-    together (``poll_forever`` with one anchor), so "this cycle's" listing is one whose read began at most ``slack``
-    seconds before the mirror's cycle did."""
+    the previous one, or a push would show up to two intervals late. Cycles of every REST poller start together
+    (``poll_forever`` with one anchor), so "this cycle's" outcome is one whose cycle began at most ``slack`` seconds
+    before the waiting poller's did."""
 
     def __init__(self, slack: float) -> None:
         self._slack = slack
-        self._started = -math.inf  # monotonic start of the latest finished read
+        self._started = -math.inf  # monotonic start of the latest finished cycle
         self._finished = asyncio.Event()
 
     def publish(self, started: float) -> None:
@@ -45,13 +51,112 @@ class PrimaryListings:
         self._finished.set()
         self._finished = asyncio.Event()
 
+    def of_cycle(self, cycle_started: float) -> bool:
+        """Whether the latest published cycle is the one that began with ``cycle_started`` (or a later one)."""
+        return self._started >= cycle_started - self._slack
+
     async def wait_for_cycle(self, cycle_started: float, at_most: float) -> None:
-        """Wait until a read that began with the cycle that began at ``cycle_started`` has finished (successfully or
+        """Wait until a cycle that began with the one that began at ``cycle_started`` has finished (successfully or
         not), or ``at_most`` seconds have passed."""
         deadline = time.monotonic() + at_most
-        while self._started < cycle_started - self._slack and (remaining := deadline - time.monotonic()) > 0:
+        while not self.of_cycle(cycle_started) and (remaining := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), timeout=remaining)
+
+
+def cycle_slack(interval: float) -> float:
+    """How far apart cycles of one grid point may start: a fraction of the interval."""
+    return min(interval / 2, 1.0)
+
+
+async def read_status(api: MirrorApi, source: SourceState[MirrorStatus], states_seen: set[str]) -> MirrorStatus:
+    """``/status`` of a mirror or one of its nodes."""
+    try:
+        return await api.status()
+    except FetchError as exc:
+        # A starting mirror answers 503 with its state; keep the state, the poll still counts as failed.
+        if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
+            states_seen.add(exc.body["state"])
+            source.value = MirrorStatus(state=exc.body["state"])
+            source.value_timestamp = time.time()
+        raise
+
+
+async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[str, MirrorRepo]]:
+    """The summary for the state, and the hashes for this cycle's drift analysis (the bulk of the memory, held only
+    until the analysis has read them)."""
+    failed_by_repo: dict[str, int] = {}
+    # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
+    newest: datetime | None = None
+    newest_number: float | None = None
+    rows: dict[str, MirrorRepo] = {}
+    async for page in api.repo_sync_status_pages():
+        for repo in page:
+            if repo.failed_sync_count > 0:
+                failed_by_repo[repo.external_repo_id] = repo.failed_sync_count
+            when = repo.last_sync_date
+            if type(when) is float:
+                if newest_number is None or when > newest_number:
+                    newest_number = when
+            elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
+                newest = when  # type: ignore[assignment]
+            hashes = repo.hashes
+            rows[repo.external_repo_id] = MirrorRepo(
+                hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
+            )
+    newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
+    summary = RepoSyncSummary(
+        len(rows), len(failed_by_repo), sum(failed_by_repo.values()), newest_seconds, failed_by_repo
+    )
+    return summary, rows
+
+
+def scope_of(settings: SyncSettings | None) -> frozenset[str] | None:
+    """The primary project ids a mirror carries (its sync settings); None: all."""
+    if settings is not None and settings.mode.upper() == "SELECTED_PROJECTS":
+        return frozenset(settings.project_ids)
+    return None
+
+
+@dataclass(frozen=True)
+class DriftJob:
+    """One drift analysis: a mirror's (or one node's) hashes of this cycle against the primary's of this cycle."""
+
+    primary: PrimaryPoller
+    policy: Policy
+    interval: float
+    per_node: bool = False
+
+    async def run(
+        self,
+        rows: dict[str, MirrorRepo],
+        mirror_read: float | None,
+        previous: DriftReport | None,
+        scope: frozenset[str] | None,
+        cycle_started: float,
+    ) -> DriftReport | None:
+        """The report, or None when there is no fresh primary listing to compare with (docs/metrics.md,
+        "Freshness"): drift then stays unknown, never computed from old data."""
+        # Bounded: a primary slower than an interval leaves this cycle with the latest listing, if still fresh.
+        await self.primary.listings.wait_for_cycle(cycle_started, self.interval)
+        listing = self.primary.state.repositories
+        primary, primary_read = listing.value, listing.last_success_timestamp
+        if primary is None or primary_read is None or mirror_read is None:
+            return None
+        if time.time() - primary_read > self.policy.stale_after:
+            return None
+        since = previous.diverged_since if previous is not None else {}
+        # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
+        seen_at = max(primary_read, mirror_read)
+        analysis = Analysis(primary, scope, rows, since, seen_at, self.policy.keep_all, self.per_node)
+        del rows, primary  # the analysis holds them now, and is freed off the event loop
+        # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
+        while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
+            await asyncio.sleep(0)
+        report = analysis.report(inputs_at=min(primary_read, mirror_read))
+        free_later(analysis)
+        del analysis
+        return report
 
 
 class MirrorPoller:
@@ -62,24 +167,16 @@ class MirrorPoller:
         primary: PrimaryPoller,
         policy: Policy,
         interval: float = 30.0,
+        nodes: NodeFleet | None = None,
     ) -> None:
         self.state = state
         self.first_cycle = FirstCycle(interval)
         self._api = api
-        self._primary = primary
-        self._policy = policy
+        self._drift = DriftJob(primary, policy, interval)
         self._interval = interval
-
-    async def _status(self) -> MirrorStatus:
-        try:
-            return await self._api.status()
-        except FetchError as exc:
-            # A starting mirror answers 503 with its state; keep the state, the poll still counts as failed.
-            if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
-                self.state.states_seen.add(exc.body["state"])
-                self.state.status.value = MirrorStatus(state=exc.body["state"])
-                self.state.status.value_timestamp = time.time()
-            raise
+        # With nodes configured, the node-local listing is read at each node (rest/nodes.py), not at the farm URL.
+        self._nodes = nodes
+        state.by_node = nodes is not None
 
     async def _ref_changes_queue(self) -> RefQueue:
         length, queue = await asyncio.gather(self._api.ref_changes_queue_count(), self._api.ref_changes_queue())
@@ -89,63 +186,6 @@ class MirrorPoller:
             by_type[kind] = by_type.get(kind, 0) + 1
         return RefQueue(length=length, items_by_type=by_type)
 
-    async def _repo_sync_status(self) -> tuple[RepoSyncSummary, dict[str, MirrorRepo]]:
-        """The summary for the state, and the mirror's hashes for this cycle's drift analysis (the bulk of the
-        memory, held only until the analysis has read them)."""
-        failing = failed_syncs = 0
-        # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
-        newest: datetime | None = None
-        newest_number: float | None = None
-        rows: dict[str, MirrorRepo] = {}
-        async for page in self._api.repo_sync_status_pages():
-            for repo in page:
-                if repo.failed_sync_count > 0:
-                    failing += 1
-                    failed_syncs += repo.failed_sync_count
-                when = repo.last_sync_date
-                if type(when) is float:
-                    if newest_number is None or when > newest_number:
-                        newest_number = when
-                elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
-                    newest = when  # type: ignore[assignment]
-                hashes = repo.hashes
-                rows[repo.external_repo_id] = MirrorRepo(
-                    hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
-                )
-        newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
-        return RepoSyncSummary(len(rows), failing, failed_syncs, newest_seconds), rows
-
-    def _scope(self) -> frozenset[str] | None:
-        settings = self.state.sync_settings.value
-        if settings is not None and settings.mode.upper() == "SELECTED_PROJECTS":
-            return frozenset(settings.project_ids)
-        return None
-
-    async def _analyse_drift(self, rows: dict[str, MirrorRepo] | None, cycle_started: float) -> None:
-        """Join this cycle's mirror hashes with this cycle's primary ones (docs/metrics.md, "Freshness")."""
-        if rows is None:
-            return  # this cycle's listing failed: the last report rides over until its inputs are stale
-        mirror_read = self.state.repo_sync_status.last_success_timestamp
-        # Bounded: a primary slower than an interval leaves this cycle with the latest listing, if still fresh.
-        await self._primary.listings.wait_for_cycle(cycle_started, self._interval)
-        listing = self._primary.state.repositories
-        primary, primary_read = listing.value, listing.last_success_timestamp
-        if primary is None or primary_read is None or mirror_read is None:
-            return
-        if time.time() - primary_read > self._policy.stale_after:
-            return  # no fresh primary listing: drift stays unknown (the report ages out), never computed from old data
-        previous = self.state.drift.diverged_since if self.state.drift is not None else {}
-        # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
-        seen_at = max(primary_read, mirror_read)
-        analysis = Analysis(primary, self._scope(), rows, previous, seen_at, self._policy.keep_all)
-        del rows, primary  # the analysis holds them now, and is freed off the event loop
-        # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
-        while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
-            await asyncio.sleep(0)
-        self.state.drift = analysis.report(inputs_at=min(primary_read, mirror_read))
-        free_later(analysis)
-        del analysis
-
     async def poll_once(self) -> None:
         s, name, api = self.state, self.state.name, self._api
         cycle_started = time.monotonic()
@@ -153,20 +193,29 @@ class MirrorPoller:
 
         async def repo_sync_status() -> RepoSyncSummary:
             nonlocal rows
-            summary, rows = await self._repo_sync_status()
+            summary, rows = await read_repo_sync_status(api)
             return summary
 
+        # Without nodes, the farm URL's listing: one node's, held by the load balancer's affinity cookie.
+        listing = () if self._nodes is not None else (repo_sync_status,)
         await asyncio.gather(
-            run_source(name, "status", s.status, self._status),
+            run_source(name, "status", s.status, lambda: read_status(api, s.status, s.states_seen)),
             run_source(name, "upstream", s.upstream, api.upstream),
             run_source(name, "progress", s.progress, api.progress),
             run_source(name, "farm_nodes", s.farm_nodes, api.farm_nodes),
             run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
-            run_source(name, "repo_sync_status", s.repo_sync_status, repo_sync_status),
             run_source(name, "sync_settings", s.sync_settings, api.sync_settings),
             run_source(name, "delayed_sync", s.delayed_sync, api.delayed_sync),
+            *(run_source(name, "repo_sync_status", s.repo_sync_status, fetch) for fetch in listing),
         )
-        await self._analyse_drift(rows, cycle_started)
+        if self._nodes is not None:
+            await self._nodes.cycle(cycle_started)
+        elif rows is not None:  # this cycle's listing failed: the last report rides over until its inputs are stale
+            mirror_read = s.repo_sync_status.last_success_timestamp
+            report = await self._drift.run(rows, mirror_read, s.drift, scope_of(s.sync_settings.value), cycle_started)
+            del rows
+            if report is not None:
+                s.drift = report
         s.api_family = api.family
         s.clock = api.clock()
         if s.status.success and s.status.value is not None:
@@ -186,7 +235,7 @@ class PrimaryPoller:
         self.state = state
         self._api = api
         # A mirror waits for this cycle's listing; cycles start together within a fraction of the interval.
-        self.listings = PrimaryListings(slack=min(interval / 2, 1.0))
+        self.listings = CycleHandoff(cycle_slack(interval))
         self._on_mirror_servers = on_mirror_servers
 
     async def _published_repositories(self) -> None:

@@ -12,6 +12,7 @@ the servers render each listing once per change rather than once per page.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ZERO_HASH = "0" * 40
+# Drift classes from worst to best: a farm's repository is in the worst class any of its nodes puts it in.
+WORST_FIRST = ("missing", "content_drift", "metadata_drift", "hash_unknown", "in_sync")
 FAULTS = (
     "reset",
     "unavailable",
@@ -87,6 +90,30 @@ class MirrorRepository:
 
 
 @dataclass
+class FarmNode:
+    """One node of a mirror farm. Every node keeps its own copy of every repository (Bitbucket's node-local
+    listings); here a node's copy is the farm's (``Mirror.repositories``) except where ``differs`` or ``missing`` say
+    otherwise, so a farm of healthy nodes costs nothing extra at 100,000 repositories."""
+
+    name: str
+    # Its own HTTP port (the runner sets it); farmNodes lists it, so ``{port}`` in a node URL template reaches it.
+    port: int = 0
+    # A frozen node syncs nothing while its peers go on: it falls behind alone.
+    frozen: bool = False
+    # A node that is down resets every connection; the farm's load balancer stops sending requests to it.
+    down: bool = False
+    # Its own /status state, where it differs from the farm's (Mirror.state).
+    state: str | None = None
+    # Repository id -> this node's older copy, where it has not synced what the farm has.
+    differs: dict[int, MirrorRepository] = field(default_factory=dict)
+    # Repository id -> when this node lost its copy (the farm's other nodes still have one).
+    missing: dict[int, float] = field(default_factory=dict)
+    # Syncs the node has run, by kind, for its jmx_exporter text.
+    syncs: dict[str, int] = field(default_factory=lambda: {"incremental": 0, "snapshot": 0, "farm_vet": 0})
+    requests: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Mirror:
     name: str
     api_family: str  # "8.x" or "9.x"
@@ -119,6 +146,34 @@ class Mirror:
     behind: set[int] = field(default_factory=set)
     # No repository in ``behind`` may sync before this time (a lower bound: -inf means "look").
     next_sync_due: float = -math.inf
+    # The farm's nodes, ``nodes`` of them (resize_nodes keeps them in step); the farm URL balances over those up.
+    farm_nodes: list[FarmNode] = field(default_factory=list)
+    # The load balancer's round-robin position.
+    balanced: int = 0
+
+    def __post_init__(self) -> None:
+        self.resize_nodes()
+
+    def resize_nodes(self) -> None:
+        """Add or drop nodes to match ``nodes`` (the ones kept keep their state)."""
+        del self.farm_nodes[self.nodes :]
+        for i in range(len(self.farm_nodes), self.nodes):
+            self.farm_nodes.append(FarmNode(f"{self.name}-node-{i + 1}"))
+
+    def node(self, name: str) -> FarmNode | None:
+        return next((node for node in self.farm_nodes if node.name == name), None)
+
+    def node_view(self, node: FarmNode) -> dict[int, MirrorRepository]:
+        """The node's own copy: the farm's, with its older copies and without the repositories it lacks."""
+        if not node.differs and not node.missing:
+            return self.repositories
+        view = dict(self.repositories)
+        for repo_id, copy in node.differs.items():
+            if repo_id in view:
+                view[repo_id] = copy
+        for repo_id in node.missing:
+            view.pop(repo_id, None)
+        return view
 
     def in_scope(self, repo: Repository) -> bool:
         return self.selected_projects is None or repo.project.id in self.selected_projects
@@ -257,7 +312,8 @@ class Farm:
 
     def set_failing(self, mirror: Mirror, repo_ids: set[int]) -> None:
         mirror.failing = set(repo_ids)
-        for repo_id, mrepo in mirror.repositories.items():
+        copies = [*mirror.repositories.items(), *(i for node in mirror.farm_nodes for i in node.differs.items())]
+        for repo_id, mrepo in copies:
             mrepo.failed_sync_count = max(mrepo.failed_sync_count, 1) if repo_id in mirror.failing else 0
         self.changed()
         self.sync_timing_changed()
@@ -291,6 +347,9 @@ class Farm:
         for mirror in self.mirrors.values():
             mirror.missing.pop(repo_id, None)
             mirror.behind.discard(repo_id)
+            for node in mirror.farm_nodes:
+                node.differs.pop(repo_id, None)
+                node.missing.pop(repo_id, None)
 
     def make_missing(self, mirror: Mirror, repo_ids: list[int]) -> None:
         self.changed()
@@ -324,6 +383,7 @@ class Farm:
                 continue  # failing repositories never sync; set_failing makes the mirror look again
             if mrepo.content_version != repo.content_version:
                 if self.now - repo.content_changed_at >= content_delay:
+                    self._nodes_sync(mirror, repo_id, mrepo, "incremental")
                     mrepo.content_version = repo.content_version
                     mrepo.diverged_since = None
                     mrepo.last_sync_date = self.now
@@ -332,6 +392,7 @@ class Farm:
                     next_due = min(next_due, repo.content_changed_at + content_delay)
             if mrepo.metadata_version != repo.metadata_version:
                 if self.now - repo.metadata_changed_at >= metadata_delay:
+                    self._nodes_sync(mirror, repo_id, mrepo, None)
                     mrepo.metadata_version = repo.metadata_version
                     mrepo.last_sync_date = self.now
                     self.changed()
@@ -340,6 +401,37 @@ class Farm:
             if (mrepo.content_version, mrepo.metadata_version) == (repo.content_version, repo.metadata_version):
                 mirror.behind.discard(repo_id)
         mirror.next_sync_due = next_due
+
+    @staticmethod
+    def _nodes_sync(mirror: Mirror, repo_id: int, mrepo: MirrorRepository, kind: str | None) -> None:
+        """The farm syncs a repository: nodes that are frozen or down keep their older copy, the rest count a sync."""
+        for node in mirror.farm_nodes:
+            if node.frozen or node.down:
+                if repo_id not in node.differs and repo_id not in node.missing:
+                    node.differs[repo_id] = dataclasses.replace(mrepo)
+            elif kind is not None:
+                node.syncs[kind] += 1
+
+    def set_node(self, mirror: Mirror, node: FarmNode, frozen: bool | None = None, down: bool | None = None) -> None:
+        """Freeze or stop one node; a node frozen and down no more catches up with its peers at once."""
+        if frozen is not None:
+            node.frozen = frozen
+        if down is not None:
+            node.down = down
+        if not node.frozen and not node.down and node.differs:
+            node.differs.clear()
+            node.syncs["snapshot"] += 1
+        self.changed()
+
+    def make_node_missing(self, mirror: Mirror, node: FarmNode, repo_ids: list[int]) -> None:
+        """The node loses its copies of these repositories (an empty ``repo_ids`` gives them all back)."""
+        if not repo_ids:
+            node.missing.clear()
+        for repo_id in repo_ids:
+            if repo_id in mirror.repositories:
+                node.missing[repo_id] = self.now
+                node.differs.pop(repo_id, None)
+        self.changed()
 
     # --- views the servers render ---------------------------------------------------------------------------------
 
@@ -355,20 +447,32 @@ class Farm:
             items.append((repo_id, "snapshot" if repo.content_version - mrepo.content_version > 1 else "incremental"))
         return items
 
-    def classify(self, mirror: Mirror) -> dict[str, list[int]]:
-        """The ground truth the exporter's drift classification must reproduce, per class."""
-        classes: dict[str, list[int]] = {
-            "in_sync": [],
-            "content_drift": [],
-            "metadata_drift": [],
-            "missing": [],
-            "hash_unknown": [],
-            "extra": [],
-        }
+    def classify(self, mirror: Mirror, node: FarmNode | None = None) -> dict[str, list[int]]:
+        """The ground truth the exporter's drift classification must reproduce, per class: of one node's copy, or
+        (no node) of the farm: a repository is as bad as on its worst node that is up."""
+        if node is not None or not any(n.differs or n.missing for n in mirror.farm_nodes):
+            return self._classify_copy(mirror, mirror.repositories if node is None else mirror.node_view(node))
+        per_node = [self._classify_copy(mirror, mirror.node_view(n)) for n in mirror.farm_nodes if not n.down]
+        if not per_node:
+            return self._classify_copy(mirror, mirror.repositories)
+        worst: dict[int, str] = {}
+        for classes in per_node:
+            for state in WORST_FIRST:
+                for repo_id in classes[state]:
+                    if WORST_FIRST.index(worst.get(repo_id, "in_sync")) >= WORST_FIRST.index(state):
+                        worst[repo_id] = state
+        union: dict[str, list[int]] = {state: [] for state in (*WORST_FIRST, "extra")}
+        for repo_id, state in sorted(worst.items()):
+            union[state].append(repo_id)
+        union["extra"] = sorted({r for classes in per_node for r in classes["extra"]})
+        return union
+
+    def _classify_copy(self, mirror: Mirror, copy: dict[int, MirrorRepository]) -> dict[str, list[int]]:
+        classes: dict[str, list[int]] = {state: [] for state in (*WORST_FIRST, "extra")}
         for repo_id, repo in sorted(self.repositories.items()):
             if not mirror.in_scope(repo):
                 continue
-            mrepo = mirror.repositories.get(repo_id)
+            mrepo = copy.get(repo_id)
             if mrepo is None:
                 classes["missing"].append(repo_id)
             elif repo.zero_hashes:
@@ -379,33 +483,64 @@ class Farm:
                 classes["metadata_drift"].append(repo_id)
             else:
                 classes["in_sync"].append(repo_id)
-        classes["extra"] = sorted(r for r in mirror.repositories if r not in self.repositories)
+        classes["extra"] = sorted(r for r in copy if r not in self.repositories)
         return classes
 
-    def diverged_since(self, mirror: Mirror, classes: dict[str, list[int]]) -> dict[int, float]:
+    def diverged_since(
+        self, mirror: Mirror, classes: dict[str, list[int]], node: FarmNode | None = None
+    ) -> dict[int, float]:
         """Since when each repository's content has diverged (content drift or missing), zero hashes excluded;
-        ``classes`` is ``classify(mirror)``."""
-        since = {r: mirror.missing[r] for r in classes["missing"]}
-        for repo_id in classes["content_drift"]:
-            diverged = mirror.repositories[repo_id].diverged_since
-            since[repo_id] = self.now if diverged is None else diverged
+        ``classes`` is ``classify(mirror, node)``. For the farm, the earliest over its nodes that are up."""
+        nodes: list[FarmNode | None] = [node] if node is not None else [n for n in mirror.farm_nodes if not n.down]
+        nodes = nodes or [None]
+        since: dict[int, float] = {}
+        for one in nodes:
+            copy = mirror.repositories if one is None else mirror.node_view(one)
+            lost = mirror.missing if one is None else {**mirror.missing, **one.missing}
+            for repo_id in classes["missing"]:
+                if repo_id in lost and repo_id not in copy:
+                    since[repo_id] = min(since.get(repo_id, math.inf), lost[repo_id])
+            for repo_id in (*classes["content_drift"], *classes["missing"]):
+                mrepo, repo = copy.get(repo_id), self.repositories[repo_id]
+                if mrepo is None or mrepo.content_version == repo.content_version:
+                    continue
+                diverged = self.now if mrepo.diverged_since is None else mrepo.diverged_since
+                since[repo_id] = min(since.get(repo_id, math.inf), diverged)
         return since
 
-    def delayed(self, mirror: Mirror) -> list[int]:
-        """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance
-        (the ``content_drift`` class of ``classify``, read from the repositories the mirror is behind on)."""
+    def node_truth(self, mirror: Mirror, node: FarmNode) -> dict[str, Any]:
+        classes = self.classify(mirror, node)
+        return {
+            "port": node.port,
+            "frozen": node.frozen,
+            "down": node.down,
+            "repositories": len(mirror.node_view(node)),
+            "classes": classes,
+            "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes, node).items()},
+            "syncs": dict(node.syncs),
+            "requests": dict(node.requests),
+        }
+
+    def delayed(self, mirror: Mirror, node: FarmNode | None = None) -> list[int]:
+        """What Bitbucket's delayed-sync / out-of-sync-repos would list: content not synced within the tolerance on
+        one or more nodes, or on ``node`` only (the ``content_drift`` class of ``classify``, read from the
+        repositories the farm is behind on and the nodes' older copies)."""
         tolerance = self.scenario.sync_tolerance_seconds
-        listed = []
-        for repo_id in sorted(mirror.behind):
-            repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
+        nodes = mirror.farm_nodes if node is None else [node]
+        view = mirror.repositories if node is None else mirror.node_view(node)
+        copies = [(repo_id, view.get(repo_id)) for repo_id in mirror.behind]
+        copies += [item for one in nodes for item in one.differs.items() if item[0] in view]
+        listed = set()
+        for repo_id, mrepo in copies:
+            repo = self.repositories.get(repo_id)
             if repo is None or mrepo is None or repo.zero_hashes or not mirror.in_scope(repo):
                 continue
             if mrepo.content_version == repo.content_version:
                 continue
             since = self.now if mrepo.diverged_since is None else mrepo.diverged_since
             if self.now - since >= tolerance:
-                listed.append(repo_id)
-        return listed
+                listed.add(repo_id)
+        return sorted(listed)
 
     def truth(self) -> dict[str, Any]:
         mirrors = {}
@@ -429,6 +564,7 @@ class Farm:
                 "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
                 "classes": classes,
                 "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes).items()},
+                "per_node": {node.name: self.node_truth(mirror, node) for node in mirror.farm_nodes},
                 "delayed": self.delayed(mirror),
                 "requests": dict(mirror.requests),
             }

@@ -34,6 +34,8 @@ class SimulatedFarm:
         self._mirror_runners: dict[str, web.AppRunner] = {}
         self.primary_url = ""
         self.mirror_urls: dict[str, str] = {}
+        # Mirror name -> node name -> the node's own base URL (its farmNodes entry lists the same port).
+        self.node_urls: dict[str, dict[str, str]] = {}
 
     async def _serve(self, app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
@@ -50,6 +52,11 @@ class SimulatedFarm:
             self._mirror_runners[name], url = await self._serve(mirror_app(self.farm, name, self.clock))
             mirror.base_url = url
             self.mirror_urls[name] = url
+            self.node_urls[name] = {}
+            for node in mirror.farm_nodes:
+                runner, node_url = await self._serve(mirror_app(self.farm, name, self.clock, node.name))
+                node.port = int(runner.addresses[0][1])
+                self.node_urls[name][node.name] = node_url
 
     async def stop_mirror(self, name: str) -> int:
         """Take one mirror off the network (its connections close, its port is free); returns the port."""
@@ -76,14 +83,17 @@ class SimulatedFarm:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def exporter_config(self, interval_seconds: float = 5.0, **poll: Any) -> dict[str, Any]:
-        """An exporter configuration (as the YAML file would hold it) that monitors this farm."""
+    def exporter_config(self, interval_seconds: float = 5.0, nodes: bool = False, **poll: Any) -> dict[str, Any]:
+        """An exporter configuration (as the YAML file would hold it) that monitors this farm; with ``nodes``, every
+        node by its own URL, built from farmNodes (nodes.url_template)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        node_block = {"nodes": {"url_template": f"{scheme}://{{address}}:{{port}}"}} if nodes else {}
         return {
             "primary": {
                 "url": self.primary_url,
                 "username": self.scenario.username,
                 "password": self.scenario.password,
             },
-            "mirrors": [{"name": name, "url": url} for name, url in self.mirror_urls.items()],
+            "mirrors": [{"name": name, "url": url, **node_block} for name, url in self.mirror_urls.items()],
             "poll": {"interval_seconds": interval_seconds, **poll},
         }

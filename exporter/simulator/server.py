@@ -19,11 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator.farm import FAULTS, Farm, Mirror, MirrorRepository, Repository
+from exporter.simulator.farm import FAULTS, Farm, FarmNode, Mirror, MirrorRepository, Repository
+from exporter.simulator.jmx_text import bitbucket_text, mesh_text
 
 REST = "/rest/mirroring/latest"
 FARM_KEY = web.AppKey("farm", Farm)
 MIRROR_KEY = web.AppKey("mirror", str)
+# Set on a node's own server; the farm URL's server has none and balances over the nodes instead.
+NODE_KEY = web.AppKey("node", str)
+# nginx-ingress's default name for the affinity cookie (Atlassian's chart: affinity cookie, mode persistent).
+AFFINITY_COOKIE = "INGRESSCOOKIE"
+SERVING_NODE: web.RequestKey[FarmNode | None] = web.RequestKey("serving_node", FarmNode | None)  # type: ignore[arg-type]
 Clock = Callable[[], float]
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
 
@@ -66,6 +72,9 @@ def rendered(request: web.Request, render: Callable[[], Iterable[Any]]) -> Listi
     """This route's listing, rendered again only when the farm has changed since the last time."""
     cache, revision = request.app[RENDERED_KEY], request.app[FARM_KEY].revision
     route = request.match_info.route.name or request.path
+    node = request.get(SERVING_NODE)
+    if node is not None:
+        route = f"{route}@{node.name}"
     hit = cache.get(route)
     if hit is None or hit.revision != revision:
         hit = cache[route] = Listing([encode(item) for item in render()], revision)
@@ -196,6 +205,18 @@ async def dated(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Date"] = formatdate(request.app[CLOCK_KEY]() + skew, usegmt=True)
 
 
+def _balance(request: web.Request, mirror: Mirror) -> tuple[FarmNode | None, bool]:
+    """The node a request to the farm URL goes to, like nginx-ingress with cookie affinity: the node its cookie
+    names while that node is up, else the next one up in turn (True: the answer sets a new cookie)."""
+    wanted = request.cookies.get(AFFINITY_COOKIE)
+    up = [node for node in mirror.farm_nodes if not node.down]
+    pinned = next((node for node in up if node.name == wanted), None)
+    if pinned is not None or not up:
+        return pinned, False
+    mirror.balanced += 1
+    return up[mirror.balanced % len(up)], True
+
+
 @web.middleware
 async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     farm = request.app[FARM_KEY]
@@ -205,9 +226,23 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if route.startswith("sim_"):
         return await handler(request)
     mirror_name = request.app.get(MIRROR_KEY)
+    new_cookie = False
     if mirror_name is not None:
         mirror = farm.mirrors[mirror_name]
-        mirror.requests[route] = mirror.requests.get(route, 0) + 1
+        node_name = request.app.get(NODE_KEY)
+        if node_name is not None:
+            node = mirror.node(node_name)
+            if node is None or node.down:
+                if request.transport is not None:
+                    request.transport.abort()  # a node that is down: the connection is refused or reset
+                return web.Response(status=500)
+            node.requests[route] = node.requests.get(route, 0) + 1
+        else:
+            mirror.requests[route] = mirror.requests.get(route, 0) + 1
+            node, new_cookie = _balance(request, mirror)
+            if node is None and mirror.farm_nodes:
+                return errors("No healthy upstream", 503)
+        request[SERVING_NODE] = node
         fault = mirror.fault_for(route)
         if fault is not None:
             response = await _apply_fault(request, fault, handler)
@@ -220,7 +255,12 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # /status is public on real Bitbucket; the REST API wants an admin for supportInfo.
     if request.path.startswith("/rest/") and not _authorized(request, farm):
         return errors("Authentication failed. Please check your credentials and try again.", 401)
-    return await handler(request)
+    response = await handler(request)
+    if new_cookie and not response.prepared:
+        serving = request[SERVING_NODE]
+        assert serving is not None  # a new cookie names the node picked
+        response.set_cookie(AFFINITY_COOKIE, serving.name, path="/", httponly=True)
+    return response
 
 
 def _farm(request: web.Request) -> Farm:
@@ -231,19 +271,31 @@ def _mirror(request: web.Request) -> Mirror:
     return request.app[FARM_KEY].mirrors[request.app[MIRROR_KEY]]
 
 
+def _node(request: web.Request) -> FarmNode | None:
+    """The node answering: the node's own server, or the one the farm URL's load balancer picked."""
+    return request.get(SERVING_NODE)
+
+
+def _copy(request: web.Request) -> dict[int, MirrorRepository]:
+    """The repositories of the node answering (node-local listings), or the farm's without nodes."""
+    mirror, node = _mirror(request), _node(request)
+    return mirror.repositories if node is None else mirror.node_view(node)
+
+
 # --- mirror endpoints ----------------------------------------------------------------------------------------------
 
 
 async def mirror_status(request: web.Request) -> web.Response:
-    mirror = _mirror(request)
+    mirror, node = _mirror(request), _node(request)
+    state = node.state if node is not None and node.state is not None else mirror.state
     body = {
-        "state": mirror.state,
+        "state": state,
         "memberCount": str(mirror.nodes),  # a string on real mirrors
         "discovering": False,
         "syncedRepos": 0,
         "totalRepos": 0,
     }
-    return web.json_response(body, status=503 if mirror.state == "STARTING" else 200)
+    return web.json_response(body, status=503 if state == "STARTING" else 200)
 
 
 def _upstream_record(mirror: Mirror, farm: Farm, full: bool) -> dict[str, Any]:
@@ -292,17 +344,19 @@ async def progress(request: web.Request) -> web.Response:
 async def farm_nodes(request: web.Request) -> web.Response:
     if (missing := _check_upstream(request)) is not None:
         return missing
-    mirror = _mirror(request)
+    mirror, serving = _mirror(request), _node(request)
     port = request.url.port or 80
+    # The simulated nodes share 127.0.0.1, so each is told apart by its own HTTP port (a real farm lists its
+    # cluster address and port, and nodes are reached with nodes.url_template).
     nodes = [
         {
-            "id": f"{mirror.name}-node-{i + 1}",
-            "name": f"{mirror.name}-node-{i + 1}",
-            "address": {"address": "127.0.0.1", "port": port},
+            "id": node.name,
+            "name": node.name,
+            "address": {"address": "127.0.0.1", "port": node.port or port},
             "buildVersion": "9.6.0" if mirror.api_family == "9.x" else "8.19.0",
-            "local": i == 0,
+            "local": node is serving,
         }
-        for i in range(mirror.nodes)
+        for node in mirror.farm_nodes
     ]
     return web.json_response(nodes)
 
@@ -331,7 +385,7 @@ async def repo_sync_status(request: web.Request) -> web.Response:
     farm, mirror = _farm(request), _mirror(request)
     items = rendered(
         request,
-        lambda: (_sync_status_item(farm, mirror, r, m) for r, m in sorted(mirror.repositories.items())),
+        lambda: (_sync_status_item(farm, mirror, r, m) for r, m in sorted(_copy(request).items())),
     )
     return paged(request, items, farm)
 
@@ -340,7 +394,7 @@ async def one_repo_sync_status(request: web.Request) -> web.Response:
     """The per-repository status endpoint (what a naive monitor would call once per repository)."""
     farm, mirror = _farm(request), _mirror(request)
     repo = farm.by_slug(request.match_info["project_key"], request.match_info["slug"])
-    mrepo = mirror.repositories.get(repo.id) if repo is not None else None
+    mrepo = _copy(request).get(repo.id) if repo is not None else None
     if repo is None or mrepo is None:
         return errors("Repository not found on this mirror", 404)
     return web.json_response(_sync_status_item(farm, mirror, repo.id, mrepo))
@@ -411,15 +465,33 @@ async def out_of_sync_repos(request: web.Request) -> web.Response:
     farm, mirror = _farm(request), _mirror(request)
     if not mirror.diagnostics_enabled:
         return errors("Repository sync diagnostics are disabled", 409)
-    # The spec types this "list of repository IDs" as a string; send the ids as one JSON string.
-    return web.json_response(",".join(str(r) for r in farm.delayed(mirror)))
+    # The spec types this "list of repository IDs" as a string; send the ids as one JSON string. Node-local.
+    return web.json_response(",".join(str(r) for r in farm.delayed(mirror, _node(request))))
 
 
-def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float]) -> web.Application:
+async def jmx_exporter_bitbucket(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node is not None  # routed on node servers only
+    return web.Response(text=bitbucket_text(node), content_type="text/plain")
+
+
+async def jmx_exporter_mesh(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node is not None
+    return web.Response(text=mesh_text(node), content_type="text/plain")
+
+
+def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float], node: str | None = None) -> web.Application:
+    """The farm URL's server (``node`` None: it balances over the nodes), or one node's own server, which also
+    serves that node's jmx_exporter text (Bitbucket's JVM at /jmx/bitbucket, the Mesh sidecar's at /jmx/mesh)."""
     app = web.Application(middlewares=[farm_middleware])
     app.on_response_prepare.append(dated)
     app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, mirror_name, clock, {}
     r = app.router
+    if node is not None:
+        app[NODE_KEY] = node
+        r.add_get("/jmx/bitbucket", jmx_exporter_bitbucket, name="jmx_bitbucket")
+        r.add_get("/jmx/mesh", jmx_exporter_mesh, name="jmx_mesh")
     r.add_get("/status", mirror_status, name="status")
     if farm.mirrors[mirror_name].api_family == "9.x":
         r.add_get(f"{REST}/upstreamServer", upstream_server, name="upstream")
@@ -542,6 +614,7 @@ async def sim_mirror(request: web.Request) -> web.Response:
     for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled", "clock_skew_seconds"):
         if key in change:
             setattr(mirror, key, change[key])
+    mirror.resize_nodes()
     if "missing_repositories" in change:
         farm.make_missing(mirror, [int(x) for x in change["missing_repositories"]])
     if "selected_projects" in change:
@@ -550,6 +623,25 @@ async def sim_mirror(request: web.Request) -> web.Response:
     if "failing_repositories" in change:
         farm.set_failing(mirror, {int(x) for x in change["failing_repositories"]})
     return web.json_response(farm.truth()["mirrors"][mirror.name])
+
+
+async def sim_node(request: web.Request) -> web.Response:
+    """Change one node of a mirror farm: ``{"frozen": true}`` (it stops syncing while its peers go on),
+    ``{"down": true}`` (it resets every connection; the farm URL stops using it), ``{"missing_repositories": [ids]}``
+    (it loses its copies; ``[]`` gives them back), ``{"state": "STARTING"}`` (its own /status; null: the farm's).
+    Frozen and down false again: it catches up at once."""
+    farm = _farm(request)
+    mirror = farm.mirrors.get(request.match_info["name"])
+    node = mirror.node(request.match_info["node"]) if mirror is not None else None
+    if mirror is None or node is None:
+        return errors("no such mirror node", 404)
+    change = await request.json()
+    farm.set_node(mirror, node, frozen=change.get("frozen"), down=change.get("down"))
+    if "state" in change:
+        node.state = change["state"]
+    if "missing_repositories" in change:
+        farm.make_node_missing(mirror, node, [int(x) for x in change["missing_repositories"]])
+    return web.json_response(farm.node_truth(mirror, node))
 
 
 async def sim_scenario(request: web.Request) -> web.Response:
@@ -604,6 +696,7 @@ def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Appli
     r.add_get(f"{REST}/repos/{{repo_id}}", primary_repo, name="repo")
     r.add_get("/sim/truth", sim_truth, name="sim_truth")
     r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
+    r.add_post("/sim/mirrors/{name}/nodes/{node}", sim_node, name="sim_node")
     r.add_post("/sim/scenario", sim_scenario, name="sim_scenario")
     r.add_post("/sim/push", sim_push, name="sim_push")
     r.add_post("/sim/delete", sim_delete, name="sim_delete")

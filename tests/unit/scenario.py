@@ -3,7 +3,7 @@ exposition (tests/unit/golden/exposition.txt), so every change to a series shows
 
 from __future__ import annotations
 
-from exporter.drift import MirrorRepo, PrimaryRepo, analyse
+from exporter.drift import Analysis, MirrorRepo, PrimaryRepo, analyse, union
 from exporter.jmx.reading import NodeReading, TicketReading, TimerReading
 from exporter.rest.api import ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
@@ -21,6 +21,7 @@ from exporter.state import (
     ExporterState,
     JmxNodeState,
     MirrorState,
+    NodeState,
     Policy,
     PrimaryState,
     RefQueue,
@@ -93,6 +94,30 @@ def mirror(name: str, family: ApiFamily, kind: str) -> MirrorState:
     return state
 
 
+def by_node(state: MirrorState) -> None:
+    """sydney read node by node: sydney-1 is behind, sydney-2 in sync, sydney-3 down for long (no drift series);
+    the mirror's report is the union of the two that answered, which equals the 'behind' listing's own."""
+    previous = {"2": NOW - 600, "3": NOW - 3600, "4": NOW - 1800}
+    state.by_node, state.nodes_polled, state.nodes_polled_at = True, 2, NOW - 5
+    reports = []
+    for name, kind in (("sydney-1", "behind"), ("sydney-2", "in_sync")):
+        node = NodeState(name, f"http://10.0.0.{name[-1]}:7990")
+        node.status = fresh(MirrorStatus(state="SYNCHRONIZED"))  # type: ignore[assignment]
+        rows = mirror_rows(kind)
+        node.repo_sync_status = fresh(RepoSyncSummary(len(rows), 0, 0, NOW - 60))  # type: ignore[assignment]
+        analysis = Analysis(primary_repositories(), None, rows, previous if kind == "behind" else {}, NOW - 10,
+                            per_node=True)  # fmt: skip
+        analysis.step(100)
+        node.drift = analysis.report()
+        reports.append(node.drift)
+        state.nodes[name] = node
+    down = NodeState("sydney-3", "http://10.0.0.3:7990")
+    down.status = failing(MirrorStatus(state="SYNCHRONIZED"), age=600, reason="connect_timeout", errors=20)  # type: ignore[assignment]
+    down.repo_sync_status = failing(None, age=600, reason="connect_timeout", errors=20)  # type: ignore[assignment]
+    state.nodes["sydney-3"] = down
+    state.drift = union(reports)
+
+
 def seeded_state() -> ExporterState:
     primary = PrimaryState(url="https://bitbucket.example.com")
     servers = [
@@ -118,4 +143,5 @@ def seeded_state() -> ExporterState:
     node = JmxNodeState("service:jmx:rmi:///jndi/rmi://sydney-1:3333/jmxrmi", stale_after_seconds=180)
     node.source = fresh(reading, age=20, duration=0.8)  # type: ignore[assignment]
     sydney.jmx_nodes = {"sydney-1": node}
+    by_node(sydney)
     return ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))

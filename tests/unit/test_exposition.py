@@ -43,3 +43,17 @@ def test_the_golden_exposition_says_what_the_seeded_state_holds() -> None:
     assert 'bitbucket_mirror_sync_discovering{mirror="frankfurt"} 0.0' in text  # failing, still within stale_after
     assert 'bitbucket_mirror_clock_skew_seconds{mirror="sydney"} 21.0' in text
     assert 'bitbucket_mirror_repository_series_dropped{mirror="sydney"} 2.0' in text  # max_repository_series=2
+
+
+def test_a_mirror_read_node_by_node_is_the_union_of_the_nodes_that_answered() -> None:
+    text = exposition()
+    # The same mirror-level figures as one listing with the same drift (the union of a behind and an in-sync node).
+    assert 'bitbucket_mirror_repositories_out_of_sync{hash="content",mirror="sydney"} 2.0' in text
+    assert 'bitbucket_mirror_sync_lag_seconds{mirror="sydney"} 600.0' in text
+    assert 'bitbucket_mirror_node_sync_lag_seconds{mirror="sydney",node="sydney-1"} 600.0' in text
+    assert 'bitbucket_mirror_node_sync_lag_seconds{mirror="sydney",node="sydney-2"} 0.0' in text
+    assert 'bitbucket_mirror_nodes_polled{mirror="sydney"} 2.0' in text
+    assert 'bitbucket_mirror_repository_nodes_behind{mirror="sydney",project="PRJ",repository="repo-4"} 1.0' in text
+    # The node that stopped answering long ago: down, and no drift series of its own.
+    assert 'bitbucket_mirror_node_up{mirror="sydney",node="sydney-3"} 0.0' in text
+    assert 'node="sydney-3"} ' not in text.split("bitbucket_mirror_node_repositories_missing")[1].split("# HELP")[0]

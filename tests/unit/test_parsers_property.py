@@ -168,10 +168,12 @@ class CannedClient(BitbucketClient):
     def __init__(self, body: bytes) -> None:
         self._body = body
 
-    async def get(self, url: Any, credentials: Any, decode: Callable[[bytes], Any], params: Any = None) -> Any:
+    async def get(
+        self, url: Any, credentials: Any, decode: Callable[[bytes], Any], params: Any = None, affinity: Any = None
+    ) -> Any:
         return decode_body("application/json", self._body, decode)
 
-    async def pages(self, url: Any, credentials: Any, decode: Any, params: Any = None) -> Any:
+    async def pages(self, url: Any, credentials: Any, decode: Any, params: Any = None, affinity: Any = None) -> Any:
         yield (await self.get(url, credentials, decode)).values
 
 

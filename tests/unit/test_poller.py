@@ -14,7 +14,7 @@ from yarl import URL
 from exporter.config import Credentials, PollConfig
 from exporter.drift import RepoState
 from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
-from exporter.rest.client import BitbucketClient, ClockReading, Page
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading, Page
 from exporter.rest.listings import Hashes, PrimaryRepositoryRow, ProjectRow, RepositoryHashes, SyncStatusRow
 from exporter.rest.models import (
     ClusterNode,
@@ -171,7 +171,14 @@ class CountingClient(BitbucketClient):
         self.answers = answers
         self.asked: dict[str, int] = {}
 
-    async def get(self, url: URL, credentials: Credentials, decode: Callable[[bytes], Any], params: Any = None) -> Any:
+    async def get(
+        self,
+        url: URL,
+        credentials: Credentials,
+        decode: Callable[[bytes], Any],
+        params: Any = None,
+        affinity: Affinity | None = None,
+    ) -> Any:
         path = url.path.removeprefix("/rest/mirroring/latest/")
         self.asked[path] = self.asked.get(path, 0) + 1
         await asyncio.sleep(0)  # let concurrent callers overlap
@@ -180,7 +187,9 @@ class CountingClient(BitbucketClient):
             raise FetchError(f"http_{answer}", f"HTTP {answer}", status=answer)
         return answer
 
-    async def pages(self, url: URL, credentials: Credentials, decode: Any, params: Any = None) -> Any:
+    async def pages(
+        self, url: URL, credentials: Credentials, decode: Any, params: Any = None, affinity: Affinity | None = None
+    ) -> Any:
         yield Page(await self.get(url, credentials, decode)).values
 
 

@@ -1,0 +1,199 @@
+"""Each node of a mirror farm, read at its own URL.
+
+Bitbucket's ``supportInfo/repoSyncStatus`` lists the repositories "on this mirror node": every node keeps its own
+copy, and the farm URL's load balancer picks a node per client. With ``nodes`` configured, every node is read at its own
+base URL (built from farmNodes with ``nodes.url_template``, or listed in ``nodes.static``), each in its own task on
+the grid all REST pollers share, so a hung node delays neither its peers nor a scrape. Each node's listing is compared
+with the primary's on its own (a node's drift and lag); the mirror's then is the union over the nodes that answered
+this cycle (``drift.union``): a repository is out of sync on the mirror when it is on any node, and the mirror's lag is
+its worst node's. Farm-wide sources stay once per mirror (exporter/rest/poller.py), and the primary is read once per
+cycle whatever the number of nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from exporter.config import Credentials, NodesConfig
+from exporter.drift import MirrorRepo, union
+from exporter.rest.api import MirrorApi
+from exporter.rest.client import BitbucketClient
+from exporter.rest.models import ClusterNode
+from exporter.rest.poller import (
+    CycleHandoff,
+    DriftJob,
+    cycle_slack,
+    read_repo_sync_status,
+    read_status,
+    scope_of,
+)
+from exporter.sources import Poller, run_source
+from exporter.state import MirrorState, NodeState, RepoSyncSummary
+from exporter.urls import fill_node_template
+
+log = logging.getLogger("exporter.poller")
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """Where one node is reached, and what a URL template may say of it."""
+
+    name: str
+    url: str
+    address: str
+    port: int | None
+    node_id: str
+    credentials: Credentials
+
+    def fill(self, template: str) -> str:
+        return fill_node_template(template, self.address, self.port, self.node_id, self.name)
+
+
+def node_targets(config: NodesConfig, credentials: Credentials, farm_nodes: list[ClusterNode]) -> list[NodeTarget]:
+    """The nodes to read: the static list, or one per farmNodes entry with an address (by its ``name``, else ``id``).
+    A static node without credentials of its own uses the mirror's."""
+    if config.static:
+        targets = []
+        for node in config.static:
+            parts = urlsplit(node.url)
+            address, port = parts.hostname or "", parts.port
+            targets.append(NodeTarget(node.name, node.url, address, port, node.name, node.credentials_or(credentials)))
+        return targets
+    assert config.url_template is not None
+    targets = []
+    for entry in farm_nodes:
+        if entry.address is None or not entry.address.address:
+            continue
+        name = entry.name or entry.id
+        address, port = entry.address.address, entry.address.port
+        url = fill_node_template(config.url_template, address, port, entry.id, name)
+        targets.append(NodeTarget(name, url, address, port, entry.id, credentials))
+    return targets
+
+
+class NodePoller:
+    """One node's cycle: its /status and its listing side by side, then its own drift against the primary's listing
+    of the same cycle."""
+
+    def __init__(self, mirror: MirrorState, state: NodeState, api: MirrorApi, drift: DriftJob, interval: float) -> None:
+        self.state = state
+        self._slack = cycle_slack(interval)
+        self.done = CycleHandoff(self._slack)
+        # Monotonic starts of the latest cycle whose listing was read, and whose drift was computed.
+        self.answered: float = -1e18
+        self.analysed: float = -1e18
+        self._mirror = mirror
+        self._api = api
+        self._drift = drift
+        self._target = f"{mirror.name}/{state.name}"
+
+    def answered_in(self, cycle_started: float) -> bool:
+        """Whether this node's listing was read in the cycle that began at ``cycle_started``."""
+        return self.answered >= cycle_started - self._slack
+
+    async def poll_once(self) -> None:
+        node, api, target = self.state, self._api, self._target
+        started = time.monotonic()
+        rows: dict[str, MirrorRepo] | None = None
+
+        async def listing() -> RepoSyncSummary:
+            nonlocal rows
+            summary, rows = await read_repo_sync_status(api)
+            return summary
+
+        try:
+            await asyncio.gather(
+                run_source(target, "status", node.status, lambda: read_status(api, node.status, node.states_seen)),
+                run_source(target, "repo_sync_status", node.repo_sync_status, listing),
+            )
+            if node.status.success and node.status.value is not None:
+                node.states_seen.add(node.status.value.state)
+            if rows is None:
+                return  # this node's listing failed: its last report rides over until its inputs are stale
+            self.answered = started
+            scope = scope_of(self._mirror.sync_settings.value)
+            read_at = node.repo_sync_status.last_success_timestamp
+            report = await self._drift.run(rows, read_at, node.drift, scope, started)
+            del rows
+            if report is not None:
+                node.drift = report
+                self.analysed = started
+        finally:
+            self.done.publish(started)
+
+
+class NodeFleet:
+    """The nodes of one mirror: follows its node list (static, or farmNodes every cycle), runs a poller per node, and
+    after each of the mirror's cycles takes the union of the nodes that answered."""
+
+    def __init__(
+        self,
+        mirror: MirrorState,
+        config: NodesConfig,
+        credentials: Credentials,
+        client: BitbucketClient,
+        drift: DriftJob,
+        interval: float,
+        spawn: Callable[[Poller], asyncio.Task[None]],
+    ) -> None:
+        self._mirror = mirror
+        self._config = config
+        self._credentials = credentials
+        self._client = client
+        self._drift = DriftJob(drift.primary, drift.policy, drift.interval, per_node=True)
+        self._interval = interval
+        self._spawn = spawn
+        self._pollers: dict[str, tuple[NodePoller, asyncio.Task[None]]] = {}
+        # The nodes a failing farmNodes poll last listed stay until it answers again.
+        self.targets: list[NodeTarget] = []
+
+    def follow(self) -> None:
+        """Start a poller for each new node, stop those of nodes no longer listed (their series go with them)."""
+        farm_nodes = self._mirror.farm_nodes.value or []
+        self.targets = node_targets(self._config, self._credentials, farm_nodes)
+        wanted = {target.name: target for target in self.targets}
+        moved = [n for n, (p, _) in self._pollers.items() if n not in wanted or wanted[n].url != p.state.url]
+        for name in moved:
+            _, task = self._pollers.pop(name)
+            task.cancel()
+            if name not in wanted:
+                log.info("mirror node gone", extra={"target": self._mirror.name, "node": name})
+        nodes: dict[str, NodeState] = {}
+        for name, target in wanted.items():
+            if name not in self._pollers:
+                state = NodeState(name, target.url)
+                api = MirrorApi(self._client, target.url, target.credentials, f"{self._mirror.name}/{name}")
+                poller = NodePoller(self._mirror, state, api, self._drift, self._interval)
+                self._pollers[name] = (poller, self._spawn(poller))
+                log.info("mirror node followed", extra={"target": self._mirror.name, "node": name, "url": target.url})
+            nodes[name] = self._pollers[name][0].state
+        self._mirror.nodes = nodes
+
+    async def cycle(self, cycle_started: float) -> None:
+        """After the mirror's farm-wide sources: follow the node list, wait (at most an interval) for every node's
+        cycle, then take the union over the nodes that answered."""
+        self.follow()
+        pollers = self.pollers()
+        await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
+        answered = [p for p in pollers if p.answered_in(cycle_started)]
+        mirror = self._mirror
+        mirror.nodes_polled = len(answered)
+        mirror.nodes_polled_at = time.time()
+        summaries = [p.state.repo_sync_status.value for p in answered if p.state.repo_sync_status.value is not None]
+        if summaries:
+            listing = mirror.repo_sync_status
+            listing.value = RepoSyncSummary.union(summaries)
+            read_at = min(p.state.repo_sync_status.last_success_timestamp or 0.0 for p in answered)
+            listing.value_timestamp = listing.last_success_timestamp = read_at
+            listing.success = True
+        reports = [p.state.drift for p in answered if p.analysed == p.answered and p.state.drift is not None]
+        if reports:
+            mirror.drift = union(reports, self._drift.policy.keep_all)
+
+    def pollers(self) -> list[NodePoller]:
+        return [poller for poller, _ in self._pollers.values()]

@@ -1,0 +1,139 @@
+"""Node by node: each farm node's own listing, against the simulated farm's ground truth per node.
+
+The simulated farm keeps a copy per node; its farm URL balances requests over the nodes like nginx-ingress with cookie
+affinity. With nodes configured the exporter reads each node at its own URL; without, it keeps the balancer's cookie
+so one node answers every walk, cycle after cycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.simulator import Scenario
+from tests.conftest import Running, Samples, running_farm, value, wait_until
+
+INTERVAL = 0.2
+NODE_1, NODE_2 = "sydney-node-1", "sydney-node-2"
+
+
+async def settled(run: Running, check: Any, what: str, within: float = 10.0) -> Samples:
+    found: Samples = {}
+
+    async def holds() -> bool:
+        nonlocal found
+        found = await run.metrics()
+        return bool(check(found))
+
+    await wait_until(holds, within, what)
+    return found
+
+
+def node_value(samples: Samples, name: str, node: str, **labels: str) -> float | None:
+    return value(samples, name, mirror="sydney", node=node, **labels)
+
+
+async def test_one_lagging_node_is_found_by_name_and_the_mirror_is_the_union_of_its_nodes() -> None:
+    async with running_farm(Scenario(repositories=12, mirrors=1), ["9.x"], interval=INTERVAL, nodes=True) as run:
+        await run.wait_ready()
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"frozen": True})
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_1}", {"missing_repositories": [7]})
+        await run.control("/sim/push", {"repository_ids": [3, 5]})
+
+        def node_2_behind(s: Samples) -> bool:
+            content = node_value(s, "bitbucket_mirror_node_repositories_out_of_sync", NODE_2, hash="content")
+            return content == 2.0 and node_value(s, "bitbucket_mirror_node_repositories_missing", NODE_1) == 1.0
+
+        await settled(run, node_2_behind, "node 2 behind on two repositories, node 1 missing one")
+        await run.next_cycles(1)
+        samples, everything = await run.metrics(), await run.truth()
+        truth = everything["mirrors"]["sydney"]
+        for node in (NODE_1, NODE_2):
+            classes = truth["per_node"][node]["classes"]
+            assert node_value(samples, "bitbucket_mirror_node_up", node) == 1.0
+            got = node_value(samples, "bitbucket_mirror_node_repositories_out_of_sync", node, hash="content")
+            assert got == len(classes["content_drift"]), node
+            assert node_value(samples, "bitbucket_mirror_node_repositories_missing", node) == len(classes["missing"])
+        assert truth["per_node"][NODE_2]["classes"]["content_drift"] == [3, 5]
+        assert truth["per_node"][NODE_1]["classes"]["content_drift"] == []
+        # The mirror is the union: what any node lacks or has stale, with the worst node's lag.
+        union = truth["classes"]
+        assert value(samples, "bitbucket_mirror_repositories_out_of_sync", mirror="sydney", hash="content") == len(
+            union["content_drift"]
+        )
+        assert value(samples, "bitbucket_mirror_repositories_missing", mirror="sydney") == len(union["missing"]) == 1
+        assert value(samples, "bitbucket_mirror_repositories_in_sync", mirror="sydney") == len(union["in_sync"])
+        assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 2.0
+        assert value(samples, "bitbucket_mirror_farm_nodes", mirror="sydney") == 2.0
+        for repo in ("repo-3", "repo-5", "repo-7"):
+            behind = value(samples, "bitbucket_mirror_repository_nodes_behind", mirror="sydney", project="PRJ" +
+                           str(int(repo.split("-")[1]) % 3 or 3), repository=repo)  # fmt: skip
+            assert behind == 1.0, repo
+        # Lag: node 2's, from the push (first seen by the exporter within an interval or two of it).
+        pushed = min(truth["per_node"][NODE_2]["diverged_since"].values())
+        node_lag = node_value(samples, "bitbucket_mirror_node_sync_lag_seconds", NODE_2)
+        mirror_lag = value(samples, "bitbucket_mirror_sync_lag_seconds", mirror="sydney")
+        assert node_lag is not None and mirror_lag == node_lag
+        assert 0 < node_lag <= everything["now"] - pushed + 1.0
+        assert node_value(samples, "bitbucket_mirror_node_sync_lag_seconds", NODE_1) == 0.0
+
+
+async def test_a_node_down_is_reported_without_hiding_its_peers_and_a_node_that_leaves_loses_its_series() -> None:
+    async with running_farm(Scenario(repositories=6, mirrors=1), ["8.x"], interval=INTERVAL, nodes=True) as run:
+        await run.wait_ready()
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"down": True})
+
+        def node_2_gone_stale(s: Samples) -> bool:
+            return (
+                node_value(s, "bitbucket_mirror_node_up", NODE_2) == 0.0
+                and node_value(s, "bitbucket_mirror_node_repositories_missing", NODE_2) is None
+            )
+
+        samples = await settled(run, node_2_gone_stale, "node 2 down, its drift series gone once stale")
+        assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0
+        assert node_value(samples, "bitbucket_mirror_node_repositories_missing", NODE_1) == 0.0
+        assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0
+        assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
+        assert value(samples, "bitbucket_mirror_repositories_in_sync", mirror="sydney") == 6.0
+        failed = value(
+            samples, "bitbucket_mirror_exporter_poll_success", target="sydney", node=NODE_2, source="repo_sync_status"
+        )
+        assert failed == 0.0
+        # The farm shrinks to one node: the other's series go with it.
+        await run.control("/sim/mirrors/sydney", {"nodes": 1})
+        samples = await settled(
+            run, lambda s: node_value(s, "bitbucket_mirror_node_up", NODE_2) is None, "node 2 left farmNodes"
+        )
+        assert not [key for key in samples if ("node", NODE_2) in key[1]]
+
+
+async def test_without_node_urls_the_farm_url_answers_from_one_node_cycle_after_cycle() -> None:
+    async with running_farm(Scenario(repositories=10, mirrors=1), ["9.x"], interval=INTERVAL) as run:
+        await run.wait_ready()
+        # The two nodes disagree: read through a balancer that alternates, the counts would flap every cycle.
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [1, 2, 3]})
+        await run.next_cycles(2)
+        seen = set()
+        for _ in range(6):
+            await run.next_cycles(1)
+            samples = await run.metrics()
+            seen.add(value(samples, "bitbucket_mirror_repositories_out_of_sync", mirror="sydney", hash="content"))
+        assert len(seen) == 1, seen
+        truth = (await run.truth())["mirrors"]["sydney"]["per_node"]
+        pinned = [node for node, t in truth.items() if t["classes"]["content_drift"] == [1, 2, 3]]
+        assert seen in ({0.0}, {3.0}) and pinned == [NODE_2]
+
+
+async def test_the_primary_is_read_once_per_cycle_whatever_the_number_of_nodes() -> None:
+    scenario = Scenario(repositories=10, mirrors=2)
+    async with running_farm(scenario, ["9.x", "8.x"], interval=INTERVAL, nodes=True) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney", {"nodes": 2})
+        before = (await run.truth())["primary_requests"].get("repos", 0)
+        cycles = run.exporter.state.primary.cycles
+        await run.next_cycles(4)
+        after = (await run.truth())["primary_requests"].get("repos", 0)
+        done = run.exporter.state.primary.cycles - cycles
+        # One page of repositories per cycle; the request in flight may be counted or not.
+        assert done <= after - before <= done + 1
+        for mirror in ("sydney", "frankfurt"):
+            assert len(run.exporter.state.mirrors[0 if mirror == "sydney" else 1].nodes) == 2
