@@ -46,6 +46,9 @@ class AlertConfig:
     lag_warning_seconds: int = 1800
     lag_critical_seconds: int = 3600
     lag_for: str = "5m"
+    # One node of a farm with content drift its peers do not have, for longer than full syncs allow.
+    node_behind_lag_seconds: int = 900
+    node_behind_for: str = "5m"
     metadata_drift_for: str = "6h"
     missing_for: str = "30m"
     failed_syncs: int = 3
@@ -163,7 +166,8 @@ class _Rules:
                 for_=c.poll_failing_for,
                 severity="warning",
                 summary="The exporter cannot poll a Bitbucket endpoint; its metrics are stale or absent.",
-                description="Polling {{ $labels.source }} on {{ $labels.target }} has failed for "
+                description="Polling {{ $labels.source }} on {{ $labels.target }}{{ with $labels.node }} (node {{ . }})"
+                "{{ end }} has failed for "
                 f"{c.poll_failing_for}; its metrics are served for poll.stale_after_seconds, then left out. The "
                 "reason is in bitbucket_mirror_exporter_poll_errors_total.",
             ),
@@ -189,6 +193,12 @@ class _Rules:
         not_synchronized = m("bitbucket_mirror_state", 'state!="SYNCHRONIZED"')
         content_drift = m("bitbucket_mirror_repositories_out_of_sync", 'hash="content"')
         metadata_drift = m("bitbucket_mirror_repositories_out_of_sync", 'hash="metadata"')
+        # Read node by node, a mirror's drift and lag are its worst node's. While some node is fine, a lag or drift is
+        # that node's to report (BitbucketMirrorNodeBehind): one cause, one alert.
+        node_lag = m("bitbucket_mirror_node_sync_lag_seconds")
+        node_drift = m("bitbucket_mirror_node_repositories_out_of_sync", 'hash="content"')
+        best_node_lag = f"min by (job, instance, mirror) ({node_lag})"
+        best_node_drift = f"min by (job, instance, mirror) ({node_drift})"
         return [
             self.alert(
                 name="BitbucketMirrorDown",
@@ -209,7 +219,8 @@ class _Rules:
             ),
             self.alert(
                 name="BitbucketMirrorRepositoriesOutOfSync",
-                expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds}",
+                expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds} "
+                f"unless on (job, instance, mirror) {best_node_drift} == 0",
                 for_=c.out_of_sync_for,
                 severity="warning",
                 summary="Repositories on a Bitbucket mirror have content that differs from the primary.",
@@ -222,7 +233,7 @@ class _Rules:
             *(
                 self.alert(
                     name="BitbucketMirrorSyncLagHigh",
-                    expr=f"{lag} > {threshold}",
+                    expr=f"{lag} > {threshold} unless on (job, instance, mirror) {best_node_lag} <= {threshold}",
                     for_=c.lag_for,
                     severity=severity,
                     summary="A Bitbucket mirror lags behind the primary.",
@@ -230,6 +241,20 @@ class _Rules:
                     "{{ $value | humanizeDuration }}.",
                 )
                 for severity, threshold in (("warning", c.lag_warning_seconds), ("critical", c.lag_critical_seconds))
+            ),
+            self.alert(
+                name="BitbucketMirrorNodeBehind",
+                # How many more repositories this node has in content drift than its best peer.
+                expr=f"({node_drift} - on (job, instance, mirror) group_left {best_node_drift}) > 0 "
+                f"and on (job, instance, mirror, node) {node_lag} > {c.node_behind_lag_seconds}",
+                for_=c.node_behind_for,
+                severity="warning",
+                summary="One node of a Bitbucket mirror farm lags behind its peers.",
+                description=(
+                    "Node {{ $labels.node }} of mirror {{ $labels.mirror }} has {{ $value }} repositories whose "
+                    "content differs from the primary's while its peers have them, at least one for more than "
+                    f"{c.node_behind_lag_seconds}s: clones the load balancer sends to it get stale code."
+                ),
             ),
             self.alert(
                 name="BitbucketMirrorMetadataDrift",
