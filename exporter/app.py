@@ -7,15 +7,18 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from yarl import URL
 
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
 from exporter.jmx.poller import JmxPoller
+from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
 from exporter.rest.api import MirrorApi, PrimaryApi, normalize_url
 from exporter.rest.client import BitbucketClient
@@ -59,6 +62,13 @@ def build_state(settings: Settings) -> ExporterState:
         mirrors=[MirrorState(name=m.name, url=m.url) for m in settings.mirrors],
         policy=policy(settings),
     )
+
+
+def nodes_of(
+    config: NodesConfig | None, credentials: Credentials, state: MirrorState
+) -> Callable[[], list[NodeTarget]]:
+    """The mirror's nodes as they are now: static, or from its last good farmNodes."""
+    return lambda: node_targets(config, credentials, state.farm_nodes.value or [])
 
 
 class Polling:
@@ -107,6 +117,7 @@ class Polling:
         for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
             poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary), mirror_cfg.nodes)
             if mirror_cfg.jmx is not None:
+                credentials = mirror_cfg.credentials_or(primary)
                 jmx = JmxPoller(
                     mirror_state,
                     mirror_cfg.jmx,
@@ -115,6 +126,8 @@ class Polling:
                     self._stop,
                     interval,
                     max(self.state.policy.stale_after, 3 * mirror_cfg.jmx.interval_seconds),
+                    nodes=nodes_of(mirror_cfg.nodes, credentials, mirror_state),
+                    fetch_text=self._fetch_text,
                 )
                 self._tasks.append(asyncio.create_task(jmx.run()))
 
@@ -142,6 +155,11 @@ class Polling:
         self._loops.add(task)
         task.add_done_callback(self._loops.discard)
         return task
+
+    async def _fetch_text(self, url: str) -> str:
+        """A jmx_exporter page: no credentials (Atlassian's chart serves them without), the top-level tls."""
+        assert self.client is not None
+        return await self.client.get(URL(url), Credentials(), lambda body: body.decode("utf-8", "replace"))
 
     async def poll_once(self) -> None:
         assert self._primary is not None

@@ -1,7 +1,10 @@
-"""Polls each node of one mirror over JMX, on the mirror's jmx.interval_seconds.
+"""Polls each node of one mirror, on the mirror's jmx.interval_seconds: over JMX with jmxquery, or from the node's
+jmx_exporter pages (``jmx.exporter_url_template`` and ``jmx.mesh_exporter_url_template``) where Atlassian's Helm chart
+already serves them. Both give the same reading (exporter/jmx/reading.py), under the same metric names.
 
 Every node polls in its own loop with its own hard timeout, so a hung node never delays another node or a scrape.
-A global semaphore bounds how many jmxquery JVMs run at once (each costs a JVM start, see docs/jmx.md).
+A global semaphore bounds how many jmxquery JVMs run at once (each costs a JVM start, see docs/jmx.md); the
+jmx_exporter path starts none.
 """
 
 from __future__ import annotations
@@ -9,18 +12,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from exporter.config import Credentials
 from exporter.jmx.config import JmxConfig, JmxCredentials
+from exporter.jmx.exporter_text import parse_exporter_text
 from exporter.jmx.query import jmxquery_command, run_jmxquery
 from exporter.jmx.reading import NodeReading, read_node
+from exporter.node_targets import NodeTarget, node_targets
 from exporter.sources import poll_forever, run_source
 from exporter.state import JmxNodeState, MirrorState
+from exporter.urls import host_for_url
 
 log = logging.getLogger("exporter.jmx")
 
 
-def _host(address: str) -> str:
-    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+# GET a URL and return its body as text, raising FetchError (the exporter's HTTP client, with the top-level tls).
+FetchText = Callable[[str], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class NodeSource:
+    """Where one node's reading comes from: a JMX service URL with credentials, or jmx_exporter page URLs."""
+
+    urls: tuple[str, ...]
+    credentials: JmxCredentials | None = None
 
 
 class _NodePoller:
@@ -41,8 +57,13 @@ class JmxPoller:
         stop: asyncio.Event,
         follow_seconds: float,
         stale_after: float = 180.0,
+        nodes: Callable[[], list[NodeTarget]] | None = None,
+        fetch_text: FetchText | None = None,
     ) -> None:
         self._mirror = mirror
+        # The mirror's nodes (nodes.static or farmNodes), as the REST side names them; and how to read a page.
+        self._targets = nodes or (lambda: node_targets(None, Credentials(), mirror.farm_nodes.value or []))
+        self._fetch_text = fetch_text
         self._stale_after = stale_after
         # How often the node list is rebuilt from farmNodes: the mirror's poll interval, not the slower JMX one.
         self._follow_seconds = follow_seconds
@@ -53,26 +74,36 @@ class JmxPoller:
         self._wait_for_farm_nodes = wait_for_farm_nodes
         self._warned: dict[str, tuple[str, ...]] = {}
 
-    def _nodes(self) -> dict[str, tuple[str, JmxCredentials]]:
-        """Node name -> (service URL, credentials): the configured nodes, or one per farmNodes address."""
+    def _nodes(self) -> dict[str, NodeSource]:
+        """Node name -> where to read it: the configured JMX nodes, one JMX URL per farmNodes address, or the
+        jmx_exporter pages of each of the mirror's nodes."""
         config = self._config
+        if config.from_exporter:
+            templates = [t for t in (config.exporter_url_template, config.mesh_exporter_url_template) if t]
+            # The mirror's last good node list: a failing farmNodes poll keeps the nodes it last listed.
+            return {t.name: NodeSource(tuple(t.fill(template) for template in templates)) for t in self._targets()}
         if config.nodes:
-            return {node.name: (node.url, config.credentials_for(node)) for node in config.nodes}
-        nodes: dict[str, tuple[str, JmxCredentials]] = {}
-        # The mirror's last good farmNodes: a failing farmNodes poll keeps the nodes it last listed.
+            return {node.name: NodeSource((node.url,), config.credentials_for(node)) for node in config.nodes}
+        nodes: dict[str, NodeSource] = {}
         for node in self._mirror.farm_nodes.value or []:
             if node.address is None or not node.address.address:
                 continue
-            url = config.url_template.format(address=_host(node.address.address), port=config.port)
-            nodes[node.name or node.id] = (url, config)
+            url = config.url_template.format(address=host_for_url(node.address.address), port=config.port)
+            nodes[node.name or node.id] = NodeSource((url,), config)
         return nodes
 
-    async def _read(self, url: str, credentials: JmxCredentials) -> NodeReading:
+    async def _read(self, source: NodeSource) -> NodeReading:
+        config = self._config
+        if source.credentials is None:
+            assert self._fetch_text is not None  # the app gives one whenever the exporter templates are set
+            pages = await asyncio.gather(*(self._fetch_text(url) for url in source.urls))
+            rows = [row for page in pages for row in parse_exporter_text(page, config.attributes)]
+            return read_node(rows, config.match, config.attributes)
+        credentials = source.credentials
         password = credentials.resolved_password()
         secret = password.get_secret_value() if password is not None else None
-        config = self._config
         command = jmxquery_command(
-            config.java, config.java_options, url, credentials.username, secret, config.object_names
+            config.java, config.java_options, source.urls[0], credentials.username, secret, config.object_names
         )
         async with self._slots:
             rows = await run_jmxquery(command, config.timeout_seconds, secret)
@@ -86,12 +117,12 @@ class JmxPoller:
                 log.warning("jmx reading", extra={"target": self._mirror.name, "node": node, "detail": warning})
             self._warned[node] = warnings
 
-    async def _poll_node(self, node: str, state: JmxNodeState, credentials: JmxCredentials) -> None:
-        await run_source(self._mirror.name, f"jmx:{node}", state.source, lambda: self._read(state.url, credentials))
+    async def _poll_node(self, node: str, state: JmxNodeState, source: NodeSource) -> None:
+        await run_source(self._mirror.name, f"jmx:{node}", state.source, lambda: self._read(source))
         self._log_warnings(node, state)
 
-    def _start_node(self, node: str, state: JmxNodeState, credentials: JmxCredentials) -> None:
-        poller = _NodePoller(lambda: self._poll_node(node, state, credentials))
+    def _start_node(self, node: str, state: JmxNodeState, source: NodeSource) -> None:
+        poller = _NodePoller(lambda: self._poll_node(node, state, source))
         self._tasks[node] = asyncio.create_task(poll_forever(poller, self._config.interval_seconds, self._stop))
 
     async def poll_once(self) -> None:
@@ -103,7 +134,8 @@ class JmxPoller:
             self._warned.pop(gone, None)
             log.info("jmx node gone", extra={"target": self._mirror.name, "node": gone})
         updated: dict[str, JmxNodeState] = {}
-        for name, (url, credentials) in nodes.items():
+        for name, source in nodes.items():
+            url = " ".join(source.urls)
             current = known.get(name)
             if current is not None and current.url == url:
                 updated[name] = current
@@ -111,7 +143,7 @@ class JmxPoller:
             if current is not None:
                 self._tasks.pop(name).cancel()  # moved to another address: start over
             updated[name] = JmxNodeState(url, self._stale_after)
-            self._start_node(name, updated[name], credentials)
+            self._start_node(name, updated[name], source)
         self._mirror.jmx_nodes = updated
 
     async def run(self) -> None:
@@ -119,7 +151,7 @@ class JmxPoller:
         that hangs until its timeout never delays another node's poll."""
         try:
             if not self._config.nodes:
-                await self._wait_for_farm_nodes()
+                await self._wait_for_farm_nodes()  # nodes come from farmNodes (or nodes.static, there at once)
             await poll_forever(self, self._follow_seconds, self._stop)
         finally:
             for task in self._tasks.values():

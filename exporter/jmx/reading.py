@@ -73,11 +73,30 @@ def number(value: object) -> float | None:
 
 
 def key_property(object_name: str, key: str) -> str | None:
+    """A key property's value; keys compare without case (jmx_exporter's ``lowercaseOutputLabelNames``)."""
     _, _, properties = object_name.partition(":")
     for match in _KEY_PROPERTY.finditer(properties):
-        if match.group(1).strip() == key:
+        if match.group(1).strip().lower() == key.lower():
             return match.group(2).strip('"')
     return None
+
+
+def _tag_keys(object_name: str) -> int:
+    """How many ``tag.*`` keys the name has (``tag_*`` once through jmx_exporter): a tagged timer is one slice of the
+    untagged one."""
+    _, _, properties = object_name.partition(":")
+    return sum(1 for m in _KEY_PROPERTY.finditer(properties) if m.group(1).strip().lower().startswith(("tag.", "tag_")))
+
+
+def _ticket(object_name: str, attribute: str) -> tuple[str, str]:
+    """(resource, attribute) of a ticket figure. The Mesh sidecar's beans
+    (``metrics:section=tickets,throttledResource=scm-hosting,name=available``, attribute ``Value``) name the resource
+    in ``throttledResource`` and the figure in ``name``; before Mesh, ``name=HostingTickets`` with attributes
+    ``Available``, ``Used``, ...: the ``name`` key alone would collapse the sidecar's four resources into one."""
+    throttled = key_property(object_name, "throttledResource")
+    if throttled is not None:
+        return throttled, key_property(object_name, "name") or attribute
+    return key_property(object_name, "name") or key_property(object_name, "type") or object_name, attribute
 
 
 @dataclass(frozen=True)
@@ -154,8 +173,8 @@ def _timer(object_name: str, values: dict[str, object], attrs: TimerAttributes, 
 
 def read_node(rows: Iterable[JmxRow], match: JmxMatch, attrs: TimerAttributes) -> NodeReading:
     """Classify the returned MBeans: a timer whose ObjectName matches a sync kind's expression becomes that kind (the
-    first such bean in name order wins; others are reported as ambiguous), other beans matching ``tickets`` give
-    their numeric attributes as ticket figures."""
+    bean with the fewest ``tag.*`` keys wins, then the first in name order; the others are reported as ambiguous, with
+    the ObjectName chosen), other beans matching ``tickets`` give their numeric attributes as ticket figures."""
     beans = _group(rows)
     kinds = {kind: re.compile(getattr(match, kind)) for kind in TIMER_KINDS}
     tickets_re = re.compile(match.tickets)
@@ -163,7 +182,7 @@ def read_node(rows: Iterable[JmxRow], match: JmxMatch, attrs: TimerAttributes) -
     tickets: list[TicketReading] = []
     ticket_series: set[tuple[str, str]] = set()
     warnings: list[str] = []
-    for object_name in sorted(beans):
+    for object_name in sorted(beans, key=lambda name: (_tag_keys(name), name)):
         values = beans[object_name]
         if _is_timer(values, attrs):
             kind = next((k for k, pattern in kinds.items() if pattern.search(object_name)), None)
@@ -174,10 +193,10 @@ def read_node(rows: Iterable[JmxRow], match: JmxMatch, attrs: TimerAttributes) -
                 continue
             timers[kind] = _timer(object_name, values, attrs, warnings)
         elif tickets_re.search(object_name):
-            resource = key_property(object_name, "name") or key_property(object_name, "type") or object_name
-            for attribute, raw in sorted(values.items()):
+            for bean_attribute, raw in sorted(values.items()):
                 if (value := number(raw)) is None:
                     continue
+                resource, attribute = _ticket(object_name, bean_attribute)
                 if (resource, attribute) in ticket_series:
                     # Two beans with the same name key in different domains: keep the first, never a duplicate series.
                     warnings.append(f"{object_name}: {resource}/{attribute} already read from another bean")

@@ -16,14 +16,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from exporter.config import Credentials, NodesConfig
 from exporter.drift import MirrorRepo, union
+from exporter.node_targets import NodeTarget, node_targets
 from exporter.rest.api import MirrorApi
 from exporter.rest.client import BitbucketClient
-from exporter.rest.models import ClusterNode
 from exporter.rest.poller import (
     CycleHandoff,
     DriftJob,
@@ -34,46 +32,8 @@ from exporter.rest.poller import (
 )
 from exporter.sources import Poller, run_source
 from exporter.state import MirrorState, NodeState, RepoSyncSummary
-from exporter.urls import fill_node_template
 
 log = logging.getLogger("exporter.poller")
-
-
-@dataclass(frozen=True)
-class NodeTarget:
-    """Where one node is reached, and what a URL template may say of it."""
-
-    name: str
-    url: str
-    address: str
-    port: int | None
-    node_id: str
-    credentials: Credentials
-
-    def fill(self, template: str) -> str:
-        return fill_node_template(template, self.address, self.port, self.node_id, self.name)
-
-
-def node_targets(config: NodesConfig, credentials: Credentials, farm_nodes: list[ClusterNode]) -> list[NodeTarget]:
-    """The nodes to read: the static list, or one per farmNodes entry with an address (by its ``name``, else ``id``).
-    A static node without credentials of its own uses the mirror's."""
-    if config.static:
-        targets = []
-        for node in config.static:
-            parts = urlsplit(node.url)
-            address, port = parts.hostname or "", parts.port
-            targets.append(NodeTarget(node.name, node.url, address, port, node.name, node.credentials_or(credentials)))
-        return targets
-    assert config.url_template is not None
-    targets = []
-    for entry in farm_nodes:
-        if entry.address is None or not entry.address.address:
-            continue
-        name = entry.name or entry.id
-        address, port = entry.address.address, entry.address.port
-        url = fill_node_template(config.url_template, address, port, entry.id, name)
-        targets.append(NodeTarget(name, url, address, port, entry.id, credentials))
-    return targets
 
 
 class NodePoller:

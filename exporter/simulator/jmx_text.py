@@ -43,9 +43,11 @@ def bitbucket_text(node: FarmNode) -> str:
     the exporter must not take for the total), plus a bean that is not a timer."""
     kinds = {"incremental": "incremental", "snapshot": "snapshot", "farm_vet": "farmvet"}
     timers = [(f'{TIMER_LABELS},name="{label}"', float(node.syncs[kind])) for kind, label in kinds.items()]
-    tagged = f'{TIMER_LABELS},name="incremental",tag_upstream="primary"'
+    # Half the incremental syncs, as a per-upstream slice would count them.
+    tagged = (f'{TIMER_LABELS},name="incremental",tag_upstream="primary"', float(node.syncs["incremental"] // 2))
+    timers.append(tagged)
     lines: list[str] = []
-    lines += _family(f"{TIMER_DOMAIN}_count", [*timers, (tagged, float(node.syncs["incremental"]))])
+    lines += _family(f"{TIMER_DOMAIN}_count", timers)
     for attribute, milliseconds in TIMER_MILLISECONDS.items():
         lines += _family(f"{TIMER_DOMAIN}_{attribute}", [(labels, milliseconds) for labels, _ in timers])
     lines += _family(f"{TIMER_DOMAIN}_oneminuterate", [(labels, 0.5) for labels, _ in timers])

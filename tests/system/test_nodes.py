@@ -137,3 +137,44 @@ async def test_the_primary_is_read_once_per_cycle_whatever_the_number_of_nodes()
         assert done <= after - before <= done + 1
         for mirror in ("sydney", "frankfurt"):
             assert len(run.exporter.state.mirrors[0 if mirror == "sydney" else 1].nodes) == 2
+
+
+async def test_jmx_exporter_pages_give_each_nodes_timers_and_sidecar_tickets_under_the_node_label() -> None:
+    def jmx_from_pages(farm: Any, config: dict[str, Any]) -> None:
+        config["mirrors"][0]["jmx"] = {
+            "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
+            "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+            "interval_seconds": 1,
+        }
+
+    scenario = Scenario(repositories=6, mirrors=1)
+    async with running_farm(scenario, ["9.x"], interval=INTERVAL, nodes=True, prepare=jmx_from_pages) as run:
+        await run.wait_ready()
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [1, 2, 3]})
+        truth: dict[str, Any] = {}
+
+        async def synced_and_read() -> bool:
+            nonlocal truth
+            truth = (await run.truth())["mirrors"]["sydney"]["per_node"]
+            samples = await run.metrics()
+            syncs = node_value(samples, "bitbucket_mirror_node_syncs_total", NODE_1, sync="incremental")
+            return truth[NODE_1]["syncs"]["incremental"] == 3 and syncs == 3.0
+
+        await wait_until(synced_and_read, 10.0, "node 1's three syncs read from its jmx_exporter page")
+        samples = await run.metrics()
+        assert node_value(samples, "bitbucket_mirror_node_syncs_total", NODE_2, sync="incremental") == 0.0
+        for node in (NODE_1, NODE_2):
+            assert node_value(samples, "bitbucket_mirror_jmx_up", node) == 1.0
+            # The same node label as the node's REST series.
+            assert node_value(samples, "bitbucket_mirror_node_up", node) == 1.0
+            for resource in ("scm-hosting", "scm-command", "scm-refs", "git-lfs"):
+                for figure in ("available", "used"):
+                    got = node_value(
+                        samples, "bitbucket_mirror_node_tickets", node, resource=resource, attribute=figure
+                    )
+                    assert got is not None, (node, resource, figure)
+        q = "bitbucket_mirror_node_sync_duration_seconds"
+        assert node_value(samples, q, NODE_1, sync="incremental", quantile="0.99") == 0.8
+        chosen = [labels for (name, labels) in samples if name == "bitbucket_mirror_node_jmx_bean_info"]
+        assert chosen and not [labels for labels in chosen if "tag_upstream" in dict(labels)["object_name"]]

@@ -1,0 +1,71 @@
+"""jmx_exporter's text as Atlassian's chart serves it, and the Mesh sidecar's tickets, read into the same reading as a
+JMX query gives (pure: no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.jmx.config import JmxMatch, TimerAttributes
+from exporter.jmx.exporter_text import parse_exporter_text
+from exporter.jmx.query import JmxRow
+from exporter.jmx.reading import read_node
+from exporter.simulator.farm import FarmNode
+from exporter.simulator.jmx_text import TICKET_RESOURCES, bitbucket_text, mesh_text
+from exporter.sources import FetchError
+
+ATTRS, MATCH = TimerAttributes(), JmxMatch()
+
+
+def test_timers_from_jmx_exporter_text_are_read_like_jmx_ones_and_the_untagged_bean_wins() -> None:
+    node = FarmNode("n1", syncs={"incremental": 12, "snapshot": 2, "farm_vet": 1})
+    reading = read_node(parse_exporter_text(bitbucket_text(node), ATTRS), MATCH, ATTRS)
+    incremental = reading.timers["incremental"]
+    assert incremental.count == 12  # the whole timer, not its tag_upstream slice (6)
+    assert "tag_upstream" not in incremental.object_name
+    assert incremental.mean == pytest.approx(0.12)  # milliseconds, Bitbucket's unit, in seconds
+    assert incremental.quantiles["0.5"] == pytest.approx(0.1)
+    assert incremental.rate_per_second == 0.5
+    assert reading.timers["snapshot"].count == 2 and reading.timers["farm_vet"].count == 1
+    assert len(reading.warnings) == 1 and "tag_upstream" in reading.warnings[0]
+    assert incremental.object_name in reading.warnings[0]
+
+
+def test_the_mesh_sidecars_four_ticket_kinds_stay_apart() -> None:
+    reading = read_node(parse_exporter_text(mesh_text(FarmNode("n1")), ATTRS), MATCH, ATTRS)
+    figures = {(t.resource, t.attribute): t.value for t in reading.tickets}
+    assert set(figures) == {(r, a) for r in TICKET_RESOURCES for a in ("available", "used")}
+    assert figures[("scm-hosting", "available")] == 50.0 and figures[("git-lfs", "used")] == 3.0
+    assert reading.warnings == ()
+
+
+def test_the_sidecars_tickets_over_jmx_get_the_same_labels() -> None:
+    rows = [
+        JmxRow(f"metrics:section=tickets,throttledResource={resource},name={figure}", "Value", value)
+        for resource, value in (("scm-hosting", 4), ("scm-command", 1))
+        for figure in ("available", "used")
+    ]
+    reading = read_node(rows, MATCH, ATTRS)
+    assert sorted((t.resource, t.attribute) for t in reading.tickets) == [
+        ("scm-command", "available"),
+        ("scm-command", "used"),
+        ("scm-hosting", "available"),
+        ("scm-hosting", "used"),
+    ]
+
+
+def test_text_that_is_not_prometheus_format_fails_as_an_invalid_response() -> None:
+    with pytest.raises(FetchError) as raised:
+        parse_exporter_text('metric{label="unterminated} 1\n', ATTRS)
+    assert raised.value.reason == "invalid_response"
+
+
+def test_a_tagged_timer_loses_to_the_untagged_one_even_when_its_name_sorts_first() -> None:
+    def timer(object_name: str, count: int) -> list[JmxRow]:
+        return [JmxRow(object_name, "Count", count), JmxRow(object_name, "Mean", 5.0)]
+
+    tagged = "com.atlassian.bitbucket:type=metrics,category00=mirroring,name=incremental,tag.upstream=a"
+    untagged = "com.atlassian.bitbucket:type=metrics,category00=mirroring,name=incremental_sync"
+    assert tagged < untagged
+    reading = read_node([*timer(untagged, 10), *timer(tagged, 4)], MATCH, ATTRS)
+    assert reading.timers["incremental"].object_name == untagged
+    assert reading.warnings == (f"{tagged} also matches incremental; using {untagged}",)
