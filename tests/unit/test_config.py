@@ -23,7 +23,7 @@ def test_full_example_loads_with_its_defaults() -> None:
     settings = load_settings(FIXTURES / "valid" / "full.yml")
     assert settings.primary.url == "https://bitbucket.example.com/context"
     assert settings.primary.password is not None and settings.primary.password.get_secret_value() == "secret"
-    sydney, tokyo = settings.mirrors
+    sydney, tokyo, frankfurt, toronto = settings.mirrors
     # A mirror without credentials uses the primary's; one with its own keeps them.
     assert sydney.credentials_or(settings.primary) is settings.primary
     assert tokyo.credentials_or(settings.primary) is tokyo
@@ -37,6 +37,14 @@ def test_full_example_loads_with_its_defaults() -> None:
     # A node without credentials of its own uses the jmx block's.
     assert tokyo.jmx.credentials_for(node1).username == "monitor"
     assert tokyo.jmx.credentials_for(node2).username == "other"
+    assert sydney.nodes is None
+    assert frankfurt.nodes is not None and frankfurt.nodes.url_template is not None
+    assert frankfurt.jmx is not None and frankfurt.jmx.from_exporter and frankfurt.jmx.port is None
+    assert toronto.nodes is not None and [node.name for node in toronto.nodes.static] == ["yyz-1", "yyz-2"]
+    # A node without credentials of its own uses the mirror's (here the primary's).
+    yyz1, yyz2 = toronto.nodes.static
+    assert yyz1.credentials_or(toronto.credentials_or(settings.primary)) is settings.primary
+    assert yyz2.credentials_or(settings.primary).username == "node-admin"
 
 
 def test_the_readme_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
