@@ -72,11 +72,17 @@ class NodeState:
     url: str
     status: SourceState[MirrorStatus] = field(default_factory=SourceState)
     repo_sync_status: SourceState[RepoSyncSummary] = field(default_factory=SourceState)
+    # 8.x to 9.4 with diagnostics on: the node-local out-of-sync-repos (repository ids); never polled otherwise.
+    out_of_sync_repos: SourceState[frozenset[str]] = field(default_factory=SourceState)
     drift: DriftReport | None = None
     states_seen: set[str] = field(default_factory=lambda: set(KNOWN_MIRROR_STATES))
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        return {"status": self.status, "repo_sync_status": self.repo_sync_status}
+        return {
+            "status": self.status,
+            "repo_sync_status": self.repo_sync_status,
+            "out_of_sync_repos": self.out_of_sync_repos,
+        }
 
 
 @dataclass

@@ -40,6 +40,8 @@ log = logging.getLogger("exporter.poller")
 
 REST = "rest/mirroring/latest"
 DELAYED_SYNC_LIMIT = 100  # the documented maximum
+DELAYED_SYNC = "delayed-sync"
+OUT_OF_SYNC_REPOS = "out-of-sync-repos"
 
 
 class ApiFamily(StrEnum):
@@ -184,18 +186,18 @@ class MirrorApi:
         """Bitbucket's own delayed list: 9.5+ delayed-sync, else the opt-in out-of-sync-repos of 8.x to 9.4."""
         if not self._delayed_sync_missing:
             try:
-                return DelayedSync(True, "delayed-sync", len(await self._delayed_sync_repositories()))
+                return DelayedSync(True, DELAYED_SYNC, len(await self._delayed_sync_repositories()))
             except FetchError as exc:
                 if exc.status != 404:
                     raise
                 # Before 9.5: remember, so an 8.x mirror is not asked for delayed-sync every cycle.
                 self._delayed_sync_missing = True
         try:
-            return DelayedSync(True, "out-of-sync-repos", len(await self.out_of_sync_repositories()))
+            return DelayedSync(True, OUT_OF_SYNC_REPOS, len(await self.out_of_sync_repositories()))
         except FetchError as exc:
             if exc.status == 409:
                 # Opt-in (plugin.mirroring.repository.diagnostics.sync.enabled) and off: not an error.
-                return DelayedSync(False, "out-of-sync-repos")
+                return DelayedSync(False, OUT_OF_SYNC_REPOS)
             if exc.status == 404:
                 return DelayedSync(False, "")
             raise

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from exporter.config import Credentials, NodesConfig
 from exporter.drift import MirrorRepo, union
 from exporter.node_targets import NodeTarget, node_targets
-from exporter.rest.api import MirrorApi
+from exporter.rest.api import OUT_OF_SYNC_REPOS, DelayedSync, MirrorApi
 from exporter.rest.client import BitbucketClient
 from exporter.rest.poller import (
     CycleHandoff,
@@ -66,11 +66,20 @@ class NodePoller:
             summary, rows = await read_repo_sync_status(api)
             return summary
 
+        async def out_of_sync_repos() -> frozenset[str]:
+            return frozenset(await api.out_of_sync_repositories())
+
+        # Bitbucket's own delayed list is node-local where it is out-of-sync-repos (8.x to 9.4, opt-in); 9.5+'s
+        # delayed-sync already covers every node and is read once at the farm URL.
+        delayed = self._mirror.delayed_sync.value
+        sources = [
+            run_source(target, "status", node.status, lambda: read_status(api, node.status, node.states_seen)),
+            run_source(target, "repo_sync_status", node.repo_sync_status, listing),
+        ]
+        if delayed is not None and delayed.available and delayed.endpoint == OUT_OF_SYNC_REPOS:
+            sources.append(run_source(target, "out_of_sync_repos", node.out_of_sync_repos, out_of_sync_repos))
         try:
-            await asyncio.gather(
-                run_source(target, "status", node.status, lambda: read_status(api, node.status, node.states_seen)),
-                run_source(target, "repo_sync_status", node.repo_sync_status, listing),
-            )
+            await asyncio.gather(*sources)
             if node.status.success and node.status.value is not None:
                 node.states_seen.add(node.status.value.state)
             if rows is None:
@@ -154,6 +163,12 @@ class NodeFleet:
         reports = [p.state.drift for p in answered if p.analysed == p.answered and p.state.drift is not None]
         if reports:
             mirror.drift = union(reports, self._drift.policy.keep_all)
+        delayed = mirror.delayed_sync.value
+        if delayed is not None and delayed.available and delayed.endpoint == OUT_OF_SYNC_REPOS:
+            lists = [p.state.out_of_sync_repos.value for p in answered if p.state.out_of_sync_repos.success]
+            if lists:  # a repository delayed on any node is delayed on the mirror
+                union_ids = frozenset().union(*(ids for ids in lists if ids is not None))
+                mirror.delayed_sync.value = DelayedSync(True, OUT_OF_SYNC_REPOS, len(union_ids))
 
     def pollers(self) -> list[NodePoller]:
         return [poller for poller, _ in self._pollers.values()]

@@ -102,6 +102,8 @@ class FarmNode:
     frozen: bool = False
     # A node that is down resets every connection; the farm's load balancer stops sending requests to it.
     down: bool = False
+    # Repositories this node alone does not sync (a stuck repository on one node's disk).
+    held: set[int] = field(default_factory=set)
     # Its own /status state, where it differs from the farm's (Mirror.state).
     state: str | None = None
     # Repository id -> this node's older copy, where it has not synced what the farm has.
@@ -406,7 +408,7 @@ class Farm:
     def _nodes_sync(mirror: Mirror, repo_id: int, mrepo: MirrorRepository, kind: str | None) -> None:
         """The farm syncs a repository: nodes that are frozen or down keep their older copy, the rest count a sync."""
         for node in mirror.farm_nodes:
-            if node.frozen or node.down:
+            if node.frozen or node.down or repo_id in node.held:
                 if repo_id not in node.differs and repo_id not in node.missing:
                     node.differs[repo_id] = dataclasses.replace(mrepo)
             elif kind is not None:
@@ -419,7 +421,8 @@ class Farm:
         if down is not None:
             node.down = down
         if not node.frozen and not node.down and node.differs:
-            node.differs.clear()
+            for repo_id in [r for r in node.differs if r not in node.held]:
+                del node.differs[repo_id]
             node.syncs["snapshot"] += 1
         self.changed()
 

@@ -627,7 +627,8 @@ async def sim_mirror(request: web.Request) -> web.Response:
 
 async def sim_node(request: web.Request) -> web.Response:
     """Change one node of a mirror farm: ``{"frozen": true}`` (it stops syncing while its peers go on),
-    ``{"down": true}`` (it resets every connection; the farm URL stops using it), ``{"missing_repositories": [ids]}``
+    ``{"down": true}`` (it resets every connection; the farm URL stops using it), ``{"held_repositories": [ids]}``
+    (it alone stops syncing these; ``[]`` lets it catch up), ``{"missing_repositories": [ids]}``
     (it loses its copies; ``[]`` gives them back), ``{"state": "STARTING"}`` (its own /status; null: the farm's).
     Frozen and down false again: it catches up at once."""
     farm = _farm(request)
@@ -636,6 +637,8 @@ async def sim_node(request: web.Request) -> web.Response:
     if mirror is None or node is None:
         return errors("no such mirror node", 404)
     change = await request.json()
+    if "held_repositories" in change:
+        node.held = {int(x) for x in change["held_repositories"]}
     farm.set_node(mirror, node, frozen=change.get("frozen"), down=change.get("down"))
     if "state" in change:
         node.state = change["state"]

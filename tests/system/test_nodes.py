@@ -178,3 +178,26 @@ async def test_jmx_exporter_pages_give_each_nodes_timers_and_sidecar_tickets_und
         assert node_value(samples, q, NODE_1, sync="incremental", quantile="0.99") == 0.8
         chosen = [labels for (name, labels) in samples if name == "bitbucket_mirror_node_jmx_bean_info"]
         assert chosen and not [labels for labels in chosen if "tag_upstream" in dict(labels)["object_name"]]
+
+
+async def test_out_of_sync_repos_is_node_local_and_the_mirror_counts_the_union() -> None:
+    scenario = Scenario(repositories=8, mirrors=1, sync_tolerance_seconds=0.0)
+    async with running_farm(scenario, ["8.x"], interval=INTERVAL, nodes=True) as run:
+        await run.control("/sim/mirrors/sydney", {"diagnostics_enabled": True})
+        await run.wait_ready()
+        # Each node stuck on a repository of its own: the union is larger than either node's list.
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_1}", {"held_repositories": [2]})
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"held_repositories": [4]})
+        await run.control("/sim/push", {"repository_ids": [2, 4]})
+
+        def delayed(s: Samples) -> float | None:
+            return value(s, "bitbucket_mirror_delayed_sync_repositories", mirror="sydney")
+
+        samples = await settled(run, lambda s: delayed(s) == 2.0, "the two repositories node 2 is behind on")
+        truth = (await run.truth())["mirrors"]["sydney"]
+        assert truth["delayed"] == [2, 4]
+        assert truth["per_node"][NODE_1]["classes"]["content_drift"] == [2]
+        assert truth["per_node"][NODE_2]["classes"]["content_drift"] == [4]
+        ok = "bitbucket_mirror_exporter_poll_success"
+        assert value(samples, ok, target="sydney", node=NODE_1, source="out_of_sync_repos") == 1.0
+        assert value(samples, ok, target="sydney", node=NODE_2, source="out_of_sync_repos") == 1.0
