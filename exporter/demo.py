@@ -1,4 +1,5 @@
-"""``bitbucket-mirror-exporter demo``: a simulated primary with two mirrors (9.x and 8.x API) and the exporter."""
+"""``bitbucket-mirror-exporter demo``: a simulated primary with two mirror farms of three nodes each (9.x and 8.x API)
+and the exporter reading every node."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ DEMO_SCENARIO = Scenario(
     projects=4,
     repositories=40,
     mirrors=2,
+    nodes=3,
     push_rate=0.5,
     sync_delay_seconds=20.0,
     failing_repositories=2,
@@ -25,10 +27,23 @@ DEMO_SCENARIO = Scenario(
 )
 
 
+DEMO_HELD_ON_ONE_NODE = (5, 17, 29)
+
+
 async def run_demo(listen: ListenAddress, interval_seconds: float, web_config: WebConfig | None = None) -> None:
     stop = stop_on_signals()
     async with SimulatedFarm(DEMO_SCENARIO) as farm:
-        settings = settings_from_mapping(farm.exporter_config(interval_seconds=interval_seconds))
+        # One node of sydney stuck on a few repositories its peers sync: what BitbucketMirrorNodeBehind is for.
+        farm.farm.mirrors["sydney"].farm_nodes[2].held = set(DEMO_HELD_ON_ONE_NODE)
+        config = farm.exporter_config(interval_seconds=interval_seconds, nodes=True)
+        for mirror in config["mirrors"]:
+            # Sync timers and tickets from each node's jmx_exporter text, as Atlassian's chart serves them.
+            mirror["jmx"] = {
+                "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
+                "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+                "interval_seconds": max(1.0, interval_seconds),
+            }
+        settings = settings_from_mapping(config)
         exporter = Exporter(settings, listen, web_config=web_config)
         await exporter.start()
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
@@ -37,6 +52,8 @@ async def run_demo(listen: ListenAddress, interval_seconds: float, web_config: W
         print(f"Simulated primary: {farm.primary_url} (control API under /sim/)", flush=True)
         for name, url in farm.mirror_urls.items():
             print(f"Simulated mirror {name}: {url} ({farm.farm.mirrors[name].api_family} API)", flush=True)
+            for node, node_url in farm.node_urls[name].items():
+                print(f"  node {node}: {node_url} (jmx_exporter text at /jmx/bitbucket, /jmx/mesh)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         try:
             await stop.wait()

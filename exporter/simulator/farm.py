@@ -195,6 +195,8 @@ class Scenario:
     projects: int = 3
     repositories: int = 30
     mirrors: int = 2
+    # Nodes of each mirror farm, each with its own copy (the farm URL balances over them).
+    nodes: int = 2
     # Pushes per second to random repositories on the primary.
     push_rate: float = 0.0
     # Seconds a mirror takes to pick up a change on the primary; metadata (and pull-request refs) sync on their own.
@@ -237,7 +239,13 @@ class Farm:
         names = ["sydney", "frankfurt", "saopaulo", "tokyo", "toronto", "mumbai"]
         for i, family in enumerate(families):
             name = names[i] if i < len(names) else f"mirror{i + 1}"
-            mirror = Mirror(name, family, server_id=f"MIRROR-{i + 1:04d}", upstream_id=_digest("upstream", i)[:32])
+            mirror = Mirror(
+                name,
+                family,
+                server_id=f"MIRROR-{i + 1:04d}",
+                upstream_id=_digest("upstream", i)[:32],
+                nodes=scenario.nodes,
+            )
             mirror.last_seen = now
             for repo in self.repositories.values():
                 mirror.repositories[repo.id] = MirrorRepository(

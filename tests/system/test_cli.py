@@ -80,6 +80,9 @@ def test_demo_serves_metrics_and_stops_cleanly_on_sigterm() -> None:
         assert status == 200
         assert 'bitbucket_mirror_up{mirror="sydney"} 1.0' in text
         assert 'bitbucket_mirror_up{mirror="frankfurt"} 1.0' in text
+        # A farm of three nodes per mirror, each read at its own URL.
+        for node in (1, 2, 3):
+            assert f'bitbucket_mirror_node_up{{mirror="sydney",node="sydney-node-{node}"}} 1.0' in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         _, stderr = proc.communicate(timeout=5)
