@@ -19,6 +19,7 @@ from dashboards.panels import (
     Grid,
     Query,
     mirror_sel,
+    nodes_ahead_of_peers,
     sel,
     stat,
     table,
@@ -44,6 +45,16 @@ def in_scope() -> str:
         mirror_sel("bitbucket_mirror_repositories_hash_unknown"),
     ]
     return " + ".join(parts)
+
+
+def nodes_up() -> str:
+    return f"sum by (mirror) ({mirror_sel('bitbucket_mirror_node_up')})"
+
+
+def nodes_behind() -> str:
+    """Nodes with content drift their best peer does not have; 0 for a mirror read node by node with none."""
+    ahead = nodes_ahead_of_peers(mirror_sel("bitbucket_mirror_node_repositories_out_of_sync", CONTENT))
+    return f"count by (mirror) ({ahead} > 0) or 0 * {nodes_up()}"
 
 
 def mirrors_table() -> g.Table:
@@ -77,14 +88,19 @@ def mirrors_table() -> g.Table:
             Column(VALUE, "Last seen by primary", "s", t.NOT_SEEN),
         ),
         (Query(by_mirror(mirror_sel("bitbucket_mirror_farm_nodes"))), Column(VALUE, "Farm nodes", "short")),
+        # Only for mirrors read node by node (a nodes block); empty otherwise.
+        (Query(by_mirror(nodes_up())), Column(VALUE, "Nodes up", "short")),
+        (Query(by_mirror(nodes_behind())), Column(VALUE, "Nodes behind", "short", ZERO_IS_GOOD)),
     ]
     return table(
         "Mirrors",
         "One row per mirror. State is what the mirror's /status reports; Up is whether the exporter could read it. "
         "In sync / In scope count the repositories the mirror carries whose content and metadata match the primary. "
         "Out of sync counts content drift; Max lag is how long the longest of those has differed. Queue is the "
-        "farm's ref-changes queue; Last seen is how long ago the primary last heard from the mirror. Click a mirror "
-        "for its repositories.",
+        "farm's ref-changes queue; Last seen is how long ago the primary last heard from the mirror. For mirrors "
+        "read node by node, Nodes up counts the nodes whose /status answers and Nodes behind those with content "
+        "drift their best peer does not have (BitbucketMirrorNodeBehind once it lasts). Click a mirror for its "
+        "repositories.",
         labels,
         values,
         sort_by="Max lag",
@@ -144,6 +160,22 @@ def dashboard() -> g.Dashboard:
                 "Repositories whose last syncs failed (failedSyncCount > 0), summed over the selected mirrors "
                 "(BitbucketMirrorRepositorySyncFailing).",
                 Query(f"sum({mirror_sel('bitbucket_mirror_repositories_failing')})"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Nodes down",
+                "Mirror nodes (of the mirrors read node by node) whose own /status does not answer: the mirror's "
+                "drift is the union over the others (BitbucketMirrorExporterPollFailing names the node).",
+                Query(f"count({mirror_sel('bitbucket_mirror_node_up')} == 0) or vector(0)"),
+                "short",
+                ZERO_IS_GOOD,
+            ),
+            stat(
+                "Nodes behind their peers",
+                "Mirror nodes with content drift the best node of their farm does not have, over the mirrors read "
+                "node by node: clones sent to them get stale code (BitbucketMirrorNodeBehind once it lasts).",
+                Query(f"sum({nodes_behind()}) or vector(0)"),
                 "short",
                 ZERO_IS_GOOD,
             ),
@@ -238,8 +270,13 @@ def dashboard() -> g.Dashboard:
             ),
             timeseries(
                 "Farm nodes",
-                "Nodes in each mirror farm (farmNodes). A drop that lasts is BitbucketMirrorFarmNodesMissing.",
-                [Query(mirror_sel("bitbucket_mirror_farm_nodes"), "{{mirror}}")],
+                "Nodes in each mirror farm (farmNodes), and, for mirrors read node by node, how many answered the "
+                "latest cycle (the drift and lag above are the union over those). A drop that lasts is "
+                "BitbucketMirrorFarmNodesMissing.",
+                [
+                    Query(mirror_sel("bitbucket_mirror_farm_nodes"), "{{mirror}} listed"),
+                    Query(mirror_sel("bitbucket_mirror_nodes_polled"), "{{mirror}} polled"),
+                ],
                 "short",
             ),
         ],

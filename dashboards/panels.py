@@ -36,6 +36,17 @@ def mirror_sel(metric: str, *matchers: str) -> str:
     return sel(metric, MIRROR, *matchers)
 
 
+def node_sel(metric: str, *matchers: str) -> str:
+    """A selector scoped to the dashboard's job, mirrors and nodes."""
+    return mirror_sel(metric, NODE, *matchers)
+
+
+def nodes_ahead_of_peers(selector: str) -> str:
+    """Per node, how many more repositories it has in content drift than the best node of its mirror: what
+    BitbucketMirrorNodeBehind alerts on (0 for the best node)."""
+    return f"{selector} - on (mirror) group_left min by (mirror) ({selector})"
+
+
 def rate(selector: str) -> str:
     return f"rate({selector}{RATE_WINDOW})"
 

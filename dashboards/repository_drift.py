@@ -5,9 +5,24 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import thresholds as t
+from dashboards import variables
 from dashboards.common import REPOSITORY_DRIFT_UID
 from dashboards.common import dashboard as make_dashboard
-from dashboards.panels import VALUE, ZERO_IS_GOOD, Column, Grid, Query, mirror_sel, stat, table, timeseries
+from dashboards.panels import (
+    UP_MAPPING,
+    UP_THRESHOLDS,
+    VALUE,
+    ZERO_IS_GOOD,
+    Column,
+    Grid,
+    Query,
+    mirror_sel,
+    node_sel,
+    nodes_ahead_of_peers,
+    stat,
+    table,
+    timeseries,
+)
 
 UID = REPOSITORY_DRIFT_UID
 REPOSITORY = "mirror, project, repository"
@@ -19,6 +34,42 @@ TOP_GRAPHED = 10
 
 def per_repository(metric: str) -> str:
     return f"max by ({REPOSITORY}) ({mirror_sel(metric)})"
+
+
+def nodes_table() -> g.Table:
+    """One row per node of the mirrors read node by node (the node variable filters them)."""
+    content = 'hash="content"'
+    labels = [Column("mirror", "Mirror", "string"), Column("node", "Node", "string")]
+
+    def per_node(selector: str) -> str:
+        return f"max by (mirror, node) ({selector})"
+
+    values: list[tuple[Query, Column | None]] = [
+        (Query(per_node(node_sel("bitbucket_mirror_node_up"))), Column(VALUE, "Up", "none", UP_THRESHOLDS, UP_MAPPING)),
+        (
+            Query(per_node(node_sel("bitbucket_mirror_node_repositories_out_of_sync", content))),
+            Column(VALUE, "Content drift", "short", ZERO_IS_GOOD),
+        ),
+        (
+            Query(per_node(nodes_ahead_of_peers(node_sel("bitbucket_mirror_node_repositories_out_of_sync", content)))),
+            Column(VALUE, "More than best peer", "short", ZERO_IS_GOOD),
+        ),
+        (
+            Query(per_node(node_sel("bitbucket_mirror_node_repositories_missing"))),
+            Column(VALUE, "Missing", "short", ZERO_IS_GOOD),
+        ),
+        (Query(per_node(node_sel("bitbucket_mirror_node_sync_lag_seconds"))), Column(VALUE, "Lag", "s", t.SYNC_LAG)),
+    ]
+    return table(
+        "Nodes",
+        "Each node's own copy, for mirrors read node by node (nodes.url_template or nodes.static): content drift and "
+        "missing repositories against the primary, how many more than the node's best peer (what "
+        "BitbucketMirrorNodeBehind alerts on), and its longest lag. A node that stops answering is Up 0 and its "
+        "figures leave once stale.",
+        labels,
+        values,
+        sort_by="Lag",
+    )
 
 
 def repositories_table() -> g.Table:
@@ -36,13 +87,19 @@ def repositories_table() -> g.Table:
             Query(f"{per_repository('bitbucket_mirror_repository_failed_syncs')} > 0"),
             Column(VALUE, "Failed syncs", "short", t.REPOSITORY_FAILED_SYNCS),
         ),
+        # Mirrors read node by node only: on how many nodes it differs (1 of 3: a node's problem).
+        (
+            Query(f"{per_repository('bitbucket_mirror_repository_nodes_behind')} > 0"),
+            Column(VALUE, "Nodes behind", "short"),
+        ),
     ]
     return table(
         "Repositories out of sync or failing",
         f"The {TOP} repositories whose content has differed from the primary the longest (Lag, and since when the "
         "exporter has seen it differ), and every repository whose last syncs failed. Empty lag: the content "
         "matches but syncs fail. Lag counts from when the exporter first saw the difference, so it restarts with "
-        "the exporter. Only repositories with per-repository series are here (see Series dropped).",
+        "the exporter. Nodes behind, for mirrors read node by node: on how many of the farm's nodes the repository "
+        "differs or is missing. Only repositories with per-repository series are here (see Series dropped).",
         labels,
         values,
         sort_by="Lag",
@@ -103,6 +160,33 @@ def dashboard() -> g.Dashboard:
         height=4,
     )
     grid.add(repositories_table(), 24, 10)
+    grid.row("Nodes")
+    grid.add(nodes_table(), 24, 7)
+    grid.line(
+        [
+            timeseries(
+                "Content drift by node",
+                "Per node of the mirrors read node by node: repositories whose content on that node differs from the "
+                "primary. One node above its peers is that node's problem, not the mirror's.",
+                [
+                    Query(
+                        node_sel("bitbucket_mirror_node_repositories_out_of_sync", 'hash="content"'),
+                        "{{mirror}}/{{node}}",
+                    )
+                ],
+                "short",
+            ),
+            timeseries(
+                "Lag by node",
+                "Per node, how long its longest-diverged repository has differed from the primary. Dashed lines: the "
+                "lag alerts' thresholds.",
+                [Query(node_sel("bitbucket_mirror_node_sync_lag_seconds"), "{{mirror}}/{{node}}")],
+                "s",
+                t.SYNC_LAG,
+            ),
+        ],
+        height=8,
+    )
     grid.row("Over time")
     grid.line(
         [
@@ -167,6 +251,8 @@ def dashboard() -> g.Dashboard:
     return make_dashboard(
         "Bitbucket mirror repository drift",
         UID,
-        "Which repositories on the Bitbucket mirrors differ from the primary, since when, and which fail to sync.",
+        "Which repositories on the Bitbucket mirrors differ from the primary, since when, which fail to sync, and "
+        "on which nodes.",
         grid.panels,
+        extra=[variables.node()],
     )

@@ -1,4 +1,5 @@
-"""Sync performance: how fast and how often each mirror node syncs, from its JMX timers (mirrors with ``jmx`` only)."""
+"""Sync performance: how fast and how often each mirror node syncs, from its JMX timers (mirrors with ``jmx`` only),
+read over JMX or from the nodes' jmx_exporter pages: both give the same series."""
 
 from __future__ import annotations
 
@@ -8,16 +9,12 @@ from dashboards import thresholds as t
 from dashboards import variables
 from dashboards.common import SYNC_PERFORMANCE_UID
 from dashboards.common import dashboard as make_dashboard
-from dashboards.panels import NODE, Grid, Query, mirror_sel, rate, timeseries
+from dashboards.panels import Grid, Query, mirror_sel, node_sel, rate, timeseries
 
 UID = SYNC_PERFORMANCE_UID
 NODE_LEGEND = "{{mirror}}/{{node}}"
 # The quantiles worth a line each; the timers also report 0.75, 0.98 and 0.999.
 QUANTILES = "0.5|0.95|0.99"
-
-
-def node_sel(metric: str, *matchers: str) -> str:
-    return mirror_sel(metric, NODE, *matchers)
 
 
 def sync_rate(kind: str, per: int, unit_name: str) -> list[Query]:

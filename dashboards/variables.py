@@ -1,5 +1,6 @@
 """The dashboard variables: a Prometheus data source, an optional cluster, the exporter's jobs and the mirrors
-(multi-select, All by default), and where the runbooks are; the sync performance dashboard adds mirror nodes."""
+(multi-select, All by default), and where the runbooks are; the drift and sync performance dashboards add mirror
+nodes."""
 
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def mirror() -> g.Template:
 
 
 def node() -> g.Template:
-    query = f"label_values(bitbucket_mirror_jmx_up{{{CLUSTER}, {JOB}, {MIRROR}}}, node)"
+    """Mirror nodes, whether read node by node over REST or over JMX (either path)."""
+    names = '__name__=~"bitbucket_mirror_node_up|bitbucket_mirror_jmx_up"'
+    query = f"label_values({{{names}, {CLUSTER}, {JOB}, {MIRROR}}}, node)"
     return _query("node", "Node", query, multi=True)
 
 

@@ -40,9 +40,14 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- default (include "bme.fullname" .) .Values.existingSecret.name -}}
 {{- end -}}
 
-{{/* Non-empty when a mirror in the configuration reads JMX, so the image needs a Java runtime. */}}
+{{/* A mirror's jmx block that reads over JMX (jmxquery, a JVM), not from jmx_exporter pages. */}}
+{{- define "bme.overJmx" -}}
+{{- if and . (not .exporter_url_template) (not .mesh_exporter_url_template) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when a mirror in the configuration reads over JMX, so the image needs a Java runtime. */}}
 {{- define "bme.jmx" -}}
-{{- range .Values.config.mirrors -}}{{- if .jmx -}}true{{- end -}}{{- end -}}
+{{- range .Values.config.mirrors -}}{{- include "bme.overJmx" .jmx -}}{{- end -}}
 {{- end -}}
 
 {{- define "bme.image" -}}
@@ -115,7 +120,7 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- end -}}
 {{- if include "bme.secretKey" (list . "jmxPassword") -}}
 {{- range $config.mirrors -}}
-{{- if and .jmx (not (hasKey .jmx "password")) (not (hasKey .jmx "password_file")) -}}
+{{- if and (include "bme.overJmx" .jmx) (not (hasKey .jmx "password")) (not (hasKey .jmx "password_file")) -}}
 {{- $_ := set .jmx "password_file" (printf "%s/jmxPassword" $dir) -}}
 {{- end -}}
 {{- end -}}

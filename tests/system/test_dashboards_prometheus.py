@@ -26,7 +26,7 @@ VARIABLES = {
     "cluster": ".*",  # All: matches series without a cluster label
     "job": f"({JOB})",
     "mirror": "(sydney|frankfurt)",
-    "node": "(node-a|node-b)",
+    "node": "(node-a|node-b|sydney-node-1|sydney-node-2|frankfurt-node-1|frankfurt-node-2)",
     "__rate_interval": "4s",
 }
 RANGE_SECONDS = 10
@@ -107,14 +107,16 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
         await node.timer(FARM_VET, Timer(count=5))
         await node.gauge(TICKETS, Available=8, Used=2)
         async with (
-            running_farm(SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url)) as run,
+            running_farm(SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url), nodes=True) as run,
             prometheus(tmp_path, run.exporter.port) as port,
         ):
             await run.wait_ready()
             # Drift of every kind, a failing endpoint for the error panels, Bitbucket's own delayed list on both.
             await run.control("/sim/mirrors/sydney", {"frozen": True})
             await run.control("/sim/mirrors/frankfurt", {"faults": {"progress": "error"}, "diagnostics_enabled": True})
-            await run.control("/sim/push", {"repository_ids": [1, 2, 3]})
+            # One node of frankfurt stuck on a repository its peer syncs: the node panels have a node behind.
+            await run.control("/sim/mirrors/frankfurt/nodes/frankfurt-node-2", {"held_repositories": [6]})
+            await run.control("/sim/push", {"repository_ids": [1, 2, 3, 6]})
             await run.control("/sim/push", {"repository_ids": [4], "metadata_only": True})
             await run.control("/sim/delete", {"repository_ids": [5]})
             api = PrometheusAPI(run.http, port)
@@ -135,7 +137,8 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             assert await api.label_values(variables["cluster"]["query"]) == []  # optional: no cluster label here
             assert await api.label_values(variables["job"]["query"]) == [JOB]
             assert await api.label_values(variables["mirror"]["query"]) == ["frankfurt", "sydney"]
-            assert await api.label_values(variables["node"]["query"]) == ["node-a", "node-b"]
+            nodes = ["frankfurt-node-1", "frankfurt-node-2", "node-a", "node-b", "sydney-node-1", "sydney-node-2"]
+            assert await api.label_values(variables["node"]["query"]) == nodes
 
             # The previews (docs/dashboards/) drawn from this Prometheus: every data panel gets its series.
             base = f"http://{LOOPBACK}:{port}"
