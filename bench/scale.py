@@ -1,8 +1,10 @@
-"""Scale benchmark: the exporter's poll cycle at 1k, 10k and 100k repositories on 1 and 3 mirrors, against the floor
-and the naive ways, in one run on one machine (bench/README.md says what each figure means).
+"""Scale benchmark: the exporter's poll cycle at 1k, 10k and 100k repositories on 1 and 3 mirrors, and at 100k x 3
+mirrors x 3 nodes read node by node, against the floor and the naive ways, in one run on one machine (bench/README.md
+says what each figure means).
 
-    python3 bench/scale.py                          # the full run, about 5 minutes; writes bench/results/
+    python3 bench/scale.py                          # the full run, about 7 minutes; writes bench/results/
     python3 bench/scale.py --sizes 1000 --mirrors 1 --out /tmp/scale   # a quick look
+    python3 bench/scale.py --sizes 100000 --mirrors 3 --nodes 1,3      # the nodes dimension alone
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def cpu_seconds(pid: int) -> float:
 class Farm:
     """bench/scale_farm.py in its own process; its CPU time is read around each client's run."""
 
-    def __init__(self, repositories: int, mirrors: int, page_cap: int, drift: float) -> None:
+    def __init__(self, repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int = 1) -> None:
         args = ["--repositories", str(repositories), "--mirrors", str(mirrors), "--page-cap", str(page_cap)]
+        args += ["--nodes", str(nodes)]
         self.process = subprocess.Popen(
             [sys.executable, str(BENCH / "scale_farm.py"), *args, "--drift", str(drift)],
             stdout=subprocess.PIPE,
@@ -125,18 +128,26 @@ async def run_exporter(info: dict[str, Any], cycles: int, scrapers: int, period:
     return result
 
 
-def measure_size(repositories: int, mirrors: int, args: argparse.Namespace) -> dict[str, Any]:
-    farm = Farm(repositories, mirrors, args.page_cap, args.drift)
+def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, nodes: int = 1) -> dict[str, Any]:
+    """One row. With ``nodes`` above 1 each farm has that many nodes and the exporter (and the floor) read every node's
+    listing at its own URL; the naive clients know no nodes and are not run."""
+    farm = Farm(repositories, mirrors, args.page_cap, args.drift, nodes)
     try:
         info = farm.info
         cycles = str(args.cycles)
-        row: dict[str, Any] = {"repositories": repositories, "mirrors": mirrors, "drifting": info["drifting"]}
+        row: dict[str, Any] = {
+            "repositories": repositories,
+            "mirrors": mirrors,
+            "nodes": nodes,
+            "drifting": info["drifting"],
+        }
         row["floor"] = farm.measure(lambda: run_client("floor", info, "--cycles", cycles))
         row["exporter"] = farm.measure(
             lambda: asyncio.run(run_exporter(info, args.cycles, args.scrapers, args.scrape_period))
         )
-        row["sync"] = farm.measure(lambda: run_client("sync", info))
-        if repositories <= PER_REPOSITORY_MAX:
+        if nodes == 1:
+            row["sync"] = farm.measure(lambda: run_client("sync", info))
+        if nodes == 1 and repositories <= PER_REPOSITORY_MAX:
             row["per_repository"] = farm.measure(lambda: run_client("per-repo", info))
         return row
     finally:
@@ -147,6 +158,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="repository counts, comma-separated")
     parser.add_argument("--mirrors", default="1,3", help="mirror counts, comma-separated")
+    parser.add_argument(
+        "--nodes",
+        default=None,
+        help="nodes per farm, comma-separated; above 1 the exporter reads node by node (default: 1 for every size, "
+        "and 3 at the largest size and mirror count)",
+    )
     parser.add_argument("--drift", type=float, default=0.01, help="share of repositories the mirrors lag on")
     parser.add_argument("--page-cap", type=int, default=100, help="the page size the simulated Bitbucket allows")
     parser.add_argument("--cycles", type=int, default=3, help="steady cycles measured per client")
@@ -155,10 +172,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where scale.md/.json/.png go")
     args = parser.parse_args()
     rows = []
-    for repositories in (int(s) for s in args.sizes.split(",")):
-        for mirrors in (int(m) for m in args.mirrors.split(",")):
-            print(f"measuring {repositories} repositories x {mirrors} mirrors ...", file=sys.stderr, flush=True)
-            rows.append(measure_size(repositories, mirrors, args))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    mirror_counts = [int(m) for m in args.mirrors.split(",")]
+    for repositories in sizes:
+        for mirrors in mirror_counts:
+            largest = (repositories, mirrors) == (max(sizes), max(mirror_counts))
+            default_nodes = "1,3" if largest and max(sizes) >= 100_000 else "1"
+            for nodes in (int(n) for n in (args.nodes or default_nodes).split(",")):
+                what = f"{repositories} repositories x {mirrors} mirrors x {nodes} nodes"
+                print(f"measuring {what} ...", file=sys.stderr, flush=True)
+                rows.append(measure_size(repositories, mirrors, args, nodes))
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     report = write_results(args.out, rows, machine(), settings)
     print(report)

@@ -74,6 +74,7 @@ class Cycle:
 
     def result(self, info: dict[str, Any], **extra: Any) -> dict[str, Any]:
         names = {host_of(info["primary"]): "primary", **{host_of(u): n for n, u in info["mirrors"].items()}}
+        names |= {host_of(u): f"{m}/{n}" for m, nodes in info.get("nodes", {}).items() for n, u in nodes.items()}
         return {
             "wall_seconds": time.perf_counter() - self.started,
             "cpu_seconds": time.process_time() - self.cpu_started,
@@ -101,9 +102,13 @@ def cycle_chains(info: dict[str, Any]) -> list[list[str]]:
         paged_urls(info["primary"], f"{REST}/mirrorServers", len(info["mirrors"]), cap),
         paged_urls(info["primary"], f"{REST}/repos", n, cap),
     ]
-    for url in info["mirrors"].values():
+    for name, url in info["mirrors"].items():
         chains += [[url + path] for path in MIRROR_SINGLES]
-        chains.append(paged_urls(url, f"{REST}/supportInfo/repoSyncStatus", n, cap))
+        nodes = info.get("nodes", {}).get(name, {})
+        # Node by node, the listing is read at each node (with its /status), not at the farm URL.
+        for base in nodes.values() or [url]:
+            chains.append(paged_urls(base, f"{REST}/supportInfo/repoSyncStatus", n, cap))
+        chains += [[base + "/status"] for base in nodes.values()]
     return chains
 
 
@@ -230,7 +235,14 @@ async def first_cycle(app: Exporter) -> None:
 async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> dict[str, Any]:
     config = {
         "primary": {"url": info["primary"], "username": info["username"], "password": info["password"]},
-        "mirrors": [{"name": name, "url": url} for name, url in info["mirrors"].items()],
+        "mirrors": [
+            {
+                "name": name,
+                "url": url,
+                **({"nodes": {"url_template": "http://{address}:{port}"}} if info.get("nodes") else {}),
+            }
+            for name, url in info["mirrors"].items()
+        ],
         # One scheduled cycle, then the one this run triggers: nothing else polls while it is measured.
         "poll": {"interval_seconds": 86400, "timeout_seconds": 120},
     }

@@ -28,12 +28,13 @@ from exporter.simulator.server import REST
 NEVER = 10.0**9  # seconds: a sync delay the benchmark never reaches
 
 
-def scenario(repositories: int, mirrors: int, page_cap: int) -> Scenario:
+def scenario(repositories: int, mirrors: int, page_cap: int, nodes: int = 1) -> Scenario:
     return Scenario(
         seed=1,
         projects=max(1, min(100, repositories // 100)),
         repositories=repositories,
         mirrors=mirrors,
+        nodes=nodes,
         page_limit_cap=page_cap,
         sync_delay_seconds=NEVER,
         metadata_sync_delay_seconds=NEVER,
@@ -46,6 +47,8 @@ def describe(farm: SimulatedFarm) -> dict[str, Any]:
     return {
         "primary": farm.primary_url,
         "mirrors": farm.mirror_urls,
+        # With more than one node per mirror, the exporter reads every node at its own URL (nodes.url_template).
+        "nodes": farm.node_urls if s.nodes > 1 else {},
         "repositories": s.repositories,
         "projects": s.projects,
         "page_cap": s.page_limit_cap,
@@ -57,7 +60,8 @@ def describe(farm: SimulatedFarm) -> dict[str, Any]:
 async def prerender(farm: SimulatedFarm) -> None:
     """Fetch every page of both large listings once, so the farm has built them all before any client measures."""
     auth = {"Authorization": basic_auth(describe(farm))}
-    listings = [f"{u}{REST}/supportInfo/repoSyncStatus" for u in farm.mirror_urls.values()]
+    bases = [*farm.mirror_urls.values(), *(u for nodes in farm.node_urls.values() for u in nodes.values())]
+    listings = [f"{u}{REST}/supportInfo/repoSyncStatus" for u in bases]
     cap, total = farm.scenario.page_limit_cap, farm.scenario.repositories
     async with aiohttp.ClientSession(headers=auth) as http:
         for url in [f"{farm.primary_url}{REST}/repos", *listings]:
@@ -67,8 +71,8 @@ async def prerender(farm: SimulatedFarm) -> None:
                     await resp.read()
 
 
-async def serve(repositories: int, mirrors: int, page_cap: int, drift: float) -> None:
-    farm = SimulatedFarm(scenario(repositories, mirrors, page_cap), ["9.x"] * mirrors)
+async def serve(repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int) -> None:
+    farm = SimulatedFarm(scenario(repositories, mirrors, page_cap, nodes), ["9.x"] * mirrors)
     drifting = farm.farm.rng.sample(sorted(farm.farm.repositories), round(repositories * drift))
     for repo_id in drifting:
         farm.farm.push(repo_id)
@@ -91,8 +95,9 @@ def main() -> None:
     parser.add_argument("--mirrors", type=int, required=True)
     parser.add_argument("--page-cap", type=int, default=100)
     parser.add_argument("--drift", type=float, default=0.01)
+    parser.add_argument("--nodes", type=int, default=1, help="nodes per mirror farm; above 1 read node by node")
     args = parser.parse_args()
-    asyncio.run(serve(args.repositories, args.mirrors, args.page_cap, args.drift))
+    asyncio.run(serve(args.repositories, args.mirrors, args.page_cap, args.drift, args.nodes))
 
 
 if __name__ == "__main__":

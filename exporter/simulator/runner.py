@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from exporter.simulator.farm import Farm, Scenario
-from exporter.simulator.server import mirror_app, primary_app
+from exporter.simulator.server import Listing, mirror_app, primary_app
 
 
 class SimulatedFarm:
@@ -49,12 +49,13 @@ class SimulatedFarm:
         self.primary_url = (await self._serve(primary_app(self.farm, self.clock)))[1]
         self.farm.primary_url = self.primary_url
         for name, mirror in self.farm.mirrors.items():
-            self._mirror_runners[name], url = await self._serve(mirror_app(self.farm, name, self.clock))
+            cache: dict[str, Listing] = {}
+            self._mirror_runners[name], url = await self._serve(mirror_app(self.farm, name, self.clock, cache=cache))
             mirror.base_url = url
             self.mirror_urls[name] = url
             self.node_urls[name] = {}
             for node in mirror.farm_nodes:
-                runner, node_url = await self._serve(mirror_app(self.farm, name, self.clock, node.name))
+                runner, node_url = await self._serve(mirror_app(self.farm, name, self.clock, node.name, cache))
                 node.port = int(runner.addresses[0][1])
                 self.node_urls[name][node.name] = node_url
 

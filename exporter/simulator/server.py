@@ -73,7 +73,9 @@ def rendered(request: web.Request, render: Callable[[], Iterable[Any]]) -> Listi
     cache, revision = request.app[RENDERED_KEY], request.app[FARM_KEY].revision
     route = request.match_info.route.name or request.path
     node = request.get(SERVING_NODE)
-    if node is not None:
+    if node is not None and (node.differs or node.missing):
+        # Its own copy differs from the farm's; nodes with the farm's copy share one rendering (a farm's servers
+        # share one cache), so a farm of identical nodes costs one rendering at 100,000 repositories.
         route = f"{route}@{node.name}"
     hit = cache.get(route)
     if hit is None or hit.revision != revision:
@@ -481,12 +483,20 @@ async def jmx_exporter_mesh(request: web.Request) -> web.Response:
     return web.Response(text=mesh_text(node), content_type="text/plain")
 
 
-def mirror_app(farm: Farm, mirror_name: str, clock: Callable[[], float], node: str | None = None) -> web.Application:
+def mirror_app(
+    farm: Farm,
+    mirror_name: str,
+    clock: Callable[[], float],
+    node: str | None = None,
+    cache: dict[str, Listing] | None = None,
+) -> web.Application:
     """The farm URL's server (``node`` None: it balances over the nodes), or one node's own server, which also
-    serves that node's jmx_exporter text (Bitbucket's JVM at /jmx/bitbucket, the Mesh sidecar's at /jmx/mesh)."""
+    serves that node's jmx_exporter text (Bitbucket's JVM at /jmx/bitbucket, the Mesh sidecar's at /jmx/mesh).
+    The servers of one farm share one ``cache`` of rendered listings."""
     app = web.Application(middlewares=[farm_middleware])
     app.on_response_prepare.append(dated)
-    app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, mirror_name, clock, {}
+    app[FARM_KEY], app[MIRROR_KEY], app[CLOCK_KEY] = farm, mirror_name, clock
+    app[RENDERED_KEY] = cache if cache is not None else {}
     r = app.router
     if node is not None:
         app[NODE_KEY] = node

@@ -32,7 +32,7 @@ def test_scale_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     command += ["--scrapers", "2", "--scrape-period", "0.05", "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert "| 300 | 1 |" in result.stdout
+    assert "| 300 | 1 | 1 |" in result.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"scale.md", "scale.json", "scale.png"}
     row = json.loads((tmp_path / "scale.json").read_text())["rows"][0]
     # The floor downloads exactly the pages the exporter does; the naive clients agree with it on the drift.
@@ -40,6 +40,20 @@ def test_scale_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     assert row["floor"]["response_bytes"] == row["exporter"]["response_bytes"]
     assert row["sync"]["drifting"] == row["exporter"]["drifting"] == {"sydney": 3}
     assert row["per_repository"]["requests"] == {"primary": 300, "sydney": 300}
+
+
+def test_scale_benchmarks_nodes_dimension_reads_every_node_like_its_floor(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH / "scale.py"), "--sizes", "300", "--mirrors", "1", "--nodes", "3"]
+    command += ["--cycles", "1", "--scrapers", "1", "--scrape-period", "0.05", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "| 300 | 1 | 3 |" in result.stdout
+    [row] = json.loads((tmp_path / "scale.json").read_text())["rows"]
+    nodes = {f"sydney/sydney-node-{i}" for i in (1, 2, 3)}
+    assert nodes <= set(row["exporter"]["requests"])
+    assert row["floor"]["requests"] == row["exporter"]["requests"]
+    assert row["floor"]["response_bytes"] == row["exporter"]["response_bytes"]
+    assert row["exporter"]["drifting"] == {"sydney": 3}
 
 
 def test_soak_benchmark_runs_and_the_exporter_ends_in_step_with_the_farm(tmp_path: Path) -> None:
