@@ -78,11 +78,10 @@ class NodeState:
     states_seen: set[str] = field(default_factory=lambda: set(KNOWN_MIRROR_STATES))
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        return {
-            "status": self.status,
-            "repo_sync_status": self.repo_sync_status,
-            "out_of_sync_repos": self.out_of_sync_repos,
-        }
+        sources: dict[str, SourceState[Any]] = {"status": self.status, "repo_sync_status": self.repo_sync_status}
+        if self.out_of_sync_repos.polled:  # only where the mirror offers it (8.x to 9.4, switched on)
+            sources["out_of_sync_repos"] = self.out_of_sync_repos
+        return sources
 
 
 @dataclass

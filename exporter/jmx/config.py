@@ -49,16 +49,19 @@ class JmxCredentials(UserPassword):
         return self.username is not None
 
 
+def _check_service_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith("service:jmx:"):
+        raise ValueError("must be a JMX service URL (service:jmx:...)")
+    return url
+
+
 class JmxNodeConfig(JmxCredentials):
     name: str = Field(min_length=1, max_length=128)
     url: str
+    # The node's Mesh sidecar JVM (its hosting tickets on 8.x and 9.x), read with the same credentials.
+    mesh_url: str | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _service_url(cls, url: str) -> str:
-        if not url.startswith("service:jmx:"):
-            raise ValueError("must be a JMX service URL (service:jmx:...)")
-        return url
+    _service_urls = field_validator("url", "mesh_url")(_check_service_url)
 
 
 def _check_pattern(pattern: str) -> str:
@@ -111,6 +114,8 @@ class JmxConfig(JmxCredentials):
     # farmNodes lists.
     nodes: list[JmxNodeConfig] = Field(default_factory=list)
     port: int | None = Field(default=None, ge=1, le=65535)
+    # With port: the Mesh sidecar's JMX port on every node too (a second JVM per node per poll).
+    mesh_port: int | None = Field(default=None, ge=1, le=65535)
     url_template: str = DEFAULT_URL_TEMPLATE
     # Or from jmx_exporter's Prometheus text, where Atlassian's Helm chart already serves it
     # (monitoring.exposeJmxMetrics): one page per node of the mirror's nodes (nodes.static, else farmNodes), for
@@ -122,6 +127,8 @@ class JmxConfig(JmxCredentials):
     java: str = Field(default="java", min_length=1)
     java_options: list[str] = Field(default_factory=lambda: list(DEFAULT_JAVA_OPTIONS))
     object_names: list[str] = Field(default_factory=lambda: ["com.atlassian.bitbucket*:*"], min_length=1)
+    # What is asked of a node's Mesh sidecar (mesh_port or a node's mesh_url): its ticket beans.
+    mesh_object_names: list[str] = Field(default_factory=lambda: ["metrics:section=tickets,*"], min_length=1)
     match: JmxMatch = Field(default_factory=JmxMatch)
     attributes: TimerAttributes = Field(default_factory=TimerAttributes)
 
@@ -146,7 +153,7 @@ class JmxConfig(JmxCredentials):
         """Read from jmx_exporter pages rather than over JMX."""
         return self.exporter_url_template is not None or self.mesh_exporter_url_template is not None
 
-    @field_validator("object_names")
+    @field_validator("object_names", "mesh_object_names")
     @classmethod
     def _object_names(cls, names: list[str]) -> list[str]:
         for name in names:
@@ -158,9 +165,11 @@ class JmxConfig(JmxCredentials):
     @model_validator(mode="after")
     def _nodes_or_port(self) -> Self:
         if self.from_exporter:
-            if self.nodes or self.port is not None:
+            if self.nodes or self.port is not None or self.mesh_port is not None:
                 raise ValueError("set nodes or port (over JMX) or the exporter URL templates (jmx_exporter), not both")
             return self
+        if self.mesh_port is not None and self.port is None:
+            raise ValueError("mesh_port goes with port (with nodes, give each node a mesh_url)")
         if self.nodes and self.port is not None:
             raise ValueError("set nodes or port, not both")
         if not self.nodes and self.port is None:

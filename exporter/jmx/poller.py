@@ -83,13 +83,20 @@ class JmxPoller:
             # The mirror's last good node list: a failing farmNodes poll keeps the nodes it last listed.
             return {t.name: NodeSource(tuple(t.fill(template) for template in templates)) for t in self._targets()}
         if config.nodes:
-            return {node.name: NodeSource((node.url,), config.credentials_for(node)) for node in config.nodes}
+            return {
+                node.name: NodeSource(
+                    (node.url, *([node.mesh_url] if node.mesh_url else [])), config.credentials_for(node)
+                )
+                for node in config.nodes
+            }
         nodes: dict[str, NodeSource] = {}
         for node in self._mirror.farm_nodes.value or []:
             if node.address is None or not node.address.address:
                 continue
-            url = config.url_template.format(address=host_for_url(node.address.address), port=config.port)
-            nodes[node.name or node.id] = NodeSource((url,), config)
+            host = host_for_url(node.address.address)
+            ports = [port for port in (config.port, config.mesh_port) if port is not None]
+            urls = tuple(config.url_template.format(address=host, port=port) for port in ports)
+            nodes[node.name or node.id] = NodeSource(urls, config)
         return nodes
 
     async def _read(self, source: NodeSource) -> NodeReading:
@@ -102,11 +109,14 @@ class JmxPoller:
         credentials = source.credentials
         password = credentials.resolved_password()
         secret = password.get_secret_value() if password is not None else None
-        command = jmxquery_command(
-            config.java, config.java_options, source.urls[0], credentials.username, secret, config.object_names
-        )
-        async with self._slots:
-            rows = await run_jmxquery(command, config.timeout_seconds, secret)
+        rows = []
+        # Bitbucket's JVM, then the Mesh sidecar's where one is given: one jmxquery JVM each.
+        for url, object_names in zip(source.urls, (config.object_names, config.mesh_object_names), strict=False):
+            command = jmxquery_command(
+                config.java, config.java_options, url, credentials.username, secret, object_names
+            )
+            async with self._slots:
+                rows += await run_jmxquery(command, config.timeout_seconds, secret)
         return read_node(rows, config.match, config.attributes)
 
     def _log_warnings(self, node: str, state: JmxNodeState) -> None:

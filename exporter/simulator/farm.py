@@ -106,6 +106,8 @@ class FarmNode:
     held: set[int] = field(default_factory=set)
     # Its own /status state, where it differs from the farm's (Mirror.state).
     state: str | None = None
+    # A fault (from FAULTS) every answer of its own server gets, beside the mirror's faults.
+    fault: str | None = None
     # Repository id -> this node's older copy, where it has not synced what the farm has.
     differs: dict[int, MirrorRepository] = field(default_factory=dict)
     # Repository id -> when this node lost its copy (the farm's other nodes still have one).

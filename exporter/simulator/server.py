@@ -245,7 +245,7 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if node is None and mirror.farm_nodes:
                 return errors("No healthy upstream", 503)
         request[SERVING_NODE] = node
-        fault = mirror.fault_for(route)
+        fault = mirror.fault_for(route) or (node.fault if node_name is not None and node is not None else None)
         if fault is not None:
             response = await _apply_fault(request, fault, handler)
             if response is not None:
@@ -638,7 +638,8 @@ async def sim_mirror(request: web.Request) -> web.Response:
 async def sim_node(request: web.Request) -> web.Response:
     """Change one node of a mirror farm: ``{"frozen": true}`` (it stops syncing while its peers go on),
     ``{"down": true}`` (it resets every connection; the farm URL stops using it), ``{"held_repositories": [ids]}``
-    (it alone stops syncing these; ``[]`` lets it catch up), ``{"missing_repositories": [ids]}``
+    (it alone stops syncing these; ``[]`` lets it catch up), ``{"fault": "hang"}`` (every answer at its own URL,
+    one of FAULTS; null heals it), ``{"missing_repositories": [ids]}``
     (it loses its copies; ``[]`` gives them back), ``{"state": "STARTING"}`` (its own /status; null: the farm's).
     Frozen and down false again: it catches up at once."""
     farm = _farm(request)
@@ -649,6 +650,10 @@ async def sim_node(request: web.Request) -> web.Response:
     change = await request.json()
     if "held_repositories" in change:
         node.held = {int(x) for x in change["held_repositories"]}
+    if "fault" in change:
+        if change["fault"] is not None and change["fault"] not in FAULTS:
+            return errors(f"unknown fault {change['fault']}; known: {list(FAULTS)}", 400)
+        node.fault = change["fault"]
     farm.set_node(mirror, node, frozen=change.get("frozen"), down=change.get("down"))
     if "state" in change:
         node.state = change["state"]

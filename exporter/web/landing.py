@@ -138,6 +138,8 @@ def render(state: ExporterState, now: float, stale_after: float) -> str:
     header = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"
     body = "\n".join("<tr>" + "".join(cell.render() for cell in row) + "</tr>" for row in rows)
     targets = [(PRIMARY_TARGET, state.primary.sources()), *((m.name, m.sources()) for m in state.mirrors)]
+    # A mirror's nodes, read node by node, as "mirror/node".
+    targets += [(f"{m.name}/{name}", node.sources()) for m in state.mirrors for name, node in sorted(m.nodes.items())]
     details = [(target, *problem) for target, sources in targets for problem in _problems(sources, now, stale_after)]
     if details:
         detail_rows = "\n".join("<tr>" + "".join(Cell(text).render() for text in row) + "</tr>" for row in details)

@@ -144,3 +144,20 @@ async def test_nodes_from_farm_nodes_with_a_jmx_port(fake_node_classes: Path) ->
             for name in ("sydney-node-1", "sydney-node-2"):
                 await wait_for_metric(run, 1, "bitbucket_mirror_jmx_up", mirror="sydney", node=name)
             assert run.exporter.state.mirrors[0].jmx_nodes["sydney-node-1"].url == node.url
+
+
+async def test_each_nodes_mesh_sidecar_gives_its_four_ticket_kinds_apart(fake_node_classes: Path) -> None:
+    async with fake_node(fake_node_classes) as bitbucket, fake_node(fake_node_classes) as sidecar:
+        await bitbucket.timer(INCREMENTAL, Timer(count=3))
+        for resource, used in (("scm-hosting", 2), ("scm-command", 1), ("scm-refs", 0), ("git-lfs", 4)):
+            for figure, number in (("available", 10 - used), ("used", used)):
+                await sidecar.gauge(f"metrics:section=tickets,throttledResource={resource},name={figure}", Value=number)
+        jmx = {"port": bitbucket.port, "mesh_port": sidecar.port, "interval_seconds": 1}
+        async with running_farm(SCENARIO, ["9.x"], prepare=with_jmx(jmx)) as run:
+            labels = {"mirror": "sydney", "node": "sydney-node-1"}
+            tickets = "bitbucket_mirror_node_tickets"
+            await wait_for_metric(run, 4, tickets, **labels, resource="git-lfs", attribute="used")
+            samples = await run.metrics()
+            assert value(samples, tickets, **labels, resource="scm-hosting", attribute="available") == 8
+            assert value(samples, tickets, **labels, resource="scm-refs", attribute="used") == 0
+            assert value(samples, "bitbucket_mirror_node_syncs_total", **labels, sync="incremental") == 3

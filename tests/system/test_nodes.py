@@ -201,3 +201,24 @@ async def test_out_of_sync_repos_is_node_local_and_the_mirror_counts_the_union()
         ok = "bitbucket_mirror_exporter_poll_success"
         assert value(samples, ok, target="sydney", node=NODE_1, source="out_of_sync_repos") == 1.0
         assert value(samples, ok, target="sydney", node=NODE_2, source="out_of_sync_repos") == 1.0
+
+
+async def test_a_hung_node_delays_neither_its_peers_nor_scrapes() -> None:
+    async with running_farm(Scenario(repositories=6, mirrors=1), ["9.x"], interval=INTERVAL, nodes=True) as run:
+        await run.wait_ready()
+        await run.control(f"/sim/mirrors/sydney/nodes/{NODE_2}", {"fault": "hang"})
+        nodes = run.exporter.state.mirrors[0].nodes
+        peer, hung = nodes[NODE_1].repo_sync_status, nodes[NODE_2].repo_sync_status
+        reads: set[float | None] = set()
+
+        async def peer_read_five_times() -> bool:
+            reads.add(peer.last_success_timestamp)
+            return len(reads) > 5
+
+        # Node 2's requests hang; its poll ends only after poll.timeout_seconds (2 s) for each of its 3 attempts.
+        # Before that first failure, node 1 has been read five more times and the mirror's union has gone on.
+        await wait_until(peer_read_five_times, 10.0, "node 1 read five more times while node 2 hangs")
+        samples = await settled(run, lambda s: value(s, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0, "")
+        assert hung.errors_total == {}, "node 2's hung poll ended already: the ordering proves nothing"
+        assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
+        assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0

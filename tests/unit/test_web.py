@@ -84,3 +84,13 @@ async def test_scrapes_in_one_burst_share_one_rendering() -> None:
         current.mirrors[0].status.success = True  # changes bitbucket_mirror_up
         second = await (await client.get("/metrics")).text()
     assert first == second and 'bitbucket_mirror_up{mirror="sydney"} 0.0' in first
+
+
+def test_the_landing_page_lists_a_failing_node_under_its_mirror() -> None:
+    from exporter.web.landing import render
+    from tests.unit.scenario import NOW, seeded_state
+
+    page = render(seeded_state(), NOW, 90.0)
+    sources = page.split('<table id="sources">')[1]
+    assert "sydney/sydney-3" in sources and "connect_timeout" in sources
+    assert "sydney/sydney-1" not in sources  # answering nodes have nothing to report
