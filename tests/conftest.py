@@ -84,6 +84,18 @@ class Running:
         assert status == 200
         return parse_metrics(text)
 
+    async def metrics_until(self, check: Callable[[Samples], object], what: str, within: float = 10.0) -> Samples:
+        """Scrape until ``check`` holds for the samples (at most ``within`` seconds); the samples that passed."""
+        found: Samples = {}
+
+        async def holds() -> bool:
+            nonlocal found
+            found = await self.metrics()
+            return bool(check(found))
+
+        await wait_until(holds, within, what)
+        return found
+
     async def control(self, path: str, body: dict[str, Any]) -> Any:
         url = self.farm.primary_url + path
         async with self.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 
 from exporter.config import Credentials, NodesConfig
-from exporter.drift import MirrorRepo, union
+from exporter.drift import union
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.rest.api import OUT_OF_SYNC_REPOS, DelayedSync, MirrorApi
 from exporter.rest.client import BitbucketClient
 from exporter.rest.poller import (
     CycleHandoff,
     DriftJob,
+    ListingRead,
     cycle_slack,
-    read_repo_sync_status,
     read_status,
     scope_of,
 )
@@ -59,12 +59,7 @@ class NodePoller:
     async def poll_once(self) -> None:
         node, api, target = self.state, self._api, self._target
         started = time.monotonic()
-        rows: dict[str, MirrorRepo] | None = None
-
-        async def listing() -> RepoSyncSummary:
-            nonlocal rows
-            summary, rows = await read_repo_sync_status(api)
-            return summary
+        listing = ListingRead(api)
 
         async def out_of_sync_repos() -> frozenset[str]:
             return frozenset(await api.out_of_sync_repositories())
@@ -82,6 +77,7 @@ class NodePoller:
             await asyncio.gather(*sources)
             if node.status.success and node.status.value is not None:
                 node.states_seen.add(node.status.value.state)
+            rows = listing.take()
             if rows is None:
                 return  # this node's listing failed: its last report rides over until its inputs are stale
             self.answered = started

@@ -111,6 +111,24 @@ async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[s
     return summary, rows
 
 
+class ListingRead:
+    """One cycle's read of a mirror's (or node's) listing, as a source: calling it returns the summary for the state
+    and keeps the rows for this cycle's drift analysis, which takes them (``take``)."""
+
+    def __init__(self, api: MirrorApi) -> None:
+        self._api = api
+        self._rows: dict[str, MirrorRepo] | None = None
+
+    async def __call__(self) -> RepoSyncSummary:
+        summary, self._rows = await read_repo_sync_status(self._api)
+        return summary
+
+    def take(self) -> dict[str, MirrorRepo] | None:
+        """The rows, if this cycle's read succeeded; the reader keeps no reference (the analysis frees them)."""
+        rows, self._rows = self._rows, None
+        return rows
+
+
 def scope_of(settings: SyncSettings | None) -> frozenset[str] | None:
     """The primary project ids a mirror carries (its sync settings); None: all."""
     if settings is not None and settings.mode.upper() == "SELECTED_PROJECTS":
@@ -189,15 +207,9 @@ class MirrorPoller:
     async def poll_once(self) -> None:
         s, name, api = self.state, self.state.name, self._api
         cycle_started = time.monotonic()
-        rows: dict[str, MirrorRepo] | None = None
-
-        async def repo_sync_status() -> RepoSyncSummary:
-            nonlocal rows
-            summary, rows = await read_repo_sync_status(api)
-            return summary
-
+        read = ListingRead(api)
         # Without nodes, the farm URL's listing: one node's, held by the load balancer's affinity cookie.
-        listing = () if self._nodes is not None else (repo_sync_status,)
+        listing = () if self._nodes is not None else (read,)
         await asyncio.gather(
             run_source(name, "status", s.status, lambda: read_status(api, s.status, s.states_seen)),
             run_source(name, "upstream", s.upstream, api.upstream),
@@ -208,6 +220,7 @@ class MirrorPoller:
             run_source(name, "delayed_sync", s.delayed_sync, api.delayed_sync),
             *(run_source(name, "repo_sync_status", s.repo_sync_status, fetch) for fetch in listing),
         )
+        rows = read.take()
         if self._nodes is not None:
             await self._nodes.cycle(cycle_started)
         elif rows is not None:  # this cycle's listing failed: the last report rides over until its inputs are stale

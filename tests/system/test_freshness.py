@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from exporter.simulator import Scenario, SimulatedFarm
-from tests.conftest import Running, Samples, running_farm, value, wait_until
+from tests.conftest import Samples, running_farm, value
 
 INTERVAL = 0.2
 STALE = 3 * INTERVAL  # the default, poll.stale_after_seconds = 3 x interval
@@ -36,18 +36,6 @@ def drift_series(samples: Samples, mirror: str) -> list[str]:
     )
 
 
-async def until(run: Running, check: Any, what: str, within: float = 10.0) -> Samples:
-    found: Samples = {}
-
-    async def holds() -> bool:
-        nonlocal found
-        found = await run.metrics()
-        return bool(check(found))
-
-    await wait_until(holds, within, what)
-    return found
-
-
 async def test_a_failing_mirror_listing_rides_over_then_its_drift_is_left_out_and_comes_back_with_its_lag() -> None:
     async with running_farm(Scenario(repositories=8), ["9.x", "8.x"], interval=INTERVAL) as run:
         await run.wait_ready()
@@ -62,8 +50,8 @@ async def test_a_failing_mirror_listing_rides_over_then_its_drift_is_left_out_an
 
         # The mirror's repoSyncStatus now answers 401 (a rotated password).
         await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized"}})
-        stale = await until(
-            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0, "sydney's drift stale"
+        stale = await run.metrics_until(
+            lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0, "sydney's drift stale"
         )
         assert drift_series(stale, "sydney") == []
         assert value(stale, "bitbucket_mirror_repositories", mirror="sydney") is None
@@ -86,8 +74,8 @@ async def test_a_failing_mirror_listing_rides_over_then_its_drift_is_left_out_an
         assert drift_series(stale, "frankfurt") != []
 
         await run.control("/sim/mirrors/sydney", {"faults": {}})
-        back = await until(
-            run, lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0, "sydney's drift back"
+        back = await run.metrics_until(
+            lambda s: value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0, "sydney's drift back"
         )
         truth = await run.truth()
         # The divergence lasted through the stale period, so its first-seen time was kept: lag is the whole time.
@@ -102,8 +90,7 @@ async def test_a_short_failure_keeps_the_last_values(tmp_path: Path) -> None:
     async with running_farm(Scenario(repositories=5), ["9.x"], interval=INTERVAL, stale_after_seconds=30) as run:
         await run.wait_ready()
         await run.control("/sim/mirrors/sydney", {"faults": {"repo_sync_status": "unauthorized"}})
-        failing = await until(
-            run,
+        failing = await run.metrics_until(
             lambda s: (
                 value(s, "bitbucket_mirror_exporter_poll_success", target="sydney", source="repo_sync_status") == 0.0
             ),
@@ -143,7 +130,7 @@ async def test_a_primary_listing_that_fails_leaves_every_mirror_drift_unknown_an
         def both_unknown(s: Samples) -> bool:
             return all(value(s, "bitbucket_mirror_drift_fresh", mirror=m) == 0.0 for m in ("sydney", "frankfurt"))
 
-        stale = await until(run, both_unknown, "every mirror's drift unknown")
+        stale = await run.metrics_until(both_unknown, "every mirror's drift unknown")
         for mirror in ("sydney", "frankfurt"):
             assert drift_series(stale, mirror) == []
             assert (
@@ -162,8 +149,7 @@ async def test_a_primary_listing_that_fails_leaves_every_mirror_drift_unknown_an
         assert value(stale, "bitbucket_mirror_repositories", mirror="sydney") == 6.0
 
         password.write_text("admin")
-        back = await until(
-            run,
+        back = await run.metrics_until(
             lambda s: not both_unknown(s) and value(s, "bitbucket_mirror_drift_fresh", mirror="frankfurt") == 1.0,
             "drift back",
         )
@@ -189,7 +175,7 @@ async def test_clock_skew_from_date_headers_equals_the_truth(mirror_skew: float,
             got = value(s, "bitbucket_mirror_clock_skew_seconds", mirror="sydney")
             return got is not None and abs(got - want) <= 1.0
 
-        samples = await until(run, close, f"clock skew {want}")
+        samples = await run.metrics_until(close, f"clock skew {want}")
         # Resolution 1 s: whole seconds; and frankfurt, on the true clock, is as far off as the primary is.
         assert value(samples, "bitbucket_mirror_clock_skew_seconds", mirror="sydney") in (want - 1, want, want + 1)
         other = value(samples, "bitbucket_mirror_clock_skew_seconds", mirror="frankfurt")

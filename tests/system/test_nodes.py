@@ -9,22 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.simulator import Scenario
-from tests.conftest import Running, Samples, running_farm, value, wait_until
+from tests.conftest import Samples, running_farm, value, wait_until
 
 INTERVAL = 0.2
 NODE_1, NODE_2 = "sydney-node-1", "sydney-node-2"
-
-
-async def settled(run: Running, check: Any, what: str, within: float = 10.0) -> Samples:
-    found: Samples = {}
-
-    async def holds() -> bool:
-        nonlocal found
-        found = await run.metrics()
-        return bool(check(found))
-
-    await wait_until(holds, within, what)
-    return found
 
 
 def node_value(samples: Samples, name: str, node: str, **labels: str) -> float | None:
@@ -42,7 +30,7 @@ async def test_one_lagging_node_is_found_by_name_and_the_mirror_is_the_union_of_
             content = node_value(s, "bitbucket_mirror_node_repositories_out_of_sync", NODE_2, hash="content")
             return content == 2.0 and node_value(s, "bitbucket_mirror_node_repositories_missing", NODE_1) == 1.0
 
-        await settled(run, node_2_behind, "node 2 behind on two repositories, node 1 missing one")
+        await run.metrics_until(node_2_behind, "node 2 behind on two repositories, node 1 missing one")
         await run.next_cycles(1)
         samples, everything = await run.metrics(), await run.truth()
         truth = everything["mirrors"]["sydney"]
@@ -87,7 +75,7 @@ async def test_a_node_down_is_reported_without_hiding_its_peers_and_a_node_that_
                 and node_value(s, "bitbucket_mirror_node_repositories_missing", NODE_2) is None
             )
 
-        samples = await settled(run, node_2_gone_stale, "node 2 down, its drift series gone once stale")
+        samples = await run.metrics_until(node_2_gone_stale, "node 2 down, its drift series gone once stale")
         assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0
         assert node_value(samples, "bitbucket_mirror_node_repositories_missing", NODE_1) == 0.0
         assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0
@@ -99,8 +87,8 @@ async def test_a_node_down_is_reported_without_hiding_its_peers_and_a_node_that_
         assert failed == 0.0
         # The farm shrinks to one node: the other's series go with it.
         await run.control("/sim/mirrors/sydney", {"nodes": 1})
-        samples = await settled(
-            run, lambda s: node_value(s, "bitbucket_mirror_node_up", NODE_2) is None, "node 2 left farmNodes"
+        samples = await run.metrics_until(
+            lambda s: node_value(s, "bitbucket_mirror_node_up", NODE_2) is None, "node 2 left farmNodes"
         )
         assert not [key for key in samples if ("node", NODE_2) in key[1]]
 
@@ -193,7 +181,7 @@ async def test_out_of_sync_repos_is_node_local_and_the_mirror_counts_the_union()
         def delayed(s: Samples) -> float | None:
             return value(s, "bitbucket_mirror_delayed_sync_repositories", mirror="sydney")
 
-        samples = await settled(run, lambda s: delayed(s) == 2.0, "the two repositories node 2 is behind on")
+        samples = await run.metrics_until(lambda s: delayed(s) == 2.0, "the two repositories node 2 is behind on")
         truth = (await run.truth())["mirrors"]["sydney"]
         assert truth["delayed"] == [2, 4]
         assert truth["per_node"][NODE_1]["classes"]["content_drift"] == [2]
@@ -218,7 +206,9 @@ async def test_a_hung_node_delays_neither_its_peers_nor_scrapes() -> None:
         # Node 2's requests hang; its poll ends only after poll.timeout_seconds (2 s) for each of its 3 attempts.
         # Before that first failure, node 1 has been read five more times and the mirror's union has gone on.
         await wait_until(peer_read_five_times, 10.0, "node 1 read five more times while node 2 hangs")
-        samples = await settled(run, lambda s: value(s, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0, "")
+        samples = await run.metrics_until(
+            lambda s: value(s, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0, ""
+        )
         assert hung.errors_total == {}, "node 2's hung poll ended already: the ordering proves nothing"
         assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
         assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0
