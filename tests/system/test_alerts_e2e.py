@@ -5,6 +5,8 @@ see them resolve."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import aiohttp
 
 from alerts.rules import AlertConfig, render
 from exporter.simulator import Scenario
-from tests.conftest import running_farm, wait_until
+from tests.conftest import running_farm, value, wait_until
 from tests.monitoring_stack import alertmanager, prometheus, webhook
 
 # Seconds instead of minutes: every `for` that matters here is 0, and drift counts after one second of lag.
@@ -69,6 +71,8 @@ EAGER = AlertConfig(
     missing_for="0s",
     failed_syncs=1,
     repository_failing_for="0s",
+    node_behind_lag_seconds=1,
+    node_behind_for="0s",
 )
 DRIFT_ALERTS = {
     "BitbucketMirrorRepositoriesOutOfSync",
@@ -77,6 +81,7 @@ DRIFT_ALERTS = {
     "BitbucketMirrorRepositorySyncFailing",
     "BitbucketMirrorDriftUnknown",
     "BitbucketMirrorExporterPollFailing",
+    "BitbucketMirrorNodeBehind",
 }
 
 
@@ -141,3 +146,44 @@ async def test_one_cause_raises_one_alert_against_a_real_prometheus(tmp_path: Pa
         await wait_until(unknown, 30, "DriftUnknown alone")
         (alert,) = await firing(port)
         assert alert["annotations"]["description"].endswith(" sydney repo_sync_status: http_401.")
+
+
+async def rules_evaluated_after(prometheus_port: int, moment: float) -> bool:
+    """Whether every rule group has been evaluated since ``moment`` (Unix seconds)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=aiohttp.ClientTimeout(total=5)) as resp,
+    ):
+        groups = (await resp.json())["data"]["groups"]
+    return all(datetime.fromisoformat(g["lastEvaluation"]).timestamp() > moment for g in groups)
+
+
+async def test_one_node_behind_its_peers_raises_node_behind_alone(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render(EAGER))
+    scenario = Scenario(repositories=8, mirrors=1)
+    async with (
+        running_farm(scenario, ["9.x"], interval=0.5, nodes=True) as run,
+        prometheus(tmp_path, run.exporter.port, rules) as port,
+    ):
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney/nodes/sydney-node-2", {"held_repositories": [2]})
+        await run.control("/sim/push", {"repository_ids": [2]})
+        expected = {("BitbucketMirrorNodeBehind", "sydney")}
+        seen: set[tuple[str, str]] = set()
+
+        async def only_node_behind() -> bool:
+            nonlocal seen
+            seen = names(await firing(port))
+            return seen == expected
+
+        await wait_until(only_node_behind, 30, f"exactly {expected}")
+        (alert,) = await firing(port)
+        assert alert["labels"]["node"] == "sydney-node-2" and alert["value"].startswith("1")
+        # Still alone once the mirror's lag (its worst node's) is past every lag threshold and the rules have seen it.
+        await run.metrics_until(
+            lambda s: (value(s, "bitbucket_mirror_sync_lag_seconds", mirror="sydney") or 0) > 3, "lag past 3 s"
+        )
+        crossed = time.time() + 1.5  # Prometheus scrapes every second: a scrape after this moment has seen it
+        await wait_until(lambda: rules_evaluated_after(port, crossed), 10, "the rules evaluated on it")
+        assert names(await firing(port)) == expected
