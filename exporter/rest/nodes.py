@@ -131,7 +131,9 @@ class NodeFleet:
         nodes: dict[str, NodeState] = {}
         for name, target in wanted.items():
             if name not in self._pollers:
-                state = NodeState(name, target.url)
+                # A reload keeps what a node taught (its last values, its drift's first-seen times), as for mirrors.
+                kept = self._mirror.nodes.get(name)
+                state = kept if kept is not None and kept.url == target.url else NodeState(name, target.url)
                 api = MirrorApi(self._client, target.url, target.credentials, f"{self._mirror.name}/{name}")
                 poller = NodePoller(self._mirror, state, api, self._drift, self._interval)
                 self._pollers[name] = (poller, self._spawn(poller))

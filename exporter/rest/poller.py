@@ -195,6 +195,8 @@ class MirrorPoller:
         # With nodes configured, the node-local listing is read at each node (rest/nodes.py), not at the farm URL.
         self._nodes = nodes
         state.by_node = nodes is not None
+        if nodes is None:
+            state.nodes = {}  # a reload that dropped the nodes block: their series go
 
     async def _ref_changes_queue(self) -> RefQueue:
         length, queue = await asyncio.gather(self._api.ref_changes_queue_count(), self._api.ref_changes_queue())

@@ -56,6 +56,12 @@ def with_jmx(node_url: str) -> Any:
         config["max_repository_series"] = 4
         nodes = [{"name": "node-a", "url": node_url}, {"name": "node-b", "url": dead}]
         config["mirrors"][0]["jmx"] = {"interval_seconds": 1, "timeout_seconds": 10, "nodes": nodes}
+        # frankfurt's from its nodes' jmx_exporter pages: the sync performance panels must work from either path.
+        config["mirrors"][1]["jmx"] = {
+            "interval_seconds": 1,
+            "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
+            "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+        }
 
     return prepare
 
@@ -132,6 +138,15 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             finally:
                 failing = [f"{o.query}: {o.error or 'no series'}" for o in outcomes if o.error or not o.series]
                 assert not failing, "\n".join(failing)
+
+            # The sync performance panels again for frankfurt alone, whose JMX comes from jmx_exporter pages.
+            frankfurt = [
+                PanelQuery(q.dashboard, q.panel, {**q.target, "expr": q.expr.replace("$mirror", "(frankfurt)")})
+                for q in panel_queries
+                if q.dashboard == "sync-performance.json"
+            ]
+            from_pages = [await api.run(q) for q in frankfurt]
+            assert frankfurt and not [f"{o.query}" for o in from_pages if o.error or not o.series]
 
             variables = {v["name"]: v for d in generated().values() for v in d["templating"]["list"]}
             assert await api.label_values(variables["cluster"]["query"]) == []  # optional: no cluster label here

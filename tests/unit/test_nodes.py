@@ -1,0 +1,50 @@
+"""The node fleet's bookkeeping: which node states it keeps as farmNodes and reloads come and go (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from exporter.config import Credentials, NodesConfig
+from exporter.drift import DriftReport
+from exporter.rest.models import ClusterNode, NodeAddress
+from exporter.rest.nodes import NodeFleet
+from exporter.rest.poller import DriftJob
+from exporter.sources import SourceState
+from exporter.state import MirrorState, NodeState, Policy
+
+
+def farm_nodes(*names: str) -> SourceState[list[ClusterNode]]:
+    nodes = [
+        ClusterNode(id=n, name=n, address=NodeAddress(address=f"10.0.0.{i}", port=5701)) for i, n in enumerate(names)
+    ]
+    return SourceState(value=nodes, success=True, value_timestamp=0.0)
+
+
+def fleet(mirror: MirrorState, spawned: list[Any]) -> NodeFleet:
+    def spawn(poller: Any) -> asyncio.Task[None]:
+        spawned.append(poller)
+        return asyncio.create_task(asyncio.sleep(0))
+
+    drift = DriftJob(None, Policy(), 30.0)  # type: ignore[arg-type]
+    config = NodesConfig(url_template="http://{address}:7990")
+    return NodeFleet(mirror, config, Credentials(), None, drift, 30.0, spawn)  # type: ignore[arg-type]
+
+
+async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes() -> None:
+    mirror = MirrorState("sydney", "https://farm.example.com")
+    mirror.farm_nodes = farm_nodes("a", "b")
+    learned = NodeState("a", "http://10.0.0.0:7990", drift=DriftReport({}, {"7": 100.0}, []))
+    moved = NodeState("b", "http://10.9.9.9:7990")  # b's address changed since: it starts over
+    mirror.nodes = {"a": learned, "b": moved}
+    spawned: list[Any] = []
+    reloaded = fleet(mirror, spawned)
+    reloaded.follow()
+    assert mirror.nodes["a"] is learned
+    assert mirror.nodes["b"] is not moved and mirror.nodes["b"].url == "http://10.0.0.1:7990"
+    assert len(spawned) == 2
+    # b leaves farmNodes: its state (and its series) go; a keeps its poller.
+    mirror.farm_nodes = farm_nodes("a")
+    reloaded.follow()
+    assert list(mirror.nodes) == ["a"] and mirror.nodes["a"] is learned and len(spawned) == 2
+    await asyncio.sleep(0)
