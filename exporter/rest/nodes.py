@@ -152,12 +152,16 @@ class NodeFleet:
         mirror.nodes_polled = len(answered)
         mirror.nodes_polled_at = time.time()
         summaries = [p.state.repo_sync_status.value for p in answered if p.state.repo_sync_status.value is not None]
+        listing = mirror.repo_sync_status
         if summaries:
-            listing = mirror.repo_sync_status
             listing.value = RepoSyncSummary.union(summaries)
             read_at = min(p.state.repo_sync_status.last_success_timestamp or 0.0 for p in answered)
             listing.value_timestamp = listing.last_success_timestamp = read_at
-            listing.success = True
+            listing.success, listing.error_reason = True, None
+        elif pollers:
+            # No node answered: the mirror's listing fails with its first node's reason (what DriftUnknown names).
+            reasons = [p.state.repo_sync_status.error_reason for p in pollers if p.state.repo_sync_status.error_reason]
+            listing.success, listing.error_reason = False, reasons[0] if reasons else "no_node_answered"
         reports = [p.state.drift for p in answered if p.analysed == p.answered and p.state.drift is not None]
         if reports:
             mirror.drift = union(reports, self._drift.policy.keep_all)

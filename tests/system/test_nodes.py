@@ -212,3 +212,16 @@ async def test_a_hung_node_delays_neither_its_peers_nor_scrapes() -> None:
         assert hung.errors_total == {}, "node 2's hung poll ended already: the ordering proves nothing"
         assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
         assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0
+
+
+async def test_when_no_node_answers_the_mirrors_drift_is_unknown_with_the_nodes_reason() -> None:
+    async with running_farm(Scenario(repositories=6, mirrors=1), ["9.x"], interval=INTERVAL, nodes=True) as run:
+        await run.wait_ready()
+        for node in (NODE_1, NODE_2):
+            await run.control(f"/sim/mirrors/sydney/nodes/{node}", {"fault": "unauthorized"})
+        stale = "bitbucket_mirror_drift_input_stale"
+        labels = {"mirror": "sydney", "target": "sydney", "source": "repo_sync_status", "reason": "http_401"}
+        samples = await run.metrics_until(lambda s: value(s, stale, **labels) == 1.0, "the nodes' 401 named")
+        assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0
+        assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0  # the farm URL itself answers
+        assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 0.0
