@@ -53,6 +53,20 @@ class Project:
     name: str
 
 
+@dataclass(frozen=True)
+class Push:
+    """One ref change on the primary: what ref-change-activities lists."""
+
+    activity_id: int
+    at: float  # true time; served on the primary's clock
+    from_version: int
+    to_version: int
+
+
+# Ref changes each repository remembers (newest kept); enough for any test, bounded for the soak's churn.
+PUSHES_KEPT = 200
+
+
 @dataclass
 class Repository:
     id: int
@@ -64,6 +78,14 @@ class Repository:
     metadata_changed_at: float = 0.0
     # Hashes never computed since an upgrade show as 40 zeros (Atlassian KB); never counted as drift.
     zero_hashes: bool = False
+    # When it was created, with its first branch (version 1): the oldest ref change it lists.
+    created_at: float = 0.0
+    # Content pushes after the creation, oldest first, at most PUSHES_KEPT.
+    pushes: list[Push] = field(default_factory=list)
+
+    def commit(self, version: int) -> str:
+        """The head commit of version ``version`` (all zeros before the creation)."""
+        return ZERO_HASH if version <= 0 else _digest("commit", self.id, version)[:40]
 
     def content_hash(self, version: int | None = None) -> str:
         if self.zero_hashes:
@@ -233,7 +255,9 @@ class Farm:
         self.repositories: dict[int, Repository] = {}
         for i in range(scenario.repositories):
             project = self.projects[i % len(self.projects)]
-            self.repositories[i + 1] = Repository(i + 1, project, f"repo-{i + 1}", content_changed_at=now)
+            self.repositories[i + 1] = Repository(
+                i + 1, project, f"repo-{i + 1}", content_changed_at=now, created_at=now
+            )
         for repo_id in self.rng.sample(sorted(self.repositories), scenario.zero_hash_repositories):
             self.repositories[repo_id].zero_hashes = True
         families = mirror_families or [("9.x" if i % 2 == 0 else "8.x") for i in range(scenario.mirrors)]
@@ -266,6 +290,9 @@ class Farm:
             self.make_missing(mirror, self.rng.sample(sorted(self.repositories), scenario.missing_repositories))
         self.primary_requests: dict[str, int] = {}
         self.primary_url = ""
+        self.activities = 0  # ref change activity ids handed out
+        # ref-change-activities answers 401 for these repositories (no REPO_ADMIN); None: for every repository.
+        self.activity_denied: set[int] | None = set()
 
     def changed(self) -> None:
         """Something the repository listings show has changed: servers render them again."""
@@ -307,6 +334,9 @@ class Farm:
         else:
             repo.content_version += 1
             repo.content_changed_at = when
+            self.activities += 1
+            repo.pushes.append(Push(self.activities, when, repo.content_version - 1, repo.content_version))
+            del repo.pushes[:-PUSHES_KEPT]
             due = when + self.scenario.sync_delay_seconds
         for mirror in self.mirrors.values():
             mrepo = mirror.repositories.get(repo_id)
@@ -334,7 +364,9 @@ class Farm:
         """Create a repository on the primary; each mirror in scope fetches it like any push (sync delay)."""
         repo_id = max(self.repositories, default=0) + 1
         project = self.projects[project_index % len(self.projects)]
-        self.repositories[repo_id] = Repository(repo_id, project, f"repo-{repo_id}", content_changed_at=self.now)
+        self.repositories[repo_id] = Repository(
+            repo_id, project, f"repo-{repo_id}", content_changed_at=self.now, created_at=self.now
+        )
         for mirror in self.mirrors.values():
             if mirror.in_scope(self.repositories[repo_id]):
                 # Version 0: an empty copy, behind the primary until it syncs.
@@ -521,6 +553,16 @@ class Farm:
                 since[repo_id] = min(since.get(repo_id, math.inf), diverged)
         return since
 
+    def pushed_since(
+        self, mirror: Mirror, classes: dict[str, list[int]], node: FarmNode | None = None
+    ) -> dict[int, float]:
+        """Lag dated from the push (issue 20's definition): a repository in content drift diverged at the first push
+        after its copy last synced; one the mirror does not have, at its creation."""
+        since = self.diverged_since(mirror, classes, node)
+        for repo_id in classes["missing"]:
+            since[repo_id] = self.repositories[repo_id].created_at
+        return since
+
     def node_truth(self, mirror: Mirror, node: FarmNode) -> dict[str, Any]:
         classes = self.classify(mirror, node)
         return {
@@ -530,6 +572,7 @@ class Farm:
             "repositories": len(mirror.node_view(node)),
             "classes": classes,
             "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes, node).items()},
+            "pushed_since": {str(k): v for k, v in self.pushed_since(mirror, classes, node).items()},
             "syncs": dict(node.syncs),
             "requests": dict(node.requests),
         }
@@ -577,6 +620,7 @@ class Farm:
                 "selected_projects": sorted(mirror.selected_projects) if mirror.selected_projects else None,
                 "classes": classes,
                 "diverged_since": {str(k): v for k, v in self.diverged_since(mirror, classes).items()},
+                "pushed_since": {str(k): v for k, v in self.pushed_since(mirror, classes).items()},
                 "per_node": {node.name: self.node_truth(mirror, node) for node in mirror.farm_nodes},
                 "delayed": self.delayed(mirror),
                 "requests": dict(mirror.requests),

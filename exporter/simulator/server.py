@@ -598,6 +598,43 @@ async def primary_repo(request: web.Request) -> web.Response:
     return web.json_response(_enriched_repository(repo))
 
 
+def _activity(farm: Farm, repo: Repository, activity_id: int, at: float, before: int, after: int) -> dict[str, Any]:
+    """One RestRepositoryRefChangeActivity: a push to the default branch (ADD for the repository's first one)."""
+    ref = {"id": "refs/heads/main", "displayId": "main", "type": "BRANCH"}
+    skew = farm.scenario.primary_clock_skew_seconds
+    return {
+        "id": activity_id,
+        "createdDate": int((at + skew) * 1000),  # epoch milliseconds, on the primary's clock
+        "refChange": {
+            "ref": ref,
+            "refId": ref["id"],
+            "fromHash": repo.commit(before),
+            "toHash": repo.commit(after),
+            "type": "ADD" if before <= 0 else "UPDATE",
+        },
+        "repository": {"id": repo.id, "slug": repo.slug, "name": repo.slug, "project": {"key": repo.project.key}},
+        "trigger": "push",
+        "user": {"name": "developer", "displayName": "A Developer", "slug": "developer", "type": "NORMAL"},
+    }
+
+
+async def ref_change_activities(request: web.Request) -> web.Response:
+    """A repository's ref changes, newest first (9.2 spec; REPO_ADMIN): its pushes, then its creation."""
+    farm = _farm(request)
+    repo = farm.by_slug(request.match_info["project_key"], request.match_info["slug"])
+    if repo is None:
+        return errors("Repository not found", 404)
+    denied = farm.activity_denied
+    if denied is None or repo.id in denied:
+        return errors("You are not permitted to access this resource (REPO_ADMIN is required)", 401)
+    wanted = request.query.get("ref")
+    if wanted not in (None, "refs/heads/main"):
+        return paged(request, Listing([]), farm)
+    items = [_activity(farm, repo, p.activity_id, p.at, p.from_version, p.to_version) for p in reversed(repo.pushes)]
+    items.append(_activity(farm, repo, 0, repo.created_at, 0, 1))
+    return paged(request, Listing([encode(item) for item in items]), farm)
+
+
 # --- control API ---------------------------------------------------------------------------------------------------
 
 
@@ -663,9 +700,14 @@ async def sim_node(request: web.Request) -> web.Response:
 
 
 async def sim_scenario(request: web.Request) -> web.Response:
-    """Change the running scenario: ``{"push_rate": ..., "sync_delay_seconds": ...}``."""
+    """Change the running scenario: ``{"push_rate": ..., "sync_delay_seconds": ...}``; ``"activity_permission"``:
+    true, false or the repository ids whose ref change activity answers 401."""
     farm = _farm(request)
     change = await request.json()
+    if "activity_permission" in change:
+        # true: every repository's ref changes readable; false: none (no REPO_ADMIN); a list: those answer 401.
+        permission = change["activity_permission"]
+        farm.activity_denied = set() if permission is True else None if permission is False else set(permission)
     for key in (
         "push_rate",
         "sync_delay_seconds",
@@ -712,6 +754,11 @@ def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Appli
     r.add_get(f"{REST}/mirrorServers", mirror_servers, name="mirror_servers")
     r.add_get(f"{REST}/repos", primary_repos, name="repos")
     r.add_get(f"{REST}/repos/{{repo_id}}", primary_repo, name="repo")
+    r.add_get(
+        "/rest/api/latest/projects/{project_key}/repos/{slug}/ref-change-activities",
+        ref_change_activities,
+        name="ref_change_activities",
+    )
     r.add_get("/sim/truth", sim_truth, name="sim_truth")
     r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
     r.add_post("/sim/mirrors/{name}/nodes/{node}", sim_node, name="sim_node")

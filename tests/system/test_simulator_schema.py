@@ -189,6 +189,16 @@ async def test_primary_endpoints_match_the_spec(farm: SimulatedFarm) -> None:
         one = await get(http, f"{base}/repos/{repos['values'][0]['id']}")
         check(one, response_schema("9.2", "/mirroring/latest/repos/{repoId}"))
         assert one == repos["values"][0]
+        # When each push reached the primary (lag dated from the push): newest first, the creation last.
+        pushed = next(r for r in farm.farm.repositories.values() if r.pushes)
+        activities_path = "/api/latest/projects/{projectKey}/repos/{repositorySlug}/ref-change-activities"
+        where = {"projectKey": pushed.project.key, "repositorySlug": pushed.slug}
+        activities = await get(http, farm.primary_url + "/rest" + activities_path.format(**where))
+        check(activities, response_schema("9.2", activities_path))
+        created = [a["createdDate"] for a in activities["values"]]
+        assert len(created) == 2 and created == sorted(created, reverse=True)
+        assert [a["refChange"]["type"] for a in activities["values"]] == ["UPDATE", "ADD"]
+        assert activities["values"][0]["refChange"]["fromHash"] == activities["values"][1]["refChange"]["toHash"]
 
 
 async def test_listings_are_rendered_again_after_a_change(farm: SimulatedFarm) -> None:
