@@ -138,7 +138,9 @@ class _Rules:
     def exporter(self) -> list[dict[str, Any]]:
         c, m = self.c, self.m
         mirror_down = f'label_replace({m("bitbucket_mirror_up")} == 0, "target", "$1", "mirror", "(.*)")'
-        polled = m("bitbucket_mirror_exporter_poll_success", 'source!="repo_sync_status"')
+        # repo_sync_status is DriftUnknown's to name; a failed ref change activity lookup only dates lag from first
+        # sight instead (bitbucket_mirror_sync_lag_source), and one failing repository would keep it 0 for long.
+        polled = m("bitbucket_mirror_exporter_poll_success", 'source!~"repo_sync_status|ref_change_activity"')
         primary_listing_failing = m("bitbucket_mirror_exporter_poll_success", 'target="primary",source="repositories"')
         # The causes of unknown drift, for the description: one series per stale input, with the failing reason.
         causes = (

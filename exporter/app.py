@@ -26,6 +26,7 @@ from exporter.rest.collector import MirrorFarmCollector
 from exporter.rest.models import MirrorServer
 from exporter.rest.nodes import NodeFleet
 from exporter.rest.poller import DriftJob, MirrorPoller, PrimaryPoller
+from exporter.rest.push_dating import PushDating
 from exporter.sources import Poller, poll_forever
 from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
 from exporter.tls import load_pair
@@ -82,6 +83,7 @@ class Polling:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._primary: PrimaryPoller | None = None
+        self.dating: PushDating | None = None
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
         self._mirror_pollers: dict[str, MirrorPoller] = {}
         self._fleets: dict[str, NodeFleet] = {}
@@ -105,12 +107,15 @@ class Polling:
         primary = self.settings.primary
         interval = self.settings.poll.interval_seconds
         self._anchor = time.monotonic()
+        primary_api = PrimaryApi(self.client, primary.url, primary)
         self._primary = PrimaryPoller(
             self.state.primary,
-            PrimaryApi(self.client, primary.url, primary),
+            primary_api,
             interval,
             on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
         )
+        # One for every mirror and node: the activity pages are the primary's, whoever diverges.
+        self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
         self._tasks = [self._spawn(self._primary)]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
@@ -134,15 +139,15 @@ class Polling:
     def _start_mirror(
         self, state: MirrorState, credentials: Credentials, nodes: NodesConfig | None = None
     ) -> tuple[MirrorPoller, asyncio.Task[None]]:
-        assert self.client is not None and self._primary is not None
+        assert self.client is not None and self._primary is not None and self.dating is not None
         api = MirrorApi(self.client, state.url, credentials, state.name)
         interval = self.settings.poll.interval_seconds
         fleet = None
         if nodes is not None:
-            drift = DriftJob(self._primary, self.state.policy, interval)
+            drift = DriftJob(self._primary, self.state.policy, interval, dating=self.dating)
             fleet = NodeFleet(state, nodes, credentials, self.client, drift, interval, self._spawn)
             self._fleets[state.name] = fleet
-        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval, fleet)
+        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval, fleet, self.dating)
         task = self._spawn(poller)
         self._tasks.append(task)
         self._mirror_pollers[state.name] = poller

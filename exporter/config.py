@@ -173,6 +173,23 @@ class PollConfig(_Strict):
         return self.stale_after_seconds if self.stale_after_seconds is not None else 3 * self.interval_seconds
 
 
+class LagConfig(_Strict):
+    """Dating each divergence from the push that began it (the primary's ref change activity), so lag survives a
+    restart and two exporters agree. Needs REPO_ADMIN on the repositories for the primary's user; without it (or
+    when a lookup fails) a repository's lag counts from when the exporter first saw it, and says so."""
+
+    from_push: bool = True
+    # Activity pages asked of the primary per cycle, over every mirror and node: the longest-lagging first. A page is
+    # asked once per (repository, primary content hash); repositories in sync cost nothing.
+    lookups_per_cycle: int = Field(default=50, ge=0, le=10000)
+    # Ref changes per page: a repository with more pushes since its mirror last synced is dated from the oldest on
+    # the page (lag read low, never high).
+    page_limit: int = Field(default=25, ge=1, le=1000)
+    # After a failed lookup (no REPO_ADMIN, 404, an error), cycles before the repository is asked again unless its
+    # content changes first.
+    failure_backoff_cycles: int = Field(default=10, ge=1, le=10000)
+
+
 class TlsConfig(_Strict):
     """TLS to Bitbucket: verification on by default, an optional CA bundle and an optional client certificate."""
 
@@ -212,6 +229,7 @@ class Settings(BaseSettings):
     primary: PrimaryConfig
     mirrors: list[MirrorConfig] = Field(default_factory=list)
     poll: PollConfig = Field(default_factory=PollConfig)
+    lag: LagConfig = Field(default_factory=LagConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
     discover_mirrors: bool = False

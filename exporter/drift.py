@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import islice
 
@@ -67,6 +67,8 @@ class MirrorRepo(msgspec.Struct, frozen=True, gc=False):
     content: str | None
     metadata: str | None
     failed_syncs: int
+    # When this copy last synced (else first did), seconds on the mirror's clock: the pushes after it are missing.
+    synced_at: float | None = None
 
 
 def classify(primary: PrimaryRepo, mirror: MirrorRepo | None) -> RepoState:
@@ -91,6 +93,10 @@ class RepoHealth:
     diverged_since: float | None
     # Over a farm's nodes (``union``): on how many the content diverges (content drift or missing).
     nodes_behind: int = 0
+    # The copy's last (else first) sync, for dating the divergence from the push (exporter/rest/push_dating.py).
+    synced_at: float | None = None
+    # Whether ``diverged_since`` is the push that began the divergence (else when the exporter first saw it).
+    from_push: bool = False
 
     def lag_seconds(self, now: float) -> float:
         return max(0.0, now - self.diverged_since) if self.diverged_since is not None else 0.0
@@ -123,6 +129,36 @@ class DriftReport:
 
     def fresh(self, now: float, stale_after: float) -> bool:
         return now - self.inputs_at <= stale_after
+
+    def lag_sources(self) -> tuple[int, int]:
+        """Diverging repositories whose lag is dated from the push, and from the exporter's first sight."""
+        diverging = [r for r in self.repositories if r.state in DIVERGED]
+        pushed = sum(1 for r in diverging if r.from_push)
+        return pushed, len(diverging) - pushed
+
+    def dated(self, starts: Mapping[str, float]) -> DriftReport:
+        """This report with the divergences of ``starts`` dated from the push that began them; the lag is taken
+        over the silent laggards again. ``diverged_since`` (first sight, carried to the next analysis) is kept."""
+        if not starts:
+            return self
+        repositories = [
+            replace(repo, diverged_since=starts[repo.repo_id], from_push=True) if repo.repo_id in starts else repo
+            for repo in self.repositories
+        ]
+        repositories.sort(key=_worst_first)
+        return replace(self, repositories=repositories, laggard_since=silent_laggard_since(repositories))
+
+
+def silent_laggard_since(repositories: list[RepoHealth]) -> float | None:
+    """The earliest divergence over the silent laggards (content drift, not failing); None when there is none."""
+    return min(
+        (
+            r.diverged_since
+            for r in repositories
+            if r.state is RepoState.CONTENT_DRIFT and not r.failed_syncs and r.diverged_since is not None
+        ),
+        default=None,
+    )
 
 
 def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str]:
@@ -194,7 +230,10 @@ class Analysis:
                     since = self._laggard_since
                     self._laggard_since = diverged if since is None or diverged < since else since
             if keep_all or state in UNHEALTHY or failed > 0 or (self._per_node and state is RepoState.HASH_UNKNOWN):
-                self._kept.append(RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged))
+                synced = local.synced_at if local is not None else None
+                self._kept.append(
+                    RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged, 0, synced)
+                )
         return done < count
 
     def report(self, inputs_at: float | None = None) -> DriftReport:
@@ -241,9 +280,13 @@ def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
                 merged[repo.repo_id] = repo
                 continue
             worse = repo.state if _SEVERITY[repo.state] > _SEVERITY[seen.state] else seen.state
-            since = _earliest(seen.diverged_since, repo.diverged_since) if worse in DIVERGED else None
+            # The earliest divergence over the nodes, and whether that one was dated from the push.
+            dated = [(r.diverged_since, r.from_push) for r in (seen, repo) if r.diverged_since is not None]
+            since, pushed = min(dated) if dated and worse in DIVERGED else (None, False)
             failed = max(seen.failed_syncs, repo.failed_syncs)
-            merged[repo.repo_id] = RepoHealth(repo.repo_id, repo.project_key, repo.slug, worse, failed, since)
+            merged[repo.repo_id] = RepoHealth(
+                repo.repo_id, repo.project_key, repo.slug, worse, failed, since, from_push=pushed
+            )
     counts: dict[RepoState, int] = {}
     kept: list[RepoHealth] = []
     since_by_repo: dict[str, float] = {}
@@ -264,6 +307,7 @@ def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
                     repo.failed_syncs,
                     repo.diverged_since,
                     behind.get(repo_id, 0),
+                    from_push=repo.from_push,
                 )
             )
     in_scope = max((sum(c for s, c in r.counts.items() if s is not RepoState.EXTRA) for r in nodes), default=0)

@@ -71,6 +71,8 @@ class SourceState(Generic[T]):
     value_timestamp: float | None = None
     error_reason: str | None = None
     errors_total: dict[str, int] = field(default_factory=dict)
+    # Asked only when needed (ref change activity), not every cycle: its age says nothing, only a failure does.
+    on_demand: bool = False
 
     @property
     def polled(self) -> bool:

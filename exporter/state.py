@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
-from exporter.rest.api import ApiFamily, DelayedSync
+from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
 from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 from exporter.sources import SourceState
@@ -134,11 +134,17 @@ class PrimaryState:
     mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
     # The primary's repositories by id, with their hashes: fetched once per cycle, shared by every mirror.
     repositories: SourceState[dict[str, PrimaryRepo]] = field(default_factory=SourceState)
+    # The ref change activity pages asked to date divergences from the push (exporter/rest/push_dating.py): the
+    # latest lookup's outcome, and every failure counted.
+    ref_change_activity: SourceState[ActivityPage] = field(default_factory=lambda: SourceState(on_demand=True))
     clock: ClockReading | None = None
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        return {"mirror_servers": self.mirror_servers, "repositories": self.repositories}
+        sources: dict[str, SourceState[Any]] = {"mirror_servers": self.mirror_servers, "repositories": self.repositories}
+        if self.ref_change_activity.polled:  # asked only while some repository diverges
+            sources["ref_change_activity"] = self.ref_change_activity
+        return sources
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import Affinity, BitbucketClient, ClockReading
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading, parse_page
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -29,6 +29,7 @@ from exporter.rest.models import (
     SyncProgress,
     SyncSettings,
     UpstreamServer,
+    created_seconds,
     parse_count,
     parse_list,
     parse_model,
@@ -232,6 +233,15 @@ class MirrorApi:
         return self._client.pages(url, self._credentials, decode_sync_status_page, affinity=self._affinity)
 
 
+@dataclass(frozen=True)
+class ActivityPage:
+    """When a repository's newest ref changes reached the primary, newest first, in seconds on the primary's clock;
+    ``complete`` when the page holds them all (its oldest is the repository's creation)."""
+
+    pushed: tuple[float, ...]
+    complete: bool
+
+
 class PrimaryApi:
     def __init__(self, client: BitbucketClient, base_url: str, credentials: Credentials) -> None:
         self._client = client
@@ -245,6 +255,16 @@ class PrimaryApi:
         """The primary's repositories with content and metadata hashes, a page at a time."""
         url = rest_url(self._base_url, "repos")
         return self._client.pages(url, self._credentials, decode_repository_page)
+
+    async def ref_change_activities(self, project_key: str, slug: str, limit: int) -> ActivityPage:
+        """The newest ``limit`` ref changes of a repository (REPO_ADMIN): when each push reached the primary."""
+        url = URL(self._base_url.rstrip("/") + "/rest/api/latest/projects") / project_key / "repos" / slug
+        page = await self._client.get(url / "ref-change-activities", self._credentials, parse_page, {"limit": limit})
+        try:
+            pushed = tuple(created_seconds(value) for value in page.values)
+        except ValueError as exc:
+            raise FetchError(INVALID_RESPONSE, f"ref-change-activities: {exc}") from None
+        return ActivityPage(pushed, page.is_last_page is True)
 
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)

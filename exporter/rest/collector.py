@@ -217,6 +217,13 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "repositories in content drift that are neither missing nor failing (those have their own alerts and "
         "per-repository lag); 0 when there is none. Resolution: the poll interval.",
     )
+    lag_source = _gauge(
+        "bitbucket_mirror_sync_lag_source",
+        "Repositories whose content diverges (content drift or missing), by how their lag is dated: source=push, "
+        "from the push on the primary that began the divergence (ref change activity); source=first_seen, from when "
+        "the exporter first saw it (the activity could not be read, or not yet).",
+        ["mirror", "source"],
+    )
     repo_labels = ["mirror", "project", "repository"]
     repo_lag = _gauge(
         "bitbucket_mirror_repository_sync_lag_seconds",
@@ -260,6 +267,9 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
         extra.add_metric([name], report.count(RepoState.EXTRA))
         lag.add_metric([name], report.sync_lag_seconds(now))
+        pushed, first_seen = report.lag_sources()
+        lag_source.add_metric([name, "push"], pushed)
+        lag_source.add_metric([name, "first_seen"], first_seen)
         shown = policy.shown(report.repositories)
         for repo in shown:
             labels = [name, repo.project_key, repo.slug]
@@ -268,7 +278,8 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
             if mirror.by_node:
                 nodes_behind.add_metric(labels, repo.nodes_behind)
         dropped.add_metric([name], 0 if policy.per_repository == "none" else len(report.repositories) - len(shown))
-    yield from (primary_repos, fresh, stale_input, in_sync, out_of_sync, missing, unknown, extra, lag, repo_lag)
+    yield from (primary_repos, fresh, stale_input, in_sync, out_of_sync, missing, unknown, extra, lag, lag_source)
+    yield repo_lag
     yield from (repo_failed, nodes_behind, dropped)
 
 

@@ -43,7 +43,14 @@ class SyncStatusRow(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     # page leaves the decoder. ISO dates stay datetimes so the common page costs no conversion per row;
     # ``sync_seconds`` reads either.
     last_sync_date: AwareDatetime | float | None = None
+    # Read only where the repository never synced since (lag dated from the push, exporter/rest/push_dating.py).
+    initial_sync_date: AwareDatetime | float | None = None
     hashes: Hashes | None = None
+
+    def synced_at(self) -> float | None:
+        """When this copy last synced, else when it first did, in seconds: pushes after it are what it lacks."""
+        when = self.last_sync_date if self.last_sync_date is not None else self.initial_sync_date
+        return None if when is None else sync_seconds(when)
 
 
 def sync_seconds(when: datetime | float) -> float:
@@ -52,12 +59,14 @@ def sync_seconds(when: datetime | float) -> float:
 
 def _numeric_dates_as_seconds(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
     for i, row in enumerate(rows):
-        if type(row.last_sync_date) is float:
-            try:
-                seconds = epoch_number_seconds(row.last_sync_date)
-            except ValueError:
-                raise FetchError(INVALID_RESPONSE, "repoSyncStatus: lastSyncDate: a date out of range") from None
-            rows[i] = msgspec.structs.replace(row, last_sync_date=seconds)
+        for name, field in (("last_sync_date", "lastSyncDate"), ("initial_sync_date", "initialSyncDate")):
+            value = getattr(row, name)
+            if type(value) is float:
+                try:
+                    seconds = epoch_number_seconds(value)
+                except ValueError:
+                    raise FetchError(INVALID_RESPONSE, f"repoSyncStatus: {field}: a date out of range") from None
+                row = rows[i] = msgspec.structs.replace(row, **{name: seconds})
     return rows
 
 
@@ -89,11 +98,11 @@ class _Envelope(msgspec.Struct, Generic[R], rename="camel"):
 
 
 def _sync_status_row(model: RepoSyncStatus) -> SyncStatusRow:
-    when = model.last_sync_date
     return SyncStatusRow(
         model.external_repo_id,
         model.failed_sync_count,
-        when,
+        model.last_sync_date,
+        model.initial_sync_date,
         None if model.hashes is None else Hashes(model.hashes.content, model.hashes.metadata),
     )
 

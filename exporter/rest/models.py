@@ -73,6 +73,17 @@ def _in_range(number: float, per_second: float) -> float:
 Timestamp = Annotated[float | None, BeforeValidator(_epoch_seconds)]
 
 
+def created_seconds(activity: Any) -> float:
+    """A ref change activity's ``createdDate`` (epoch milliseconds in the spec; a numeric string or an ISO date
+    accepted too), in seconds; ValueError when it has none."""
+    if not isinstance(activity, dict) or "createdDate" not in activity:
+        raise ValueError("an activity without createdDate")
+    seconds = _epoch_seconds(activity["createdDate"])
+    if not isinstance(seconds, float):
+        raise ValueError("createdDate is not a date")
+    return seconds
+
+
 def _as_str(value: Any) -> Any:
     # Ids are strings in the specs but some versions send them as numbers.
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value

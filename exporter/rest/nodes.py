@@ -83,7 +83,7 @@ class NodePoller:
             self.answered = started
             scope = scope_of(self._mirror.sync_settings.value)
             read_at = node.repo_sync_status.last_success_timestamp
-            report = await self._drift.run(rows, read_at, node.drift, scope, started)
+            report = await self._drift.run(rows, read_at, node.drift, scope, started, api.clock())
             del rows
             if report is not None:
                 node.drift = report
@@ -110,7 +110,7 @@ class NodeFleet:
         self._config = config
         self._credentials = credentials
         self._client = client
-        self._drift = DriftJob(drift.primary, drift.policy, drift.interval, per_node=True)
+        self._drift = DriftJob(drift.primary, drift.policy, drift.interval, per_node=True, dating=drift.dating)
         self._interval = interval
         self._spawn = spawn
         self._pollers: dict[str, tuple[NodePoller, asyncio.Task[None]]] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo
 from exporter.rest.api import MirrorApi, PrimaryApi
+from exporter.rest.client import ClockReading
 from exporter.rest.listings import sync_seconds
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
 from exporter.sources import FetchError, FirstCycle, SourceState, free_later, run_source
@@ -27,6 +28,7 @@ from exporter.state import MirrorState, Policy, PrimaryState, RefQueue, RepoSync
 
 if TYPE_CHECKING:
     from exporter.rest.nodes import NodeFleet
+    from exporter.rest.push_dating import PushDating
 
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
@@ -102,7 +104,10 @@ async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[s
                 newest = when  # type: ignore[assignment]
             hashes = repo.hashes
             rows[repo.external_repo_id] = MirrorRepo(
-                hashes.content if hashes else None, hashes.metadata if hashes else None, repo.failed_sync_count
+                hashes.content if hashes else None,
+                hashes.metadata if hashes else None,
+                repo.failed_sync_count,
+                repo.synced_at(),
             )
     newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
     summary = RepoSyncSummary(
@@ -144,6 +149,8 @@ class DriftJob:
     policy: Policy
     interval: float
     per_node: bool = False
+    # Dates each divergence from its push (lag.from_push); None: lag from first sight only.
+    dating: PushDating | None = None
 
     async def run(
         self,
@@ -152,6 +159,7 @@ class DriftJob:
         previous: DriftReport | None,
         scope: frozenset[str] | None,
         cycle_started: float,
+        mirror_clock: ClockReading | None = None,
     ) -> DriftReport | None:
         """The report, or None when there is no fresh primary listing to compare with (docs/metrics.md,
         "Freshness"): drift then stays unknown, never computed from old data."""
@@ -174,6 +182,8 @@ class DriftJob:
         report = analysis.report(inputs_at=min(primary_read, mirror_read))
         free_later(analysis)
         del analysis
+        if self.dating is not None and (listing_now := self.primary.state.repositories.value) is not None:
+            report = await self.dating.date(report, listing_now, mirror_clock)
         return report
 
 
@@ -186,11 +196,12 @@ class MirrorPoller:
         policy: Policy,
         interval: float = 30.0,
         nodes: NodeFleet | None = None,
+        dating: PushDating | None = None,
     ) -> None:
         self.state = state
         self.first_cycle = FirstCycle(interval)
         self._api = api
-        self._drift = DriftJob(primary, policy, interval)
+        self._drift = DriftJob(primary, policy, interval, dating=dating)
         self._interval = interval
         # With nodes configured, the node-local listing is read at each node (rest/nodes.py), not at the farm URL.
         self._nodes = nodes
@@ -227,7 +238,8 @@ class MirrorPoller:
             await self._nodes.cycle(cycle_started)
         elif rows is not None:  # this cycle's listing failed: the last report rides over until its inputs are stale
             mirror_read = s.repo_sync_status.last_success_timestamp
-            report = await self._drift.run(rows, mirror_read, s.drift, scope_of(s.sync_settings.value), cycle_started)
+            scope = scope_of(s.sync_settings.value)
+            report = await self._drift.run(rows, mirror_read, s.drift, scope, cycle_started, api.clock())
             del rows
             if report is not None:
                 s.drift = report

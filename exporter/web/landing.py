@@ -58,7 +58,7 @@ def _problems(sources: dict[str, SourceState[Any]], now: float, stale_after: flo
     found = []
     for name, source in sources.items():
         served = source.fresh(now, stale_after) is not None
-        if source.success is not False and served:
+        if source.success is not False and (served or source.on_demand):
             continue
         if source.success is False:
             condition = "failing, values still served" if served else "failing, values left out (stale)"

@@ -23,6 +23,7 @@ from exporter.rest.listings import (
 from exporter.sources import INVALID_JSON, INVALID_RESPONSE, FetchError
 
 EPOCH_2024 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+INITIAL_2024 = datetime(2024, 1, 1, 0, 0, tzinfo=UTC)
 CONTENT, METADATA = "a" * 64, "b" * 64
 
 
@@ -46,13 +47,17 @@ def sync_row(**fields: Any) -> dict[str, Any]:
     }
 
 
-EXPECTED_SYNC_ROW = SyncStatusRow("7", 2, EPOCH_2024, Hashes(CONTENT, METADATA))
+EXPECTED_SYNC_ROW = SyncStatusRow("7", 2, EPOCH_2024, INITIAL_2024, Hashes(CONTENT, METADATA))
 
 
 def as_read(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
     """Rows as the exporter reads them: a date as epoch seconds, whether it arrived as a string or a number."""
     return [
-        msgspec.structs.replace(r, last_sync_date=None if r.last_sync_date is None else sync_seconds(r.last_sync_date))
+        msgspec.structs.replace(
+            r,
+            last_sync_date=None if r.last_sync_date is None else sync_seconds(r.last_sync_date),
+            initial_sync_date=None if r.initial_sync_date is None else sync_seconds(r.initial_sync_date),
+        )
         for r in rows
     ]
 
@@ -143,3 +148,10 @@ def test_bodies_neither_way_can_read_are_the_clients_own_errors(body: bytes, rea
     with pytest.raises(FetchError) as caught:
         decode_sync_status_page(body)
     assert caught.value.reason == reason
+
+
+def test_a_copy_that_never_synced_again_is_dated_from_its_initial_sync() -> None:
+    both, first_only = sync_row(), sync_row(lastSyncDate=None, initialSyncDate=1_704_067_200_000)
+    assert decode_sync_status_page(page(both)).values[0].synced_at() == EPOCH_2024.timestamp()
+    assert decode_sync_status_page(page(first_only)).values[0].synced_at() == INITIAL_2024.timestamp()
+    assert decode_sync_status_page(page(sync_row(lastSyncDate=None, initialSyncDate=None))).values[0].synced_at() is None

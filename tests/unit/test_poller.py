@@ -95,7 +95,7 @@ class FakeMirror(MirrorApi):
 
     async def _pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         self._maybe_fail("repo_sync_status")
-        yield [SyncStatusRow(str(i), 0, None, Hashes(h, "m")) for i, h in self.hashes.items()]
+        yield [SyncStatusRow(str(i), 0, hashes=Hashes(h, "m")) for i, h in self.hashes.items()]
 
     def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         return self._pages()

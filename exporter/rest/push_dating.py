@@ -1,0 +1,157 @@
+"""Dates each divergence from the push that began it, so lag is the same after a restart and from any replica.
+
+A repository whose content differs on a mirror (or node) began to diverge at the first push on the primary after the
+copy last synced (``lastSyncDate``, else ``initialSyncDate``); one the mirror does not have, at its creation. The
+primary's ref change activity (newest first, ``createdDate`` on the primary's clock) says when each push arrived.
+
+The cost is bounded: only diverging repositories are looked up, at most ``lag.lookups_per_cycle`` pages a cycle over
+all mirrors and nodes (each analysis asks for its longest-lagging first), one page of ``lag.page_limit`` each, cached
+per (repository, primary content hash) so a repository that stays behind costs one lookup, and shared by every
+mirror and node. A failed lookup is not asked again for ``lag.failure_backoff_cycles`` cycles unless the repository's
+content changes first. Where no page dates a divergence, its lag counts from the exporter's first sight of it, and
+``bitbucket_mirror_sync_lag_source`` says how many are so.
+
+Clocks: a push's time is on the primary's clock and a copy's last sync on its mirror's; both are brought to the
+exporter's clock with the offsets read from the ``Date`` headers of answers already fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from exporter.config import PRIMARY_TARGET, LagConfig
+from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, RepoHealth, RepoState
+from exporter.rest.api import ActivityPage, PrimaryApi
+from exporter.rest.client import ClockReading
+from exporter.sources import run_source
+from exporter.state import PrimaryState
+
+Key = tuple[str, str | None]  # (repository id, the primary's content hash)
+# A Date header has whole seconds, so an offset read from it is known to about half a second: smaller ones are taken
+# as clocks that agree (NTP), rather than adding that much error to every push time.
+CLOCK_RESOLUTION = 1.0
+
+
+def offset_of(clock: ClockReading | None) -> float:
+    """A host's clock minus the exporter's, where it is larger than a Date header can tell from zero."""
+    if clock is None or abs(clock.offset_seconds) <= CLOCK_RESOLUTION:
+        return 0.0
+    return clock.offset_seconds
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A lookup that failed; asked again from this primary cycle on (or once the content hash changes)."""
+
+    retry_from_cycle: int
+
+
+def push_start(repo: RepoHealth, page: ActivityPage, mirror_minus_primary: float) -> float | None:
+    """When the divergence began, on the primary's clock; None when the page cannot say.
+
+    Content drift: the first push after the copy's last sync (its clock brought to the primary's). A page that does
+    not reach back that far gives its oldest push, and a copy that synced after every listed push (a metadata sync
+    after the push it lacks) its newest: both read the lag low, never high. Missing: the creation, the oldest ref
+    change of a complete page."""
+    if repo.state is RepoState.MISSING:
+        return page.pushed[-1] if page.complete and page.pushed else None
+    if repo.synced_at is None or not page.pushed:
+        return None
+    synced = repo.synced_at - mirror_minus_primary
+    after = [pushed for pushed in page.pushed if pushed > synced]
+    return min(after) if after else page.pushed[0]
+
+
+class PushDating:
+    """Shared by every mirror's and node's drift analysis: the cache of activity pages and the per-cycle budget."""
+
+    def __init__(self, api: PrimaryApi, primary: PrimaryState, config: LagConfig) -> None:
+        self._api = api
+        self._primary = primary
+        self._config = config
+        self._pages: OrderedDict[Key, ActivityPage | _Failed] = OrderedDict()
+        # Enough for every diverging repository of a large farm over a few cycles, and bounded.
+        self._cache_size = max(1000, 20 * config.lookups_per_cycle)
+        self._in_flight: dict[Key, asyncio.Task[None]] = {}
+        self._cycle = -1
+        self._remaining = 0
+        self.lookups = 0  # pages asked since start (bench/scale.py reports them per cycle)
+
+    def _start_cycle(self) -> None:
+        if self._primary.cycles != self._cycle:
+            self._cycle, self._remaining = self._primary.cycles, self._config.lookups_per_cycle
+
+    def _cached(self, key: Key) -> ActivityPage | _Failed | None:
+        entry = self._pages.get(key)
+        if isinstance(entry, _Failed) and entry.retry_from_cycle <= self._cycle:
+            del self._pages[key]
+            return None
+        if entry is not None:
+            self._pages.move_to_end(key)
+        return entry
+
+    async def _lookup(self, key: Key, repo: RepoHealth) -> None:
+        try:
+            await self._ask(key, repo)
+        finally:
+            self._in_flight.pop(key, None)
+
+    async def _ask(self, key: Key, repo: RepoHealth) -> None:
+        page: ActivityPage | None = None
+
+        async def fetch() -> ActivityPage:
+            nonlocal page
+            page = await self._api.ref_change_activities(repo.project_key, repo.slug, self._config.page_limit)
+            return page
+
+        self.lookups += 1
+        state = self._primary.ref_change_activity
+        await run_source(PRIMARY_TARGET, "ref_change_activity", state, fetch)
+        self._pages[key] = page if page is not None else _Failed(self._cycle + self._config.failure_backoff_cycles)
+        while len(self._pages) > self._cache_size:
+            self._pages.popitem(last=False)
+
+    def _wanted(self, diverging: list[RepoHealth], primary: Mapping[str, PrimaryRepo]) -> list[asyncio.Task[None]]:
+        """Tasks for the pages this analysis waits on: lookups in flight for others, and new ones within budget."""
+        waits: list[asyncio.Task[None]] = []
+        for repo in diverging:  # worst first: the report is sorted so
+            upstream = primary.get(repo.repo_id)
+            if upstream is None:
+                continue
+            key = (repo.repo_id, upstream.content)
+            if key in self._in_flight:
+                waits.append(self._in_flight[key])
+            elif self._cached(key) is None and self._remaining > 0:
+                self._remaining -= 1
+                task = asyncio.create_task(self._lookup(key, repo))
+                self._in_flight[key] = task
+                waits.append(task)
+        return waits
+
+    async def date(
+        self, report: DriftReport, primary: Mapping[str, PrimaryRepo], mirror_clock: ClockReading | None
+    ) -> DriftReport:
+        """``report`` with every divergence a page can date dated from its push (on the exporter's clock)."""
+        if not self._config.from_push:
+            return report
+        self._start_cycle()
+        diverging = [r for r in report.repositories if r.state in DIVERGED]
+        if not diverging:
+            return report
+        waits = self._wanted(diverging, primary)
+        if waits:
+            await asyncio.gather(*waits)
+        primary_offset = offset_of(self._primary.clock)
+        mirror_offset = offset_of(mirror_clock) if mirror_clock is not None else primary_offset
+        starts: dict[str, float] = {}
+        for repo in diverging:
+            upstream = primary.get(repo.repo_id)
+            page = self._pages.get((repo.repo_id, upstream.content)) if upstream is not None else None
+            if isinstance(page, ActivityPage):
+                start = push_start(repo, page, mirror_offset - primary_offset)
+                if start is not None:
+                    starts[repo.repo_id] = start - primary_offset  # to the exporter's clock
+        return report.dated(starts)
