@@ -141,7 +141,10 @@ class PrimaryState:
     cycles: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
-        sources: dict[str, SourceState[Any]] = {"mirror_servers": self.mirror_servers, "repositories": self.repositories}
+        sources: dict[str, SourceState[Any]] = {
+            "mirror_servers": self.mirror_servers,
+            "repositories": self.repositories,
+        }
         if self.ref_change_activity.polled:  # asked only while some repository diverges
             sources["ref_change_activity"] = self.ref_change_activity
         return sources

@@ -1,0 +1,159 @@
+"""Lag dated from the push: which push began a divergence, and what the lookups cost (no sockets: a fake primary)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exporter.config import LagConfig
+from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo, RepoHealth, RepoState, analyse
+from exporter.rest.api import ActivityPage
+from exporter.rest.client import ClockReading
+from exporter.rest.push_dating import PushDating, push_start
+from exporter.sources import FetchError
+from exporter.state import PrimaryState
+
+A, B = "a" * 40, "b" * 40
+
+
+def drifting(synced_at: float | None, state: RepoState = RepoState.CONTENT_DRIFT) -> RepoHealth:
+    return RepoHealth("1", "PRJ", "repo-1", state, 0, 1000.0, synced_at=synced_at)
+
+
+PAGE = ActivityPage((500.0, 400.0, 300.0, 100.0), complete=True)  # newest first; 100 is the creation
+
+
+@pytest.mark.parametrize(
+    ("repo", "page", "expected"),
+    [
+        (drifting(350.0), PAGE, 400.0),  # the first push after the last sync
+        (drifting(50.0), PAGE, 100.0),
+        (drifting(350.0), ActivityPage((500.0, 450.0), complete=False), 450.0),  # not back far enough: oldest listed
+        (drifting(600.0), PAGE, 500.0),  # synced after every push (metadata): the newest, read low
+        (drifting(None), PAGE, None),  # no sync date: the page cannot say
+        (drifting(350.0), ActivityPage((), complete=True), None),
+        (drifting(None, RepoState.MISSING), PAGE, 100.0),  # missing: the creation
+        (drifting(None, RepoState.MISSING), ActivityPage((500.0,), complete=False), None),
+    ],
+)
+def test_which_push_began_the_divergence(repo: RepoHealth, page: ActivityPage, expected: float | None) -> None:
+    assert push_start(repo, page, mirror_minus_primary=0.0) == expected
+
+
+def test_the_mirrors_clock_is_brought_to_the_primarys() -> None:
+    # The mirror's clock runs 100 s ahead: its last sync at 450 (its clock) is 350 on the primary's.
+    assert push_start(drifting(450.0), PAGE, mirror_minus_primary=100.0) == 400.0
+
+
+class FakePrimary:
+    """Answers ref-change-activities from a table, counting requests; ids in ``denied`` answer 401."""
+
+    def __init__(self, pages: dict[str, ActivityPage], denied: frozenset[str] = frozenset()) -> None:
+        self.pages, self.denied = pages, denied
+        self.asked: list[str] = []
+
+    async def ref_change_activities(self, project_key: str, slug: str, limit: int) -> ActivityPage:
+        await asyncio.sleep(0)  # concurrent callers overlap
+        self.asked.append(slug)
+        if slug in self.denied:
+            raise FetchError("http_401", "HTTP 401", status=401)
+        return self.pages[slug]
+
+
+def listing(content: dict[str, str]) -> dict[str, PrimaryRepo]:
+    return {repo_id: PrimaryRepo("1", "PRJ", f"repo-{repo_id}", hash_, hash_) for repo_id, hash_ in content.items()}
+
+
+def report_for(primary: dict[str, PrimaryRepo], behind: list[str], first_seen: float = 900.0) -> DriftReport:
+    rows = {
+        r: MirrorRepo(p.content if r not in behind else "0" + "f" * 39, p.metadata, 0, 350.0)
+        for r, p in primary.items()
+    }
+    return analyse(primary, None, rows, {}, first_seen)
+
+
+def dating(api: FakePrimary, **config: object) -> tuple[PushDating, PrimaryState]:
+    state = PrimaryState(url="https://primary.example.com")
+    return PushDating(api, state, LagConfig(**config)), state  # type: ignore[arg-type]
+
+
+async def test_a_repository_that_stays_behind_costs_one_lookup_for_every_mirror_and_cycle() -> None:
+    primary = listing({"1": A, "2": A})
+    api = FakePrimary({"repo-1": PAGE})
+    service, state = dating(api)
+    for cycle in range(3):
+        state.cycles = cycle
+        # Two mirrors behind on the same repository, analysed at once.
+        reports = await asyncio.gather(*(service.date(report_for(primary, ["1"]), primary, None) for _ in range(2)))
+        for report in reports:
+            (repo,) = report.repositories
+            assert repo.from_push and repo.diverged_since == 400.0
+            assert report.laggard_since == 400.0 and report.lag_sources() == (1, 0)
+    assert api.asked == ["repo-1"]
+    # A new push changes the primary's hash: asked again, once.
+    primary = listing({"1": B, "2": A})
+    await service.date(report_for(primary, ["1"]), primary, None)
+    assert api.asked == ["repo-1", "repo-1"]
+
+
+async def test_no_divergence_no_request() -> None:
+    primary = listing({"1": A})
+    api = FakePrimary({})
+    service, _ = dating(api)
+    report = await service.date(report_for(primary, []), primary, None)
+    assert api.asked == [] and report.lag_sources() == (0, 0)
+
+
+async def test_the_budget_goes_to_the_longest_lagging_first_and_the_rest_follow_next_cycle() -> None:
+    primary = listing({"1": A, "2": A, "3": A})
+    api = FakePrimary({f"repo-{i}": PAGE for i in (1, 2, 3)})
+    service, state = dating(api, lookups_per_cycle=2)
+    first_seen = {"1": 800.0, "2": 700.0, "3": 900.0}  # repo-2 the longest behind, then repo-1
+    rows = {r: MirrorRepo("0" + "f" * 39, A, 0, 350.0) for r in primary}
+    report = analyse(primary, None, rows, first_seen, 950.0)
+    dated = await service.date(report, primary, None)
+    assert sorted(api.asked) == ["repo-1", "repo-2"]
+    assert dated.lag_sources() == (2, 1)
+    state.cycles += 1
+    dated = await service.date(report, primary, None)
+    assert api.asked[2:] == ["repo-3"] and dated.lag_sources() == (3, 0)
+
+
+async def test_a_refused_lookup_falls_back_to_first_sight_and_waits_before_asking_again() -> None:
+    primary = listing({"1": A})
+    api = FakePrimary({}, denied=frozenset({"repo-1"}))
+    service, state = dating(api, failure_backoff_cycles=3)
+    for cycle in range(3):
+        state.cycles = cycle
+        report = await service.date(report_for(primary, ["1"]), primary, None)
+        (repo,) = report.repositories
+        assert not repo.from_push and repo.diverged_since == 900.0 and report.lag_sources() == (0, 1)
+    assert api.asked == ["repo-1"]
+    assert state.ref_change_activity.errors_total == {"http_401": 1}
+    state.cycles = 3
+    await service.date(report_for(primary, ["1"]), primary, None)
+    assert api.asked == ["repo-1", "repo-1"]
+
+
+async def test_push_times_come_to_the_exporters_clock_when_the_primarys_is_off() -> None:
+    primary = listing({"1": A})
+    service, state = dating(FakePrimary({"repo-1": PAGE}))
+    # The primary's clock runs 20 s ahead: its push at 400 happened at 380 on the exporter's; a half-second offset
+    # is within what a Date header can tell, and left alone.
+    state.clock = ClockReading(offset_seconds=20.0, at=1000.0)
+    mirror = ClockReading(offset_seconds=20.0, at=1000.0)
+    report = await service.date(report_for(primary, ["1"]), primary, mirror)
+    assert report.repositories[0].diverged_since == 380.0
+    service2, state2 = dating(FakePrimary({"repo-1": PAGE}))
+    state2.clock = ClockReading(offset_seconds=0.4, at=1000.0)
+    report = await service2.date(report_for(primary, ["1"]), primary, None)
+    assert report.repositories[0].diverged_since == 400.0
+
+
+async def test_lag_from_first_sight_when_switched_off() -> None:
+    primary = listing({"1": A})
+    api = FakePrimary({"repo-1": PAGE})
+    service, _ = dating(api, from_push=False)
+    report = await service.date(report_for(primary, ["1"]), primary, None)
+    assert api.asked == [] and report.lag_sources() == (0, 1)
