@@ -46,6 +46,10 @@ class AlertConfig:
     lag_warning_seconds: int = 1800
     lag_critical_seconds: int = 3600
     lag_for: str = "5m"
+    # A firing lag alert stays firing this long after its series stop (an exporter restart, a rolling upgrade): lag
+    # is dated from the push, so the restarted exporter reports the same lag, and the page does not resolve and
+    # re-fire. It also resolves this much later once the mirror has caught up.
+    lag_keep_firing_for: str = "5m"
     # One node of a farm with content drift its peers do not have, for longer than full syncs allow.
     node_behind_lag_seconds: int = 900
     node_behind_for: str = "5m"
@@ -122,11 +126,21 @@ class _Rules:
         return f"{metric}{{{self.c.selector}{',' + matchers if matchers else ''}}}"
 
     def alert(
-        self, *, name: str, expr: str, for_: str, severity: str, summary: str, description: str
+        self,
+        *,
+        name: str,
+        expr: str,
+        for_: str,
+        severity: str,
+        summary: str,
+        description: str,
+        keep_firing_for: str = "",
     ) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": name, "expr": expr}
         if for_ not in ("", "0s"):
             rule["for"] = for_
+        if keep_firing_for not in ("", "0s"):
+            rule["keep_firing_for"] = keep_firing_for
         rule["labels"] = {"severity": severity}
         rule["annotations"] = {
             "summary": summary,
@@ -224,6 +238,7 @@ class _Rules:
                 expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds} "
                 f"unless on (job, instance, mirror) {best_node_drift} == 0",
                 for_=c.out_of_sync_for,
+                keep_firing_for=c.lag_keep_firing_for,
                 severity="warning",
                 summary="Repositories on a Bitbucket mirror have content that differs from the primary.",
                 description=(
@@ -237,6 +252,7 @@ class _Rules:
                     name="BitbucketMirrorSyncLagHigh",
                     expr=f"{lag} > {threshold} unless on (job, instance, mirror) {best_node_lag} <= {threshold}",
                     for_=c.lag_for,
+                    keep_firing_for=c.lag_keep_firing_for,
                     severity=severity,
                     summary="A Bitbucket mirror lags behind the primary.",
                     description="A repository on mirror {{ $labels.mirror }} has differed from the primary for "
@@ -250,6 +266,7 @@ class _Rules:
                 expr=f"({node_drift} - on (job, instance, mirror) group_left {best_node_drift}) > 0 "
                 f"and on (job, instance, mirror, node) {node_lag} > {c.node_behind_lag_seconds}",
                 for_=c.node_behind_for,
+                keep_firing_for=c.lag_keep_firing_for,
                 severity="warning",
                 summary="One node of a Bitbucket mirror farm lags behind its peers.",
                 description=(

@@ -17,8 +17,9 @@ from exporter.simulator import Scenario
 from tests.conftest import running_farm, value, wait_until
 from tests.monitoring_stack import alertmanager, prometheus, webhook
 
-# Seconds instead of minutes: every `for` that matters here is 0, and drift counts after one second of lag.
-FAST = AlertConfig(mirror_down_for="0s", out_of_sync_lag_seconds=1, out_of_sync_for="0s")
+# Seconds instead of minutes: every `for` that matters here is 0, drift counts after one second of lag, and a healed
+# mirror's alerts resolve at once.
+FAST = AlertConfig(mirror_down_for="0s", out_of_sync_lag_seconds=1, out_of_sync_for="0s", lag_keep_firing_for="0s")
 
 
 async def test_a_broken_mirror_alerts_through_alertmanager_and_resolves_when_healed(tmp_path: Path) -> None:
@@ -73,6 +74,8 @@ EAGER = AlertConfig(
     repository_failing_for="0s",
     node_behind_lag_seconds=1,
     node_behind_for="0s",
+    # Alerts here must resolve as soon as their cause goes (the restart case is tests/alerts/'s).
+    lag_keep_firing_for="0s",
 )
 DRIFT_ALERTS = {
     "BitbucketMirrorRepositoriesOutOfSync",
