@@ -255,15 +255,18 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
         await first_cycle(app)
     cold_wall = time.perf_counter() - cold.started
     steady = []
+    cold_lookups = app.push_lookups
     for _ in range(cycles):
         before_requests, before_bytes = dict(app.client.stats.requests), dict(app.client.stats.response_bytes)
+        before_lookups = app.push_lookups
         cycle = Cycle()
         await app.poll_once()
         for host, count in app.client.stats.requests.items():
             cycle.requests[host] = count - before_requests.get(host, 0)
             cycle.response_bytes[host] = app.client.stats.response_bytes[host] - before_bytes.get(host, 0)
-        steady.append(cycle.result(info))
-    result = median_cycle(steady, cold_wall_seconds=cold_wall)
+        steady.append(cycle.result(info, push_lookups=app.push_lookups - before_lookups))
+    result = median_cycle(steady, cold_wall_seconds=cold_wall, cold_push_lookups=cold_lookups)
+    result["push_lookups_per_cycle"] = [c["push_lookups"] for c in steady]
     # Rendered here rather than scraped: a scrape may share the rendering of the scrapers' latest burst.
     exposition = generate_latest(app.registry).decode()
     samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]

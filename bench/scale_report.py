@@ -129,13 +129,21 @@ def _per_repository(result: dict[str, Any] | None) -> str:
     return f"{result['wall_seconds']:.2f} ({sum(result['requests'].values()):,} calls)"
 
 
+def _lookups(exporter: dict[str, Any]) -> str:
+    """Ref change activity pages asked (lag dated from the push): in the cold cycle, then in each steady one."""
+    if "cold_push_lookups" not in exporter:
+        return "-"
+    steady = ", ".join(str(n) for n in exporter.get("push_lookups_per_cycle", []))
+    return f"{exporter['cold_push_lookups']} / {steady}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| repos | mirrors | nodes | exporter cycle s (CPU s) | floor s | vs floor | sync script s "
         "| exporter faster by | per-repo calls s | requests primary / each mirror (each node) | MB per cycle "
         "| peak RSS MB | series (per-repo) | /metrics p50 / p99 / max ms (scrapes) "
-        "| simulator CPU s per floor / exporter cycle |",
-        "|" + "---:|" * 15,
+        "| simulator CPU s per floor / exporter cycle | push lookups cold / steady cycles |",
+        "|" + "---:|" * 16,
     ]
     for row in rows:
         exporter, floor, sync = row["exporter"], row["floor"], row.get("sync")
@@ -158,7 +166,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {exporter['requests']['primary']:,} / {', '.join(f'{r:,}' for r in mirror_requests)}{nodes_shown} "
             f"| {sum(exporter['response_bytes'].values()) / MB:.1f} | {exporter['peak_rss_bytes'] / MB:.0f} "
             f"| {exporter['series']} ({exporter['repository_series']}) | {latency} "
-            f"| {floor['simulator_cpu_seconds']:.2f} / {exporter['simulator_cpu_seconds']:.2f} |"
+            f"| {floor['simulator_cpu_seconds']:.2f} / {exporter['simulator_cpu_seconds']:.2f} "
+            f"| {_lookups(exporter)} |"
         )
     return "\n".join(lines)
 

@@ -269,6 +269,11 @@ class Exporter:
     def client(self) -> BitbucketClient | None:
         return self._polling.client
 
+    @property
+    def push_lookups(self) -> int:
+        """Ref change activity pages asked so far by the running configuration (bench/scale.py reports them)."""
+        return self._polling.dating.lookups if self._polling.dating is not None else 0
+
     async def start(self) -> None:
         tls = self._web_config.tls_server_config
         self._web_tls = tls.context() if tls is not None else None
