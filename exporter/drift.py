@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from itertools import islice
 
@@ -67,8 +68,13 @@ class MirrorRepo(msgspec.Struct, frozen=True, gc=False):
     content: str | None
     metadata: str | None
     failed_syncs: int
-    # When this copy last synced (else first did), seconds on the mirror's clock: the pushes after it are missing.
-    synced_at: float | None = None
+    # When this copy last synced (else first did), on the mirror's clock: the pushes after it are missing. As decoded
+    # (a datetime, or epoch seconds), read only for the repositories that diverge: no conversion per row.
+    synced_at: datetime | float | None = None
+
+
+def _seconds(when: datetime | float | None) -> float | None:
+    return when if when is None or type(when) is float else when.timestamp()  # type: ignore[union-attr]
 
 
 def classify(primary: PrimaryRepo, mirror: MirrorRepo | None) -> RepoState:
@@ -230,7 +236,7 @@ class Analysis:
                     since = self._laggard_since
                     self._laggard_since = diverged if since is None or diverged < since else since
             if keep_all or state in UNHEALTHY or failed > 0 or (self._per_node and state is RepoState.HASH_UNKNOWN):
-                synced = local.synced_at if local is not None else None
+                synced = _seconds(local.synced_at) if local is not None else None
                 self._kept.append(
                     RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged, 0, synced)
                 )

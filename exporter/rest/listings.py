@@ -47,10 +47,9 @@ class SyncStatusRow(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     initial_sync_date: AwareDatetime | float | None = None
     hashes: Hashes | None = None
 
-    def synced_at(self) -> float | None:
-        """When this copy last synced, else when it first did, in seconds: pushes after it are what it lacks."""
-        when = self.last_sync_date if self.last_sync_date is not None else self.initial_sync_date
-        return None if when is None else sync_seconds(when)
+    def synced_at(self) -> datetime | float | None:
+        """When this copy last synced, else when it first did (as decoded): pushes after it are what it lacks."""
+        return self.last_sync_date if self.last_sync_date is not None else self.initial_sync_date
 
 
 def sync_seconds(when: datetime | float) -> float:

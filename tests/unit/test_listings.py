@@ -152,7 +152,7 @@ def test_bodies_neither_way_can_read_are_the_clients_own_errors(body: bytes, rea
 
 def test_a_copy_that_never_synced_again_is_dated_from_its_initial_sync() -> None:
     both, first_only = sync_row(), sync_row(lastSyncDate=None, initialSyncDate=1_704_067_200_000)
-    assert decode_sync_status_page(page(both)).values[0].synced_at() == EPOCH_2024.timestamp()
+    assert decode_sync_status_page(page(both)).values[0].synced_at() == EPOCH_2024
     assert decode_sync_status_page(page(first_only)).values[0].synced_at() == INITIAL_2024.timestamp()
     assert (
         decode_sync_status_page(page(sync_row(lastSyncDate=None, initialSyncDate=None))).values[0].synced_at() is None

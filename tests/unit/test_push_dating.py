@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
@@ -157,3 +158,11 @@ async def test_lag_from_first_sight_when_switched_off() -> None:
     service, _ = dating(api, from_push=False)
     report = await service.date(report_for(primary, ["1"]), primary, None)
     assert api.asked == [] and report.lag_sources() == (0, 1)
+
+
+def test_a_copys_sync_date_is_read_as_seconds_only_where_it_diverges() -> None:
+    primary = listing({"1": A, "2": A})
+    synced = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = {"1": MirrorRepo("0" + "f" * 39, A, 0, synced), "2": MirrorRepo(A, A, 0, synced)}
+    (repo,) = analyse(primary, None, rows, {}, 1000.0).repositories
+    assert repo.repo_id == "1" and repo.synced_at == synced.timestamp()
