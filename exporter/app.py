@@ -7,12 +7,14 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from yarl import URL
 
 from exporter import __version__
@@ -34,6 +36,9 @@ from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.server import Served, Server
+from exporter.webhooks.collector import webhook_metrics
+from exporter.webhooks.matching import Book
+from exporter.webhooks.receiver import Receiver
 
 log = logging.getLogger("exporter")
 
@@ -223,6 +228,17 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy)
 
 
+class WebhookCollector(Collector):
+    """The webhooks' families, while webhooks are configured."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        if self._exporter.settings.webhooks.enabled:
+            yield from webhook_metrics(self._exporter.webhooks)
+
+
 class Exporter:
     """One running exporter: call ``start`` then ``stop``; ``port`` is the bound port (useful with port 0).
 
@@ -252,6 +268,13 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(MirrorFarmCollector(lambda: self.state))
         self.registry.register(ReloadCollector(self.reloads))
+        # What the webhooks taught outlives reloads (a reload changes the limits, not the pending pushes).
+        self.webhooks = Receiver(
+            lambda: self.settings.webhooks,
+            Book(settings.webhooks.pending_timeout_seconds, settings.webhooks.max_pending),
+            lambda server_id, name: self.state.mirror_of_server(server_id, name),
+        )
+        self.registry.register(WebhookCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._served = Served(
@@ -259,10 +282,13 @@ class Exporter:
             self.registry,
             BasicAuth(self._web_config.basic_auth_users),
             self.reload if loader is not None else None,
+            lambda: self.settings.webhooks.path if self.settings.webhooks.enabled else None,
+            self.webhooks.handle,
         )
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
         self._server: Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self.port = listen.port
 
     @property
@@ -281,6 +307,7 @@ class Exporter:
         await self._server.start()
         self.port = self._server.port
         await self._polling.start()
+        self._expiry = asyncio.create_task(self._expire_pushes())
         log.info(
             "exporter started",
             extra={
@@ -333,7 +360,21 @@ class Exporter:
         self._polling = Polling(settings, self.state, self._resolver)
         await self._polling.start()
 
+    async def _expire_pushes(self) -> None:
+        """Count and forget pushes no mirror confirmed in time, about every tenth of the timeout (at most a minute)."""
+        while True:
+            config = self.settings.webhooks
+            self.webhooks.book.timeout, self.webhooks.book.max_pending = (
+                config.pending_timeout_seconds,
+                config.max_pending,
+            )
+            self.webhooks.book.expire(time.time(), [m.name for m in self.state.mirrors])
+            await asyncio.sleep(min(60.0, config.pending_timeout_seconds / 10))
+
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
         await self._polling.stop()
         if self._server is not None:
             await self._server.stop()

@@ -28,6 +28,7 @@ from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
 from exporter.tls import client_context
 from exporter.urls import check_base_url, check_node_template
+from exporter.webhooks.config import WebhooksConfig
 
 ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
 PRIMARY_TARGET = "primary"
@@ -230,6 +231,8 @@ class Settings(BaseSettings):
     mirrors: list[MirrorConfig] = Field(default_factory=list)
     poll: PollConfig = Field(default_factory=PollConfig)
     lag: LagConfig = Field(default_factory=LagConfig)
+    # Bitbucket's webhooks: push-to-mirror latency and the CI gate (docs/webhooks.md); off unless a secret is set.
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
     discover_mirrors: bool = False

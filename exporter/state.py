@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.jmx.reading import NodeReading
-from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync
+from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync, normalize_url
 from exporter.rest.client import ClockReading
 from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 from exporter.sources import SourceState
@@ -176,6 +176,22 @@ class ExporterState:
     primary: PrimaryState
     mirrors: list[MirrorState]
     policy: Policy = field(default_factory=Policy)
+
+    def mirror_label(self, base_url: str | None, fallback: str) -> str:
+        """The configured mirror whose URL is the server's base URL, else the name the primary gives it."""
+        if base_url:
+            wanted = normalize_url(base_url)
+            for mirror in self.mirrors:
+                if normalize_url(mirror.url) == wanted:
+                    return mirror.name
+        return fallback
+
+    def mirror_of_server(self, server_id: str, name: str | None) -> str:
+        """The ``mirror`` label for the primary's mirror server ``server_id`` (a webhook names it so): by the base
+        URL the primary's mirrorServers lists for it, else the name it is sent with."""
+        servers = self.primary.mirror_servers.value or []
+        server = next((s for s in servers if s.id == server_id), None)
+        return self.mirror_label(server.base_url if server is not None else None, name or server_id)
 
     @property
     def ready(self) -> bool:

@@ -23,7 +23,6 @@ from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
 from exporter.jmx.collector import jmx_metrics
-from exporter.rest.api import normalize_url
 from exporter.sources import SourceFamilies, SourceState, T
 from exporter.state import ExporterState, MirrorState
 
@@ -381,16 +380,6 @@ def clock_skew(scrape: Scrape) -> Iterator[Metric]:
     yield skew
 
 
-def _mirror_label(state: ExporterState, base_url: str | None, fallback: str) -> str:
-    """The configured mirror whose URL is the server's base URL, else the name the primary gives it."""
-    if base_url:
-        wanted = normalize_url(base_url)
-        for mirror in state.mirrors:
-            if normalize_url(mirror.url) == wanted:
-                return mirror.name
-    return fallback
-
-
 def mirror_servers(scrape: Scrape) -> Iterator[Metric]:
     """The primary's ``…/mirrorServers`` (all pages)."""
     enabled = _gauge(
@@ -406,7 +395,7 @@ def mirror_servers(scrape: Scrape) -> Iterator[Metric]:
         labels=["mirror", "server_id", "mirror_type", "product_version"],
     )
     for server in scrape.fresh(scrape.state.primary.mirror_servers) or []:
-        label = _mirror_label(scrape.state, server.base_url, server.name or server.id)
+        label = scrape.state.mirror_label(server.base_url, server.name or server.id)
         if server.enabled is not None:
             enabled.add_metric([label], 1.0 if server.enabled else 0.0)
         if server.last_seen_date is not None:

@@ -33,6 +33,9 @@ class Served:
     auth: BasicAuth = field(default_factory=lambda: BasicAuth({}))
     # Reloads the configuration: (success, message). None: nothing to reload.
     reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None
+    # Bitbucket's webhook deliveries: the path they are posted to (None: off) and what takes them.
+    webhook_path: Callable[[], str | None] = lambda: None
+    webhook: Callable[[web.Request], Awaitable[web.Response]] | None = None
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -81,10 +84,20 @@ async def reload(request: web.Request) -> web.Response:
     return web.Response(status=200 if ok else 500, text=message + "\n")
 
 
+async def webhook(request: web.Request) -> web.Response:
+    served = request.app[SERVED_KEY]
+    if served.webhook is None or request.path != served.webhook_path():
+        return web.Response(status=404, text="Not Found\n")
+    return await served.webhook(request)
+
+
 @web.middleware
 async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    auth = request.app[SERVED_KEY].auth
-    if auth.enabled and request.path not in OPEN_PATHS and not await auth.allows(request.headers.get("Authorization")):
+    served = request.app[SERVED_KEY]
+    auth = served.auth
+    # Bitbucket signs its webhook deliveries (X-Hub-Signature) and sends no credentials: the receiver checks them.
+    open_path = request.path in OPEN_PATHS or (request.method == "POST" and request.path == served.webhook_path())
+    if auth.enabled and not open_path and not await auth.allows(request.headers.get("Authorization")):
         return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": CHALLENGE})
     return await handler(request)
 
@@ -99,6 +112,8 @@ def make_app(served: Served) -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/runbooks", runbooks)
     app.router.add_post("/-/reload", reload)
+    # Any other POST: the webhook path is configurable and may change with a reload.
+    app.router.add_post("/{path:.*}", webhook)
     return app
 
 

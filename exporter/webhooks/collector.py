@@ -1,0 +1,59 @@
+"""The webhooks' metric families: push-to-sync latency, unconfirmed pushes, and the receiver's own counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from exporter.webhooks.receiver import KNOWN_EVENTS, Receiver
+
+RECEIVED = " From Bitbucket's webhooks as they arrive (not polled)."
+
+
+def webhook_metrics(receiver: Receiver) -> Iterator[Metric]:
+    book = receiver.book
+    latency = HistogramMetricFamily(
+        "bitbucket_mirror_push_to_sync_seconds",
+        "Time from a push reaching the primary (repo:refs_changed) to a mirror having it (mirror:repo_synchronized), "
+        "both dated on the primary's clock in whole seconds; by the sync type the mirror reported." + RECEIVED,
+        labels=["mirror", "sync"],
+    )
+    for (mirror, sync), histogram in sorted(book.histograms.items()):
+        latency.add_metric([mirror, sync], histogram.cumulative(), histogram.total)
+    unconfirmed = CounterMetricFamily(
+        "bitbucket_mirror_push_unconfirmed",
+        "Pushes the mirror did not confirm (mirror:repo_synchronized) within webhooks.pending_timeout_seconds."
+        + RECEIVED,
+        labels=["mirror"],
+    )
+    for mirror, count in sorted(book.unconfirmed.items()):
+        unconfirmed.add_metric([mirror], count)
+    requests = CounterMetricFamily(
+        "bitbucket_mirror_webhook_requests",
+        "Webhook deliveries received, by event (repo:refs_changed, mirror:repo_synchronized, diagnostics:ping, "
+        "other) and outcome (accepted, replayed, unknown_event, bad_signature, too_large, malformed, "
+        "secret_unreadable).",
+        labels=["event", "outcome"],
+    )
+    for (event, outcome), count in sorted(receiver.requests.items()):
+        requests.add_metric([event, outcome], count)
+    last = GaugeMetricFamily(
+        "bitbucket_mirror_webhook_last_received_timestamp_seconds",
+        "When a delivery of the event was last accepted, as a Unix timestamp.",
+        labels=["event"],
+    )
+    for event in KNOWN_EVENTS:
+        if event in receiver.last_received:
+            last.add_metric([event], receiver.last_received[event])
+    pending = GaugeMetricFamily(
+        "bitbucket_mirror_webhook_pending_pushes",
+        "Pushes waiting for some monitored mirror's confirmation (at most webhooks.max_pending).",
+    )
+    pending.add_metric([], book.pending)
+    evicted = CounterMetricFamily(
+        "bitbucket_mirror_webhook_pending_evicted",
+        "Pending pushes forgotten because webhooks.max_pending was reached (a flood, or mirrors that never confirm).",
+    )
+    evicted.add_metric([], book.evicted)
+    yield from (latency, unconfirmed, requests, last, pending, evicted)

@@ -1,0 +1,183 @@
+"""Matches each mirror's ``mirror:repo_synchronized`` to the ``repo:refs_changed`` push it completes: pure, no I/O.
+
+A push is remembered per (repository id, the change's ``toHash``) with its date; a synchronized event whose change has
+the same ``toHash`` completes it for that mirror, and the difference of the two dates (both on the primary's clock,
+whole seconds) is that push's time to reach the mirror. A synchronized event with ``refLimitExceeded`` lists no
+changes: it completes the oldest push of that repository the mirror has not confirmed, made before the event. A push
+that some monitored mirror has not confirmed within ``pending_timeout_seconds`` is counted unconfirmed for it.
+
+Everything is bounded by ``max_pending``: the oldest entries go first and are counted, so a flood of events costs a
+fixed amount of memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+# Seconds from a push to a mirror: from one second (the dates' resolution) to an hour (the pending timeout's default).
+BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+ZERO_HASH = "0" * 40
+
+
+@dataclass
+class Histogram:
+    """Cumulative-ready counts per bucket (the last one +Inf), and the sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
+        self.counts[index] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, buckets = 0, []
+        for bound, count in zip((*BUCKETS, math.inf), self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == math.inf else f"{bound:g}", float(running)))
+        return buckets
+
+
+@dataclass
+class Push:
+    repo_id: str
+    to_hash: str
+    pushed_at: float  # the event's date: the primary's clock
+    received: float  # the exporter's clock, for the pending timeout
+    confirmed: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Change:
+    ref: str
+    to_hash: str
+
+    def key(self, repo_id: str) -> tuple[str, str]:
+        # A deleted ref has no commit: its deletion is matched by the ref instead.
+        return (repo_id, self.to_hash if self.to_hash != ZERO_HASH else f"delete:{self.ref}")
+
+
+class Book:
+    """What the webhooks taught: pending pushes, synced commits, latencies and counts."""
+
+    def __init__(self, timeout: float, max_pending: int) -> None:
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self._pending: OrderedDict[tuple[str, str], Push] = OrderedDict()
+        # Repository id -> its pending keys, oldest first (refLimitExceeded completes the oldest).
+        self._by_repo: dict[str, list[tuple[str, str]]] = {}
+        # (repository id, commit) -> mirror -> when it had it (primary's clock): the CI gate's answer.
+        self._synced: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+        self._request_ids: OrderedDict[str, float] = OrderedDict()
+        self.histograms: dict[tuple[str, str], Histogram] = {}
+        self.unconfirmed: dict[str, int] = {}
+        self.evicted = 0
+
+    # --- the two events ---------------------------------------------------------------------------------------
+
+    def pushed(self, repo_id: str, changes: Iterable[Change], pushed_at: float, now: float) -> None:
+        for change in changes:
+            key = change.key(repo_id)
+            if key in self._pending:
+                continue  # the same commit pushed to a second ref: the first push is what mirrors must sync
+            self._pending[key] = Push(repo_id, key[1], pushed_at, now)
+            self._by_repo.setdefault(repo_id, []).append(key)
+        while len(self._pending) > self.max_pending:
+            self._drop(next(iter(self._pending)))
+            self.evicted += 1
+
+    def synchronized(
+        self,
+        mirror: str,
+        repo_id: str,
+        changes: list[Change],
+        ref_limit_exceeded: bool,
+        sync_type: str,
+        synced_at: float,
+    ) -> list[float]:
+        """The latencies this sync completes (seconds, whole), each observed once per mirror."""
+        keys = [change.key(repo_id) for change in changes]
+        if ref_limit_exceeded and not keys:
+            oldest = next(
+                (
+                    key
+                    for key in self._by_repo.get(repo_id, [])
+                    if mirror not in self._pending[key].confirmed and self._pending[key].pushed_at <= synced_at
+                ),
+                None,
+            )
+            keys = [oldest] if oldest is not None else []
+        for key in keys:
+            self._remember_synced(key, mirror, synced_at)
+        latencies = []
+        for key in keys:
+            push = self._pending.get(key)
+            if push is None or mirror in push.confirmed:
+                continue
+            push.confirmed.add(mirror)
+            latency = max(0.0, synced_at - push.pushed_at)
+            self.histograms.setdefault((mirror, sync_type), Histogram()).observe(latency)
+            latencies.append(latency)
+        return latencies
+
+    def _remember_synced(self, key: tuple[str, str], mirror: str, synced_at: float) -> None:
+        mirrors = self._synced.setdefault(key, {})
+        mirrors.setdefault(mirror, synced_at)
+        self._synced.move_to_end(key)
+        while len(self._synced) > self.max_pending:
+            self._synced.popitem(last=False)
+
+    # --- time passing -----------------------------------------------------------------------------------------
+
+    def expire(self, now: float, mirrors: Iterable[str]) -> None:
+        """Forget pushes older than the timeout, counting each monitored mirror that never confirmed them; and
+        pushes every monitored mirror has confirmed."""
+        expected = set(mirrors)
+        for key in list(self._pending):
+            push = self._pending[key]
+            if now - push.received > self.timeout:
+                for mirror in expected - push.confirmed:
+                    self.unconfirmed[mirror] = self.unconfirmed.get(mirror, 0) + 1
+                self._drop(key)
+            elif expected and expected <= push.confirmed:
+                self._drop(key)
+        while self._request_ids and now - next(iter(self._request_ids.values())) > self.timeout:
+            self._request_ids.popitem(last=False)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        push = self._pending.pop(key)
+        keys = self._by_repo.get(push.repo_id)
+        if keys is not None:
+            keys.remove(key)
+            if not keys:
+                del self._by_repo[push.repo_id]
+
+    def replayed(self, request_id: str | None, now: float) -> bool:
+        """Whether a delivery with this X-Request-Id was already taken within the pending window (then it is not
+        observed again); remembers it otherwise."""
+        if not request_id:
+            return False
+        if request_id in self._request_ids:
+            return True
+        self._request_ids[request_id] = now
+        while len(self._request_ids) > self.max_pending:
+            self._request_ids.popitem(last=False)
+        return False
+
+    # --- what the CI gate asks --------------------------------------------------------------------------------
+
+    def synced(self, repo_id: str, commit: str) -> dict[str, float]:
+        """Mirror -> when it synced ``commit`` (primary's clock), from the synchronized events remembered."""
+        return dict(self._synced.get((repo_id, commit), {}))
+
+    def pushed_at(self, repo_id: str, commit: str) -> float | None:
+        push = self._pending.get((repo_id, commit))
+        return push.pushed_at if push is not None else None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
