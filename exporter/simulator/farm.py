@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,8 @@ class Scenario:
     primary_clock_skew_seconds: float = 0.0
     # Seconds the primary takes for each answer: a large primary's listing takes longer than a mirror's.
     primary_latency_seconds: float = 0.0
+    # Share of mirror:repo_synchronized events sent with refLimitExceeded (and so without changes).
+    ref_limit_exceeded_rate: float = 0.0
     username: str = "admin"
     password: str = "admin"
     token: str = "simulated-token"
@@ -291,6 +294,10 @@ class Farm:
         self.primary_requests: dict[str, int] = {}
         self.primary_url = ""
         self.activities = 0  # ref change activity ids handed out
+        # Webhook events waiting for the runner to deliver them: (event key, payload). Kept only while some
+        # webhook is registered (``webhooks_on``), so a farm without webhooks pays nothing.
+        self.outbox: list[tuple[str, dict[str, Any]]] = []
+        self.webhooks_on = False
         # ref-change-activities answers 401 for these repositories (no REPO_ADMIN); None: for every repository.
         self.activity_denied: set[int] | None = set()
 
@@ -337,6 +344,7 @@ class Farm:
             self.activities += 1
             repo.pushes.append(Push(self.activities, when, repo.content_version - 1, repo.content_version))
             del repo.pushes[:-PUSHES_KEPT]
+            self._send("repo:refs_changed", repo, when, [self._change(repo, repo.content_version)])
             due = when + self.scenario.sync_delay_seconds
         for mirror in self.mirrors.values():
             mrepo = mirror.repositories.get(repo_id)
@@ -428,7 +436,9 @@ class Farm:
             if mrepo.content_version != repo.content_version:
                 if self.now - repo.content_changed_at >= content_delay:
                     self._nodes_sync(mirror, repo_id, mrepo, "incremental")
+                    behind_by = repo.content_version - mrepo.content_version
                     mrepo.content_version = repo.content_version
+                    self._synchronized(mirror, repo, "snapshot" if behind_by > 1 else "incremental")
                     mrepo.diverged_since = None
                     mrepo.last_sync_date = self.now
                     self.changed()
@@ -445,6 +455,39 @@ class Farm:
             if (mrepo.content_version, mrepo.metadata_version) == (repo.content_version, repo.metadata_version):
                 mirror.behind.discard(repo_id)
         mirror.next_sync_due = next_due
+
+    # --- webhook events ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _change(repo: Repository, version: int) -> dict[str, Any]:
+        ref = {"id": "refs/heads/main", "displayId": "main", "type": "BRANCH"}
+        before, after = repo.commit(version - 1), repo.commit(version)
+        return {"ref": ref, "refId": ref["id"], "fromHash": before, "toHash": after, "type": "UPDATE"}
+
+    def _date(self, when: float) -> str:
+        """As Bitbucket dates its events: whole seconds (cut down) with an offset without a colon, primary's clock."""
+        moment = math.floor(when + self.scenario.primary_clock_skew_seconds)
+        return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(moment))
+
+    def _send(self, event: str, repo: Repository, when: float, changes: list[dict[str, Any]], **more: Any) -> None:
+        if not self.webhooks_on:
+            return
+        repository = {
+            "id": repo.id,
+            "slug": repo.slug,
+            "name": repo.slug,
+            "project": {"id": repo.project.id, "key": repo.project.key, "name": repo.project.name},
+        }
+        payload: dict[str, Any] = {"eventKey": event, "date": self._date(when), **more, "repository": repository}
+        payload["changes"] = changes
+        self.outbox.append((event, payload))
+
+    def _synchronized(self, mirror: Mirror, repo: Repository, sync_type: str) -> None:
+        limited = self.webhooks_on and self.rng.random() < self.scenario.ref_limit_exceeded_rate
+        changes = [] if limited else [self._change(repo, repo.content_version)]
+        server = {"id": mirror.server_id, "name": mirror.name}
+        self._send("mirror:repo_synchronized", repo, self.now, changes, mirrorServer=server, syncType=sync_type,
+                   refLimitExceeded=limited)  # fmt: skip
 
     @staticmethod
     def _nodes_sync(mirror: Mirror, repo_id: int, mrepo: MirrorRepository, kind: str | None) -> None:

@@ -1,16 +1,27 @@
-"""Starts the simulated primary and mirrors as real HTTP servers on loopback."""
+"""Starts the simulated primary and mirrors as real HTTP servers on loopback, and delivers its webhook events."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
 import ssl
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from exporter.simulator.farm import Farm, Scenario
 from exporter.simulator.server import Listing, mirror_app, primary_app
+from exporter.simulator.webhook_target import WebhookTarget
+
+# How often the deliverer lets time pass on the farm and sends what it queued: syncs are dated within this.
+DELIVERY_TICK_SECONDS = 0.05
 
 
 class SimulatedFarm:
@@ -36,6 +47,10 @@ class SimulatedFarm:
         self.mirror_urls: dict[str, str] = {}
         # Mirror name -> node name -> the node's own base URL (its farmNodes entry lists the same port).
         self.node_urls: dict[str, dict[str, str]] = {}
+        self.webhooks: list[WebhookTarget] = []
+        self.delivered: dict[str, int] = {}  # event key -> deliveries answered 2xx
+        self._deliverer: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
 
     async def _serve(self, app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
@@ -46,7 +61,7 @@ class SimulatedFarm:
         return runner, f"{scheme}://{self.host}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
-        self.primary_url = (await self._serve(primary_app(self.farm, self.clock)))[1]
+        self.primary_url = (await self._serve(primary_app(self.farm, self.clock, self)))[1]
         self.farm.primary_url = self.primary_url
         for name, mirror in self.farm.mirrors.items():
             cache: dict[str, Listing] = {}
@@ -58,6 +73,42 @@ class SimulatedFarm:
                 runner, node_url = await self._serve(mirror_app(self.farm, name, self.clock, node.name, cache))
                 node.port = int(runner.addresses[0][1])
                 self.node_urls[name][node.name] = node_url
+
+    def add_webhook(self, target: WebhookTarget) -> None:
+        """Post every push and every mirror sync to ``target`` from now on."""
+        self.webhooks.append(target)
+        self.farm.webhooks_on = True
+        if self._deliverer is None:
+            self._deliverer = asyncio.create_task(self._deliver_forever())
+
+    async def _deliver_forever(self) -> None:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.farm.advance(self.clock())  # syncs happen when due, not only when someone asks
+                events, self.farm.outbox = self.farm.outbox, []
+                for event, payload in events:
+                    body = json.dumps(payload).encode()
+                    for target in self.webhooks:
+                        if target.drop_next > 0:
+                            target.drop_next -= 1
+                            continue
+                        if target.drop_rate and self.farm.rng.random() < target.drop_rate:
+                            continue
+                        task = asyncio.create_task(self._post(http, target, event, body))
+                        self._sends.add(task)
+                        task.add_done_callback(self._sends.discard)
+                await asyncio.sleep(DELIVERY_TICK_SECONDS)
+
+    async def _post(self, http: aiohttp.ClientSession, target: WebhookTarget, event: str, body: bytes) -> None:
+        if target.delay_seconds > 0:
+            await asyncio.sleep(target.delay_seconds)
+        headers = {"Content-Type": "application/json", "X-Event-Key": event, "X-Request-Id": str(uuid.uuid4())}
+        if target.secret:
+            headers["X-Hub-Signature"] = "sha256=" + hmac.new(target.secret.encode(), body, hashlib.sha256).hexdigest()
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.post(target.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if 200 <= r.status < 300:
+                    self.delivered[event] = self.delivered.get(event, 0) + 1
 
     async def stop_mirror(self, name: str) -> int:
         """Take one mirror off the network (its connections close, its port is free); returns the port."""
@@ -72,6 +123,11 @@ class SimulatedFarm:
         self._mirror_runners[name], _ = await self._serve(mirror_app(self.farm, name, self.clock), port)
 
     async def stop(self) -> None:
+        tasks = [t for t in (self._deliverer, *self._sends) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._deliverer = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

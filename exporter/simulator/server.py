@@ -15,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from exporter.simulator.farm import FAULTS, Farm, FarmNode, Mirror, MirrorRepository, Repository
 from exporter.simulator.jmx_text import bitbucket_text, mesh_text
+from exporter.simulator.webhook_target import WebhookTarget
 
 REST = "/rest/mirroring/latest"
 FARM_KEY = web.AppKey("farm", Farm)
@@ -42,6 +43,17 @@ class Listing:
     revision: int = -1
     pages: dict[tuple[int, int], bytes] = dataclasses.field(default_factory=dict)
 
+
+class Webhooks(Protocol):
+    """Who delivers the primary's webhook events (exporter/simulator/runner.py)."""
+
+    webhooks: list[WebhookTarget]
+    delivered: dict[str, int]
+
+    def add_webhook(self, target: WebhookTarget) -> None: ...
+
+
+WEBHOOKS_KEY: web.AppKey[Webhooks] = web.AppKey("webhooks")
 
 # Route name -> the listing as of a farm revision: each listing is rendered once per farm change.
 RENDERED_KEY: web.AppKey[dict[str, Listing]] = web.AppKey("rendered")
@@ -735,6 +747,24 @@ async def sim_push(request: web.Request) -> web.Response:
     return web.json_response(farm.truth())
 
 
+async def sim_webhooks(request: web.Request) -> web.Response:
+    """Register a webhook (or change how one is delivered): ``{"url": ..., "secret": ..., "drop_next": n,
+    "drop_rate": 0.1, "delay_seconds": 5}``; the primary posts every push and every mirror sync to it, signed."""
+    change = await request.json()
+    targets = request.app[WEBHOOKS_KEY]
+    url = change.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return errors("url must be an http(s) URL", 400)
+    target = next((t for t in targets.webhooks if t.url == url), None)
+    if target is None:
+        target = WebhookTarget(url)
+        targets.add_webhook(target)
+    for key in ("secret", "drop_next", "drop_rate", "delay_seconds"):
+        if key in change:
+            setattr(target, key, change[key])
+    return web.json_response({"webhooks": len(targets.webhooks), "delivered": targets.delivered})
+
+
 async def sim_delete(request: web.Request) -> web.Response:
     """Delete repositories on the primary: ``{"repository_ids": [1, 2]}``."""
     farm = _farm(request)
@@ -745,10 +775,15 @@ async def sim_delete(request: web.Request) -> web.Response:
     return web.json_response(farm.truth())
 
 
-def primary_app(farm: Farm, clock: Callable[[], float] = time.time) -> web.Application:
+def primary_app(
+    farm: Farm, clock: Callable[[], float] = time.time, webhooks: Webhooks | None = None
+) -> web.Application:
     app = web.Application(middlewares=[farm_middleware])
     app.on_response_prepare.append(dated)
     app[FARM_KEY], app[CLOCK_KEY], app[RENDERED_KEY] = farm, clock, {}
+    if webhooks is not None:
+        app[WEBHOOKS_KEY] = webhooks
+        app.router.add_post("/sim/webhooks", sim_webhooks, name="sim_webhooks")
     r = app.router
     r.add_get("/status", primary_status, name="status")
     r.add_get(f"{REST}/mirrorServers", mirror_servers, name="mirror_servers")
