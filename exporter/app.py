@@ -37,6 +37,7 @@ from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.server import Served, Server
 from exporter.webhooks.collector import webhook_metrics
+from exporter.webhooks.gate import answer
 from exporter.webhooks.matching import Book
 from exporter.webhooks.receiver import Receiver
 
@@ -284,6 +285,7 @@ class Exporter:
             self.reload if loader is not None else None,
             lambda: self.settings.webhooks.path if self.settings.webhooks.enabled else None,
             self.webhooks.handle,
+            lambda key, slug, commit, since: answer(self.state, self.webhooks, key, slug, commit, since),
         )
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None

@@ -15,9 +15,10 @@ from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stop
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.config import WebConfig, load_web_config
+from exporter.webhooks.wait import Request, UsageError, Waiter, seconds
 
 PROG = "bitbucket-mirror-exporter"
-COMMANDS = ("run", "demo", "rules", "check-config")
+COMMANDS = ("run", "demo", "rules", "check-config", "wait")
 EXIT_CONFIG = 2
 
 log = logging.getLogger("exporter")
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config,wait}")
     commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
     demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
     demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
@@ -62,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
     rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    wait = commands.add_parser(
+        "wait",
+        help="wait until a commit is on the mirror (a CI step before cloning from it): exit 0 when it is, 1 on "
+        "timeout, 2 on usage errors",
+    )
+    wait.add_argument("--exporter", required=True, help="the exporter's base URL, e.g. http://exporter:9879")
+    wait.add_argument("--repository", required=True, metavar="KEY/slug", help="project key and repository slug")
+    wait.add_argument("--commit", required=True, help="the commit id that must be on the mirror")
+    wait.add_argument("--mirror", help="the mirror (its name in the exporter); default: every mirror")
+    wait.add_argument("--timeout", default="10m", help="give up after this long (default 10m)")
+    wait.add_argument("--interval", default="5s", help="ask this often (default 5s)")
+    wait.add_argument("--username", help="with the exporter's basic auth; the password from --password-file or "
+                      "BITBUCKET_MIRROR_EXPORTER_WAIT_PASSWORD, never the command line")  # fmt: skip
+    wait.add_argument("--password-file", type=Path)
+    wait.add_argument("--ca-file", type=Path, help="CA bundle for an exporter served over TLS")
     commands.add_parser(
         "check-config",
         parents=[common],
@@ -176,10 +192,37 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait(args: argparse.Namespace) -> int:
+    project, _, slug = args.repository.partition("/")
+    try:
+        request = Request(
+            exporter=args.exporter,
+            project=project,
+            slug=slug,
+            commit=args.commit,
+            mirror=args.mirror,
+            timeout=seconds(args.timeout),
+            interval=seconds(args.interval),
+            username=args.username,
+            password_file=args.password_file,
+            ca_file=args.ca_file,
+        )
+        if not project or not slug or "/" in slug:
+            raise UsageError("--repository: give it as PROJECTKEY/slug")
+        if not args.exporter.startswith(("http://", "https://")):
+            raise UsageError("--exporter: an http:// or https:// URL")
+        return Waiter(request, lambda line: print(line, flush=True)).run()
+    except (UsageError, ValueError) as exc:
+        print(f"{PROG} wait: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     if args.command == "rules":
         return _rules(args)
+    if args.command == "wait":
+        return _wait(args)
     if args.command == "check-config":
         setup_logging(args.log_level)
         return _check_config(args)

@@ -3,10 +3,12 @@ the health endpoints when the web config has users. None of them waits on Bitbuc
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -36,6 +38,8 @@ class Served:
     # Bitbucket's webhook deliveries: the path they are posted to (None: off) and what takes them.
     webhook_path: Callable[[], str | None] = lambda: None
     webhook: Callable[[web.Request], Awaitable[web.Response]] | None = None
+    # The CI gate: (project key, slug, commit, since) -> the JSON answer, None for an unknown repository.
+    gate: Callable[[str, str, str, float | None], dict[str, Any] | None] | None = None
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -84,6 +88,27 @@ async def reload(request: web.Request) -> web.Response:
     return web.Response(status=200 if ok else 500, text=message + "\n")
 
 
+COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
+
+
+async def gate(request: web.Request) -> web.Response:
+    """``GET /api/v1/repositories/{key}/{slug}/mirrors?commit=SHA[&since=UNIX]``: is the commit on each mirror?"""
+    served = request.app[SERVED_KEY]
+    commit = request.query.get("commit", "")
+    if not COMMIT.match(commit):
+        return web.json_response({"error": "commit must be a commit id (7 to 64 hex digits)"}, status=400)
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+    except ValueError:
+        return web.json_response({"error": "since must be a Unix timestamp"}, status=400)
+    if served.gate is None:
+        return web.json_response({"error": "no gate here"}, status=404)
+    found = served.gate(request.match_info["key"], request.match_info["slug"], commit, since)
+    if found is None:
+        return web.json_response({"error": "the exporter knows no such repository"}, status=404)
+    return web.json_response(found)
+
+
 async def webhook(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.webhook is None or request.path != served.webhook_path():
@@ -112,6 +137,7 @@ def make_app(served: Served) -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/runbooks", runbooks)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/api/v1/repositories/{key}/{slug}/mirrors", gate)
     # Any other POST: the webhook path is configurable and may change with a reload.
     app.router.add_post("/{path:.*}", webhook)
     return app
