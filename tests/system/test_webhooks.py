@@ -103,7 +103,7 @@ async def test_wait_times_out_refuses_unknown_mirrors_and_works_from_listings_al
         repo = run.farm.farm.repositories[2]
         commit, where = repo.commit(repo.content_version), f"{repo.project.key}/{repo.slug}"
         code, out, _ = await run_wait(
-            run, "--repository", where, "--commit", commit, "--interval", "0.2s", timeout="2s"
+            run, "--repository", where, "--commit", commit, "--interval", "0.2s", give_up="2s"
         )
         assert code == 1 and "timed out" in out and "sydney: not yet" in out
         code, _, err = await run_wait(run, "--repository", where, "--commit", commit, "--mirror", "nowhere")
