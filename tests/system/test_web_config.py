@@ -4,6 +4,8 @@ and Prometheus itself) on loopback."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import ssl
 import subprocess
 import sys
@@ -216,3 +218,33 @@ async def test_scrapers_without_a_client_certificate_are_refused_when_required(t
         known.load_cert_chain(str(scraper.cert), str(scraper.key))
         async with run.http.get(url, ssl=known, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             assert resp.status == 200
+
+
+async def test_webhooks_need_no_basic_auth_but_the_ci_gate_does(tmp_path: Path) -> None:
+    web_config, ca = _web_config(tmp_path)
+    trust = ssl.create_default_context(cafile=str(ca.ca_file))
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text("hook-secret")
+
+    def prepare(farm: Any, config: dict[str, Any]) -> None:
+        config["webhooks"] = {"secret_file": str(secret_file)}
+
+    async with (
+        running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config, prepare=prepare) as run,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as client,
+    ):
+        base = f"https://{LOOPBACK}:{run.exporter.port}"
+        body = b"{}"
+        signature = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+        headers = {"X-Event-Key": "diagnostics:ping", "X-Hub-Signature": signature}
+        async with client.post(base + "/webhooks/bitbucket", data=body, headers=headers) as resp:
+            assert resp.status == 200  # Bitbucket signs; it sends no credentials
+        gate = "/api/v1/repositories/PRJ1/repo-1/mirrors?commit=" + "a" * 40
+        async with client.get(base + gate) as resp:
+            assert resp.status == 401
+        async def ready() -> bool:  # run.wait_ready speaks plain HTTP; this exporter speaks TLS only
+            return run.exporter.state.ready
+
+        await wait_until(ready, 15, "the first poll")
+        async with client.get(base + gate, headers=basic(USER, PASSWORD)) as resp:
+            assert resp.status == 200 and (await resp.json())["repository"]["slug"] == "repo-1"
