@@ -1,0 +1,83 @@
+"""Matching each mirror's sync to the push it completes (pure: the book, and the event dates)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.webhooks.matching import Book, Change
+from exporter.webhooks.receiver import Malformed, parse_date
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def change(to_hash: str) -> Change:
+    return Change("refs/heads/main", to_hash)
+
+
+def test_a_sync_completes_its_push_once_per_mirror() -> None:
+    book = Book(timeout=3600, max_pending=100)
+    book.pushed("1", [change(A)], pushed_at=100.0, now=100.0)
+    assert book.synchronized("sydney", "1", [change(A)], False, "incremental", 107.0) == [7.0]
+    assert book.synchronized("sydney", "1", [change(A)], False, "incremental", 109.0) == []  # already confirmed
+    assert book.synchronized("tokyo", "1", [change(A)], False, "snapshot", 130.0) == [30.0]
+    assert book.histograms[("sydney", "incremental")].counts[3] == 1  # the 10 s bucket
+    assert book.synced("1", A) == {"sydney": 107.0, "tokyo": 130.0}
+
+
+def test_ref_limit_exceeded_completes_the_oldest_unconfirmed_push_made_before_it() -> None:
+    book = Book(timeout=3600, max_pending=100)
+    book.pushed("1", [change(A)], 100.0, 100.0)
+    book.pushed("1", [change(B)], 110.0, 110.0)
+    book.pushed("1", [change(C)], 200.0, 200.0)  # after the sync below: not its to complete
+    assert book.synchronized("sydney", "1", [], True, "snapshot", 150.0) == [50.0]
+    assert book.synchronized("sydney", "1", [], True, "snapshot", 160.0) == [50.0]  # then the next oldest (B)
+    assert book.synchronized("sydney", "1", [], True, "snapshot", 170.0) == []  # C came later
+
+
+def test_pushes_no_mirror_confirms_in_time_are_counted_per_mirror_and_forgotten() -> None:
+    book = Book(timeout=60, max_pending=100)
+    book.pushed("1", [change(A)], 100.0, now=1000.0)
+    book.pushed("2", [change(B)], 100.0, now=1000.0)
+    book.synchronized("sydney", "1", [change(A)], False, "incremental", 105.0)
+    book.expire(1030.0, ["sydney", "tokyo"])
+    assert book.unconfirmed == {} and book.pending == 2
+    book.expire(1061.0, ["sydney", "tokyo"])
+    assert book.unconfirmed == {"tokyo": 2, "sydney": 1} and book.pending == 0
+
+
+def test_a_push_every_mirror_confirmed_leaves_the_table_at_once() -> None:
+    book = Book(timeout=60, max_pending=100)
+    book.pushed("1", [change(A)], 100.0, now=1000.0)
+    book.synchronized("sydney", "1", [change(A)], False, "incremental", 105.0)
+    book.expire(1001.0, ["sydney"])
+    assert book.pending == 0 and book.unconfirmed == {}
+    assert book.synced("1", A) == {"sydney": 105.0}  # the gate still knows
+
+
+def test_a_flood_costs_a_bounded_table_and_is_counted() -> None:
+    book = Book(timeout=3600, max_pending=100)
+    for i in range(1000):
+        book.pushed(str(i), [change(f"{i:040x}")], 100.0, 100.0)
+    assert book.pending == 100 and book.evicted == 900
+    for i in range(1000):
+        assert not book.replayed(f"id-{i}", 100.0)
+    assert book.replayed("id-999", 100.0) and not book.replayed("id-0", 100.0)  # the oldest ids were let go
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2019-03-01T10:37:14+0100", 1551433034.0),  # as documented: an offset without a colon
+        ("2019-03-01T09:37:14Z", 1551433034.0),
+        ("2019-03-01T10:37:14+01:00", 1551433034.0),
+        (1551433034000, 1551433034.0),  # epoch milliseconds
+    ],
+)
+def test_event_dates(text: object, seconds: float) -> None:
+    assert parse_date(text) == seconds
+
+
+@pytest.mark.parametrize("text", [None, True, "yesterday", "2019-03-01T10:37:14"])
+def test_bad_event_dates(text: object) -> None:
+    with pytest.raises(Malformed):
+        parse_date(text)
