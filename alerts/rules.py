@@ -65,6 +65,13 @@ class AlertConfig:
     not_seen_for: str = "5m"
     initial_sync_stall_window: str = "15m"
     initial_sync_stall_for: str = "15m"
+    # From the webhooks: the 90th percentile of push-to-mirror time, over a window, for this long.
+    push_to_sync_p90_seconds: int = 300
+    push_to_sync_window: str = "30m"
+    push_to_sync_for: str = "30m"
+    # Pushes seen by polling without a repo:refs_changed webhook for this long: the webhooks do not arrive.
+    webhooks_silent_seconds: int = 3600
+    webhooks_silent_for: str = "15m"
     jmx_down_for: str = "15m"
     snapshot_syncs_per_hour: int = 30
     snapshot_syncs_for: str = "30m"
@@ -365,6 +372,42 @@ class _Rules:
             ),
         ]
 
+    def webhooks(self) -> list[dict[str, Any]]:
+        c, m = self.c, self.m
+        buckets = f"rate({m('bitbucket_mirror_push_to_sync_seconds_bucket')}[{c.push_to_sync_window}])"
+        p90 = f"histogram_quantile(0.9, sum by (job, instance, mirror, le) ({buckets}))"
+        changes = m("bitbucket_mirror_primary_content_changes_total")
+        # Rendered only while webhooks are configured: no alert for an exporter that takes none.
+        configured = m("bitbucket_mirror_webhook_pending_pushes")
+        last_push = m("bitbucket_mirror_webhook_last_received_timestamp_seconds", 'event="repo:refs_changed"')
+        return [
+            self.alert(
+                name="BitbucketMirrorPushToSyncSlow",
+                expr=f"{p90} > {c.push_to_sync_p90_seconds}",
+                for_=c.push_to_sync_for,
+                severity="warning",
+                summary="Pushes take long to reach a Bitbucket mirror.",
+                description=(
+                    "90% of the pushes of the last " + c.push_to_sync_window + " reached mirror {{ $labels.mirror }} "
+                    "within {{ $value | humanizeDuration }}, more than " + f"{c.push_to_sync_p90_seconds}s: CI jobs "
+                    "that clone from it right after a push build stale code."
+                ),
+            ),
+            self.alert(
+                name="BitbucketMirrorWebhooksSilent",
+                expr=f"increase({changes}[{c.webhooks_silent_seconds}s]) > 0 and on (job, instance) {configured} "
+                f"unless on (job, instance) time() - {last_push} < {c.webhooks_silent_seconds}",
+                for_=c.webhooks_silent_for,
+                severity="info",
+                summary="Bitbucket's push webhooks do not reach the exporter.",
+                description=(
+                    f"The primary's listing shows pushes in the last {c.webhooks_silent_seconds}s, but no "
+                    "repo:refs_changed webhook arrived: push-to-mirror times and the CI gate's sync events are "
+                    "missing."
+                ),
+            ),
+        ]
+
     def nodes(self) -> list[dict[str, Any]]:
         c, m = self.c, self.m
         quantile = "bitbucket_mirror_node_sync_duration_seconds"
@@ -412,6 +455,7 @@ def rule_groups(config: AlertConfig | None = None) -> dict[str, Any]:
             {"name": "bitbucket-mirror-exporter", "rules": rules.exporter()},
             {"name": "bitbucket-mirror", "rules": rules.mirrors()},
             {"name": "bitbucket-mirror-nodes", "rules": rules.nodes()},
+            {"name": "bitbucket-mirror-webhooks", "rules": rules.webhooks()},
         ]
     }
 

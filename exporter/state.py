@@ -139,6 +139,8 @@ class PrimaryState:
     ref_change_activity: SourceState[ActivityPage] = field(default_factory=lambda: SourceState(on_demand=True))
     clock: ClockReading | None = None
     cycles: int = 0
+    # Repositories whose content hash changed between two listings since start: the pushes polling sees.
+    content_changes: int = 0
 
     def sources(self) -> dict[str, SourceState[Any]]:
         sources: dict[str, SourceState[Any]] = {

@@ -183,6 +183,13 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
     )
     if (listing := scrape.fresh(state.primary.repositories)) is not None:
         primary_repos.add_metric([], len(listing))
+    changes = CounterMetricFamily(
+        "bitbucket_mirror_primary_content_changes",
+        "Repositories whose content hash changed on the primary between two of its listings: the pushes polling "
+        "sees (several pushes between two listings count once)." + CACHED,
+        labels=[],
+    )
+    changes.add_metric([], state.primary.content_changes)
     fresh = _gauge(
         "bitbucket_mirror_drift_fresh",
         "1 when the mirror's drift and lag were computed from fresh inputs (the primary's and the mirror's "
@@ -277,7 +284,19 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
             if mirror.by_node:
                 nodes_behind.add_metric(labels, repo.nodes_behind)
         dropped.add_metric([name], 0 if policy.per_repository == "none" else len(report.repositories) - len(shown))
-    yield from (primary_repos, fresh, stale_input, in_sync, out_of_sync, missing, unknown, extra, lag, lag_source)
+    yield from (
+        primary_repos,
+        changes,
+        fresh,
+        stale_input,
+        in_sync,
+        out_of_sync,
+        missing,
+        unknown,
+        extra,
+        lag,
+        lag_source,
+    )
     yield repo_lag
     yield from (repo_failed, nodes_behind, dropped)
 

@@ -279,6 +279,7 @@ class PrimaryPoller:
         previous = self.state.repositories.value or {}
         # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
         projects: dict[tuple[int | None, str], tuple[str | None, str]] = {}
+        changed = 0
         async for page in self._api.repository_pages():
             for repo in page:
                 hashes = repo.properties
@@ -296,6 +297,11 @@ class PrimaryPoller:
                 )
                 kept = previous.get(repo_id)
                 repositories[repo_id] = kept if kept == row else row
+                if kept is not None and kept.content != row.content:
+                    changed += 1
+        # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
+        # the whole listing was read, so a failed read counts nothing twice.
+        self.state.content_changes += changed
         return repositories
 
     async def poll_once(self) -> None:
