@@ -401,9 +401,9 @@ class _Rules:
                 severity="info",
                 summary="Bitbucket's push webhooks do not reach the exporter.",
                 description=(
-                    f"The primary's listing shows pushes in the last {c.webhooks_silent_seconds}s, but no "
-                    "repo:refs_changed webhook arrived: push-to-mirror times and the CI gate's sync events are "
-                    "missing."
+                    f"The primary's listing of exporter {{{{ $labels.instance }}}} shows pushes in the last "
+                    f"{c.webhooks_silent_seconds}s, but no repo:refs_changed webhook arrived: push-to-mirror times "
+                    "and the CI gate's sync events are missing."
                 ),
             ),
         ]
