@@ -9,6 +9,7 @@ from dashboards.common import OVERVIEW_UID, REPOSITORY_DRIFT_UID
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
     DATASOURCE,
+    PUSH_TO_SYNC_NOTE,
     TARGET,
     UP_MAPPING,
     UP_THRESHOLDS,
@@ -20,6 +21,7 @@ from dashboards.panels import (
     Query,
     mirror_sel,
     nodes_ahead_of_peers,
+    push_to_sync_quantiles,
     sel,
     stat,
     table,
@@ -253,6 +255,7 @@ def dashboard() -> g.Dashboard:
     )
     grid.line(
         [
+            timeseries("Push to mirror", PUSH_TO_SYNC_NOTE, push_to_sync_quantiles(), "s", t.PUSH_TO_SYNC),
             timeseries(
                 "Ref changes queue",
                 "Ref changes waiting in each farm's queue. Dashed line: BitbucketMirrorRefChangesQueueBacklog.",

@@ -47,6 +47,22 @@ def nodes_ahead_of_peers(selector: str) -> str:
     return f"{selector} - on (mirror) group_left min by (mirror) ({selector})"
 
 
+PUSH_TO_SYNC_NOTE = (
+    "Time from a push reaching the primary to each mirror having it (Bitbucket's webhooks, docs/webhooks.md): p50, "
+    "p90 and p99 per mirror. Dashed line: BitbucketMirrorPushToSyncSlow for the p90. Empty without webhooks."
+)
+
+
+def push_to_sync_quantiles(by: str = "mirror") -> list[Query]:
+    """Quantiles of the time from a push to each mirror, from the webhooks' histogram."""
+    buckets = rate(mirror_sel("bitbucket_mirror_push_to_sync_seconds_bucket"))
+    legend = " ".join("{{" + label.strip() + "}}" for label in by.split(","))
+    return [
+        Query(f"histogram_quantile({q}, sum by ({by}, le) ({buckets}))", f"{legend} p{round(q * 100)}")
+        for q in (0.5, 0.9, 0.99)
+    ]
+
+
 def rate(selector: str) -> str:
     return f"rate({selector}{RATE_WINDOW})"
 

@@ -9,7 +9,16 @@ from dashboards import thresholds as t
 from dashboards import variables
 from dashboards.common import SYNC_PERFORMANCE_UID
 from dashboards.common import dashboard as make_dashboard
-from dashboards.panels import Grid, Query, mirror_sel, node_sel, rate, timeseries
+from dashboards.panels import (
+    PUSH_TO_SYNC_NOTE,
+    Grid,
+    Query,
+    mirror_sel,
+    node_sel,
+    push_to_sync_quantiles,
+    rate,
+    timeseries,
+)
 
 UID = SYNC_PERFORMANCE_UID
 NODE_LEGEND = "{{mirror}}/{{node}}"
@@ -46,6 +55,20 @@ QUANTILE_NOTE = (
 
 def dashboard() -> g.Dashboard:
     grid = Grid()
+    grid.row("Push to mirror")
+    grid.line(
+        [
+            timeseries("Push to mirror", PUSH_TO_SYNC_NOTE, push_to_sync_quantiles(), "s", t.PUSH_TO_SYNC),
+            timeseries(
+                "Push to mirror by sync type",
+                "The same by the sync type the mirror reported: snapshot syncs fetch everything and take longer.",
+                push_to_sync_quantiles("mirror, sync"),
+                "s",
+                t.PUSH_TO_SYNC,
+            ),
+        ],
+        height=8,
+    )
     grid.row("Incremental syncs")
     grid.line(
         [

@@ -14,6 +14,7 @@ import aiohttp
 
 from dashboards.preview import draw_all
 from exporter.simulator import Scenario, SimulatedFarm
+from exporter.simulator.webhook_target import WebhookTarget
 from tests.conftest import running_farm, wait_until
 from tests.dashboard_json import PanelQuery, generated, queries
 from tests.jmx_node import FARM_VET, INCREMENTAL, SNAPSHOT, TICKETS, Timer, fake_node
@@ -30,6 +31,7 @@ VARIABLES = {
     "__rate_interval": "4s",
 }
 RANGE_SECONDS = 10
+SECRET = "dashboard-webhooks"
 SCENARIO = Scenario(
     repositories=12,
     mirrors=2,
@@ -48,10 +50,11 @@ def substitute(text: str) -> str:
     return text
 
 
-def with_jmx(node_url: str) -> Any:
+def with_jmx(node_url: str, secret_file: Path) -> Any:
     dead = f"service:jmx:rmi:///jndi/rmi://{LOOPBACK}:{free_port()}/jmxrmi"
 
     def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        config["webhooks"] = {"secret_file": str(secret_file)}
         # Fewer per-repository series than unhealthy repositories, so the "dropped" count has something to say.
         config["max_repository_series"] = 4
         nodes = [{"name": "node-a", "url": node_url}, {"name": "node-b", "url": dead}]
@@ -107,16 +110,22 @@ class PrometheusAPI:
 
 async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: Path, tmp_path: Path) -> None:
     panel_queries = queries()
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(SECRET)
     async with fake_node(fake_node_classes) as node:
         await node.timer(INCREMENTAL, Timer(count=40))
         await node.timer(SNAPSHOT, Timer(duration_unit="seconds", count=2))
         await node.timer(FARM_VET, Timer(count=5))
         await node.gauge(TICKETS, Available=8, Used=2)
         async with (
-            running_farm(SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url), nodes=True) as run,
+            running_farm(
+                SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url, secret_file), nodes=True
+            ) as run,
             prometheus(tmp_path, run.exporter.port) as port,
         ):
             await run.wait_ready()
+            # The webhooks: every push timed to every mirror that syncs it (frankfurt does; sydney is frozen).
+            run.farm.add_webhook(WebhookTarget(run.url + "/webhooks/bitbucket", SECRET))
             # Drift of every kind, a failing endpoint for the error panels, Bitbucket's own delayed list on both.
             await run.control("/sim/mirrors/sydney", {"frozen": True})
             await run.control("/sim/mirrors/frankfurt", {"faults": {"progress": "error"}, "diagnostics_enabled": True})

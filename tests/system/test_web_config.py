@@ -242,6 +242,7 @@ async def test_webhooks_need_no_basic_auth_but_the_ci_gate_does(tmp_path: Path) 
         gate = "/api/v1/repositories/PRJ1/repo-1/mirrors?commit=" + "a" * 40
         async with client.get(base + gate) as resp:
             assert resp.status == 401
+
         async def ready() -> bool:  # run.wait_ready speaks plain HTTP; this exporter speaks TLS only
             return run.exporter.state.ready
 
