@@ -10,15 +10,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
+
 from exporter import __version__
 from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped, stop_on_signals
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.logs import LEVELS, setup_logging
+from exporter.rest.client import BitbucketClient
+from exporter.sources import FetchError
 from exporter.web.config import WebConfig, load_web_config
+from exporter.webhooks.setup import SetupError, Webhooks
 from exporter.webhooks.wait import Request, UsageError, Waiter, seconds
 
 PROG = "bitbucket-mirror-exporter"
-COMMANDS = ("run", "demo", "rules", "check-config", "wait")
+COMMANDS = ("run", "demo", "rules", "check-config", "wait", "webhooks")
 EXIT_CONFIG = 2
 
 log = logging.getLogger("exporter")
@@ -53,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config,wait}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config,wait,webhooks}")
     commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
     demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
     demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
@@ -78,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
                       "BITBUCKET_MIRROR_EXPORTER_WAIT_PASSWORD, never the command line")  # fmt: skip
     wait.add_argument("--password-file", type=Path)
     wait.add_argument("--ca-file", type=Path, help="CA bundle for an exporter served over TLS")
+    hooks = commands.add_parser("webhooks", help="set up Bitbucket's webhooks for the exporter, or read their state")
+    hook_commands = hooks.add_subparsers(dest="webhooks_command", metavar="{apply,status}", required=True)
+    for name, text in (
+        ("apply", "create or update the webhook (both events, the secret) on each project, idempotently"),
+        ("status", "read each of the exporter's webhooks' delivery statistics"),
+    ):
+        sub = hook_commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, help="the exporter's configuration (primary, webhooks.secret_file)")
+        which = sub.add_mutually_exclusive_group(required=True)
+        which.add_argument("--project", action="append", default=[], metavar="KEY", help="a project (repeatable)")
+        which.add_argument("--all-projects", action="store_true", help="every project the primary's user sees")
+        if name == "apply":
+            sub.add_argument(
+                "--url",
+                action="append",
+                required=True,
+                metavar="URL",
+                help="the webhook URL as Bitbucket reaches the exporter (repeat for each replica)",
+            )
+            sub.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     commands.add_parser(
         "check-config",
         parents=[common],
@@ -217,8 +242,41 @@ def _wait(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+
+    async def run() -> None:
+        connector = aiohttp.TCPConnector(ssl=settings.tls.context())
+        async with aiohttp.ClientSession(connector=connector) as session:
+            hooks = Webhooks(BitbucketClient(session, settings.poll), settings, lambda line: print(line, flush=True))
+            projects = args.project or await hooks.projects()
+            if args.webhooks_command == "apply":
+                for url in args.url:
+                    if not url.startswith(("http://", "https://")):
+                        raise SetupError(f"--url {url}: an http:// or https:// URL")
+                await hooks.apply(projects, args.url, args.dry_run)
+            else:
+                await hooks.status(projects)
+
+    try:
+        asyncio.run(run())
+    except SetupError as exc:
+        print(f"{PROG} webhooks: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FetchError as exc:
+        print(f"{PROG} webhooks: Bitbucket refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
+    if args.command == "webhooks":
+        setup_logging(getattr(args, "log_level", "info"))
+        return _webhooks(args)
     if args.command == "rules":
         return _rules(args)
     if args.command == "wait":

@@ -294,6 +294,24 @@ class BitbucketClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def send_json(self, method: str, url: URL, credentials: Credentials, document: Any) -> Any:
+        """POST or PUT a JSON document once (no retries: a write is not repeated blindly) and return the JSON answer;
+        a non-2xx answer is a FetchError carrying the status and the parsed error body."""
+        headers = {"Accept": "application/json", "Content-Type": "application/json", **auth_headers(credentials)}
+        timeout = aiohttp.ClientTimeout(total=self._poll.timeout_seconds)
+        try:
+            async with self._session.request(
+                method, url, data=json.dumps(document), headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                body = await self._read_capped(resp)
+                if not 200 <= resp.status < 300:
+                    raise self._status_error(resp.status, resp.headers.get("Content-Type", ""), body)
+                return parse_json(body) if body.strip() else None
+        except TimeoutError:
+            raise FetchError(TIMEOUT, f"no answer within {self._poll.timeout_seconds:g}s") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise FetchError(CONNECTION, f"{type(exc).__name__} talking to {url.host}:{url.port}") from None
+
     @staticmethod
     def _status_error(status: int, content_type: str, body: bytes) -> FetchError:
         parsed: Any = None

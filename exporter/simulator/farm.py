@@ -243,6 +243,8 @@ class Scenario:
     primary_latency_seconds: float = 0.0
     # Share of mirror:repo_synchronized events sent with refLimitExceeded (and so without changes).
     ref_limit_exceeded_rate: float = 0.0
+    # Whether a project webhook may carry mirror:repo_synchronized (false: only repository webhooks may).
+    project_webhook_mirror_events: bool = True
     username: str = "admin"
     password: str = "admin"
     token: str = "simulated-token"

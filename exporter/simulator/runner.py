@@ -18,6 +18,8 @@ from aiohttp import web
 
 from exporter.simulator.farm import Farm, Scenario
 from exporter.simulator.server import Listing, mirror_app, primary_app
+from exporter.simulator.webhook_api import STORE_KEY
+from exporter.simulator.webhook_api import add_routes as add_webhook_api
 from exporter.simulator.webhook_target import WebhookTarget
 
 # How often the deliverer lets time pass on the farm and sends what it queued: syncs are dated within this.
@@ -48,6 +50,8 @@ class SimulatedFarm:
         # Mirror name -> node name -> the node's own base URL (its farmNodes entry lists the same port).
         self.node_urls: dict[str, dict[str, str]] = {}
         self.webhooks: list[WebhookTarget] = []
+        # The webhooks created over the REST API (webhooks apply), by id.
+        self.webhook_store: dict[int, dict[str, Any]] = {}
         self.delivered: dict[str, int] = {}  # event key -> deliveries answered 2xx
         self._deliverer: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
@@ -61,7 +65,10 @@ class SimulatedFarm:
         return runner, f"{scheme}://{self.host}:{runner.addresses[0][1]}"
 
     async def start(self) -> None:
-        self.primary_url = (await self._serve(primary_app(self.farm, self.clock, self)))[1]
+        primary = primary_app(self.farm, self.clock, self)
+        add_webhook_api(primary)  # Bitbucket's webhook REST API, for `webhooks apply` and `status`
+        self.webhook_store = primary[STORE_KEY]
+        self.primary_url = (await self._serve(primary))[1]
         self.farm.primary_url = self.primary_url
         for name, mirror in self.farm.mirrors.items():
             cache: dict[str, Listing] = {}
@@ -105,10 +112,16 @@ class SimulatedFarm:
         headers = {"Content-Type": "application/json", "X-Event-Key": event, "X-Request-Id": str(uuid.uuid4())}
         if target.secret:
             headers["X-Hub-Signature"] = "sha256=" + hmac.new(target.secret.encode(), body, hashlib.sha256).hexdigest()
+        ok = False
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with http.post(target.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
-                if 200 <= r.status < 300:
-                    self.delivered[event] = self.delivered.get(event, 0) + 1
+                ok = 200 <= r.status < 300
+        now_ms = int(time.time() * 1000)
+        if ok:
+            self.delivered[event] = self.delivered.get(event, 0) + 1
+            target.successes, target.last_success_ms = target.successes + 1, now_ms
+        else:
+            target.failures, target.last_failure_ms = target.failures + 1, now_ms
 
     async def stop_mirror(self, name: str) -> int:
         """Take one mirror off the network (its connections close, its port is free); returns the port."""

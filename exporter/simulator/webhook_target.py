@@ -15,3 +15,8 @@ class WebhookTarget:
     drop_next: int = 0
     drop_rate: float = 0.0
     delay_seconds: float = 0.0
+    # What Bitbucket's statistics summary reports: delivery outcomes and when the last ones were (epoch ms).
+    successes: int = 0
+    failures: int = 0
+    last_success_ms: int | None = None
+    last_failure_ms: int | None = None
