@@ -17,6 +17,7 @@ from tests.conftest import Running, Samples, running_farm, value
 SECRET = "abuse-s3cret"
 PATH = "/webhooks/bitbucket"
 REQUESTS = "bitbucket_mirror_webhook_requests_total"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "webhooks"
 
 
 def push(repo_id: int, to_hash: str, date: str = "2026-11-22T10:00:00+0000") -> dict[str, Any]:
@@ -107,3 +108,25 @@ async def test_without_a_secret_the_endpoint_is_off() -> None:
         body = json.dumps(push(1, "a" * 40)).encode()
         assert await post(run, "repo:refs_changed", body) == 404
         assert value(await run.metrics(), REQUESTS, event="repo:refs_changed", outcome="accepted") is None
+
+
+async def test_documented_payloads_posted_by_a_real_client_are_timed(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    async with running_farm(Scenario(repositories=2, mirrors=1), ["9.x"], prepare=prepared(secret_file)) as run:
+        await run.wait_ready()
+        for event, name in (
+            ("repo:refs_changed", "repo_refs_changed"),
+            ("mirror:repo_synchronized", "mirror_repo_synchronized"),
+        ):
+            body = (FIXTURES / f"{name}.json").read_bytes()
+            assert await post(run, event, body, sign(body), f"{name}-1") == 200
+        samples = await run.metrics()
+        # The documented mirror server is not one the primary lists: labelled with the name the event carries.
+        latency = "bitbucket_mirror_push_to_sync_seconds"
+        assert value(samples, latency + "_count", mirror="Mirror", sync="incremental") == 1.0
+        assert value(samples, latency + "_sum", mirror="Mirror", sync="incremental") == 7.0
+        status, body = await run.get(
+            "/api/v1/repositories/PROJ/repository/mirrors?commit=178864a7d521b6f5e720b386b2c2b0ef8563e0dc"
+        )
+        assert status == 200 and json.loads(body)["repository"]["id"] == "84"
