@@ -126,7 +126,7 @@ async def test_documented_payloads_posted_by_a_real_client_are_timed(tmp_path: P
         latency = "bitbucket_mirror_push_to_sync_seconds"
         assert value(samples, latency + "_count", mirror="Mirror", sync="incremental") == 1.0
         assert value(samples, latency + "_sum", mirror="Mirror", sync="incremental") == 7.0
-        status, body = await run.get(
+        status, answer = await run.get(
             "/api/v1/repositories/PROJ/repository/mirrors?commit=178864a7d521b6f5e720b386b2c2b0ef8563e0dc"
         )
-        assert status == 200 and json.loads(body)["repository"]["id"] == "84"
+        assert status == 200 and json.loads(answer)["repository"]["id"] == "84"
