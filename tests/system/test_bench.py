@@ -68,3 +68,12 @@ def test_soak_benchmark_runs_and_the_exporter_ends_in_step_with_the_farm(tmp_pat
     assert soak["errors"] == 0 and soak["poll_errors"] == 0
     # Created and deleted repositories are followed: the exporter's count is the farm's, extras dropped.
     assert soak["repositories_on_mirrors_exported"] == soak["repositories_on_mirrors_truth"]
+
+
+def test_webhook_burst_benchmark_runs_and_observes_every_sync(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH / "webhook_burst.py"), "--events", "200", "--seconds", "1"]
+    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "webhook_burst.json").read_text())
+    assert figures["sent"]["statuses"] == {"200": 200} and figures["observed_syncs"] == 100.0
+    assert figures["scrapes_during_burst_ms"]["count"] > 0
