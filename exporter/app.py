@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -29,7 +30,7 @@ from exporter.rest.models import MirrorServer
 from exporter.rest.nodes import NodeFleet
 from exporter.rest.poller import DriftJob, MirrorPoller, PrimaryPoller
 from exporter.rest.push_dating import PushDating
-from exporter.sources import Poller, poll_forever
+from exporter.sources import Poller, poll_forever, run_source
 from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
 from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
@@ -40,6 +41,7 @@ from exporter.webhooks.collector import webhook_metrics
 from exporter.webhooks.gate import answer
 from exporter.webhooks.matching import Book
 from exporter.webhooks.receiver import Receiver
+from exporter.webhooks.setup import Delivery, Webhooks
 
 log = logging.getLogger("exporter")
 
@@ -122,6 +124,8 @@ class Polling:
         )
         # One for every mirror and node: the activity pages are the primary's, whoever diverges.
         self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
+        if self.settings.webhooks.statistics_projects:
+            self._tasks.append(asyncio.create_task(self._webhook_statistics()))
         self._tasks = [self._spawn(self._primary)]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
@@ -166,6 +170,20 @@ class Polling:
         self._loops.add(task)
         task.add_done_callback(self._loops.discard)
         return task
+
+    async def _webhook_statistics(self) -> None:
+        """Bitbucket's delivery statistics of the exporter's webhooks, every statistics_interval_seconds."""
+        assert self.client is not None
+        config = self.settings.webhooks
+        hooks = Webhooks(self.client, self.settings, lambda line: None)
+
+        async def read() -> list[Delivery]:
+            return await hooks.statistics(config.statistics_projects)
+
+        while not self._stop.is_set():
+            await run_source(PRIMARY_TARGET, "webhook_statistics", self.state.primary.webhook_statistics, read)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=config.statistics_interval_seconds)
 
     async def _fetch_text(self, url: str) -> str:
         """A jmx_exporter page: no credentials (Atlassian's chart serves them without), the top-level tls."""
@@ -236,8 +254,11 @@ class WebhookCollector(Collector):
         self._exporter = exporter
 
     def collect(self) -> Iterator[Metric]:
-        if self._exporter.settings.webhooks.enabled:
-            yield from webhook_metrics(self._exporter.webhooks)
+        settings = self._exporter.settings.webhooks
+        if settings.enabled or settings.statistics_projects:
+            statistics = self._exporter.state.primary.webhook_statistics
+            fresh_for = 3 * settings.statistics_interval_seconds
+            yield from webhook_metrics(self._exporter.webhooks, statistics.fresh(time.time(), fresh_for))
 
 
 class Exporter:

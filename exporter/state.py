@@ -18,6 +18,7 @@ from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync, normalize_ur
 from exporter.rest.client import ClockReading
 from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
 from exporter.sources import SourceState
+from exporter.webhooks.setup import Delivery
 
 T = TypeVar("T")
 
@@ -141,6 +142,8 @@ class PrimaryState:
     cycles: int = 0
     # Repositories whose content hash changed between two listings since start: the pushes polling sees.
     content_changes: int = 0
+    # The exporter's webhooks and Bitbucket's statistics of their deliveries (webhooks.statistics_projects).
+    webhook_statistics: SourceState[list[Delivery]] = field(default_factory=lambda: SourceState(on_demand=True))
 
     def sources(self) -> dict[str, SourceState[Any]]:
         sources: dict[str, SourceState[Any]] = {
@@ -149,6 +152,8 @@ class PrimaryState:
         }
         if self.ref_change_activity.polled:  # asked only while some repository diverges
             sources["ref_change_activity"] = self.ref_change_activity
+        if self.webhook_statistics.polled:  # read only with webhooks.statistics_projects
+            sources["webhook_statistics"] = self.webhook_statistics
         return sources
 
 

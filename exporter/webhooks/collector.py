@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from exporter.webhooks.receiver import KNOWN_EVENTS, Receiver
+from exporter.webhooks.setup import Delivery
 
 RECEIVED = " From Bitbucket's webhooks as they arrive (not polled)."
 
 
-def webhook_metrics(receiver: Receiver) -> Iterator[Metric]:
+def webhook_metrics(receiver: Receiver, deliveries: list[Delivery] | None = None) -> Iterator[Metric]:
+    """The receiver's families; and, with ``deliveries`` (webhooks.statistics_projects, while fresh), Bitbucket's
+    own record of delivering the exporter's webhooks."""
     book = receiver.book
     latency = HistogramMetricFamily(
         "bitbucket_mirror_push_to_sync_seconds",
@@ -57,3 +60,19 @@ def webhook_metrics(receiver: Receiver) -> Iterator[Metric]:
     )
     evicted.add_metric([], book.evicted)
     yield from (latency, unconfirmed, requests, last, pending, evicted)
+    outcomes = [("lastSuccess", "success"), ("lastFailure", "failure"), ("lastError", "error")]
+    delivered = {
+        outcome: GaugeMetricFamily(
+            f"bitbucket_mirror_webhook_delivery_last_{name}_timestamp_seconds",
+            f"When Bitbucket last delivered one of the exporter's webhooks with outcome {name} (its statistics "
+            "summary), by the webhook's scope (project or project/repository) and URL. Read every "
+            "webhooks.statistics_interval_seconds for webhooks.statistics_projects.",
+            labels=["scope", "url"],
+        )
+        for outcome, name in outcomes
+    }
+    for delivery in deliveries or []:
+        for outcome, family in delivered.items():
+            if (at := delivery.last(outcome)) is not None:
+                family.add_metric([delivery.scope, delivery.url], at)
+    yield from delivered.values()

@@ -24,6 +24,10 @@ class WebhooksConfig(BaseModel):
     pending_timeout_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     # Pushes (and synced commits, and request ids) remembered at most: a flood cannot exhaust memory.
     max_pending: int = Field(default=100_000, ge=100, le=10_000_000)
+    # Projects whose exporter webhooks' delivery statistics are read (as `webhooks status` does) and exported;
+    # empty: not read.
+    statistics_projects: list[str] = Field(default_factory=list)
+    statistics_interval_seconds: float = Field(default=300.0, ge=1, le=86400)
 
     _secret_readable = field_validator("secret_file")(readable_secret_file)
 

@@ -127,7 +127,9 @@ class Webhooks:
                     verb = await self._put(Scope(project, slug), url, secret, dry_run)
                     self._out(f"{project}/{slug}: repository webhook {verb} for {url} ({', '.join(EVENTS)})")
 
-    async def status(self, projects: list[str]) -> None:
+    async def statistics(self, projects: list[str]) -> list[Delivery]:
+        """The exporter's webhooks (by name) on each project and its repositories, with their statistics summary."""
+        found = []
         for project in projects:
             scopes = [Scope(project)]
             scopes += [Scope(project, slug) for slug in await self._repositories(project)]
@@ -139,29 +141,52 @@ class Webhooks:
                     try:
                         summary = await self._client.get_json(summary_url, self._settings.primary)
                     except FetchError as exc:
-                        self._out(f"{scope}: {hook.get('url')}: statistics unavailable ({exc.reason})")
+                        found.append(Delivery(str(scope), str(hook.get("url")), None, exc.reason))
                         continue
-                    self._out(f"{scope}: {hook.get('url')}: {describe_summary(summary)}")
+                    found.append(
+                        Delivery(str(scope), str(hook.get("url")), summary if isinstance(summary, dict) else {})
+                    )
+        return found
+
+    async def status(self, projects: list[str]) -> None:
+        for delivery in await self.statistics(projects):
+            if delivery.summary is None:
+                self._out(f"{delivery.scope}: {delivery.url}: statistics unavailable ({delivery.problem})")
+            else:
+                self._out(f"{delivery.scope}: {delivery.url}: {describe_summary(delivery.summary)}")
 
 
-def _when(invocation: Any) -> str:
-    if not isinstance(invocation, dict):
-        return "never"
-    start = invocation.get("start", invocation.get("finish"))
-    if isinstance(start, int | float) and not isinstance(start, bool):
-        return datetime.fromtimestamp(start / 1000 if start > 1e11 else start, UTC).isoformat(timespec="seconds")
-    return "unknown"
+@dataclass(frozen=True)
+class Delivery:
+    """One of the exporter's webhooks and what Bitbucket says of its deliveries."""
+
+    scope: str
+    url: str
+    summary: dict[str, Any] | None
+    problem: str = ""
+
+    def last(self, outcome: str) -> float | None:
+        """When the last delivery with ``outcome`` (lastSuccess, lastFailure, lastError) started, Unix seconds."""
+        invocation = (self.summary or {}).get(outcome)
+        start = invocation.get("start", invocation.get("finish")) if isinstance(invocation, dict) else None
+        if isinstance(start, int | float) and not isinstance(start, bool):
+            return start / 1000 if start > 1e11 else float(start)
+        return None
 
 
-def describe_summary(summary: Any) -> str:
+def describe_summary(summary: dict[str, Any]) -> str:
     """Bitbucket's statistics summary (RestInvocationHistory; its fields are not in the spec: read tolerantly)."""
-    if not isinstance(summary, dict):
-        return "no deliveries yet"
+    delivery = Delivery("", "", summary)
     counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}
+
+    def when(outcome: str) -> str:
+        at = delivery.last(outcome)
+        return "never" if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+
     parts = [
-        f"last success {_when(summary.get('lastSuccess'))}",
-        f"last failure {_when(summary.get('lastFailure'))}",
-        f"last error {_when(summary.get('lastError'))}",
+        f"last success {when('lastSuccess')}",
+        f"last failure {when('lastFailure')}",
+        f"last error {when('lastError')}",
     ]
     if counts:
         parts.append(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -40,11 +40,19 @@ def store(run: Running) -> dict[int, dict[str, Any]]:
     return run.farm.webhook_store
 
 
+def with_statistics(secret_file: Path) -> Any:
+    def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        with_webhooks(secret_file)(farm, config)
+        config["webhooks"] |= {"statistics_projects": ["PRJ1"], "statistics_interval_seconds": 1}
+
+    return prepare
+
+
 async def test_apply_creates_then_updates_and_the_webhooks_deliver(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     scenario = Scenario(repositories=6, mirrors=1, sync_delay_seconds=1.0)
-    async with running_farm(scenario, ["9.x"], interval=0.5, prepare=with_webhooks(secret_file)) as run:
+    async with running_farm(scenario, ["9.x"], interval=0.5, prepare=with_statistics(secret_file)) as run:
         await run.wait_ready()
         config = config_file(tmp_path, run.farm, secret_file)
         url = run.url + "/webhooks/bitbucket"
@@ -69,6 +77,12 @@ async def test_apply_creates_then_updates_and_the_webhooks_deliver(tmp_path: Pat
         )
         code, out, err = await cli("status", "--config", str(config), "--project", "PRJ1")
         assert code == 0 and f"PRJ1: {url}: last success 20" in out and SECRET not in out + err, out + err
+        # The same statistics as metrics (webhooks.statistics_projects).
+        last = "bitbucket_mirror_webhook_delivery_last_success_timestamp_seconds"
+        samples = await run.metrics_until(lambda s: value(s, last, scope="PRJ1", url=url) is not None, "stats")
+        assert (
+            value(samples, "bitbucket_mirror_exporter_poll_success", target="primary", source="webhook_statistics") == 1
+        )
 
 
 async def test_apply_falls_back_to_repository_webhooks_where_projects_cannot_carry_mirror_events(
