@@ -50,6 +50,12 @@ def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m for m in manifests if m["kind"] == kind]
 
 
+def workload(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The exporter's pods' controller: a Deployment, or a StatefulSet (workload=StatefulSet)."""
+    [found] = [m for m in manifests if m["kind"] in ("Deployment", "StatefulSet")]
+    return found
+
+
 def test_the_charts_rules_and_dashboards_are_copies_of_the_generated_ones() -> None:
     assert (ROOT / CHART_TEMPLATE).read_text() == render_template(), "helm/files is stale: run scripts/generate"
     sources = sorted(p.name for p in (ROOT / "dashboards/generated").glob("*.json"))
@@ -85,7 +91,7 @@ def test_rendered_manifests_are_valid_kubernetes(values: Path) -> None:
 
 def _secret_files(manifests: list[dict[str, Any]], into: Path) -> None:
     """Writes what the pod would see under the Secret mount; for an existing Secret, stand-in files."""
-    [deployment] = of_kind(manifests, "Deployment")
+    deployment = workload(manifests)
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     if "credentials" not in volumes:
         return
@@ -123,6 +129,23 @@ def test_a_farm_read_from_jmx_exporter_pages_needs_no_java_and_no_jmx_password()
     [deployment] = of_kind(manifests, "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"].endswith(f":{__version__}"), "jmx_exporter pages need no Java runtime"
+
+
+def test_replicas_taking_webhooks_each_get_their_own_dns_name() -> None:
+    manifests = render(CHART / "ci/webhooks-ha-values.yaml")
+    [pods] = of_kind(manifests, "StatefulSet")
+    assert not of_kind(manifests, "Deployment") and pods["spec"]["replicas"] == 2
+    headless = next(s for s in of_kind(manifests, "Service") if s["spec"].get("clusterIP") == "None")
+    assert pods["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["selector"] == pods["spec"]["selector"]["matchLabels"]
+    notes = subprocess.run(
+        [str(HELM), "install", "mirrors", str(CHART), "--dry-run", "-n", "bitbucket", "-f",
+         str(CHART / "ci/webhooks-ha-values.yaml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for pod in (0, 1):
+        url = f"http://{pods['metadata']['name']}-{pod}.{headless['metadata']['name']}.bitbucket.svc:9879"
+        assert url + "/webhooks/bitbucket" in notes
 
 
 def test_secrets_reach_the_exporter_as_files_never_in_the_config_map() -> None:
