@@ -32,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ready import wait_ready  # noqa: E402
 from bench.scale_report import machine  # noqa: E402
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 from exporter.simulator.farm import Farm  # noqa: E402
@@ -136,17 +137,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         )  # fmt: skip
         url = f"http://{LOOPBACK}:{args.port}"
         try:
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(url + "/-/ready") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise SystemExit("the exporter did not become ready within 30 s")
+            if not await wait_ready(url):
+                raise SystemExit("the exporter did not become ready within 30 s")
             started = time.monotonic()
             rss_before_load = rss_mb(process.pid)
             print(f"load: {args.scrapers} scrapers back to back for {args.load_seconds:g} s ...", flush=True)

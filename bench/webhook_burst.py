@@ -31,6 +31,7 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
+from bench.ready import wait_ready  # noqa: E402
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 
 SECRET = "burst-secret"
@@ -126,15 +127,8 @@ async def measure(events: int, seconds: float, work: Path) -> dict[str, Any]:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(base + "/-/ready") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+            if not await wait_ready(base):
+                raise SystemExit("the exporter did not become ready within 30 s")
             quiet_running, busy_running = asyncio.Event(), asyncio.Event()
             quiet_running.set()
             quiet = asyncio.create_task(scrape_while(base + "/metrics", 10, 0.2, quiet_running))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,17 @@ def with_webhooks(secret_file: Path) -> Any:
     return prepare
 
 
+@asynccontextmanager
+async def webhook_farm(tmp_path: Path, scenario: Scenario) -> AsyncIterator[Running]:
+    """A farm of 9.x and 8.x mirrors whose primary posts its webhooks to the exporter watching it."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    async with running_farm(scenario, ["9.x", "8.x"], interval=0.5, prepare=with_webhooks(secret_file)) as run:
+        await run.wait_ready()
+        listen(run)
+        yield run
+
+
 def listen(run: Running, secret: str = SECRET, **delivery: Any) -> None:
     run.farm.add_webhook(WebhookTarget(run.url + "/webhooks/bitbucket", secret, **delivery))
 
@@ -39,12 +52,7 @@ def synced(samples: Samples, mirror: str, sync: str = "incremental") -> tuple[fl
 async def test_a_push_and_a_mirror_syncing_seven_seconds_later_is_one_observation_of_about_seven(
     tmp_path: Path,
 ) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
-    scenario = Scenario(repositories=6, mirrors=2, sync_delay_seconds=7.0)
-    async with running_farm(scenario, ["9.x", "8.x"], interval=0.5, prepare=with_webhooks(secret_file)) as run:
-        await run.wait_ready()
-        listen(run)
+    async with webhook_farm(tmp_path, Scenario(repositories=6, mirrors=2, sync_delay_seconds=7.0)) as run:
         await run.control("/sim/push", {"repository_ids": [3]})
         samples = await run.metrics_until(
             lambda s: synced(s, "sydney")[0] == 1.0 and synced(s, "frankfurt")[0] == 1.0, "both mirrors synced", 20
@@ -71,12 +79,7 @@ async def run_wait(run: Running, *args: str, give_up: str = "30s") -> tuple[int,
 
 
 async def test_wait_returns_once_the_commit_is_on_the_mirror(tmp_path: Path) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
-    scenario = Scenario(repositories=6, mirrors=2, sync_delay_seconds=3.0)
-    async with running_farm(scenario, ["9.x", "8.x"], interval=0.5, prepare=with_webhooks(secret_file)) as run:
-        await run.wait_ready()
-        listen(run)
+    async with webhook_farm(tmp_path, Scenario(repositories=6, mirrors=2, sync_delay_seconds=3.0)) as run:
         await run.control("/sim/push", {"repository_ids": [4]})
         repo = run.farm.farm.repositories[4]
         commit, where = repo.commit(repo.content_version), f"{repo.project.key}/{repo.slug}"
