@@ -83,6 +83,12 @@ def test_demo_serves_metrics_and_stops_cleanly_on_sigterm() -> None:
         # A farm of three nodes per mirror, each read at its own URL.
         for node in (1, 2, 3):
             assert f'bitbucket_mirror_node_up{{mirror="sydney",node="sydney-node-{node}"}} 1.0' in text
+        # The simulated primary's webhooks reach the demo's exporter (pushes come twice a second).
+        deadline = time.monotonic() + 20
+        while 'bitbucket_mirror_webhook_requests_total{event="repo:refs_changed",outcome="accepted"}' not in text:
+            assert time.monotonic() < deadline, "no push webhook accepted"
+            time.sleep(0.2)
+            text = http_get(url + "/metrics")[1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         _, stderr = proc.communicate(timeout=5)
