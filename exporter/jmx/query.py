@@ -8,16 +8,14 @@ own process group, so the event loop never blocks and a hung node's JVM is kille
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
 import jmxquery
 
+from exporter.processes import Timeout, run
 from exporter.sources import FetchError
 
 # Enough to tell what went wrong; the JVM's stderr can be a long stack trace.
@@ -96,37 +94,17 @@ def parse_rows(stdout: str) -> list[JmxRow]:
     return rows
 
 
-def _kill(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        # The whole group: a JVM launcher could leave a child behind.
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 async def run_jmxquery(command: list[str], time_limit: float, secret: str | None = None) -> list[JmxRow]:
     """Run one jmxquery JVM and return its rows; raise FetchError(reason) on any failure, after killing the JVM."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        finished = await run(command, time_limit)
     except OSError as exc:
         # Name only the program: the rest of the command line holds the password.
         raise FetchError("java_missing", f"cannot start {command[0]}: {exc.strerror or type(exc).__name__}") from None
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), time_limit)
-    except TimeoutError:
+    except Timeout:
         raise FetchError("timeout", f"no answer within {time_limit:g} s; JVM killed") from None
-    finally:
-        if process.returncode is None:
-            _kill(process)
-            # Reap it so no zombie is left; SIGKILL cannot be ignored, so this returns promptly.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 5)
-    stdout = out.decode("utf-8", "replace")
-    if process.returncode != 0:
-        reason, detail = classify_failure(process.returncode or 0, stdout, err.decode("utf-8", "replace"))
+    stdout = finished.stdout.decode("utf-8", "replace")
+    if finished.returncode != 0:
+        reason, detail = classify_failure(finished.returncode, stdout, finished.stderr.decode("utf-8", "replace"))
         raise FetchError(reason, _redact(detail, secret))
     return parse_rows(stdout)
