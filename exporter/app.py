@@ -20,6 +20,8 @@ from yarl import URL
 
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
+from exporter.git.command import Git
+from exporter.git.poller import GitMirrors
 from exporter.jmx.poller import JmxPoller
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
@@ -126,6 +128,17 @@ class Polling:
         self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
         if self.settings.webhooks.statistics_projects:
             self._tasks.append(asyncio.create_task(self._webhook_statistics()))
+        if self.settings.git_mirrors or self.settings.git_mirrors_dir is not None:
+            found = self.settings.git_mirrors_dir
+            git_mirrors = GitMirrors(
+                self.settings.git_mirrors,
+                found.found if found is not None else list,
+                self.state.git_mirrors,
+                Git(self.settings.git_concurrency),
+                self._stop,
+                self.state.policy.stale_after,
+            )
+            self._tasks.append(asyncio.create_task(git_mirrors.run()))
         self._tasks = [self._spawn(self._primary)]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
@@ -244,7 +257,8 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     primary = old.primary if old.primary.url == new.primary.url else new.primary
     kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
     mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
-    return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy)
+    # Git mirrors are followed by name (GitMirrors.follow keeps a state whose name is still configured).
+    return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy, git_mirrors=list(old.git_mirrors))
 
 
 class WebhookCollector(Collector):

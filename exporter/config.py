@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from exporter.git.config import GitMirrorConfig, GitMirrorsDirConfig
 from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
 from exporter.tls import client_context
@@ -243,6 +244,12 @@ class Settings(BaseSettings):
     max_repository_series: int = Field(default=100, ge=0)
     # jmxquery JVMs running at once, over all mirrors; each is a JVM start (about 0.3 s of CPU).
     jmx_concurrency: int = Field(default=4, ge=1, le=64)
+    # Plain git reference mirrors (CI fleets' shared bare repositories) compared with their remotes
+    # (docs/git-mirrors.md).
+    git_mirrors: list[GitMirrorConfig] = Field(default_factory=list)
+    git_mirrors_dir: GitMirrorsDirConfig | None = None
+    # git processes running at once over all git mirrors.
+    git_concurrency: int = Field(default=4, ge=1, le=64)
 
     @classmethod
     def settings_customise_sources(
@@ -255,6 +262,19 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs; the environment must override it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _git_names(self) -> Self:
+        taken = {PRIMARY_TARGET, *(m.name for m in self.mirrors)}
+        seen: set[str] = set()
+        for i, git_mirror in enumerate(self.git_mirrors):
+            # The name is the `target` of the self-metrics too: it must not be a Bitbucket mirror's.
+            if git_mirror.name in taken or git_mirror.name in seen:
+                raise ValueError(
+                    f"git_mirrors[{i}].name: {git_mirror.name!r} is taken (the primary, a mirror or another git mirror)"
+                )
+            seen.add(git_mirror.name)
+        return self
 
     @field_validator("mirrors")
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from exporter.drift import DriftReport, PrimaryRepo
+from exporter.git.refs import Comparison
 from exporter.jmx.reading import NodeReading
 from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync, normalize_url
 from exporter.rest.client import ClockReading
@@ -62,6 +63,27 @@ class JmxNodeState:
     # The larger of poll.stale_after_seconds and 3 x jmx.interval_seconds: JMX is polled less often.
     stale_after_seconds: float = 90.0
     source: SourceState[NodeReading] = field(default_factory=SourceState)
+
+
+@dataclass(frozen=True)
+class GitCheck:
+    """One comparison of a git reference mirror with its remote."""
+
+    comparison: Comparison
+    last_fetch: float | None  # FETCH_HEAD's mtime: when the syncer last fetched
+    objects_bytes: int | None
+    remote: str
+
+
+@dataclass
+class GitMirrorState:
+    name: str
+    path: str
+    # The larger of poll.stale_after_seconds and 3 x its interval.
+    stale_after_seconds: float = 180.0
+    refs: SourceState[GitCheck] = field(default_factory=SourceState)
+    # Since when the mirror has differed from its remote, as first seen; None while in step.
+    behind_since: float | None = None
 
 
 @dataclass
@@ -183,6 +205,7 @@ class ExporterState:
     primary: PrimaryState
     mirrors: list[MirrorState]
     policy: Policy = field(default_factory=Policy)
+    git_mirrors: list[GitMirrorState] = field(default_factory=list)
 
     def mirror_label(self, base_url: str | None, fallback: str) -> str:
         """The configured mirror whose URL is the server's base URL, else the name the primary gives it."""

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
+from exporter.git.collector import git_metrics
 from exporter.jmx.collector import jmx_metrics
 from exporter.sources import SourceFamilies, SourceState, T
 from exporter.state import ExporterState, MirrorState
@@ -69,6 +70,7 @@ class MirrorFarmCollector(Collector):
             yield from area(scrape)
         yield from mirror_servers(scrape)
         yield from jmx_metrics(scrape.state.mirrors, scrape.now)
+        yield from git_metrics(scrape.state.git_mirrors, scrape.now)
         yield from self_metrics(scrape)
 
 
@@ -456,6 +458,8 @@ def self_metrics(scrape: Scrape) -> Iterator[Metric]:
     for target, sources in targets:
         for source, st in sources.items():
             health.add({"target": target, "source": source}, st)
+    for git_mirror in scrape.state.git_mirrors:
+        health.add({"target": git_mirror.name, "source": "git_refs"}, git_mirror.refs)
     for mirror in scrape.state.mirrors:
         for node_name, node in sorted(mirror.nodes.items()):
             for source, st in node.sources().items():

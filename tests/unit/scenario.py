@@ -4,6 +4,7 @@ exposition (tests/unit/golden/exposition.txt), so every change to a series shows
 from __future__ import annotations
 
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo, analyse, union
+from exporter.git.refs import Comparison, Difference
 from exporter.jmx.reading import NodeReading, TicketReading, TimerReading
 from exporter.rest.api import ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
@@ -19,6 +20,8 @@ from exporter.rest.models import (
 from exporter.sources import SourceState
 from exporter.state import (
     ExporterState,
+    GitCheck,
+    GitMirrorState,
     JmxNodeState,
     MirrorState,
     NodeState,
@@ -144,4 +147,17 @@ def seeded_state() -> ExporterState:
     node.source = fresh(reading, age=20, duration=0.8)  # type: ignore[assignment]
     sydney.jmx_nodes = {"sydney-1": node}
     by_node(sydney)
-    return ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))
+    state = ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))
+    state.git_mirrors = [git_mirror()]
+    return state
+
+
+def git_mirror() -> GitMirrorState:
+    """A CI reference mirror two refs behind its remote for 10 minutes, with an extra ref the remote deleted."""
+    behind = (Difference("refs/heads/main", "1" * 40, "2" * 40), Difference("refs/tags/v2", None, "3" * 40))
+    extra = (Difference("refs/heads/old", "4" * 40, None),)
+    mirror = GitMirrorState("ci-reference", "/mirrors/app.git", stale_after_seconds=180.0, behind_since=NOW - 600)
+    remote = "https://bitbucket.example.com/scm/prj/app.git"
+    check = GitCheck(Comparison(41, 42, behind, extra), NOW - 900, 123_456_789, remote)
+    mirror.refs = fresh(check, age=30, duration=0.4)  # type: ignore[assignment]
+    return mirror
