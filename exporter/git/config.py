@@ -39,7 +39,7 @@ class _GitCommon(GitCredentials):
     remote: str | None = None
     refs: list[str] = Field(default_factory=lambda: list(DEFAULT_REFS), min_length=1)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
-    interval_seconds: float = Field(default=60.0, ge=1, le=86400)
+    interval_seconds: float = Field(default=60.0, gt=0, le=86400)
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("remote")
