@@ -70,9 +70,17 @@ async def test_a_reference_mirror_is_compared_ref_by_ref_with_its_remote(tmp_pat
 
         async with running_farm(Scenario(repositories=2, mirrors=1), ["9.x"], prepare=prepare) as run:
 
+            def watched(check: Any) -> Any:
+                """``check``, sampling the git processes' command lines at every scrape."""
+
+                def sampled(samples: Samples) -> bool:
+                    argv.extend(git_processes_argv())
+                    return bool(check(samples))
+
+                return sampled
+
             async def until(check: Any, what: str) -> Samples:
-                argv.extend(git_processes_argv())
-                return await run.metrics_until(lambda s: (argv.extend(git_processes_argv()), check(s))[1], what)
+                return await run.metrics_until(watched(check), what)
 
             # In step: heads and tags counted on both sides, the pull-request ref not.
             counted = len([r for r in remote.refs() if not r.startswith("refs/pull-requests/")])
