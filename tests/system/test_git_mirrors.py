@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.simulator import Scenario, SimulatedFarm
-from tests.conftest import Samples, running_farm, value
+from tests.conftest import Samples, running_farm, value, wait_until
 from tests.git_server import Remote, git, http_backend, mirror_of, sync
 
 USER, PASSWORD = "ci-reader", "git-Pa55-w0rd"
