@@ -72,6 +72,10 @@ class AlertConfig:
     # Pushes seen by polling without a repo:refs_changed webhook for this long: the webhooks do not arrive.
     webhooks_silent_seconds: int = 3600
     webhooks_silent_for: str = "15m"
+    # Git reference mirrors: behind their remote for longer than this (first seen), and checks failing this long.
+    git_stale_seconds: int = 1800
+    git_stale_for: str = "5m"
+    git_check_failing_for: str = "15m"
     jmx_down_for: str = "15m"
     snapshot_syncs_per_hour: int = 30
     snapshot_syncs_for: str = "30m"
@@ -161,7 +165,8 @@ class _Rules:
         mirror_down = f'label_replace({m("bitbucket_mirror_up")} == 0, "target", "$1", "mirror", "(.*)")'
         # repo_sync_status is DriftUnknown's to name; a failed ref change activity lookup only dates lag from first
         # sight instead (bitbucket_mirror_sync_lag_source), and one failing repository would keep it 0 for long.
-        polled = m("bitbucket_mirror_exporter_poll_success", 'source!~"repo_sync_status|ref_change_activity"')
+        # git_refs is BitbucketMirrorGitMirrorCheckFailing's.
+        polled = m("bitbucket_mirror_exporter_poll_success", 'source!~"repo_sync_status|ref_change_activity|git_refs"')
         primary_listing_failing = m("bitbucket_mirror_exporter_poll_success", 'target="primary",source="repositories"')
         # The causes of unknown drift, for the description: one series per stale input, with the failing reason.
         causes = (
@@ -372,6 +377,36 @@ class _Rules:
             ),
         ]
 
+    def git_mirrors(self) -> list[dict[str, Any]]:
+        c, m = self.c, self.m
+        checked = m("bitbucket_mirror_exporter_poll_success", 'source="git_refs"')
+        return [
+            self.alert(
+                name="BitbucketMirrorGitMirrorStale",
+                expr=f"{m('bitbucket_mirror_git_behind_seconds')} > {c.git_stale_seconds}",
+                for_=c.git_stale_for,
+                severity="warning",
+                summary="A git reference mirror lags behind its remote.",
+                description=(
+                    "Git mirror {{ $labels.git_mirror }} has differed from its remote for {{ $value | humanizeDuration "
+                    "}}: its syncer has stalled, and every build that clones with --reference from it fetches more "
+                    "over the network."
+                ),
+            ),
+            self.alert(
+                name="BitbucketMirrorGitMirrorCheckFailing",
+                expr=f"{checked} == 0",
+                for_=c.git_check_failing_for,
+                severity="warning",
+                summary="The exporter cannot compare a git reference mirror with its remote.",
+                description=(
+                    "Comparing git mirror {{ $labels.target }} with its remote has failed for "
+                    f"{c.git_check_failing_for}; the reason is in bitbucket_mirror_exporter_poll_errors_total "
+                    "(git_auth, git_not_found, git_timeout, not_a_repository, git_failed)."
+                ),
+            ),
+        ]
+
     def webhooks(self) -> list[dict[str, Any]]:
         c, m = self.c, self.m
         buckets = f"rate({m('bitbucket_mirror_push_to_sync_seconds_bucket')}[{c.push_to_sync_window}])"
@@ -456,6 +491,7 @@ def rule_groups(config: AlertConfig | None = None) -> dict[str, Any]:
             {"name": "bitbucket-mirror", "rules": rules.mirrors()},
             {"name": "bitbucket-mirror-nodes", "rules": rules.nodes()},
             {"name": "bitbucket-mirror-webhooks", "rules": rules.webhooks()},
+            {"name": "bitbucket-mirror-git", "rules": rules.git_mirrors()},
         ]
     }
 
