@@ -63,12 +63,12 @@ def test_every_alert_has_severity_annotations_and_a_runbook(rule: dict[str, Any]
     annotations = rule["annotations"]
     assert "{{" not in annotations["summary"], "the summary is static"
     assert "{{" in annotations["description"], "the description is templated"
-    if rule["alert"] not in (
-        "BitbucketMirrorExporterDown",
-        "BitbucketMirrorExporterPollFailing",
-        "BitbucketMirrorWebhooksSilent",
-    ):
-        # (WebhooksSilent is about the exporter: its pushes, its webhook endpoint.)
+    # Each names what it is about: a mirror; a git mirror; the exporter itself (its polls, its webhook endpoint).
+    about_the_exporter = ("BitbucketMirrorExporterDown", "BitbucketMirrorExporterPollFailing",
+                          "BitbucketMirrorWebhooksSilent")  # fmt: skip
+    if rule["alert"].startswith("BitbucketMirrorGitMirror"):
+        assert "$labels.git_mirror" in annotations["description"] or "$labels.target" in annotations["description"]
+    elif rule["alert"] not in about_the_exporter:
         assert "$labels.mirror" in annotations["description"]
     if "project" in rule["expr"] or "repository_failed_syncs" in rule["expr"]:
         assert "$labels.repository" in annotations["description"]
