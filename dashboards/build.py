@@ -13,7 +13,7 @@ from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
 from alerts.rules import alert_names
-from dashboards import exporter_health, overview, repository_drift, sync_performance
+from dashboards import exporter_health, git_mirrors, overview, repository_drift, sync_performance
 from dashboards.variables import RUNBOOKS
 
 GENERATED = Path(__file__).parent / "generated"
@@ -93,6 +93,7 @@ def all_dashboards() -> dict[str, Callable[[], g.Dashboard]]:
         "repository-drift.json": repository_drift.dashboard,
         "sync-performance.json": sync_performance.dashboard,
         "exporter-health.json": exporter_health.dashboard,
+        "git-mirrors.json": git_mirrors.dashboard,
     }
 
 

@@ -14,6 +14,7 @@ OVERVIEW_UID = "bbmirror-overview"
 REPOSITORY_DRIFT_UID = "bbmirror-repository-drift"
 SYNC_PERFORMANCE_UID = "bbmirror-sync-performance"
 EXPORTER_HEALTH_UID = "bbmirror-exporter-health"
+GIT_MIRRORS_UID = "bbmirror-git-mirrors"
 
 TAG = "bitbucket-mirror"
 TAGS = ["bitbucket", TAG]
@@ -22,8 +23,14 @@ SCHEMA_VERSION = 39
 
 
 def dashboard(
-    title: str, uid: str, description: str, grid_panels: list[Any], extra: Sequence[g.Template] = ()
+    title: str,
+    uid: str,
+    description: str,
+    grid_panels: list[Any],
+    extra: Sequence[g.Template] = (),
+    by_mirror: bool = True,
 ) -> g.Dashboard:
+    """``by_mirror`` False: a dashboard of no Bitbucket mirror (git reference mirrors), without the mirror variable."""
     return g.Dashboard(
         title=title,
         uid=uid,
@@ -35,7 +42,7 @@ def dashboard(
                 variables.datasource(),
                 variables.cluster(),
                 variables.job(),
-                variables.mirror(),
+                *([variables.mirror()] if by_mirror else []),
                 *extra,
                 variables.runbooks(),
             ]

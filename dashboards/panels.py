@@ -21,6 +21,7 @@ CLUSTER = 'cluster=~"$cluster"'
 JOB = 'job=~"$job"'
 MIRROR = 'mirror=~"$mirror"'
 NODE = 'node=~"$node"'
+GIT_MIRROR = 'git_mirror=~"$git_mirror"'
 # The exporter's own poll metrics say `target` (primary or a mirror name) where the others say `mirror`.
 TARGET = 'target=~"primary|$mirror"'
 RATE_WINDOW = "[$__rate_interval]"

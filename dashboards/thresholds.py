@@ -16,3 +16,4 @@ INCREMENTAL_SLOW = steps(("green", None), ("orange", ALERTS.incremental_sync_slo
 SNAPSHOT_SLOW = steps(("green", None), ("orange", ALERTS.snapshot_sync_slow_seconds))
 SNAPSHOTS_PER_HOUR = steps(("green", None), ("orange", ALERTS.snapshot_syncs_per_hour))
 PUSH_TO_SYNC = steps(("green", None), ("orange", ALERTS.push_to_sync_p90_seconds))
+GIT_STALE = steps(("green", None), ("orange", ALERTS.git_stale_seconds))

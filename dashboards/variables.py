@@ -58,6 +58,11 @@ def node() -> g.Template:
     return _query("node", "Node", query, multi=True)
 
 
+def git_mirror() -> g.Template:
+    query = f"label_values(bitbucket_mirror_git_last_check_success_timestamp_seconds{{{CLUSTER}, {JOB}}}, git_mirror)"
+    return _query("git_mirror", "Git mirror", query, multi=True)
+
+
 def runbooks() -> g.Template:
     """Where the runbook links of alert-backed panels point: the alert rules' runbook_url (the exporter serves the
     runbooks at /runbooks); change it here as in the rules."""

@@ -17,6 +17,7 @@ from exporter.simulator import Scenario, SimulatedFarm
 from exporter.simulator.webhook_target import WebhookTarget
 from tests.conftest import running_farm, wait_until
 from tests.dashboard_json import PanelQuery, generated, queries
+from tests.git_server import Remote, mirror_of, sync
 from tests.jmx_node import FARM_VET, INCREMENTAL, SNAPSHOT, TICKETS, Timer, fake_node
 from tests.monitoring_stack import LOOPBACK, free_port, prometheus
 
@@ -28,6 +29,7 @@ VARIABLES = {
     "job": f"({JOB})",
     "mirror": "(sydney|frankfurt)",
     "node": "(node-a|node-b|sydney-node-1|sydney-node-2|frankfurt-node-1|frankfurt-node-2)",
+    "git_mirror": "(ci)",
     "__rate_interval": "4s",
 }
 RANGE_SECONDS = 10
@@ -50,11 +52,13 @@ def substitute(text: str) -> str:
     return text
 
 
-def with_jmx(node_url: str, secret_file: Path) -> Any:
+def with_jmx(node_url: str, secret_file: Path, git_mirror: Path) -> Any:
     dead = f"service:jmx:rmi:///jndi/rmi://{LOOPBACK}:{free_port()}/jmxrmi"
 
     def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
         config["webhooks"] = {"secret_file": str(secret_file)}
+        # A CI reference mirror one push behind its (file://) remote.
+        config["git_mirrors"] = [{"name": "ci", "path": str(git_mirror), "interval_seconds": 0.5}]
         # Fewer per-repository series than unhealthy repositories, so the "dropped" count has something to say.
         config["max_repository_series"] = 4
         nodes = [{"name": "node-a", "url": node_url}, {"name": "node-b", "url": dead}]
@@ -112,6 +116,11 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
     panel_queries = queries()
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_text(SECRET)
+    remote = Remote(tmp_path)
+    git_mirror = mirror_of(remote, tmp_path / "ci.git")
+    sync(git_mirror)  # the syncer's fetch: FETCH_HEAD, the last fetch's time
+    remote.commit("not synced yet")
+    remote.push("main")
     async with fake_node(fake_node_classes) as node:
         await node.timer(INCREMENTAL, Timer(count=40))
         await node.timer(SNAPSHOT, Timer(duration_unit="seconds", count=2))
@@ -119,7 +128,7 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
         await node.gauge(TICKETS, Available=8, Used=2)
         async with (
             running_farm(
-                SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url, secret_file), nodes=True
+                SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url, secret_file, git_mirror), nodes=True
             ) as run,
             prometheus(tmp_path, run.exporter.port) as port,
         ):
@@ -163,6 +172,7 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             assert await api.label_values(variables["mirror"]["query"]) == ["frankfurt", "sydney"]
             nodes = ["frankfurt-node-1", "frankfurt-node-2", "node-a", "node-b", "sydney-node-1", "sydney-node-2"]
             assert await api.label_values(variables["node"]["query"]) == nodes
+            assert await api.label_values(variables["git_mirror"]["query"]) == ["ci"]
 
             # The previews (docs/dashboards/) drawn from this Prometheus: every data panel gets its series.
             base = f"http://{LOOPBACK}:{port}"

@@ -31,6 +31,7 @@ UIDS = {
     "repository-drift.json": "bbmirror-repository-drift",
     "sync-performance.json": "bbmirror-sync-performance",
     "exporter-health.json": "bbmirror-exporter-health",
+    "git-mirrors.json": "bbmirror-git-mirrors",
 }
 DASHBOARDS = generated()
 
@@ -113,7 +114,9 @@ def test_every_query_is_scoped_by_the_job_and_mirror_variables() -> None:
             if "mirror" in labels.get(metric, ()):
                 assert 'mirror=~"$mirror"' in matchers, f"{query}: {metric}"
             if "target" in labels.get(metric, ()):
-                assert 'target=~"primary|$mirror"' in matchers, f"{query}: {metric}"
+                # A git mirror's self-metrics are scoped by the git mirror variable instead.
+                scoped = ('target=~"primary|$mirror"', 'target=~"$git_mirror"')
+                assert any(s in matchers for s in scoped), f"{query}: {metric}"
     assert "mirror" in labels["bitbucket_mirror_up"] and "target" in labels["bitbucket_mirror_exporter_poll_success"]
 
 
@@ -141,11 +144,13 @@ def test_variables() -> None:
             variables["job"]["query"] == 'label_values(bitbucket_mirror_exporter_build_info{cluster=~"$cluster"}, job)'
         )
         # Several exporters (one per farm, an HA pair) together; a cluster label where Prometheus has one.
-        for multi in ("cluster", "job", "mirror"):
+        # The git mirrors' dashboard is about no Bitbucket mirror: a git_mirror variable instead.
+        scope = "mirror" if name != "git-mirrors.json" else "git_mirror"
+        for multi in ("cluster", "job", scope):
             assert (variables[multi]["multi"], variables[multi]["includeAll"]) == (True, True), (name, multi)
-        assert variables["mirror"]["allValue"] == ALL and variables["job"]["allValue"] == ALL
+        assert variables[scope]["allValue"] == ALL and variables["job"]["allValue"] == ALL
         assert variables["cluster"]["allValue"] == ".*", "All must match series without a cluster label"
-        assert 'job=~"$job"' in variables["mirror"]["query"]
+        assert 'job=~"$job"' in variables[scope]["query"]
         assert variables["runbooks"]["type"] == "textbox"
         assert variables["runbooks"]["query"] == AlertConfig().runbook_url
         exprs = [q.expr for q in queries() if q.dashboard == name]
