@@ -15,13 +15,15 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 # JMX polls run jmxquery's jar in a JVM: only the -jmx variant carries a Java runtime (about 200 MB more).
+# git compares the git reference mirrors with their remotes (git_mirrors) and verifies refs (verify_refs).
 ARG WITH_JAVA=false
-RUN if [ "$WITH_JAVA" = "true" ]; then \
-      apt-get update \
-      && mkdir -p /usr/share/man/man1 \
-      && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
-      && rm -rf /var/lib/apt/lists/*; \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && if [ "$WITH_JAVA" = "true" ]; then \
+      mkdir -p /usr/share/man/man1 \
+      && apt-get install -y --no-install-recommends openjdk-17-jre-headless; \
     fi \
+    && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 exporter \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin exporter
 COPY --from=build /wheels /wheels
