@@ -17,6 +17,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from alerts.rules import CHART_TEMPLATE, AlertConfig, alert_names, render_template, rule_groups
+from dashboards.build import all_dashboards
 from exporter import __version__
 from exporter.config import settings_from_mapping
 from tests.certs import TestAuthority
@@ -117,7 +118,7 @@ def test_the_rendered_exporter_config_passes_the_exporters_validation(values: Pa
         text = text.replace("/etc/bitbucket-mirror-exporter/client/tls.crt", str(client.cert))
         text = text.replace("/etc/bitbucket-mirror-exporter/client/tls.key", str(client.key))
     settings = settings_from_mapping(yaml.safe_load(text))
-    assert settings.mirrors
+    assert settings.mirrors or settings.git_mirrors_dir is not None
 
 
 def test_a_farm_read_from_jmx_exporter_pages_needs_no_java_and_no_jmx_password() -> None:
@@ -217,7 +218,7 @@ def test_prometheus_operator_resources(tmp_path: Path) -> None:
     assert annotations and all(a.startswith("https://wiki.example.com/bitbucket/mirror-runbooks#") for a in annotations)
 
     dashboards = [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["labels"].get("grafana_dashboard")]
-    assert len(dashboards) == 4
+    assert len(dashboards) == len(all_dashboards())
     for dashboard in dashboards:
         assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Bitbucket mirrors"}
