@@ -22,6 +22,7 @@ from exporter import __version__
 from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
 from exporter.git.command import Git
 from exporter.git.poller import GitMirrors
+from exporter.git.verify import RefVerifier
 from exporter.jmx.poller import JmxPoller
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
@@ -128,17 +129,23 @@ class Polling:
         self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
         if self.settings.webhooks.statistics_projects:
             self._tasks.append(asyncio.create_task(self._webhook_statistics()))
+        git = Git(self.settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
         if self.settings.git_mirrors or self.settings.git_mirrors_dir is not None:
             found = self.settings.git_mirrors_dir
             git_mirrors = GitMirrors(
                 self.settings.git_mirrors,
                 found.found if found is not None else list,
                 self.state.git_mirrors,
-                Git(self.settings.git_concurrency),
+                git,
                 self._stop,
                 self.state.policy.stale_after,
             )
             self._tasks.append(asyncio.create_task(git_mirrors.run()))
+        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
+            if mirror_cfg.verify_refs:
+                timeout = self.settings.poll.timeout_seconds
+                verifier = RefVerifier(mirror_state, mirror_cfg, primary, git, timeout)
+                self._tasks.append(asyncio.create_task(poll_forever(verifier, interval, self._stop)))
         self._tasks = [self._spawn(self._primary)]
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).

@@ -132,6 +132,30 @@ class MirrorConfig(_Target):
     nodes: NodesConfig | None = None
     # The mirror nodes' JMX (sync timers, tickets); off unless set.
     jmx: JmxConfig | None = None
+    # Repositories (KEY/slug) whose refs `git ls-remote` compares on the primary and this mirror: which branch and
+    # which commit differ, where content hashes only say that something does.
+    verify_refs: list[str] = Field(default_factory=list, max_length=50)
+    # Where git clones a repository over HTTP; {base} is the primary's or the mirror's URL.
+    clone_url_template: str = "{base}/scm/{project}/{slug}.git"
+
+    @field_validator("verify_refs")
+    @classmethod
+    def _repositories(cls, repositories: list[str]) -> list[str]:
+        for repository in repositories:
+            project, _, slug = repository.partition("/")
+            if not project or not slug or "/" in slug:
+                raise ValueError(f"{repository!r}: give each as PROJECTKEY/slug")
+        return repositories
+
+    @field_validator("clone_url_template")
+    @classmethod
+    def _clone_template(cls, template: str) -> str:
+        try:
+            url = template.format(base="https://mirror.example", project="PRJ", slug="repo")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only the placeholders {base}, {project}, {slug}") from None
+        check_base_url(url)
+        return template
 
     @field_validator("name")
     @classmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from exporter.drift import DriftReport, PrimaryRepo
-from exporter.git.refs import Comparison
+from exporter.git.refs import Comparison, RefVerdict
 from exporter.jmx.reading import NodeReading
 from exporter.rest.api import ActivityPage, ApiFamily, DelayedSync, normalize_url
 from exporter.rest.client import ClockReading
@@ -125,6 +125,8 @@ class MirrorState:
     # The mirror's clock against the exporter's; beside the primary's, the skew JWT authentication depends on.
     clock: ClockReading | None = None
     jmx_nodes: dict[str, JmxNodeState] = field(default_factory=dict)
+    # verify_refs: each listed repository's refs on the mirror against the primary's (exporter/git/verify.py).
+    verify_refs: SourceState[list[RefVerdict]] = field(default_factory=SourceState)
     # With nodes configured: each node's own state, by farmNodes name (or static name). The mirror's
     # repo_sync_status and drift are then the union over the nodes that answered (exporter/rest/nodes.py).
     nodes: dict[str, NodeState] = field(default_factory=dict)
@@ -148,6 +150,8 @@ class MirrorState:
         }
         if self.by_node:
             del sources["repo_sync_status"]  # not polled at the farm URL: each node's is (NodeState.sources)
+        if self.verify_refs.polled:
+            sources["verify_refs"] = self.verify_refs
         return sources
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.state import GitMirrorState
+from exporter.state import GitMirrorState, MirrorState
 
 CHECKED = (
     " Compared in the background every interval_seconds of the git mirror; absent once older than the larger of "
@@ -63,3 +63,41 @@ def git_metrics(mirrors: Iterable[GitMirrorState], now: float) -> Iterator[Metri
         if check.objects_bytes is not None:
             size.add_metric([mirror.name], check.objects_bytes)
     yield from (refs, behind, extra, behind_seconds, fetched, checked, size)
+
+
+def verified_metrics(mirrors: Iterable[MirrorState], now: float, stale_after: float) -> Iterator[Metric]:
+    """verify_refs: each listed repository's refs on the mirror against the primary's (git ls-remote on both)."""
+    behind = GaugeMetricFamily(
+        "bitbucket_mirror_repository_refs_behind",
+        "Refs (branches and tags, not pull-request refs) of the repository whose value on the mirror differs from "
+        "the primary's or that the mirror lacks, from git ls-remote on both; only for the mirror's verify_refs. "
+        "Checked every poll.interval_seconds; absent once older than poll.stale_after_seconds.",
+        labels=["mirror", "project", "repository"],
+    )
+    for mirror in mirrors:
+        for verdict in mirror.verify_refs.fresh(now, stale_after) or []:
+            behind.add_metric([mirror.name, verdict.project, verdict.slug], len(verdict.comparison.behind))
+    yield behind
+
+
+def verified_refs(mirrors: Iterable[MirrorState], now: float, stale_after: float) -> list[dict[str, object]]:
+    """The same as JSON, with the refs that differ and both hashes: what /api/v1/refs answers."""
+    found: list[dict[str, object]] = []
+    for mirror in mirrors:
+        verdicts = mirror.verify_refs.fresh(now, stale_after)
+        if verdicts is None:
+            continue
+        for verdict in verdicts:
+            found.append(
+                {
+                    "mirror": mirror.name,
+                    "project": verdict.project,
+                    "repository": verdict.slug,
+                    "checked_at": mirror.verify_refs.last_success_timestamp,
+                    "behind": [
+                        {"ref": d.ref, "mirror": d.local, "primary": d.remote} for d in verdict.comparison.behind
+                    ],
+                    "extra": [{"ref": d.ref, "mirror": d.local} for d in verdict.comparison.extra],
+                }
+            )
+    return found

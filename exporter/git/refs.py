@@ -62,3 +62,12 @@ def objects_bytes(count_objects: str) -> int | None:
         if key.strip() in ("size", "size-pack", "size-garbage") and value.strip().isdigit():
             sizes[key.strip()] = int(value.strip())
     return sum(sizes.values()) * 1024 if sizes else None
+
+
+@dataclass(frozen=True)
+class RefVerdict:
+    """One repository's refs on a Bitbucket mirror (local) against the primary's (remote)."""
+
+    project: str
+    slug: str
+    comparison: Comparison

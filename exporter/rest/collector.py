@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
-from exporter.git.collector import git_metrics
+from exporter.git.collector import git_metrics, verified_metrics
 from exporter.jmx.collector import jmx_metrics
 from exporter.sources import SourceFamilies, SourceState, T
 from exporter.state import ExporterState, MirrorState
@@ -71,6 +71,7 @@ class MirrorFarmCollector(Collector):
         yield from mirror_servers(scrape)
         yield from jmx_metrics(scrape.state.mirrors, scrape.now)
         yield from git_metrics(scrape.state.git_mirrors, scrape.now)
+        yield from verified_metrics(scrape.state.mirrors, scrape.now, scrape.state.policy.stale_after)
         yield from self_metrics(scrape)
 
 

@@ -515,6 +515,7 @@ def mirror_app(
         r.add_get("/jmx/bitbucket", jmx_exporter_bitbucket, name="jmx_bitbucket")
         r.add_get("/jmx/mesh", jmx_exporter_mesh, name="jmx_mesh")
     r.add_get("/status", mirror_status, name="status")
+    r.add_get("/scm/{key}/{slug}.git/info/refs", git_refs, name="git_refs")
     if farm.mirrors[mirror_name].api_family == "9.x":
         r.add_get(f"{REST}/upstreamServer", upstream_server, name="upstream")
         r.add_get(f"{REST}/progress", progress, name="progress")
@@ -645,6 +646,43 @@ async def ref_change_activities(request: web.Request) -> web.Response:
     items = [_activity(farm, repo, p.activity_id, p.at, p.from_version, p.to_version) for p in reversed(repo.pushes)]
     items.append(_activity(farm, repo, 0, repo.created_at, 0, 1))
     return paged(request, Listing([encode(item) for item in items]), farm)
+
+
+def _pkt(line: bytes) -> bytes:
+    return f"{len(line) + 4:04x}".encode() + line
+
+
+def ref_advertisement(refs: list[tuple[str, str]]) -> bytes:
+    """Git's smart-HTTP answer to ``info/refs?service=git-upload-pack`` (protocol v0): what ``git ls-remote``
+    reads. The first ref carries the capabilities after a NUL."""
+    body = _pkt(b"# service=git-upload-pack\n") + b"0000"
+    for i, (value, ref) in enumerate(refs):
+        capabilities = b"\0multi_ack side-band-64k ofs-delta agent=git/bitbucket-simulator" if i == 0 else b""
+        body += _pkt(value.encode() + b" " + ref.encode() + capabilities + b"\n")
+    return body + b"0000"
+
+
+async def git_refs(request: web.Request) -> web.Response:
+    """``/scm/{key}/{slug}.git/info/refs``: a repository's refs as git sees them over HTTP, on the primary or on a
+    mirror (its serving node's copy); Basic auth as for the REST API. Branch ``main`` at the copy's version, and on
+    the primary a pull-request ref, which mirrors sync only periodically."""
+    farm = _farm(request)
+    if request.query.get("service") != "git-upload-pack":
+        return errors("Only smart HTTP is served", 403)
+    if not _authorized(request, farm):
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Bitbucket"'})
+    repo = farm.by_slug(request.match_info["key"].upper(), request.match_info["slug"])
+    if repo is None:
+        return web.Response(status=404, text="Repository not found")
+    if request.app.get(MIRROR_KEY) is None:
+        refs = [(repo.commit(repo.content_version), "refs/heads/main")]
+        refs.append((repo.commit(max(1, repo.content_version - 1)), f"refs/pull-requests/{repo.id}/from"))
+    else:
+        mrepo = _copy(request).get(repo.id)
+        if mrepo is None:
+            return web.Response(status=404, text="Repository not found on this mirror")
+        refs = [(repo.commit(mrepo.content_version), "refs/heads/main")]
+    return web.Response(body=ref_advertisement(refs), content_type="application/x-git-upload-pack-advertisement")
 
 
 # --- control API ---------------------------------------------------------------------------------------------------
@@ -789,6 +827,7 @@ def primary_app(
     r.add_get(f"{REST}/mirrorServers", mirror_servers, name="mirror_servers")
     r.add_get(f"{REST}/repos", primary_repos, name="repos")
     r.add_get(f"{REST}/repos/{{repo_id}}", primary_repo, name="repo")
+    r.add_get("/scm/{key}/{slug}.git/info/refs", git_refs, name="git_refs")
     r.add_get(
         "/rest/api/latest/projects/{project_key}/repos/{slug}/ref-change-activities",
         ref_change_activities,

@@ -13,6 +13,7 @@ from typing import Any
 from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
+from exporter.git.collector import verified_refs
 from exporter.sources import SourceState
 from exporter.state import ExporterState, MirrorState, PrimaryState
 
@@ -149,6 +150,19 @@ def render(state: ExporterState, now: float, stale_after: float) -> str:
         )
     else:
         problems = "<p>Every source was polled successfully within poll.stale_after_seconds.</p>"
+    differing = [
+        (str(r["mirror"]), f"{r['project']}/{r['repository']}", d["ref"], d["mirror"] or "(missing)", d["primary"])
+        for r in verified_refs(state.mirrors, now, stale_after)
+        for d in r["behind"]  # type: ignore[attr-defined]
+    ]
+    if differing:
+        ref_rows = "\n".join("<tr>" + "".join(Cell(str(text)).render() for text in row) + "</tr>" for row in differing)
+        refs = (
+            '<h2>Refs that differ (verify_refs)</h2>\n<table id="refs">\n<tr><th>Mirror</th><th>Repository</th>'
+            f"<th>Ref</th><th>On the mirror</th><th>On the primary</th></tr>\n{ref_rows}\n</table>"
+        )
+    else:
+        refs = ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Bitbucket Mirror Exporter</title><style>{STYLE}</style></head>
 <body>
@@ -162,5 +176,6 @@ Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.</p>
 </table>
 <h2>Failing and stale sources</h2>
 {problems}
+{refs}
 </body></html>
 """

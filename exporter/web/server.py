@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from exporter.git.collector import verified_refs
 from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth
 from exporter.web.landing import render as render_landing
@@ -109,6 +110,12 @@ async def gate(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+async def refs(request: web.Request) -> web.Response:
+    """``GET /api/v1/refs``: the refs verify_refs found different on each mirror, with both hashes."""
+    state = request.app[SERVED_KEY].state()
+    return web.json_response({"repositories": verified_refs(state.mirrors, time.time(), state.policy.stale_after)})
+
+
 async def webhook(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.webhook is None or request.path != served.webhook_path():
@@ -138,6 +145,7 @@ def make_app(served: Served) -> web.Application:
     app.router.add_get("/runbooks", runbooks)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/api/v1/repositories/{key}/{slug}/mirrors", gate)
+    app.router.add_get("/api/v1/refs", refs)
     # Any other POST: the webhook path is configurable and may change with a reload.
     app.router.add_post("/{path:.*}", webhook)
     return app

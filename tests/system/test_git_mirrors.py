@@ -5,6 +5,7 @@ against what real git says of the two repositories."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,28 @@ async def test_a_directory_of_mirrors_is_found_and_each_uses_its_own_origin(tmp_
         assert names == {"one", "two"}
     # Read-only: not a file of the mirrors was created, changed or removed (no lock, no fetch, no gc).
     assert snapshot(mirrors) == before
+
+
+async def test_verify_refs_names_the_branch_and_both_commits_where_a_mirror_differs() -> None:
+    def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        config["mirrors"][0]["verify_refs"] = ["PRJ1/repo-1", "PRJ2/repo-2"]
+
+    async with running_farm(Scenario(repositories=4, mirrors=1), ["9.x"], interval=0.3, prepare=prepare) as run:
+        behind = "bitbucket_mirror_repository_refs_behind"
+
+        def repo_behind(s: Samples, project: str, slug: str) -> float | None:
+            return value(s, behind, mirror="sydney", project=project, repository=slug)
+
+        # In step: the primary's pull-request ref does not count (mirrors sync those only periodically).
+        await run.metrics_until(lambda s: repo_behind(s, "PRJ1", "repo-1") == 0.0, "verified in step")
+        await run.control("/sim/mirrors/sydney", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [1]})
+        samples = await run.metrics_until(lambda s: repo_behind(s, "PRJ1", "repo-1") == 1.0, "repo-1 main behind")
+        assert repo_behind(samples, "PRJ2", "repo-2") == 0.0
+        repo = run.farm.farm.repositories[1]
+        status, body = await run.get("/api/v1/refs")
+        found = {(r["project"], r["repository"]): r for r in json.loads(body)["repositories"]}
+        assert status == 200 and found[("PRJ2", "repo-2")]["behind"] == []
+        assert found[("PRJ1", "repo-1")]["behind"] == [
+            {"ref": "refs/heads/main", "mirror": repo.commit(1), "primary": repo.commit(2)}
+        ]

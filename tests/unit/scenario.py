@@ -4,7 +4,7 @@ exposition (tests/unit/golden/exposition.txt), so every change to a series shows
 from __future__ import annotations
 
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo, analyse, union
-from exporter.git.refs import Comparison, Difference
+from exporter.git.refs import Comparison, Difference, RefVerdict
 from exporter.jmx.reading import NodeReading, TicketReading, TimerReading
 from exporter.rest.api import ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
@@ -149,6 +149,9 @@ def seeded_state() -> ExporterState:
     by_node(sydney)
     state = ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))
     state.git_mirrors = [git_mirror()]
+    # verify_refs on sydney: repo-2's main branch one commit behind the primary's.
+    main_behind = Comparison(1, 1, (Difference("refs/heads/main", "5" * 40, "6" * 40),), ())
+    sydney.verify_refs = fresh([RefVerdict("PRJ", "repo-2", main_behind)])  # type: ignore[assignment]
     return state
 
 
