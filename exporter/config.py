@@ -333,6 +333,11 @@ class Settings(BaseSettings):
         return found
 
 
+_NAMED = re.compile(
+    r"^(?P<key>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])?)*): (?P<message>.*)$", re.S
+)
+
+
 def _key(loc: tuple[int | str, ...]) -> str:
     key = ""
     for part in loc:
@@ -346,7 +351,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     more = exc.error_count() - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    return f"{_key(tuple(first['loc']))}: {message}{suffix}"
+    key = _key(tuple(first["loc"]))
+    # A model's own check names the key inside it ("remote: ..."): the line then names the whole key.
+    named = _NAMED.match(message) if first["type"] == "value_error" else None
+    if named is not None:
+        key = named["key"] if key == "(top level)" else f"{key}.{named['key']}"
+        message = named["message"]
+    return f"{key}: {message}{suffix}"
 
 
 def _env_error(exc: SettingsError) -> str:

@@ -34,6 +34,12 @@ class GitCredentials(UserPassword):
     """For an http(s) remote: a username with a password or password_file; the password reaches git through an
     askpass helper and the environment, never its command line."""
 
+    @model_validator(mode="after")
+    def _username_with_password(self) -> Self:
+        if self.password_given() and self.username is None:
+            raise ValueError("password: a password needs a username")
+        return self
+
 
 class _GitCommon(GitCredentials):
     remote: str | None = None
