@@ -77,3 +77,15 @@ def test_webhook_burst_benchmark_runs_and_observes_every_sync(tmp_path: Path) ->
     figures = json.loads((tmp_path / "webhook_burst.json").read_text())
     assert figures["sent"]["statuses"] == {"200": 200} and figures["observed_syncs"] == 100.0
     assert figures["scrapes_during_burst_ms"]["count"] > 0
+
+
+def test_git_mirrors_benchmark_runs_and_sees_exactly_the_mirrors_set_back(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH / "git_mirrors.py"), "--mirrors", "12", "--cycles", "1"]
+    command += ["--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "git_mirrors.json").read_text())
+    assert figures["failed"] == [] and figures["behind_seen"] == figures["behind_truth"] == 1
+    # Four git processes per check: for-each-ref, ls-remote, count-objects and the origin lookup.
+    assert figures["cycle"]["spawned"] == 4 * 12
+    assert figures["counted_refs_seen"] == [figures["refs_per_mirror"]["counted"]]
