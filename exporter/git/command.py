@@ -11,8 +11,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from exporter.git.config import GitCredentials
+from exporter.config import Credentials
 from exporter.processes import Timeout, run
+from exporter.secret_files import UserPassword
 from exporter.sources import FetchError
 
 # Reasons, also documented in docs/metrics.md.
@@ -67,7 +68,7 @@ class Git:
         self._askpass: Path | None = None
         self.spawned = 0  # processes started since start (bench/git_mirrors.py reports them)
 
-    def _environment(self, credentials: GitCredentials | None) -> tuple[dict[str, str], str | None]:
+    def _environment(self, credentials: UserPassword | None) -> tuple[dict[str, str], str | None]:
         if self._askpass is None:
             self._askpass = askpass_helper()
         env = {
@@ -78,18 +79,28 @@ class Git:
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_ASKPASS": str(self._askpass),
         }
-        secret = None
-        if credentials is not None and credentials.username is not None:
-            try:
-                password = credentials.resolved_password()
-            except ValueError as exc:
-                raise FetchError("credentials", str(exc)) from None
-            secret = password.get_secret_value() if password is not None else ""
-            env["BME_GIT_USERNAME"], env["BME_GIT_PASSWORD"] = credentials.username, secret
+        if credentials is None:
+            return env, None
+        try:
+            token = credentials.resolved_token() if isinstance(credentials, Credentials) else None
+            password = credentials.resolved_password() if credentials.username is not None else None
+        except ValueError as exc:
+            raise FetchError("credentials", str(exc)) from None
+        if token is not None:
+            secret = token.get_secret_value()
+            # Configuration from the environment (git 2.31+), so the header is on no command line.
+            env["GIT_CONFIG_COUNT"], env["GIT_CONFIG_KEY_0"] = "1", "http.extraHeader"
+            env["GIT_CONFIG_VALUE_0"] = f"Authorization: Bearer {secret}"
+            return env, secret
+        if credentials.username is None:
+            return env, None
+        secret = password.get_secret_value() if password is not None else ""
+        env["BME_GIT_USERNAME"], env["BME_GIT_PASSWORD"] = credentials.username, secret
         return env, secret
 
-    async def output(self, args: list[str], time_limit: float, credentials: GitCredentials | None = None) -> str:
-        """git's standard output; FetchError with one of the reasons above."""
+    async def output(self, args: list[str], time_limit: float, credentials: UserPassword | None = None) -> str:
+        """git's standard output; FetchError with one of the reasons above. ``credentials``: a username with a
+        password (through the askpass helper), or a token (``Credentials``, sent as a Bearer header)."""
         env, secret = self._environment(credentials)
         # A mirror volume owned by the syncer's user: reading it is safe, and git would refuse it otherwise.
         command = [self._git, "-c", "safe.directory=*", *args]

@@ -8,23 +8,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from exporter.config import Credentials, MirrorConfig, PrimaryConfig
+from exporter.config import MirrorConfig, PrimaryConfig
 from exporter.git.command import Git
-from exporter.git.config import GitCredentials, GitMirrorConfig
+from exporter.git.config import GitMirrorConfig
 from exporter.git.refs import RefVerdict, compare, parse_refs
 from exporter.sources import run_source
 from exporter.state import MirrorState
 
 # The git mirrors' defaults: heads and tags, less pull-request refs.
 RULES = GitMirrorConfig(name="verify", path=Path("/"))
-
-
-def _git_credentials(credentials: Credentials) -> GitCredentials | None:
-    """Basic auth for git over HTTP; a token is sent as the password of its user (Bitbucket accepts both)."""
-    if credentials.username is None:
-        return None
-    return GitCredentials(username=credentials.username, password=credentials.password,
-                          password_file=credentials.password_file)  # fmt: skip
 
 
 class RefVerifier:
@@ -47,10 +39,8 @@ class RefVerifier:
         primary_url = self._url(self._primary.url, project, slug)
         mirror_url = self._url(self._config.url, project, slug)
         on_primary, on_mirror = await asyncio.gather(
-            self._git.output(["ls-remote", primary_url], self._timeout, _git_credentials(self._primary)),
-            self._git.output(
-                ["ls-remote", mirror_url], self._timeout, _git_credentials(self._config.credentials_or(self._primary))
-            ),
+            self._git.output(["ls-remote", primary_url], self._timeout, self._primary),
+            self._git.output(["ls-remote", mirror_url], self._timeout, self._config.credentials_or(self._primary)),
         )
         return RefVerdict(project, slug, compare(parse_refs(on_mirror), parse_refs(on_primary), RULES.counted))
 

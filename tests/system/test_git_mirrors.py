@@ -6,6 +6,7 @@ against what real git says of the two repositories."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ async def test_a_reference_mirror_is_compared_ref_by_ref_with_its_remote(tmp_pat
     password_file.write_text(PASSWORD)
     (tmp_path / "not-a-repo").mkdir()
     argv: list[str] = []
+    started = time.time()
 
     async with http_backend(root, USER, PASSWORD) as base:
         url = f"{base}/app.git"
@@ -90,7 +92,12 @@ async def test_a_reference_mirror_is_compared_ref_by_ref_with_its_remote(tmp_pat
             assert metric(samples, "bitbucket_mirror_git_refs", side="local") == counted == 3
             assert metric(samples, "bitbucket_mirror_git_refs_behind") == 0.0
             assert metric(samples, "bitbucket_mirror_git_behind_seconds") == 0.0
-            assert (metric(samples, "bitbucket_mirror_git_objects_bytes") or 0) > 0
+            # The size as git itself counts it (KiB of loose objects, packs and garbage).
+            counts = dict(line.split(": ") for line in git("count-objects", "-v", cwd=mirror).splitlines())
+            on_disk = sum(int(counts[k]) for k in ("size", "size-pack", "size-garbage")) * 1024
+            assert metric(samples, "bitbucket_mirror_git_objects_bytes") == on_disk > 0
+            checked = metric(samples, "bitbucket_mirror_git_last_check_success_timestamp_seconds")
+            assert checked is not None and started <= checked <= time.time()
             assert metric(samples, "bitbucket_mirror_git_refs_behind", mirror="app-file") == 0.0
 
             # The remote moves ahead; the syncer stalls: one ref behind, for longer and longer.
@@ -187,6 +194,8 @@ async def test_a_directory_of_mirrors_is_found_and_each_uses_its_own_origin(tmp_
 async def test_verify_refs_names_the_branch_and_both_commits_where_a_mirror_differs() -> None:
     def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
         config["mirrors"][0]["verify_refs"] = ["PRJ1/repo-1", "PRJ2/repo-2"]
+        # The primary by Basic auth (askpass), the mirror by token (a Bearer header from git's environment).
+        config["mirrors"][0]["token"] = farm.scenario.token
 
     async with running_farm(Scenario(repositories=4, mirrors=1), ["9.x"], interval=0.3, prepare=prepare) as run:
         behind = "bitbucket_mirror_repository_refs_behind"
@@ -207,3 +216,15 @@ async def test_verify_refs_names_the_branch_and_both_commits_where_a_mirror_diff
         assert found[("PRJ1", "repo-1")]["behind"] == [
             {"ref": "refs/heads/main", "mirror": repo.commit(1), "primary": repo.commit(2)}
         ]
+
+        # Neither secret on a git command line, in the metrics, the landing page or the JSON.
+        secrets = (run.farm.scenario.password, run.farm.scenario.token)
+        argv: list[str] = []
+
+        async def seen_a_git_process() -> bool:  # verify_refs runs every 0.3 s: catch some in flight
+            argv.extend(git_processes_argv())
+            return bool(argv)
+
+        await wait_until(seen_a_git_process, 10, "a git ls-remote of the exporter's")
+        text = (await run.get("/metrics"))[1] + (await run.get("/"))[1] + body
+        assert not [s for s in secrets if s in text or any(s in line for line in argv)]
