@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -87,18 +88,67 @@ class SourceState(Generic[T]):
 
 # --- Freeing replaced values off the event loop --------------------------------------------------------------------
 # Dropping the last reference to a 100,000-repository snapshot deallocates half a million objects, tens of
-# milliseconds during which the event loop answers no scrape. Handed to this thread instead, the same work is
-# interleaved with the event loop by the interpreter's thread switching (every few milliseconds).
+# milliseconds during which the event loop answers no scrape. Moving the drop to another thread is not enough: one
+# container's deallocation is a single call into C that keeps the GIL to the end. So this thread takes large
+# containers apart item by item in Python, where the interpreter switches threads every few milliseconds.
 
 _PENDING: queue.SimpleQueue[Any] = queue.SimpleQueue()
 _STARTED = threading.Lock()
 _thread: threading.Thread | None = None
+# Containers smaller than this are dropped whole: their deallocation is short.
+_LARGE = 256
+# How deep into objects' attributes to look for large containers (an analysis -> its rows).
+_DEPTH = 3
+# Our own references to an object under inspection: the local name and getrefcount's argument.
+_OURS = 2
+
+
+def _fields(obj: Any) -> list[str]:
+    names = list(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        names.extend(n for n in getattr(cls, "__slots__", ()) if n not in ("__dict__", "__weakref__"))
+    return names
+
+
+def _dismantle(item: list[Any]) -> None:
+    """Empty the large containers that only ``item`` (a one-element list, taken over) holds, a piece at a time.
+    Anything someone else still references is left alone: dropping our reference would not free it anyway."""
+    stack: list[tuple[Any, int]] = [(item.pop(), 0)]
+    # The caller may still be dropping its own reference (free_later's frame, ``del previous``): give it a moment.
+    deadline = time.monotonic() + 0.05
+    while sys.getrefcount(stack[0][0]) > _OURS and time.monotonic() < deadline:
+        time.sleep(0.001)
+    while stack:
+        obj, depth = stack.pop()
+        if sys.getrefcount(obj) > _OURS:
+            continue
+        if type(obj) is dict:
+            while obj:
+                value = obj.popitem()[1]
+                if type(value) in (dict, list) and len(value) >= _LARGE:
+                    stack.append((value, depth + 1))
+                del value
+        elif type(obj) is list:
+            while obj:
+                value = obj.pop()
+                if type(value) in (dict, list) and len(value) >= _LARGE:
+                    stack.append((value, depth + 1))
+                del value
+        elif depth < _DEPTH and not isinstance(obj, (str, bytes, int, float, tuple, frozenset, set)):
+            for name in _fields(obj):
+                value = getattr(obj, name, None)
+                if value is None or isinstance(value, (str, bytes, int, float, bool)):
+                    continue
+                stack.append((value, depth + 1))
+                del value
+                with contextlib.suppress(AttributeError, TypeError):
+                    object.__setattr__(obj, name, None)  # the stack's reference is now the only one of ours
+        del obj
 
 
 def _free_forever() -> None:
     while True:
-        item = _PENDING.get()
-        del item  # the last reference: deallocation happens here, on this thread
+        _dismantle([_PENDING.get()])
 
 
 def free_later(*items: Any) -> None:

@@ -93,11 +93,16 @@ class GitMirrors:
         self._stop = stop
         self._stale_after = stale_after
         self._running: dict[str, _Running] = {}
+        self._ending: set[asyncio.Task[None]] = set()
 
     def follow(self) -> None:
         wanted = {c.name: c for c in [*self._configured, *self._find()]}
         for name in [n for n in self._running if n not in wanted]:
-            self._running.pop(name).task.cancel()
+            gone = self._running.pop(name).task
+            gone.cancel()
+            # Awaited at the end too: a git command it was running is killed and reaped before the loop closes.
+            self._ending.add(gone)
+            gone.add_done_callback(self._ending.discard)
             log.info("git mirror gone", extra={"git_mirror": name})
         kept = {s.name: s for s in self._states}
         self._states[:] = []
@@ -118,7 +123,7 @@ class GitMirrors:
         try:
             await poll_forever(self, 60.0, self._stop)
         finally:
-            tasks = [r.task for r in self._running.values()]
+            tasks = [*(r.task for r in self._running.values()), *self._ending]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

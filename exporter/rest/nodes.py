@@ -77,14 +77,12 @@ class NodePoller:
             await asyncio.gather(*sources)
             if node.status.success and node.status.value is not None:
                 node.states_seen.add(node.status.value.state)
-            rows = listing.take()
-            if rows is None:
+            if not listing.ready:
                 return  # this node's listing failed: its last report rides over until its inputs are stale
             self.answered = started
             scope = scope_of(self._mirror.sync_settings.value)
             read_at = node.repo_sync_status.last_success_timestamp
-            report = await self._drift.run(rows, read_at, node.drift, scope, started, api.clock())
-            del rows
+            report = await self._drift.run(listing.take(), read_at, node.drift, scope, started, api.clock())
             if report is not None:
                 node.drift = report
                 self.analysed = started

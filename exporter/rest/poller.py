@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from sys import intern
 from typing import TYPE_CHECKING
 
 from exporter.config import PRIMARY_TARGET
@@ -86,7 +87,10 @@ async def read_status(api: MirrorApi, source: SourceState[MirrorStatus], states_
 
 async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[str, MirrorRepo]]:
     """The summary for the state, and the hashes for this cycle's drift analysis (the bulk of the memory, held only
-    until the analysis has read them)."""
+    until the analysis has read them).
+
+    Ids and hashes are interned, as the primary's are: the copies of an in-step farm (every node of every mirror,
+    read side by side) then hold one string per repository and hash between them, not one each."""
     failed_by_repo: dict[str, int] = {}
     # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
     newest: datetime | None = None
@@ -103,11 +107,10 @@ async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[s
             elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
                 newest = when  # type: ignore[assignment]
             hashes = repo.hashes
-            rows[repo.external_repo_id] = MirrorRepo(
-                hashes.content if hashes else None,
-                hashes.metadata if hashes else None,
-                repo.failed_sync_count,
-                repo.synced_at(),
+            content = intern(hashes.content) if hashes and hashes.content is not None else None
+            metadata = intern(hashes.metadata) if hashes and hashes.metadata is not None else None
+            rows[intern(repo.external_repo_id)] = MirrorRepo(
+                content, metadata, repo.failed_sync_count, repo.synced_at()
             )
     newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
     summary = RepoSyncSummary(
@@ -128,9 +131,17 @@ class ListingRead:
         summary, self._rows = await read_repo_sync_status(self._api)
         return summary
 
-    def take(self) -> dict[str, MirrorRepo] | None:
-        """The rows, if this cycle's read succeeded; the reader keeps no reference (the analysis frees them)."""
+    @property
+    def ready(self) -> bool:
+        """Whether this cycle's read succeeded and its rows are still here to take."""
+        return self._rows is not None
+
+    def take(self) -> dict[str, MirrorRepo]:
+        """The rows (only when ``ready``); the reader keeps no reference. Pass them straight on: the analysis frees
+        them off the event loop, which it cannot do while a caller still holds them."""
         rows, self._rows = self._rows, None
+        if rows is None:
+            raise RuntimeError("no rows to take: the read failed or they were taken")
         return rows
 
 
@@ -233,14 +244,12 @@ class MirrorPoller:
             run_source(name, "delayed_sync", s.delayed_sync, api.delayed_sync),
             *(run_source(name, "repo_sync_status", s.repo_sync_status, fetch) for fetch in listing),
         )
-        rows = read.take()
         if self._nodes is not None:
             await self._nodes.cycle(cycle_started)
-        elif rows is not None:  # this cycle's listing failed: the last report rides over until its inputs are stale
+        elif read.ready:  # this cycle's listing failed: the last report rides over until its inputs are stale
             mirror_read = s.repo_sync_status.last_success_timestamp
             scope = scope_of(s.sync_settings.value)
-            report = await self._drift.run(rows, mirror_read, s.drift, scope, cycle_started, api.clock())
-            del rows
+            report = await self._drift.run(read.take(), mirror_read, s.drift, scope, cycle_started, api.clock())
             if report is not None:
                 s.drift = report
         s.api_family = api.family
@@ -287,18 +296,30 @@ class PrimaryPoller:
                 if project not in projects:
                     projects[project] = (str(project[0]) if project[0] is not None else None, project[1])
                 project_id, project_key = projects[project]
-                repo_id = str(repo.id)
-                row = PrimaryRepo(
+                repo_id = intern(str(repo.id))
+                content = hashes.content_hash if hashes else None
+                metadata = hashes.metadata_hash if hashes else None
+                old = previous.get(repo_id)
+                if old is not None and (old.content, old.metadata, old.slug, old.project_id, old.project_key) == (
+                    content,
+                    metadata,
+                    repo.slug,
                     project_id,
                     project_key,
-                    repo.slug,
-                    hashes.content_hash if hashes else None,
-                    hashes.metadata_hash if hashes else None,
-                )
-                kept = previous.get(repo_id)
-                repositories[repo_id] = kept if kept == row else row
-                if kept is not None and kept.content != row.content:
-                    changed += 1
+                ):
+                    row = old
+                else:
+                    # Interned like the mirrors' hashes: a mirror in step shares these strings.
+                    row = PrimaryRepo(
+                        project_id,
+                        project_key,
+                        repo.slug,
+                        intern(content) if content is not None else None,
+                        intern(metadata) if metadata is not None else None,
+                    )
+                    if old is not None and old.content != content:
+                        changed += 1
+                repositories[repo_id] = row
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
         self.state.content_changes += changed
