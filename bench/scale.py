@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -139,6 +140,7 @@ def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, node
             "repositories": repositories,
             "mirrors": mirrors,
             "nodes": nodes,
+            "page_cap": args.page_cap,
             "drifting": info["drifting"],
         }
         row["floor"] = farm.measure(lambda: run_client("floor", info, "--cycles", cycles))
@@ -149,6 +151,11 @@ def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, node
             row["sync"] = farm.measure(lambda: run_client("sync", info))
         if nodes == 1 and repositories <= PER_REPOSITORY_MAX:
             row["per_repository"] = farm.measure(lambda: run_client("per-repo", info))
+        # Last: it pushes, so the farm is no longer the one the other clients measured. An interval of about twice
+        # the steady cycle, as an admin would choose; the bound is one interval plus one cycle.
+        interval = max(1.0, math.ceil(4 * row["exporter"]["wall_seconds"]) / 2)
+        row["drift_found"] = run_client("drift-found", info, "--interval", str(interval), "--pushes", "3")
+        row["drift_found"]["bound_seconds"] = interval + row["exporter"]["wall_seconds"]
         return row
     finally:
         farm.stop()
@@ -162,7 +169,7 @@ def main() -> None:
         "--nodes",
         default=None,
         help="nodes per farm, comma-separated; above 1 the exporter reads node by node (default: 1 for every size, "
-        "and 3 at the largest size and mirror count)",
+        "and 3 too at the largest mirror count)",
     )
     parser.add_argument("--drift", type=float, default=0.01, help="share of repositories the mirrors lag on")
     parser.add_argument("--page-cap", type=int, default=100, help="the page size the simulated Bitbucket allows")
@@ -176,8 +183,8 @@ def main() -> None:
     mirror_counts = [int(m) for m in args.mirrors.split(",")]
     for repositories in sizes:
         for mirrors in mirror_counts:
-            largest = (repositories, mirrors) == (max(sizes), max(mirror_counts))
-            default_nodes = "1,3" if largest and max(sizes) >= 100_000 else "1"
+            # Node by node too at the largest mirror count, so the plot has a line for 1 and for 3 nodes.
+            default_nodes = "1,3" if mirrors == max(mirror_counts) and mirrors > 1 else "1"
             for nodes in (int(n) for n in (args.nodes or default_nodes).split(",")):
                 what = f"{repositories} repositories x {mirrors} mirrors x {nodes} nodes"
                 print(f"measuring {what} ...", file=sys.stderr, flush=True)

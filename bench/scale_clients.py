@@ -4,6 +4,8 @@
     floor      downloads exactly the pages of one steady exporter cycle, with the same concurrency, parsing nothing
     sync       the naive script: one blocking request at a time (requests), plain json, the same pages and comparison
     per-repo   the naive poller: one REST call per repository per target (the per-repository status endpoints)
+    drift-found  the exporter polling on its own schedule (``--interval``): seconds from a push no mirror syncs until
+               /metrics counts it on every mirror, for pushes early, midway and late in the interval
 
 Each prints one JSON line with a steady cycle's wall and CPU seconds and its requests and response bytes per target
 (the exporter prints ``{"port": ...}`` first, so bench/scale.py can scrape it while it works). The exporter and the
@@ -19,6 +21,7 @@ import asyncio
 import base64
 import json
 import math
+import re
 import resource
 import statistics
 import sys
@@ -232,8 +235,8 @@ async def first_cycle(app: Exporter) -> None:
         await asyncio.sleep(0.005)
 
 
-async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> dict[str, Any]:
-    config = {
+def exporter_config(info: dict[str, Any], interval: float) -> dict[str, Any]:
+    return {
         "primary": {"url": info["primary"], "username": info["username"], "password": info["password"]},
         "mirrors": [
             {
@@ -243,10 +246,13 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
             }
             for name, url in info["mirrors"].items()
         ],
-        # One scheduled cycle, then the one this run triggers: nothing else polls while it is measured.
-        "poll": {"interval_seconds": 86400, "timeout_seconds": 120},
+        "poll": {"interval_seconds": interval, "timeout_seconds": 120},
     }
-    app = Exporter(settings_from_mapping(config), ListenAddress("127.0.0.1", 0))
+
+
+async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> dict[str, Any]:
+    # One scheduled cycle, then the ones this run triggers: nothing else polls while they are measured.
+    app = Exporter(settings_from_mapping(exporter_config(info, 86400)), ListenAddress("127.0.0.1", 0))
     cold = Cycle()
     await app.start()
     print(json.dumps({"port": app.port}), flush=True)
@@ -279,18 +285,62 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
     return result
 
 
+# --- how soon drift shows ------------------------------------------------------------------------------------------
+
+OUT_OF_SYNC = re.compile(r'^bitbucket_mirror_repositories_out_of_sync\{kind="content",mirror="([^"]+)"\} (\S+)$', re.M)
+
+
+async def content_drift(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """Each mirror's count of repositories with content drift, as a scrape of /metrics shows it."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return {mirror: float(value) for mirror, value in OUT_OF_SYNC.findall(text)}
+
+
+async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_seconds: float) -> dict[str, Any]:
+    """The exporter polling every ``interval`` seconds; a push on the primary that no mirror ever syncs, at a few
+    moments of the interval: seconds from the push until every mirror's content drift on /metrics counts it."""
+    app = Exporter(settings_from_mapping(exporter_config(info, interval)), ListenAddress("127.0.0.1", 0))
+    await app.start()
+    delays = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with asyncio.timeout(limit_seconds):
+                await first_cycle(app)
+                for i, repo_id in enumerate(info["in_step"][:pushes]):
+                    # Pushes land early, midway and late in a cycle's interval: the worst is just after a read.
+                    await asyncio.sleep(interval * (0.2 + 0.6 * i / max(1, pushes - 1)))
+                    before = await content_drift(http, app.port)
+                    pushed = time.monotonic()
+                    async with http.post(f"{info['primary']}/sim/push", json={"repository_ids": [repo_id]}) as r:
+                        r.raise_for_status()
+                    while True:
+                        now = await content_drift(http, app.port)
+                        if now and all(now.get(m, 0) >= before.get(m, 0) + 1 for m in info["mirrors"]):
+                            break
+                        await asyncio.sleep(0.05)
+                    delays.append(time.monotonic() - pushed)
+    finally:
+        await app.stop()
+    return {"interval_seconds": interval, "delays_seconds": delays, "max_seconds": max(delays)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("client", choices=("exporter", "floor", "sync", "per-repo"))
+    parser.add_argument("client", choices=("exporter", "floor", "sync", "per-repo", "drift-found"))
     parser.add_argument("--farm", required=True, help="the JSON line bench/scale_farm.py printed")
     parser.add_argument(
         "--cycles", type=int, default=3, help="steady cycles measured after the first (exporter, floor)"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the exporter's first cycle may take")
+    parser.add_argument("--interval", type=float, default=5.0, help="drift-found: the exporter's poll interval")
+    parser.add_argument("--pushes", type=int, default=3, help="drift-found: pushes timed")
     args = parser.parse_args()
     info = json.loads(args.farm)
     if args.client == "exporter":
         result = asyncio.run(exporter(info, args.cycles, args.timeout))
+    elif args.client == "drift-found":
+        result = asyncio.run(drift_found(info, args.interval, args.pushes, args.timeout))
     elif args.client == "floor":
         result = asyncio.run(floor(info, args.cycles))
     elif args.client == "per-repo":

@@ -85,7 +85,9 @@ async def serve(repositories: int, mirrors: int, page_cap: int, drift: float, no
         # Millions of long-lived objects: without this, the collector's full passes over them stall the farm at
         # random moments and make the floor's figures noisy.
         gc.freeze()
-        print(json.dumps({**describe(farm), "drifting": len(drifting)}), flush=True)
+        # Repositories every mirror has in step: bench/scale_clients.py pushes some to time how soon drift shows.
+        in_step = sorted(set(farm.farm.repositories) - set(drifting))[-10:]
+        print(json.dumps({**describe(farm), "drifting": len(drifting), "in_step": in_step}), flush=True)
         await stop.wait()
 
 
