@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import math
-import re
 import resource
 import statistics
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import aiohttp
 import requests
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -287,14 +287,17 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
 
 # --- how soon drift shows ------------------------------------------------------------------------------------------
 
-OUT_OF_SYNC = re.compile(r'^bitbucket_mirror_repositories_out_of_sync\{kind="content",mirror="([^"]+)"\} (\S+)$', re.M)
-
-
 async def content_drift(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
     """Each mirror's count of repositories with content drift, as a scrape of /metrics shows it."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
-    return {mirror: float(value) for mirror, value in OUT_OF_SYNC.findall(text)}
+    return {
+        sample.labels["mirror"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "bitbucket_mirror_repositories_out_of_sync"
+        for sample in family.samples
+        if sample.labels.get("hash") == "content"
+    }
 
 
 async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_seconds: float) -> dict[str, Any]:
@@ -311,14 +314,17 @@ async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_
                     # Pushes land early, midway and late in a cycle's interval: the worst is just after a read.
                     await asyncio.sleep(interval * (0.2 + 0.6 * i / max(1, pushes - 1)))
                     before = await content_drift(http, app.port)
+                    if sorted(before) != sorted(info["mirrors"]):
+                        raise RuntimeError(f"/metrics shows content drift for {sorted(before)}, not every mirror")
                     pushed = time.monotonic()
                     async with http.post(f"{info['primary']}/sim/push", json={"repository_ids": [repo_id]}) as r:
                         r.raise_for_status()
-                    while True:
-                        now = await content_drift(http, app.port)
-                        if now and all(now.get(m, 0) >= before.get(m, 0) + 1 for m in info["mirrors"]):
-                            break
-                        await asyncio.sleep(0.05)
+                    async with asyncio.timeout(3 * interval + 120):
+                        while True:
+                            now = await content_drift(http, app.port)
+                            if all(now.get(m, 0) >= before[m] + 1 for m in info["mirrors"]):
+                                break
+                            await asyncio.sleep(0.05)
                     delays.append(time.monotonic() - pushed)
     finally:
         await app.stop()

@@ -242,9 +242,75 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+# Where the model is asked: Bitbucket's largest farms, and one shard of them (one exporter per mirror farm).
+PREDICTED = ((1_000_000, 5, 3), (1_000_000, 1, 3), (1_000_000, 1, 1))
+MODEL_FROM = 10_000  # rows below this size are dominated by fixed costs, not by the repository count
+
+
+def model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU seconds per cycle and peak RSS, fitted by least squares as ``a + b * repositories + c * listing rows``
+    (listing rows = repositories x mirrors x nodes: what the mirror side reads) to the rows of at least 10k
+    repositories; None with fewer than four such rows."""
+    import numpy as np
+
+    fitted = [r for r in rows if r["repositories"] >= MODEL_FROM]
+    if len(fitted) < 4:
+        return None
+    design = np.array([[1.0, r["repositories"], r["repositories"] * r["mirrors"] * _nodes(r)] for r in fitted])
+    figures = {
+        "cpu_seconds": [r["exporter"]["cpu_seconds"] for r in fitted],
+        "peak_rss_mb": [r["exporter"]["peak_rss_bytes"] / MB for r in fitted],
+    }
+    result: dict[str, Any] = {"fitted_rows": len(fitted), "terms": ["1", "repositories", "listing rows"]}
+    for name, observed in figures.items():
+        coefficients = np.linalg.lstsq(design, np.array(observed), rcond=None)[0]
+        worst = max(abs(float(p) - o) / o for p, o in zip(design @ coefficients, observed, strict=True))
+        result[name] = {"coefficients": [float(c) for c in coefficients], "worst_fit_error": worst}
+    result["predicted"] = [
+        {
+            "repositories": n,
+            "mirrors": m,
+            "nodes": k,
+            **{
+                name: float(np.dot(result[name]["coefficients"], [1.0, n, n * m * k]))
+                for name in ("cpu_seconds", "peak_rss_mb")
+            },
+        }
+        for n, m, k in PREDICTED
+    ]
+    return result
+
+
+def model_text(fit: dict[str, Any] | None) -> list[str]:
+    if fit is None:
+        return []
+    cpu, rss = fit["cpu_seconds"], fit["peak_rss_mb"]
+    lines = [
+        "## Model",
+        "",
+        f"Fitted to the {fit['fitted_rows']} rows of at least {MODEL_FROM:,} repositories: per cycle, CPU seconds "
+        f"= {cpu['coefficients'][0]:.3f} + {cpu['coefficients'][1] * 1e6:.3f} per million repositories + "
+        f"{cpu['coefficients'][2] * 1e6:.3f} per million listing rows (repositories x mirrors x nodes), worst fit "
+        f"error {cpu['worst_fit_error']:.0%}; peak RSS MB = {rss['coefficients'][0]:.0f} + "
+        f"{rss['coefficients'][1] * 1e6:.0f} per million repositories + {rss['coefficients'][2] * 1e6:.0f} per "
+        f"million listing rows, worst fit error {rss['worst_fit_error']:.0%}.",
+        "",
+        "| repositories | mirrors | nodes | predicted CPU s per cycle | predicted peak RSS MB |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {p['repositories']:,} | {p['mirrors']} | {p['nodes']} | {p['cpu_seconds']:.1f} | "
+            f"{p['peak_rss_mb']:.0f} |"
+            for p in fit["predicted"]
+        ),
+        "",
+    ]
+    return lines
+
+
 def write_results(out: Path, rows: list[dict[str, Any]], host: dict[str, Any], settings: dict[str, Any]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     found = targets(rows)
+    fit = model(rows)
     libraries = ", ".join(f"{k} {v}" for k, v in host["libraries"].items())
     report = "\n".join(
         [
@@ -263,11 +329,13 @@ def write_results(out: Path, rows: list[dict[str, Any]], host: dict[str, Any], s
             "",
             "![cycle time, RSS and /metrics p99 against repository count](scale.png)",
             "",
+            *model_text(fit),
         ]
     )
     (out / "scale.md").write_text(report)
     (out / "scale.json").write_text(
-        json.dumps({"machine": host, "settings": settings, "rows": rows, "targets": found}, indent=1) + "\n"
+        json.dumps({"machine": host, "settings": settings, "rows": rows, "targets": found, "model": fit}, indent=1)
+        + "\n"
     )
     plot(rows, out / "scale.png")
     return report
