@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from exporter.app import Exporter, ListenAddress
 from exporter.config import PollConfig, settings_from_mapping
 from exporter.drift import RepoState
+from exporter.rest.poller import MirrorPoller
 
 REST = "/rest/mirroring/latest"
 POLL = PollConfig()
@@ -287,6 +288,7 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
 
 # --- how soon drift shows ------------------------------------------------------------------------------------------
 
+
 async def content_drift(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
     """Each mirror's count of repositories with content drift, as a scrape of /metrics shows it."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
@@ -303,6 +305,19 @@ async def content_drift(http: aiohttp.ClientSession, port: int) -> dict[str, flo
 async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_seconds: float) -> dict[str, Any]:
     """The exporter polling every ``interval`` seconds; a push on the primary that no mirror ever syncs, at a few
     moments of the interval: seconds from the push until every mirror's content drift on /metrics counts it."""
+    # The bound is one interval plus the cycle that finds the push, timed here: a push makes the simulator build its
+    # listings again and the exporter date the new divergence, so that cycle is longer than a steady one.
+    cycles: list[float] = []
+    steady_poll = MirrorPoller.poll_once
+
+    async def timed_poll(poller: MirrorPoller) -> None:
+        started = time.monotonic()
+        try:
+            await steady_poll(poller)
+        finally:
+            cycles.append(time.monotonic() - started)
+
+    MirrorPoller.poll_once = timed_poll  # type: ignore[method-assign,assignment]
     app = Exporter(settings_from_mapping(exporter_config(info, interval)), ListenAddress("127.0.0.1", 0))
     await app.start()
     delays = []
@@ -328,7 +343,15 @@ async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_
                     delays.append(time.monotonic() - pushed)
     finally:
         await app.stop()
-    return {"interval_seconds": interval, "delays_seconds": delays, "max_seconds": max(delays)}
+        MirrorPoller.poll_once = steady_poll  # type: ignore[method-assign]
+    longest = max(cycles[len(info["mirrors"]) :], default=0.0)  # the cold cycles apart
+    return {
+        "interval_seconds": interval,
+        "delays_seconds": delays,
+        "max_seconds": max(delays),
+        "longest_cycle_seconds": longest,
+        "bound_seconds": interval + longest,
+    }
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import random
 import time
@@ -122,11 +123,17 @@ def clock_offset(date_header: str | None, sent: float, received: float) -> float
     answered lies in [Date, Date + 1): take the middle, against the middle of our request. None if unreadable."""
     if not date_header:
         return None
+    server = _date_seconds(date_header)
+    return None if server is None else server + 0.5 - (sent + received) / 2
+
+
+@functools.lru_cache(maxsize=64)
+def _date_seconds(date_header: str) -> float | None:
+    """A Date header as epoch seconds; cached, since it changes once a second while pages arrive by the hundred."""
     try:
-        server = parsedate_to_datetime(date_header).timestamp()
+        return parsedate_to_datetime(date_header).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return server + 0.5 - (sent + received) / 2
 
 
 def origin(url: URL | str) -> str:
@@ -228,6 +235,9 @@ class BitbucketClient:
         too_large = FetchError(TOO_LARGE, f"response body larger than poll.max_response_bytes={cap}")
         if resp.content_length is not None and resp.content_length > cap:
             raise too_large
+        if resp.content_length is not None and resp.headers.get("Content-Encoding", "identity") == "identity":
+            # Known, allowed and not compressed (a compressed body may inflate past the cap): read in one call.
+            return await resp.read()
         body = bytearray()
         async for chunk in resp.content.iter_chunked(1 << 16):
             body += chunk

@@ -44,21 +44,29 @@ class Served:
 
 
 SERVED_KEY = web.AppKey("served", Served)
-# Content type -> (monotonic time, exposition) of the latest rendering.
-Renderings = dict[str, tuple[float, bytes]]
+# Content type -> (monotonic time, drift reports it showed, exposition) of the latest rendering.
+Renderings = dict[str, tuple[float, tuple[int, ...], bytes]]
 RENDERINGS_KEY: web.AppKey[Renderings] = web.AppKey("renderings")
 # Scrapes this close together share one rendering: a burst of simultaneous scrapes (an HA pair of Prometheus
 # servers, several teams' Prometheus) costs one rendering, not one each queued behind the others (bench/scale.py).
+# Unless a new drift report has arrived meanwhile: drift is shown as soon as it is known.
 SHARED_RENDERING_SECONDS = 0.2
+
+
+def _reports(state: ExporterState) -> tuple[int, ...]:
+    """Which drift reports the state holds (each analysis makes a new one), mirrors' and nodes' alike."""
+    return tuple(id(r) for m in state.mirrors for r in (m.drift, *(n.drift for n in m.nodes.values())))
 
 
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     renderings, now = request.app[RENDERINGS_KEY], time.monotonic()
+    served = request.app[SERVED_KEY]
+    reports = _reports(served.state())
     latest = renderings.get(content_type)
-    if latest is None or now - latest[0] > SHARED_RENDERING_SECONDS:
-        latest = renderings[content_type] = (now, encoder(request.app[SERVED_KEY].registry))
-    return web.Response(body=latest[1], headers={"Content-Type": content_type})
+    if latest is None or now - latest[0] > SHARED_RENDERING_SECONDS or latest[1] != reports:
+        latest = renderings[content_type] = (now, reports, encoder(served.registry))
+    return web.Response(body=latest[2], headers={"Content-Type": content_type})
 
 
 async def healthy(request: web.Request) -> web.Response:

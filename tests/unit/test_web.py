@@ -4,6 +4,7 @@ endpoints, reload answers, and scrapes in one burst sharing a rendering."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import bcrypt
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from exporter.drift import RepoState
 from exporter.rest.collector import MirrorFarmCollector
 from exporter.state import ExporterState, MirrorState, PrimaryState
 from exporter.web.auth import BasicAuth
@@ -84,6 +86,22 @@ async def test_scrapes_in_one_burst_share_one_rendering() -> None:
         current.mirrors[0].status.success = True  # changes bitbucket_mirror_up
         second = await (await client.get("/metrics")).text()
     assert first == second and 'bitbucket_mirror_up{mirror="sydney"} 0.0' in first
+
+
+async def test_a_new_drift_report_is_shown_at_once_not_after_the_shared_rendering() -> None:
+    from tests.unit.scenario import NOW, seeded_state
+
+    current = seeded_state()
+    sydney = next(m for m in current.mirrors if m.name == "sydney")
+    registry = CollectorRegistry()
+    registry.register(MirrorFarmCollector(lambda: current, clock=lambda: NOW))
+    async for client in client_for(Served(lambda: current, registry, BasicAuth({}), None)):
+        first = await (await client.get("/metrics")).text()
+        assert sydney.drift is not None
+        sydney.drift = dataclasses.replace(sydney.drift, counts={**sydney.drift.counts, RepoState.MISSING: 999})
+        second = await (await client.get("/metrics")).text()
+    assert 'bitbucket_mirror_repositories_missing{mirror="sydney"} 999.0' in second
+    assert 'bitbucket_mirror_repositories_missing{mirror="sydney"} 999.0' not in first
 
 
 def test_the_landing_page_lists_a_failing_node_under_its_mirror() -> None:
