@@ -1,10 +1,11 @@
-"""Scale benchmark: the exporter's poll cycle at 1k, 10k and 100k repositories on 1 and 3 mirrors, and at 100k x 3
-mirrors x 3 nodes read node by node, against the floor and the naive ways, in one run on one machine (bench/README.md
+"""Scale benchmark: the exporter's poll cycle at 1k, 10k and 100k repositories on 1 and 3 mirrors, and on 3 mirrors x
+3 nodes read node by node, against the floor and the naive ways, in one run on one machine (bench/README.md
 says what each figure means).
 
-    python3 bench/scale.py                          # the full run, about 7 minutes; writes bench/results/
+    python3 bench/scale.py                          # the full run, about 5 minutes; writes bench/results/
     python3 bench/scale.py --sizes 1000 --mirrors 1 --out /tmp/scale   # a quick look
     python3 bench/scale.py --sizes 100000 --mirrors 3 --nodes 1,3      # the nodes dimension alone
+    python3 bench/scale.py --sizes 1000000 --mirrors 1 --nodes 1 --merge bench/results/scale.json   # one row added
 """
 
 from __future__ import annotations
@@ -176,8 +177,11 @@ def main() -> None:
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--scrape-period", type=float, default=1.0, help="seconds between one scraper's scrapes")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where scale.md/.json/.png go")
+    parser.add_argument(
+        "--merge", type=Path, help="a scale.json whose rows are kept beside this run's (a 1M row measured alone)"
+    )
     args = parser.parse_args()
-    rows = []
+    rows = json.loads(args.merge.read_text())["rows"] if args.merge else []
     sizes = [int(s) for s in args.sizes.split(",")]
     mirror_counts = [int(m) for m in args.mirrors.split(",")]
     for repositories in sizes:
@@ -188,7 +192,7 @@ def main() -> None:
                 what = f"{repositories} repositories x {mirrors} mirrors x {nodes} nodes"
                 print(f"measuring {what} ...", file=sys.stderr, flush=True)
                 rows.append(measure_size(repositories, mirrors, args, nodes))
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     report = write_results(args.out, rows, machine(), settings)
     print(report)
     misses = [t for t in targets(rows) if not t["met"]]
