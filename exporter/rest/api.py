@@ -23,6 +23,7 @@ from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_r
 from exporter.rest.models import (
     ClusterNode,
     DelayedSyncRepository,
+    FarmSyncRequest,
     MirrorServer,
     MirrorStatus,
     RefSyncQueue,
@@ -43,6 +44,7 @@ REST = "rest/mirroring/latest"
 DELAYED_SYNC_LIMIT = 100  # the documented maximum
 DELAYED_SYNC = "delayed-sync"
 OUT_OF_SYNC_REPOS = "out-of-sync-repos"
+QUEUE_SLICE = 200  # ref changes queue items validated between two turns of the event loop
 
 
 class ApiFamily(StrEnum):
@@ -225,7 +227,21 @@ class MirrorApi:
             raise FetchError(INVALID_RESPONSE, f"refChangesQueue/count: {exc}") from None
 
     async def ref_changes_queue(self) -> RefSyncQueue:
-        return parse_model(RefSyncQueue, await self._get("supportInfo", "refChangesQueue"), "refChangesQueue")
+        data = await self._get("supportInfo", "refChangesQueue")
+        values = data.get("values") if isinstance(data, dict) else None
+        if not isinstance(values, list) or len(values) <= QUEUE_SLICE:
+            return parse_model(RefSyncQueue, data, "refChangesQueue")
+        # A mirror that is far behind queues thousands of items: validated at once, they would hold the event loop
+        # (and every scrape) for tens of milliseconds; in slices, scrapes get in between.
+        items: list[FarmSyncRequest] = []
+        for start in range(0, len(values), QUEUE_SLICE):
+            part = {"values": values[start : start + QUEUE_SLICE]}
+            try:
+                items += parse_model(RefSyncQueue, part, "refChangesQueue").values
+            except FetchError:
+                return parse_model(RefSyncQueue, data, "refChangesQueue")  # the error, with the item's real index
+            await asyncio.sleep(0)
+        return RefSyncQueue(values=items)
 
     def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         """Decoded one page at a time, so a large mirror's raw JSON is never all held at once."""
