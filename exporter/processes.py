@@ -45,7 +45,9 @@ async def run(command: list[str], time_limit: float, env: Mapping[str, str] | No
     finally:
         if process.returncode is None:
             _kill(process)
-            # Reap it so no zombie is left; SIGKILL cannot be ignored, so this returns promptly.
+            # Reap it so no zombie is left, and read its pipes to their end so asyncio closes its transport now, not
+            # when it is garbage (perhaps after the event loop has closed); SIGKILL cannot be ignored, so this is
+            # prompt.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 5)
+                await asyncio.wait_for(process.communicate(), 5)
     return Finished(process.returncode or 0, out, err)

@@ -54,6 +54,8 @@ def test_scale_benchmarks_nodes_dimension_reads_every_node_like_its_floor(tmp_pa
     assert row["floor"]["requests"] == row["exporter"]["requests"]
     assert row["floor"]["response_bytes"] == row["exporter"]["response_bytes"]
     assert row["exporter"]["drifting"] == {"sydney": 3}
+    # Three pushes no mirror syncs, each seen on /metrics (how soon is bench/'s business, not a test's).
+    assert row["nodes"] == 3 and len(row["drift_found"]["delays_seconds"]) == 3
 
 
 def test_soak_benchmark_runs_and_the_exporter_ends_in_step_with_the_farm(tmp_path: Path) -> None:
