@@ -38,7 +38,7 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.app import Exporter, ListenAddress
+from exporter.app import Exporter, ListenAddress, settle_heap
 from exporter.config import PollConfig, settings_from_mapping
 from exporter.drift import RepoState
 from exporter.rest.poller import MirrorPoller
@@ -256,6 +256,7 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
     app = Exporter(settings_from_mapping(exporter_config(info, 86400)), ListenAddress("127.0.0.1", 0))
     cold = Cycle()
     await app.start()
+    settle_heap()  # as the command line does once the exporter has started
     print(json.dumps({"port": app.port}), flush=True)
     assert app.client is not None
     async with asyncio.timeout(limit_seconds):

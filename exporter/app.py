@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -434,8 +435,17 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def settle_heap() -> None:
+    """Once started, move everything alive (modules, classes, the configuration: tens of thousands of objects that
+    live as long as the process) out of the garbage collector's view. Each full collection then walks only what the
+    polls allocate: 6 ms instead of 38 ms at 100k repositories x 3 mirrors x 3 nodes, a stall every scrape in flight
+    would wait for (bench/README.md)."""
+    gc.freeze()
+
+
 async def serve_until_stopped(exporter: Exporter, stop: asyncio.Event) -> None:
     await exporter.start()
+    settle_heap()
     try:
         await stop.wait()
     finally:
