@@ -48,13 +48,25 @@ class BasicAuth:
     def enabled(self) -> bool:
         return bool(self._users)
 
+    def _key(self, user: str, password: str) -> tuple[bytes | None, bytes]:
+        hashed = self._users.get(user)
+        return hashed, hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
+
+    def remembers(self, header: str) -> bool:
+        """Whether these credentials were checked and found good lately; never runs bcrypt, so any thread may ask
+        (the scrape threads: exporter/web/scrape_thread.py)."""
+        credentials = parse_basic(header)
+        if credentials is None:
+            return False
+        hashed, key = self._key(*credentials)
+        return hashed is not None and key in self._good
+
     async def allows(self, header: str | None) -> bool:
         credentials = parse_basic(header) if header else None
         if credentials is None:
             return False
         user, password = credentials
-        hashed = self._users.get(user)
-        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
+        hashed, key = self._key(user, password)
         if hashed is not None and key in self._good:
             self._good.move_to_end(key)
             return True

@@ -3,7 +3,10 @@ the health endpoints when the web config has users. None of them waits on Bitbuc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +21,10 @@ from prometheus_client.exposition import choose_encoder
 from exporter.git.collector import verified_refs
 from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth
+from exporter.web.exposition import Exposition
 from exporter.web.landing import render as render_landing
 from exporter.web.runbooks import page as runbook_page
+from exporter.web.scrape_thread import ScrapeThreads, listening_sockets
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
@@ -41,32 +46,33 @@ class Served:
     webhook: Callable[[web.Request], Awaitable[web.Response]] | None = None
     # The CI gate: (project key, slug, commit, since) -> the JSON answer, None for an unknown repository.
     gate: Callable[[str, str, str, float | None], dict[str, Any] | None] | None = None
+    # The collectors' clock: the growing lag lines are written with it at each scrape (exporter/web/exposition.py).
+    clock: Callable[[], float] = time.time
 
 
 SERVED_KEY = web.AppKey("served", Served)
-# Content type -> (monotonic time, drift reports it showed, exposition) of the latest rendering.
-Renderings = dict[str, tuple[float, tuple[int, ...], bytes]]
-RENDERINGS_KEY: web.AppKey[Renderings] = web.AppKey("renderings")
-# Scrapes this close together share one rendering: a burst of simultaneous scrapes (an HA pair of Prometheus
-# servers, several teams' Prometheus) costs one rendering, not one each queued behind the others (bench/scale.py).
-# Unless a new drift report has arrived meanwhile: drift is shown as soon as it is known.
+EXPOSITION_KEY = web.AppKey("exposition", Exposition)
+# Scrapes on the event loop this close together share one rendering: a burst of simultaneous scrapes (an HA pair of
+# Prometheus servers, several teams' Prometheus) costs one rendering, not one each queued behind the others
+# (bench/scale.py). Unless a new drift report has arrived meanwhile: drift is shown as soon as it is known.
 SHARED_RENDERING_SECONDS = 0.2
 
 
-def _reports(state: ExporterState) -> tuple[int, ...]:
+def drift_reports(state: ExporterState) -> tuple[int, ...]:
     """Which drift reports the state holds (each analysis makes a new one), mirrors' and nodes' alike."""
     return tuple(id(r) for m in state.mirrors for r in (m.drift, *(n.drift for n in m.nodes.values())))
 
 
+def exposition_of(served: Served) -> Exposition:
+    return Exposition(served.registry, lambda: drift_reports(served.state()), served.clock)
+
+
 async def metrics(request: web.Request) -> web.Response:
+    """A scrape the scrape threads handed over (with TLS, HEAD, the first check of credentials, ...)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    renderings, now = request.app[RENDERINGS_KEY], time.monotonic()
-    served = request.app[SERVED_KEY]
-    reports = _reports(served.state())
-    latest = renderings.get(content_type)
-    if latest is None or now - latest[0] > SHARED_RENDERING_SECONDS or latest[1] != reports:
-        latest = renderings[content_type] = (now, reports, encoder(served.registry))
-    return web.Response(body=latest[2], headers={"Content-Type": content_type})
+    exposition = request.app[EXPOSITION_KEY]
+    rendering = exposition.on_loop(content_type, encoder, SHARED_RENDERING_SECONDS)
+    return web.Response(body=rendering.body(exposition.now()), headers={"Content-Type": content_type})
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -142,10 +148,10 @@ async def basic_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-def make_app(served: Served) -> web.Application:
+def make_app(served: Served, exposition: Exposition | None = None) -> web.Application:
     app = web.Application(middlewares=[basic_auth])
     app[SERVED_KEY] = served
-    app[RENDERINGS_KEY] = {}
+    app[EXPOSITION_KEY] = exposition or exposition_of(served)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
@@ -166,22 +172,59 @@ STOP_SECONDS = 2.0
 @dataclass
 class Server:
     """The exporter's HTTP server on one address, over TLS when the web config asks for it; ``port`` is the bound
-    port (useful with port 0)."""
+    port (useful with port 0). Scrapes of /metrics are served by threads of their own (exporter/web/scrape_thread.py);
+    aiohttp on the event loop serves everything else."""
 
     served: Served
     host: str
     port: int
     tls: ssl.SSLContext | None = None
     _runner: web.AppRunner | None = None
+    _threads: ScrapeThreads | None = None
+    _rendering: asyncio.Task[None] | None = None
+    _adopting: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
+        exposition = exposition_of(self.served)
         self._runner = web.AppRunner(
-            make_app(self.served), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
+            make_app(self.served, exposition), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls).start()
-        self.port = self._runner.addresses[0][1]
+        sockets = listening_sockets(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        self._threads = ScrapeThreads(sockets, exposition, lambda: self.served.auth, loop, self._adopt, self.tls)
+        self._threads.start()
+        self._rendering = asyncio.create_task(exposition.keep_fresh())
+        self.port = self._threads.port
+
+    @property
+    def scrape_threads(self) -> ScrapeThreads | None:
+        return self._threads
+
+    def _adopt(self, conn: socket.socket) -> None:
+        """On the event loop: serve a connection the scrape threads handed over with aiohttp."""
+        if self._runner is None or self._runner.server is None:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(self._connect(loop, self._runner.server, conn))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, server: web.Server, conn: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(server, conn, ssl=self.tls)
+        except OSError:  # a client that left, or failed the TLS handshake (SSLError and timeouts are OSErrors)
+            conn.close()
 
     async def stop(self) -> None:
+        if self._threads is not None:
+            await asyncio.to_thread(self._threads.stop)
+        if self._rendering is not None:
+            self._rendering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rendering
+        for task in list(self._adopting):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()

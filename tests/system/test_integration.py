@@ -138,7 +138,14 @@ async def test_wrong_credentials_are_http_401_and_secrets_stay_out_of_every_page
 
     async with running_farm(Scenario(repositories=3), ["9.x"], prepare=wrong_password) as run:
         await run.wait_ready()
-        samples = await run.metrics()
+        # /metrics shows the state as of at most a second ago (exporter/web/exposition.py).
+        samples = await run.metrics_until(
+            lambda s: (
+                value(s, "bitbucket_mirror_exporter_poll_success", target="sydney", source="repo_sync_status")
+                is not None
+            ),
+            "the first poll of sydney's listing",
+        )
         # One count per failed poll; at a 0.2 s interval another cycle may have ended since ready.
         errors = value(
             samples,

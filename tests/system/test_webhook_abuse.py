@@ -121,9 +121,12 @@ async def test_documented_payloads_posted_by_a_real_client_are_timed(tmp_path: P
         ):
             body = (FIXTURES / f"{name}.json").read_bytes()
             assert await post(run, event, body, sign(body), f"{name}-1") == 200
-        samples = await run.metrics()
         # The documented mirror server is not one the primary lists: labelled with the name the event carries.
         latency = "bitbucket_mirror_push_to_sync_seconds"
+        samples = await run.metrics_until(
+            lambda s: value(s, latency + "_count", mirror="Mirror", sync="incremental") is not None,
+            "the sync observed (/metrics shows the state as of at most a second ago)",
+        )
         assert value(samples, latency + "_count", mirror="Mirror", sync="incremental") == 1.0
         assert value(samples, latency + "_sum", mirror="Mirror", sync="incremental") == 7.0
         status, answer = await run.get(
