@@ -161,15 +161,22 @@ class Exposition:
             made.cancel()
             return None
 
+    def start(self) -> None:
+        """On the event loop, before any scrape thread runs: a rendering of what Prometheus and plain clients ask for
+        is there for the very first scrape."""
+        self._loop = asyncio.get_running_loop()
+        for accept in PRIMED:
+            primed, content_type = choose_encoder(accept)
+            with self._lock:
+                self._wanted[content_type] = (primed, time.monotonic())
+            if content_type not in self._latest:
+                self.render(content_type, primed)
+
     async def keep_fresh(self) -> None:
         """On the event loop while the exporter runs: render each wanted content type every RENDER_SECONDS, and
         at once when a drift report is new. What Prometheus and plain clients ask for is wanted from the start, so
         the first scrapes do not wait for the loop either."""
-        self._loop = asyncio.get_running_loop()
-        with self._lock:
-            for accept in PRIMED:
-                primed, content_type = choose_encoder(accept)
-                self._wanted[content_type] = (primed, time.monotonic())
+        self.start()
         try:
             while True:
                 now, reports = time.monotonic(), self._reports()

@@ -218,7 +218,7 @@ class ScrapeThreads:
             thread.start()
 
     def _hand_over(self, conn: socket.socket) -> None:
-        self.handed_over += 1
+        self.handed_over += 1  # before the hand-over, for the same reason
         conn.setblocking(False)
         try:
             self._loop.call_soon_threadsafe(self._adopt, conn)
@@ -272,6 +272,6 @@ class ScrapeThreads:
         else:
             body = rendering.body(now)
             self._shared = (rendering, now, body)
+        self.served_here += 1  # before the answer: a test reads it as soon as the answer arrives
         conn.sendall(_response(b"200 OK", content_type.encode(), body, keep_alive))
-        self.served_here += 1
         return keep_alive

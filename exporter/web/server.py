@@ -192,6 +192,7 @@ class Server:
         await self._runner.setup()
         sockets = listening_sockets(self.host, self.port)
         loop = asyncio.get_running_loop()
+        exposition.start()
         self._threads = ScrapeThreads(sockets, exposition, lambda: self.served.auth, loop, self._adopt, self.tls)
         self._threads.start()
         self._rendering = asyncio.create_task(exposition.keep_fresh())
