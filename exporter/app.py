@@ -40,6 +40,7 @@ from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
+from exporter.web.exposition import MAX_AGE_SECONDS
 from exporter.web.server import Served, Server
 from exporter.webhooks.collector import webhook_metrics
 from exporter.webhooks.gate import answer
@@ -296,6 +297,7 @@ class Exporter:
         resolver: AbstractResolver | None = None,
         web_config: WebConfig | None = None,
         loader: ConfigLoader | None = None,
+        max_rendering_age: float = MAX_AGE_SECONDS,
     ) -> None:
         self.settings = settings
         self.listen = listen
@@ -329,6 +331,7 @@ class Exporter:
             lambda: self.settings.webhooks.path if self.settings.webhooks.enabled else None,
             self.webhooks.handle,
             lambda key, slug, commit, since: answer(self.state, self.webhooks, key, slug, commit, since),
+            max_rendering_age=max_rendering_age,
         )
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None

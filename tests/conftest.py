@@ -146,7 +146,10 @@ async def running_farm(
         config = farm.exporter_config(interval_seconds=interval, nodes=nodes, **poll)
         if prepare is not None:
             prepare(farm, config)
-        exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver, web_config, loader)
+        # Every scrape rendered afresh: these tests look at /metrics right after each change they make.
+        exporter = Exporter(
+            settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver, web_config, loader, max_rendering_age=0
+        )
         await exporter.start()
         try:
             async with aiohttp.ClientSession() as http:

@@ -40,11 +40,12 @@ KEEP_ALIVE_SECONDS = 75.0
 MAX_THREADS = 32
 # How long a scrape waits for the event loop to render when the latest rendering is too old to serve.
 RENDER_WAIT_SECONDS = 10.0
-SWITCH_INTERVAL_SECONDS = 0.001
+SWITCH_INTERVAL_SECONDS = 0.00025
 STOP_SECONDS = 2.0
 SEND_BUFFER_BYTES = 1 << 20
-# Scrapes of one burst (an HA pair of Prometheus servers, several teams' ones) this close together share one body, so
-# a burst costs one writing of the lag lines: a lag is then at most this much short, against a resolution of the poll
+MAX_ACCEPT_HEADERS = 64
+# Scrapes of one burst (an HA pair of Prometheus servers, several teams' ones) this close together share one answer,
+# so a burst costs one writing of the lag lines: a lag is then at most this much short, against a resolution of the poll
 # interval.
 SHARED_BODY_SECONDS = 0.01
 
@@ -155,8 +156,10 @@ class ScrapeThreads:
         self._lock = threading.Lock()
         self._serving: dict[socket.socket, threading.Thread] = {}
         self._stopping = False
-        # The latest body served: (rendering, the time its lag lines were written at, body).
-        self._shared: tuple[Rendering, float, bytes] | None = None
+        # The latest answer: (rendering, the time its lag lines were written at, keep-alive, response bytes).
+        self._shared: tuple[Rendering, float, bool, bytes] | None = None
+        # Accept header -> (encoder, content type): parsing it is the costliest step left of an answer.
+        self._encoders: dict[bytes, tuple[Callable[..., bytes], str]] = {}
         self._wake_read, self._wake_write = socket.socketpair()
         self._acceptor = threading.Thread(target=self._accept, name="scrape-acceptor", daemon=True)
         # Counted for tests and the benchmark: which path served what.
@@ -204,7 +207,11 @@ class ScrapeThreads:
                     except OSError as exc:  # out of file descriptors, for one: the client will try again
                         log.warning("accepting a connection failed", extra={"reason": type(exc).__name__})
                         continue
-                    self._take(conn)
+                    try:
+                        self._take(conn)
+                    except Exception:  # a bug, or no thread to be had: never stop accepting for it
+                        log.exception("taking a connection failed")
+                        conn.close()
 
     def _take(self, conn: socket.socket) -> None:
         with self._lock:
@@ -214,8 +221,13 @@ class ScrapeThreads:
                 self._serving[conn] = thread
         if busy:
             self._hand_over(conn)
-        else:
+            return
+        try:
             thread.start()
+        except RuntimeError:  # no thread to be had: the event loop serves it
+            with self._lock:
+                del self._serving[conn]
+            self._hand_over(conn)
 
     def _hand_over(self, conn: socket.socket) -> None:
         self.handed_over += 1  # before the hand-over, for the same reason
@@ -241,11 +253,15 @@ class ScrapeThreads:
                     handed = True
                     self._hand_over(conn)
                     return
+                keep_alive = self._answer(conn, head)
+                # Read only now: the answer's way out holds one wait for the GIL fewer (each socket call has one).
                 conn.recv(head.size, socket.MSG_WAITALL)
-                if not self._answer(conn, head):
+                if not keep_alive:
                     return
         except OSError:  # the client went away, or was idle for KEEP_ALIVE_SECONDS, or the exporter stops
             return
+        except Exception:  # a bug: this connection ends, the others go on
+            log.exception("serving a scrape failed")
         finally:
             with self._lock:
                 del self._serving[conn]
@@ -254,7 +270,12 @@ class ScrapeThreads:
 
     def _answer(self, conn: socket.socket, head: Head) -> bool:
         """Sends the scrape's answer; whether the connection stays open."""
-        encoder, content_type = choose_encoder(head.headers.get(b"accept", b"").decode("latin-1"))
+        accept = head.headers.get(b"accept", b"")
+        if (chosen := self._encoders.get(accept)) is None:
+            if len(self._encoders) >= MAX_ACCEPT_HEADERS:
+                self._encoders.clear()
+            chosen = self._encoders[accept] = choose_encoder(accept.decode("latin-1"))
+        encoder, content_type = chosen
         keep_alive = head.keep_alive
         try:
             rendering = self._exposition.from_thread(content_type, encoder, RENDER_WAIT_SECONDS)
@@ -267,11 +288,16 @@ class ScrapeThreads:
             return False
         now = self._exposition.now()
         shared = self._shared
-        if shared is not None and shared[0] is rendering and 0 <= now - shared[1] <= SHARED_BODY_SECONDS:
-            body = shared[2]
+        if (
+            shared is not None
+            and shared[0] is rendering
+            and shared[2] == keep_alive
+            and 0 <= now - shared[1] <= SHARED_BODY_SECONDS
+        ):
+            response = shared[3]
         else:
-            body = rendering.body(now)
-            self._shared = (rendering, now, body)
+            response = _response(b"200 OK", content_type.encode(), rendering.body(now), keep_alive)
+            self._shared = (rendering, now, keep_alive, response)
         self.served_here += 1  # before the answer: a test reads it as soon as the answer arrives
-        conn.sendall(_response(b"200 OK", content_type.encode(), body, keep_alive))
+        conn.sendall(response)
         return keep_alive

@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from exporter.git.collector import verified_refs
 from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth
-from exporter.web.exposition import Exposition
+from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
 from exporter.web.landing import render as render_landing
 from exporter.web.runbooks import page as runbook_page
 from exporter.web.scrape_thread import ScrapeThreads, listening_sockets
@@ -48,14 +48,13 @@ class Served:
     gate: Callable[[str, str, str, float | None], dict[str, Any] | None] | None = None
     # The collectors' clock: the growing lag lines are written with it at each scrape (exporter/web/exposition.py).
     clock: Callable[[], float] = time.time
+    # How old a rendering a scrape thread may serve; 0: every scrape waits for the event loop to render (the system
+    # tests, which look at /metrics right after each change they make).
+    max_rendering_age: float = MAX_AGE_SECONDS
 
 
 SERVED_KEY = web.AppKey("served", Served)
 EXPOSITION_KEY = web.AppKey("exposition", Exposition)
-# Scrapes on the event loop this close together share one rendering: a burst of simultaneous scrapes (an HA pair of
-# Prometheus servers, several teams' Prometheus) costs one rendering, not one each queued behind the others
-# (bench/scale.py). Unless a new drift report has arrived meanwhile: drift is shown as soon as it is known.
-SHARED_RENDERING_SECONDS = 0.2
 
 
 def drift_reports(state: ExporterState) -> tuple[int, ...]:
@@ -64,14 +63,20 @@ def drift_reports(state: ExporterState) -> tuple[int, ...]:
 
 
 def exposition_of(served: Served) -> Exposition:
-    return Exposition(served.registry, lambda: drift_reports(served.state()), served.clock)
+    return Exposition(
+        served.registry,
+        lambda: drift_reports(served.state()),
+        served.clock,
+        lambda: served.state().ready,
+        served.max_rendering_age,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
     """A scrape the scrape threads handed over (with TLS, HEAD, the first check of credentials, ...)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     exposition = request.app[EXPOSITION_KEY]
-    rendering = exposition.on_loop(content_type, encoder, SHARED_RENDERING_SECONDS)
+    rendering = exposition.on_loop(content_type, encoder, SHARED_SECONDS)
     return web.Response(body=rendering.body(exposition.now()), headers={"Content-Type": content_type})
 
 
@@ -81,6 +86,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     if request.app[SERVED_KEY].state().ready:
+        request.app[EXPOSITION_KEY].show_ready()
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: waiting for the first poll of every target\n")
 

@@ -28,7 +28,7 @@ def dated(samples: Samples) -> bool:
 async def another_exporter(run: Running) -> AsyncIterator[str]:
     """A second exporter on the same farm, with the same configuration; yields its /metrics URL."""
     config = run.farm.exporter_config(interval_seconds=INTERVAL, timeout_seconds=2.0)
-    exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0))
+    exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), max_rendering_age=0)
     await exporter.start()
     try:
         yield f"http://{LOOPBACK}:{exporter.port}/metrics"

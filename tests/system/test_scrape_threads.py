@@ -17,6 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.rest.collector import MirrorFarmCollector
+from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.web import scrape_thread
 from exporter.web.auth import BasicAuth
 from exporter.web.scrape_thread import ScrapeThreads
 from exporter.web.server import Served, Server
@@ -106,6 +108,44 @@ async def test_credentials_are_checked_on_the_loop_once_then_scrapes_are_served_
         assert (await asyncio.to_thread(get, server.port, "/metrics", good))[0] == 200
         assert (await asyncio.to_thread(get, server.port, "/metrics", bad))[0] == 401
         assert (threads.served_here, threads.handed_over) == (1, 4)
+
+
+async def test_once_ready_says_ready_the_next_scrape_shows_the_polls_that_made_it_so() -> None:
+    current = ExporterState(PrimaryState(url="https://b.example.com"), [MirrorState("sydney", "https://s.example.com")])
+    registry = CollectorRegistry()
+    registry.register(MirrorFarmCollector(lambda: current))
+    server = Server(Served(lambda: current, registry), "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert (await asyncio.to_thread(get, server.port, "/-/ready"))[0] == 503
+        _, before = await asyncio.to_thread(get, server.port, "/metrics")
+        assert b'bitbucket_mirror_up{mirror="sydney"} 0.0' in before
+        current.primary.cycles = current.mirrors[0].cycles = 1
+        current.mirrors[0].status.success = True
+        assert (await asyncio.to_thread(get, server.port, "/-/ready"))[0] == 200
+        _, after = await asyncio.to_thread(get, server.port, "/metrics")
+        assert b'bitbucket_mirror_up{mirror="sydney"} 1.0' in after, "not a rendering from before ready"
+    finally:
+        await server.stop()
+
+
+async def test_a_bug_while_serving_one_scrape_ends_that_connection_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = [RuntimeError("a bug")]
+
+    def is_scrape(head: scrape_thread.Head, auth: BasicAuth) -> bool:
+        if failures:
+            raise failures.pop()
+        return True
+
+    monkeypatch.setattr(scrape_thread, "is_scrape", is_scrape)
+    async with serving() as (server, threads):
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            await asyncio.to_thread(get, server.port, "/metrics")
+        assert (await asyncio.to_thread(get, server.port, "/metrics"))[0] == 200
+        assert threads.served_here == 1
+    assert "serving a scrape failed" in caplog.text
 
 
 def scrape_threads_alive() -> list[str]:

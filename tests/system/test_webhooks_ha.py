@@ -29,7 +29,7 @@ async def test_two_replicas_fed_the_same_deliveries_agree(tmp_path: Path) -> Non
     async with running_farm(scenario, ["9.x", "8.x"], interval=0.5, prepare=with_webhooks(secret_file)) as run:
         config = run.farm.exporter_config(interval_seconds=0.5, timeout_seconds=2.0)
         config["webhooks"] = {"secret_file": str(secret_file)}
-        replica = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0))
+        replica = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0), max_rendering_age=0)
         await replica.start()
         try:
             other = f"http://{LOOPBACK}:{replica.port}"
