@@ -140,13 +140,17 @@ async def measure(events: int, seconds: float, work: Path) -> dict[str, Any]:
             sent = await burst(base + "/webhooks/bitbucket", events, seconds)
             busy_running.clear()
             during = await busy
-            async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
-                text = await resp.text()
-            observed = next(
-                (float(line.split()[-1]) for line in text.splitlines()
-                 if line.startswith("bitbucket_mirror_push_to_sync_seconds_count{")),
-                0.0,
-            )  # fmt: skip
+            # /metrics shows the state as of at most a second ago (docs/metrics.md): read until every sync is there.
+            observed, deadline = 0.0, time.monotonic() + 10
+            while observed < events // 2 and time.monotonic() < deadline:
+                async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
+                    text = await resp.text()
+                observed = next(
+                    (float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("bitbucket_mirror_push_to_sync_seconds_count{")),
+                    0.0,
+                )  # fmt: skip
+                await asyncio.sleep(0.1)
             rss = peak_rss(child.pid)
         finally:
             child.terminate()
