@@ -9,7 +9,8 @@ import base64
 import http.client
 import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import bcrypt
@@ -93,6 +94,42 @@ async def test_everything_but_scrapes_reaches_aiohttp_on_the_same_connection_too
         assert threads.handed_over == 1
         status, _ = await asyncio.to_thread(get, server.port, "/runbooks")
         assert status == 200 and threads.handed_over == 2
+
+
+async def test_connections_beyond_the_threads_and_http_1_0_scrapes_are_served_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scrape_thread, "MAX_THREADS", 2)
+    async with serving() as (server, threads):
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(2)]
+        try:
+            await wait_for(lambda: len(scrape_threads_alive()) == 3, "two idle connections on their threads")
+            status, body = await asyncio.to_thread(get, server.port, "/metrics")
+            assert status == 200 and b"bitbucket_mirror_up" in body
+            assert (threads.served_here, threads.handed_over) == (0, 1), "the loop served the third connection"
+        finally:
+            for conn in idle:
+                conn.close()
+
+        def http_1_0() -> bytes:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as conn:
+                conn.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                answer = b""
+                while chunk := conn.recv(65536):  # the server closes: HTTP/1.0 without keep-alive
+                    answer += chunk
+                return answer
+
+        await wait_for(lambda: len(scrape_threads_alive()) == 1, "the idle connections' threads ended")
+        answer = await asyncio.to_thread(http_1_0)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
+        assert answer.endswith(body) and threads.served_here == 1
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_credentials_are_checked_on_the_loop_once_then_scrapes_are_served_off_it() -> None:
