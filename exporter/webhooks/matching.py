@@ -73,6 +73,9 @@ class Book:
         # (repository id, commit) -> mirror -> when it had it (primary's clock): the CI gate's answer.
         self._synced: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
         self._request_ids: OrderedDict[str, float] = OrderedDict()
+        # Syncs that came before their push (the two events travel apart, from different servers): (repository id,
+        # commit) -> mirror -> (when it had it, sync type), kept until the push comes or max_pending newer ones did.
+        self._early: OrderedDict[tuple[str, str], dict[str, tuple[float, str]]] = OrderedDict()
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.unconfirmed: dict[str, int] = {}
         self.evicted = 0
@@ -84,8 +87,13 @@ class Book:
             key = change.key(repo_id)
             if key in self._pending:
                 continue  # the same commit pushed to a second ref: the first push is what mirrors must sync
-            self._pending[key] = Push(repo_id, key[1], pushed_at, now)
+            push = self._pending[key] = Push(repo_id, key[1], pushed_at, now)
             self._by_repo.setdefault(repo_id, []).append(key)
+            for mirror, (synced_at, sync_type) in self._early.pop(key, {}).items():
+                # A sync dated before the push completed an earlier push of the same commit, not this one.
+                if synced_at >= pushed_at:
+                    push.confirmed.add(mirror)
+                    self.histograms.setdefault((mirror, sync_type), Histogram()).observe(synced_at - pushed_at)
         while len(self._pending) > self.max_pending:
             self._drop(next(iter(self._pending)))
             self.evicted += 1
@@ -116,13 +124,22 @@ class Book:
         latencies = []
         for key in keys:
             push = self._pending.get(key)
-            if push is None or mirror in push.confirmed:
+            if push is None:
+                self._remember_early(key, mirror, synced_at, sync_type)
+                continue
+            if mirror in push.confirmed:
                 continue
             push.confirmed.add(mirror)
             latency = max(0.0, synced_at - push.pushed_at)
             self.histograms.setdefault((mirror, sync_type), Histogram()).observe(latency)
             latencies.append(latency)
         return latencies
+
+    def _remember_early(self, key: tuple[str, str], mirror: str, synced_at: float, sync_type: str) -> None:
+        self._early.setdefault(key, {}).setdefault(mirror, (synced_at, sync_type))
+        self._early.move_to_end(key)
+        while len(self._early) > self.max_pending:
+            self._early.popitem(last=False)
 
     def _remember_synced(self, key: tuple[str, str], mirror: str, synced_at: float) -> None:
         mirrors = self._synced.setdefault(key, {})
@@ -181,3 +198,8 @@ class Book:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def early_syncs(self) -> int:
+        """Syncs held for a push that has not come (yet)."""
+        return len(self._early)

@@ -24,6 +24,28 @@ def test_a_sync_completes_its_push_once_per_mirror() -> None:
     assert book.synced("1", A) == {"sydney": 107.0, "tokyo": 130.0}
 
 
+def test_a_sync_that_came_before_its_push_is_timed_when_the_push_comes() -> None:
+    book = Book(timeout=3600, max_pending=100)
+    assert book.synchronized("sydney", "1", [change(A)], False, "incremental", 107.0) == []
+    assert book.synchronized("tokyo", "1", [change(A)], False, "incremental", 99.0) == []  # an earlier push's
+    book.pushed("1", [change(A)], pushed_at=100.0, now=100.0)
+    assert book.histograms[("sydney", "incremental")].counts[3] == 1 and ("tokyo", "incremental") not in book.histograms
+    assert book.synchronized("sydney", "1", [change(A)], False, "incremental", 108.0) == [], "already confirmed"
+    assert book.synchronized("tokyo", "1", [change(A)], False, "incremental", 110.0) == [10.0]
+    book.expire(101.0, ["sydney", "tokyo"])
+    assert book.pending == 0 and book.unconfirmed == {}
+
+
+def test_early_syncs_are_kept_in_a_bounded_table() -> None:
+    book = Book(timeout=3600, max_pending=100)
+    for i in range(1000):
+        book.synchronized("sydney", str(i), [change(A)], False, "incremental", 100.0)
+    assert book.early_syncs == 100
+    book.pushed("0", [change(A)], 100.0, 100.0)  # long forgotten: nothing observed
+    book.pushed("999", [change(A)], 100.0, 100.0)
+    assert book.histograms[("sydney", "incremental")].counts[0] == 1
+
+
 def test_ref_limit_exceeded_completes_the_oldest_unconfirmed_push_made_before_it() -> None:
     book = Book(timeout=3600, max_pending=100)
     book.pushed("1", [change(A)], 100.0, 100.0)
