@@ -123,7 +123,8 @@ class GitMirrors:
         try:
             await poll_forever(self, 60.0, self._stop)
         finally:
-            tasks = [*(r.task for r in self._running.values()), *self._ending]
-            for task in tasks:
+            running = [r.task for r in self._running.values()]
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # The gone ones were cancelled when they went: cancelled again, they could not finish reaping their git.
+            await asyncio.gather(*running, *self._ending, return_exceptions=True)
