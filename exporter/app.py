@@ -148,7 +148,7 @@ class Polling:
                 timeout = self.settings.poll.timeout_seconds
                 verifier = RefVerifier(mirror_state, mirror_cfg, primary, git, timeout)
                 self._tasks.append(asyncio.create_task(poll_forever(verifier, interval, self._stop)))
-        self._tasks = [self._spawn(self._primary)]
+        self._tasks.append(self._spawn(self._primary))
         jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
         # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
         for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
