@@ -144,8 +144,8 @@ class Exposition:
             self.render(content_type, encoder)
 
     def current(self, content_type: str, encoder: Encoder, young: float) -> Rendering | None:
-        """The latest rendering if at most ``young`` seconds old and no drift report has come since (the reports
-        are only compared on the event loop); records that somebody wants this content type."""
+        """The latest rendering if at most ``young`` seconds old (new drift reports are the loop's to notice:
+        ``on_loop`` and ``keep_fresh``); records that somebody wants this content type."""
         self._wanted[content_type] = (encoder, time.monotonic())
         latest = self._latest.get(content_type)
         if latest is None or time.monotonic() - latest.made > young:
@@ -194,10 +194,9 @@ class Exposition:
                 self.render(content_type, primed)
 
     async def keep_fresh(self) -> None:
-        """On the event loop while the exporter runs: render each wanted content type at half the age a scrape
-        thread may serve, and at once when a drift report is new (with ``max_age`` 0, never: scrapes ask). What
-        Prometheus and plain clients ask for is wanted from the start, so the first scrapes do not wait either."""
-        self.start()
+        """On the event loop while the exporter runs, after ``start``: render each wanted content type at half the
+        age a scrape thread may serve, and at once when a drift report is new (with ``max_age`` 0, never: scrapes
+        ask)."""
         if self._max_age <= 0:
             return
         try:

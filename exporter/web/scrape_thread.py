@@ -5,8 +5,8 @@ comparing them), and a scrape queued behind that work waited 40 ms and more (ben
 listening sockets are accepted here: a connection whose request is ``GET /metrics`` (with credentials already
 checked once, when basic auth is on) is answered by its own thread from the latest rendering
 (exporter/web/exposition.py); any other request is handed, unread, to the aiohttp server on the event loop, which
-serves it as before. A thread waits for the interpreter lock at most the switch interval at each step, so that is
-lowered to a millisecond once this starts.
+serves it as before. A thread waits for the interpreter lock at least the switch interval at each step, so that is
+lowered to a quarter of a millisecond once this starts.
 
 The request is peeked at (MSG_PEEK), never consumed, until it is known to be a scrape: a hand-over loses no byte.
 With TLS every connection is handed over: the handshake and everything after it stay in aiohttp.
@@ -279,7 +279,7 @@ class ScrapeThreads:
         keep_alive = head.keep_alive
         try:
             rendering = self._exposition.from_thread(content_type, encoder, RENDER_WAIT_SECONDS)
-        except Exception:  # a collector's bug, logged by the event loop's rendering
+        except Exception:  # a collector's bug, logged by the event loop's own rendering (keep_fresh) once
             conn.sendall(_response(b"500 Internal Server Error", b"text/plain", b"rendering failed\n", False))
             return False
         if rendering is None:
