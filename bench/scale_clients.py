@@ -237,13 +237,15 @@ async def first_cycle(app: Exporter) -> None:
 
 
 def exporter_config(info: dict[str, Any], interval: float) -> dict[str, Any]:
+    # farmNodes gives each node's address and cluster port; the nodes share one HTTP port, as on a real farm.
+    node_template = f"http://{{address}}:{info.get('node_http_port', 0)}"
     return {
         "primary": {"url": info["primary"], "username": info["username"], "password": info["password"]},
         "mirrors": [
             {
                 "name": name,
                 "url": url,
-                **({"nodes": {"url_template": "http://{address}:{port}"}} if info.get("nodes") else {}),
+                **({"nodes": {"url_template": node_template}} if info.get("nodes") else {}),
             }
             for name, url in info["mirrors"].items()
         ],

@@ -49,6 +49,7 @@ def describe(farm: SimulatedFarm) -> dict[str, Any]:
         "mirrors": farm.mirror_urls,
         # With more than one node per mirror, the exporter reads every node at its own URL (nodes.url_template).
         "nodes": farm.node_urls if s.nodes > 1 else {},
+        "node_http_port": farm.node_http_port,
         "repositories": s.repositories,
         "projects": s.projects,
         "page_cap": s.page_limit_cap,

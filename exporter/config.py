@@ -330,7 +330,23 @@ class Settings(BaseSettings):
                     f"mirrors[{i}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
                     "auth with an admin account (HTTP access tokens fail on admin endpoints, BSERV-10482)"
                 )
+            found += _cluster_port_warnings(i, mirror)
         return found
+
+
+def _cluster_port_warnings(index: int, mirror: MirrorConfig) -> list[str]:
+    """``{port}`` in a node URL template is farmNodes' ``address.port``: the node's cluster (Hazelcast) port, 5701 in
+    Atlassian's chart, which speaks no HTTP (reference section 8; docs/assumptions.md)."""
+    templates = {"nodes.url_template": mirror.nodes.url_template if mirror.nodes is not None else None}
+    if mirror.jmx is not None:
+        templates["jmx.exporter_url_template"] = mirror.jmx.exporter_url_template
+        templates["jmx.mesh_exporter_url_template"] = mirror.jmx.mesh_exporter_url_template
+    return [
+        f"mirrors[{index}].{key} ({mirror.name}) uses {{port}}, which farmNodes fills with the node's cluster "
+        "(Hazelcast) port, not its HTTP port: write the HTTP port instead, e.g. http://{address}:7990"
+        for key, template in templates.items()
+        if template is not None and "{port}" in template
+    ]
 
 
 _NAMED = re.compile(

@@ -61,8 +61,8 @@ async def _demo(
         for mirror in config["mirrors"]:
             # Sync timers and tickets from each node's jmx_exporter text, as Atlassian's chart serves them.
             mirror["jmx"] = {
-                "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
-                "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+                "exporter_url_template": farm.node_url_template("/jmx/bitbucket"),
+                "mesh_exporter_url_template": farm.node_url_template("/jmx/mesh"),
                 "interval_seconds": max(1.0, interval_seconds),
             }
         config["webhooks"] = {"secret_file": str(secret_file)}

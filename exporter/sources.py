@@ -41,6 +41,10 @@ PAGE_LOOP = "page_loop"
 PAGE_CAP = "page_cap"
 # A password or token file that cannot be read (or is empty) when a request is made: rotated badly, unmounted.
 CREDENTIALS = "credentials"
+# A 3xx to Bitbucket's login page: credentials refused, or sent where Bitbucket takes none. Never followed.
+LOGIN_PAGE = "login_page"
+# Bitbucket locked the account behind a CAPTCHA (too many failed logins): every call fails until a person logs in.
+CAPTCHA = "captcha"
 # A bug in the exporter: counted, and the poll loop carries on.
 UNEXPECTED = "unexpected"
 

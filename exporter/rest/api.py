@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import Affinity, BitbucketClient, ClockReading, parse_page
+from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, parse_page
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -117,7 +117,8 @@ class MirrorApi:
 
     async def status(self) -> MirrorStatus:
         url = URL(self._base_url.rstrip("/") + "/status")
-        body = await self._client.get_json(url, self._credentials, affinity=self._affinity)
+        # Public, and outside /rest: credentials there are refused and can lock the account (client.ANONYMOUS).
+        body = await self._client.get_json(url, ANONYMOUS, affinity=self._affinity)
         return parse_model(MirrorStatus, body, "status")
 
     async def _detect(self) -> Layout:

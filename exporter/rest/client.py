@@ -23,6 +23,7 @@ from yarl import URL
 
 from exporter.config import Credentials, PollConfig
 from exporter.sources import (
+    CAPTCHA,
     CONNECT_TIMEOUT,
     CONNECTION,
     CREDENTIALS,
@@ -30,6 +31,7 @@ from exporter.sources import (
     HTML_RESPONSE,
     INVALID_JSON,
     INVALID_RESPONSE,
+    LOGIN_PAGE,
     PAGE_CAP,
     PAGE_LOOP,
     TIMEOUT,
@@ -40,6 +42,15 @@ from exporter.sources import (
 )
 
 T = TypeVar("T")
+
+# No credentials at all: ``/status`` is public, and Bitbucket 8.9.22, 8.19.12, 9.3.2 and later answer an access token
+# on a path outside /rest and /scm with a 302 to the login page (Bearer) or a 401 (as a Basic password), and lock the
+# account behind a CAPTCHA after a few 401s (Atlassian KB "Access tokens no longer work as expected after upgrading").
+ANONYMOUS = Credentials()
+# Session cookies a Bitbucket node sets: an authenticated session, never sent where no credentials may go.
+SESSION_COOKIE_MARK = "SESSION"
+# What Bitbucket's login layer says when it wants a person (a CAPTCHA) before it takes this account's password again.
+DENIED_REASON_HEADER = "X-Authentication-Denied-Reason"
 
 
 def auth_headers(credentials: Credentials) -> dict[str, str]:
@@ -153,10 +164,16 @@ class Affinity:
 
     cookies: dict[str, str] = field(default_factory=dict)
 
-    def header(self) -> dict[str, str]:
-        if not self.cookies:
+    def header(self, anonymous: bool = False) -> dict[str, str]:
+        """The cookies to send; ``anonymous``: only the load balancer's, none of an authenticated session."""
+        cookies = {
+            name: value
+            for name, value in self.cookies.items()
+            if not (anonymous and SESSION_COOKIE_MARK in name.upper())
+        }
+        if not cookies:
             return {}
-        return {"Cookie": "; ".join(f"{name}={value}" for name, value in self.cookies.items())}
+        return {"Cookie": "; ".join(f"{name}={value}" for name, value in cookies.items())}
 
     def update(self, response: aiohttp.ClientResponse) -> None:
         for name, morsel in response.cookies.items():
@@ -218,7 +235,7 @@ class BitbucketClient:
         async with self._limit_for(url):
             sent = time.time()
             if affinity is not None:
-                headers = {**headers, **affinity.header()}
+                headers = {**headers, **affinity.header(anonymous="Authorization" not in headers)}
             async with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
                 received = time.time()
                 if affinity is not None:
@@ -226,8 +243,14 @@ class BitbucketClient:
                 offset = clock_offset(resp.headers.get("Date"), sent, received)
                 if offset is not None:
                     self._clocks[origin(url)] = ClockReading(offset, received)
+                if 300 <= resp.status < 400:
+                    # Never followed (allow_redirects=False): a redirect's target is not the configured host.
+                    self.stats.add(f"{url.host}:{url.port}", 0)
+                    raise _redirect_error(resp)
                 body = await self._read_capped(resp)
                 self.stats.add(f"{url.host}:{url.port}", len(body))
+                if resp.status == 401 and DENIED_REASON_HEADER in resp.headers:
+                    raise _denied_error(resp.headers[DENIED_REASON_HEADER])
                 return resp.status, resp.headers.get("Content-Type", ""), body, resp.headers.get("Retry-After")
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -382,6 +405,26 @@ class BitbucketClient:
         async for page in self.pages(url, credentials, parse_page, params, affinity):
             values.extend(page)
         return values
+
+
+def _redirect_error(resp: aiohttp.ClientResponse) -> FetchError:
+    """A 3xx: reported, never followed. A redirect to a login page means the credentials were refused (or sent where
+    Bitbucket takes none); it names the path only, never a query that might echo anything back."""
+    location = URL(resp.headers.get("Location", ""))
+    path = location.path or ""
+    if "login" in path.lower():
+        return FetchError(LOGIN_PAGE, f"HTTP {resp.status} to the login page ({path}): credentials refused here",
+                          status=resp.status)  # fmt: skip
+    where = f" to {location.host}:{location.port}{path}" if location.host else f" to {path}" if path else ""
+    return FetchError(http_reason(resp.status), f"HTTP {resp.status} redirect{where}, not followed", status=resp.status)
+
+
+def _denied_error(reason: str) -> FetchError:
+    """A 401 that Bitbucket explains: ``CAPTCHA_CHALLENGE`` means the account is locked until a person logs in."""
+    kind = reason.split(";", 1)[0].strip()[:60]
+    if kind.upper().startswith("CAPTCHA"):
+        return FetchError(CAPTCHA, "HTTP 401: the account must solve a CAPTCHA (log in once in a browser)", 401)
+    return FetchError(CREDENTIALS, f"HTTP 401: authentication denied ({kind})", status=401)
 
 
 def _tls_problem(exc: Exception) -> str:

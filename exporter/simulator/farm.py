@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.simulator.accounts import Accounts
+
 ZERO_HASH = "0" * 40
 # Drift classes from worst to best: a farm's repository is in the worst class any of its nodes puts it in.
 WORST_FIRST = ("missing", "content_drift", "metadata_drift", "hash_unknown", "in_sync")
@@ -119,8 +121,8 @@ class FarmNode:
     otherwise, so a farm of healthy nodes costs nothing extra at 100,000 repositories."""
 
     name: str
-    # Its own HTTP port (the runner sets it); farmNodes lists it, so ``{port}`` in a node URL template reaches it.
-    port: int = 0
+    # Its own loopback address (the runner sets it), as farmNodes lists it; the farm's nodes share one HTTP port.
+    address: str = "127.0.0.1"
     # A frozen node syncs nothing while its peers go on: it falls behind alone.
     frozen: bool = False
     # A node that is down resets every connection; the farm's load balancer stops sending requests to it.
@@ -248,12 +250,15 @@ class Scenario:
     username: str = "admin"
     password: str = "admin"
     token: str = "simulated-token"
+    # Failed logins of the account in a row before Bitbucket wants a CAPTCHA (simulator/accounts.py); 0: never.
+    captcha_after_failures: int = 5
 
 
 class Farm:
     def __init__(self, scenario: Scenario, now: float, mirror_families: list[str] | None = None) -> None:
         self.scenario = scenario
         self.rng = random.Random(scenario.seed)
+        self.accounts = Accounts(scenario.username, scenario.password, scenario.token, scenario.captcha_after_failures)
         self.now = now
         self.revision = 0
         self.projects = [Project(i + 1, f"PRJ{i + 1}", f"Project {i + 1}") for i in range(scenario.projects)]
@@ -611,7 +616,7 @@ class Farm:
     def node_truth(self, mirror: Mirror, node: FarmNode) -> dict[str, Any]:
         classes = self.classify(mirror, node)
         return {
-            "port": node.port,
+            "address": node.address,
             "frozen": node.frozen,
             "down": node.down,
             "repositories": len(mirror.node_view(node)),

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
+import itertools
 import json
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,22 @@ from exporter.simulator.server import Listing, mirror_app, primary_app
 from exporter.simulator.webhook_api import STORE_KEY
 from exporter.simulator.webhook_api import add_routes as add_webhook_api
 from exporter.simulator.webhook_target import WebhookTarget
+
+# Binding every node on one port can find it taken on some address: tries before giving up.
+BIND_ATTEMPTS = 5
+# The first node's loopback address; the others follow (127.0.0.0/8 is all loopback on Linux).
+FIRST_NODE_ADDRESS = 2
+
+
+def node_addresses(host: str) -> Iterator[str]:
+    """Each node's own address: 127.0.0.2, 127.0.0.3, ... when the farm is on 127.0.0.1, else the farm's host (then
+    nodes cannot share a port, and each binds its own)."""
+    if host != "127.0.0.1":
+        while True:
+            yield host
+    for index in itertools.count(FIRST_NODE_ADDRESS):
+        yield str(ipaddress.IPv4Address("127.0.0.0") + index)
+
 
 # How often the deliverer lets time pass on the farm and sends what it queued: syncs are dated within this.
 DELIVERY_TICK_SECONDS = 0.05
@@ -47,8 +65,9 @@ class SimulatedFarm:
         self._mirror_runners: dict[str, web.AppRunner] = {}
         self.primary_url = ""
         self.mirror_urls: dict[str, str] = {}
-        # Mirror name -> node name -> the node's own base URL (its farmNodes entry lists the same port).
+        # Mirror name -> node name -> the node's own base URL: its own loopback address, one HTTP port for all.
         self.node_urls: dict[str, dict[str, str]] = {}
+        self.node_http_port = 0
         self.webhooks: list[WebhookTarget] = []
         # The webhooks created over the REST API (webhooks apply), by id.
         self.webhook_store: dict[int, dict[str, Any]] = {}
@@ -56,13 +75,44 @@ class SimulatedFarm:
         self._deliverer: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
-    async def _serve(self, app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
+    async def _serve(self, app: web.Application, port: int = 0, host: str = "") -> tuple[web.AppRunner, str]:
+        host = host or self.host
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, self.host, port, ssl_context=self.ssl_context).start()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=self.ssl_context).start()
+        except OSError:
+            await runner.cleanup()
+            raise
         self._runners.append(runner)
         scheme = "https" if self.ssl_context is not None else "http"
-        return runner, f"{scheme}://{self.host}:{runner.addresses[0][1]}"
+        return runner, f"{scheme}://{host}:{runner.addresses[0][1]}"
+
+    async def _serve_nodes(self, cache: dict[str, dict[str, Listing]]) -> None:
+        """Every node on its own loopback address and all on one HTTP port, as a real farm's nodes share 7990 on
+        their own pod addresses: so ``http://{address}:<port>`` reaches each, and farmNodes' ``port`` (the cluster
+        port) is not needed, as on a real farm. A port taken on some address is given up for another."""
+        nodes = [(name, node) for name, mirror in self.farm.mirrors.items() for node in mirror.farm_nodes]
+        for node, address in zip((node for _, node in nodes), node_addresses(self.host), strict=False):
+            node.address = address
+        for _ in range(BIND_ATTEMPTS):
+            bound: list[web.AppRunner] = []
+            port = 0
+            try:
+                for name, node in nodes:
+                    app = mirror_app(self.farm, name, self.clock, node.name, cache[name])
+                    runner, url = await self._serve(app, port, node.address)
+                    port = int(runner.addresses[0][1]) if self.host == "127.0.0.1" else 0
+                    bound.append(runner)
+                    self.node_urls[name][node.name] = url
+            except OSError:
+                for runner in bound:
+                    self._runners.remove(runner)
+                    await runner.cleanup()
+                continue
+            self.node_http_port = port
+            return
+        raise OSError(f"no port free on every node address after {BIND_ATTEMPTS} attempts")
 
     async def start(self) -> None:
         primary = primary_app(self.farm, self.clock, self)
@@ -70,16 +120,14 @@ class SimulatedFarm:
         self.webhook_store = primary[STORE_KEY]
         self.primary_url = (await self._serve(primary))[1]
         self.farm.primary_url = self.primary_url
+        caches: dict[str, dict[str, Listing]] = {}
         for name, mirror in self.farm.mirrors.items():
-            cache: dict[str, Listing] = {}
+            cache = caches[name] = {}
             self._mirror_runners[name], url = await self._serve(mirror_app(self.farm, name, self.clock, cache=cache))
             mirror.base_url = url
             self.mirror_urls[name] = url
             self.node_urls[name] = {}
-            for node in mirror.farm_nodes:
-                runner, node_url = await self._serve(mirror_app(self.farm, name, self.clock, node.name, cache))
-                node.port = int(runner.addresses[0][1])
-                self.node_urls[name][node.name] = node_url
+        await self._serve_nodes(caches)
 
     def add_webhook(self, target: WebhookTarget) -> None:
         """Post every push and every mirror sync to ``target`` from now on."""
@@ -153,11 +201,15 @@ class SimulatedFarm:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def node_url_template(self, path: str = "") -> str:
+        """What an admin writes for this farm's nodes: their farmNodes address and the HTTP port they all share."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{{address}}:{self.node_http_port}{path}"
+
     def exporter_config(self, interval_seconds: float = 5.0, nodes: bool = False, **poll: Any) -> dict[str, Any]:
         """An exporter configuration (as the YAML file would hold it) that monitors this farm; with ``nodes``, every
         node by its own URL, built from farmNodes (nodes.url_template)."""
-        scheme = "https" if self.ssl_context is not None else "http"
-        node_block = {"nodes": {"url_template": f"{scheme}://{{address}}:{{port}}"}} if nodes else {}
+        node_block = {"nodes": {"url_template": self.node_url_template()}} if nodes else {}
         return {
             "primary": {
                 "url": self.primary_url,

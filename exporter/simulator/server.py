@@ -8,7 +8,6 @@ do.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import time
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from exporter.simulator.accounts import Login, check
 from exporter.simulator.farm import FAULTS, Farm, FarmNode, Mirror, MirrorRepository, Repository
 from exporter.simulator.jmx_text import bitbucket_text, mesh_text
 from exporter.simulator.webhook_target import WebhookTarget
@@ -58,6 +58,8 @@ WEBHOOKS_KEY: web.AppKey[Webhooks] = web.AppKey("webhooks")
 # Route name -> the listing as of a farm revision: each listing is rendered once per farm change.
 RENDERED_KEY: web.AppKey[dict[str, Listing]] = web.AppKey("rendered")
 
+# What farmNodes lists as each node's port: the cluster port of Atlassian's chart, which speaks no HTTP.
+CLUSTER_PORT = 5701
 HANG_SECONDS = 30.0
 # The slow-drip fault's pause between bytes: a few bytes a second, never silent long enough for a read timeout.
 DRIP_SECONDS = 0.1
@@ -115,16 +117,9 @@ def paged(request: web.Request, listing: Listing, farm: Farm) -> web.Response:
 
 
 def _authorized(request: web.Request, farm: Farm) -> bool:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer ") :] == farm.scenario.token
-    if header.startswith("Basic "):
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except ValueError:
-            return False
-        return (user, password) == (farm.scenario.username, farm.scenario.password)
-    return False
+    """A login /rest and /scm take: the password or an access token (as Bearer, or as the Basic password)."""
+    _, how = farm.accounts.login(request.headers.get("Authorization", ""))
+    return how in (Login.BEARER, Login.PASSWORD, Login.TOKEN)
 
 
 async def _apply_fault(request: web.Request, fault: str, handler: Handler) -> web.StreamResponse | None:
@@ -241,6 +236,7 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     mirror_name = request.app.get(MIRROR_KEY)
     new_cookie = False
+    host = "primary"
     if mirror_name is not None:
         mirror = farm.mirrors[mirror_name]
         node_name = request.app.get(NODE_KEY)
@@ -251,8 +247,10 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
                     request.transport.abort()  # a node that is down: the connection is refused or reset
                 return web.Response(status=500)
             node.requests[route] = node.requests.get(route, 0) + 1
+            host = f"{mirror_name}/{node_name}"
         else:
             mirror.requests[route] = mirror.requests.get(route, 0) + 1
+            host = mirror_name
             node, new_cookie = _balance(request, mirror)
             if node is None and mirror.farm_nodes:
                 return errors("No healthy upstream", 503)
@@ -266,9 +264,10 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
         farm.primary_requests[route] = farm.primary_requests.get(route, 0) + 1
         if farm.scenario.primary_latency_seconds > 0:
             await asyncio.sleep(farm.scenario.primary_latency_seconds)
-    # /status is public on real Bitbucket; the REST API wants an admin for supportInfo.
-    if request.path.startswith("/rest/") and not _authorized(request, farm):
-        return errors("Authentication failed. Please check your credentials and try again.", 401)
+    # /status is public on real Bitbucket and refuses tokens; the REST API wants an admin for supportInfo.
+    refused = check(request, farm.accounts, host, protected=request.path.startswith("/rest/"))
+    if refused is not None:
+        return refused
     response = await handler(request)
     if new_cookie and not response.prepared:
         serving = request[SERVING_NODE]
@@ -359,14 +358,13 @@ async def farm_nodes(request: web.Request) -> web.Response:
     if (missing := _check_upstream(request)) is not None:
         return missing
     mirror, serving = _mirror(request), _node(request)
-    port = request.url.port or 80
-    # The simulated nodes share 127.0.0.1, so each is told apart by its own HTTP port (a real farm lists its
-    # cluster address and port, and nodes are reached with nodes.url_template).
+    # RestClusterNode is the cluster member: its address and its cluster (Hazelcast) port, not an HTTP URL
+    # (Atlassian's chart: HTTP on 7990, Hazelcast on 5701; the spec's example port is 8230). Reference section 8.
     nodes = [
         {
             "id": node.name,
             "name": node.name,
-            "address": {"address": "127.0.0.1", "port": node.port or port},
+            "address": {"address": node.address, "port": CLUSTER_PORT},
             "buildVersion": "9.6.0" if mirror.api_family == "9.x" else "8.19.0",
             "local": node is serving,
         }
@@ -774,6 +772,26 @@ async def sim_scenario(request: web.Request) -> web.Response:
     return web.json_response(shown)
 
 
+async def sim_accounts(request: web.Request) -> web.Response:
+    """The account's login record: ``GET`` shows it; ``POST {"clear_captcha": true}`` clears the CAPTCHA lock (an
+    admin's reset), ``{"captcha_after_failures": n}`` changes the threshold (0: never lock)."""
+    accounts = _farm(request).accounts
+    if request.method == "POST":
+        change = await request.json()
+        if change.get("clear_captcha"):
+            accounts.clear()
+        if "captcha_after_failures" in change:
+            accounts.captcha_after_failures = int(change["captcha_after_failures"])
+    return web.json_response(
+        {
+            "locked": accounts.locked,
+            "failures_in_a_row": accounts.failures_in_a_row,
+            "credentials_outside_rest": accounts.credentials_outside_rest,
+            "denied": accounts.denied,
+        }
+    )
+
+
 async def sim_push(request: web.Request) -> web.Response:
     """Push to repositories on the primary now: ``{"repository_ids": [1, 2], "metadata_only": false}``."""
     farm = _farm(request)
@@ -838,5 +856,7 @@ def primary_app(
     r.add_post("/sim/mirrors/{name}/nodes/{node}", sim_node, name="sim_node")
     r.add_post("/sim/scenario", sim_scenario, name="sim_scenario")
     r.add_post("/sim/push", sim_push, name="sim_push")
+    r.add_get("/sim/accounts", sim_accounts, name="sim_accounts_get")
+    r.add_post("/sim/accounts", sim_accounts, name="sim_accounts")
     r.add_post("/sim/delete", sim_delete, name="sim_delete")
     return app

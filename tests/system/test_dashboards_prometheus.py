@@ -66,8 +66,8 @@ def with_jmx(node_url: str, secret_file: Path, git_mirror: Path) -> Any:
         # frankfurt's from its nodes' jmx_exporter pages: the sync performance panels must work from either path.
         config["mirrors"][1]["jmx"] = {
             "interval_seconds": 1,
-            "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
-            "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+            "exporter_url_template": farm.node_url_template("/jmx/bitbucket"),
+            "mesh_exporter_url_template": farm.node_url_template("/jmx/mesh"),
         }
 
     return prepare

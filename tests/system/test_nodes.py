@@ -130,8 +130,8 @@ async def test_the_primary_is_read_once_per_cycle_whatever_the_number_of_nodes()
 async def test_jmx_exporter_pages_give_each_nodes_timers_and_sidecar_tickets_under_the_node_label() -> None:
     def jmx_from_pages(farm: Any, config: dict[str, Any]) -> None:
         config["mirrors"][0]["jmx"] = {
-            "exporter_url_template": "http://{address}:{port}/jmx/bitbucket",
-            "mesh_exporter_url_template": "http://{address}:{port}/jmx/mesh",
+            "exporter_url_template": farm.node_url_template("/jmx/bitbucket"),
+            "mesh_exporter_url_template": farm.node_url_template("/jmx/mesh"),
             "interval_seconds": 1,
         }
 

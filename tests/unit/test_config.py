@@ -134,3 +134,21 @@ def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_p
     with pytest.raises(FetchError) as caught:
         auth_headers(credentials)
     assert caught.value.reason == CREDENTIALS and str(secret) in caught.value.detail and "empty" in caught.value.detail
+
+
+def test_port_in_a_node_url_template_is_warned_about_since_farm_nodes_gives_the_cluster_port(tmp_path: Path) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "primary: {url: https://b.example.com}\n"
+        "mirrors:\n"
+        "  - {name: syd, url: https://syd.example.com, nodes: {url_template: 'http://{address}:{port}'},\n"
+        "     jmx: {mesh_exporter_url_template: 'http://{address}:{port}/metrics'}}\n"
+        "  - {name: fra, url: https://fra.example.com, nodes: {url_template: 'http://{address}:7990'},\n"
+        "     jmx: {exporter_url_template: 'http://{address}:9999/metrics'}}\n"
+    )
+    warnings = load_settings(config).warnings()
+    assert [w.split(" ", 1)[0] for w in warnings] == [
+        "mirrors[0].nodes.url_template",
+        "mirrors[0].jmx.mesh_exporter_url_template",
+    ]
+    assert all("cluster (Hazelcast) port" in w for w in warnings)
