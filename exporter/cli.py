@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
                 help="the webhook URL as Bitbucket reaches the exporter (repeat for each replica)",
             )
             sub.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+        else:
+            sub.add_argument(
+                "--max-requests",
+                type=int,
+                metavar="N",
+                help="requests to Bitbucket per project at most (default webhooks.statistics_max_requests, 200)",
+            )
     commands.add_parser(
         "check-config",
         parents=[common],
@@ -251,7 +258,11 @@ def _webhooks(args: argparse.Namespace) -> int:
     async def run() -> None:
         connector = aiohttp.TCPConnector(ssl=settings.tls.context())
         async with aiohttp.ClientSession(connector=connector) as session:
-            hooks = Webhooks(BitbucketClient(session, settings.poll), settings, lambda line: print(line, flush=True))
+            budget = getattr(args, "max_requests", None)
+            if budget is not None and budget < 1:
+                raise SetupError("--max-requests: a positive number")
+            client = BitbucketClient(session, settings.poll)
+            hooks = Webhooks(client, settings, lambda line: print(line, flush=True), budget)
             projects = args.project or await hooks.projects()
             if args.webhooks_command == "apply":
                 for url in args.url:

@@ -1,8 +1,9 @@
 """Turns a jmx_exporter page into the rows a JMX query gives, so both paths share one reading (exporter/jmx/reading.py).
 
 Atlassian's Helm chart runs jmx_exporter with one catch-all rule, so every numeric MBean attribute comes out in
-jmx_exporter's default format: ``<domain>_<first key's value>_<attribute>``, the other ObjectName keys as labels, and
-(with the chart's ``lowercaseOutputName``/``lowercaseOutputLabelNames``) all lower-cased. The ObjectName cannot be
+jmx_exporter's default format: ``<domain>_<first key's value>_<attribute>``, the other ObjectName keys as labels, case
+kept (the chart sets no ``lowercaseOutputName``; a page that does is read the same, names compared without case:
+``metrics_throttling_Value{section="tickets",throttledResource=…}``). The ObjectName cannot be
 rebuilt exactly from that, but the reading only needs a stable name to search with the same patterns
 (``jmx.match``), the key properties as labels, and the attribute: this module gives each sample the name
 ``<metric name without the attribute>:<label>=<value>,…`` and the attribute's configured spelling. String attributes

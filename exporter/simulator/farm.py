@@ -247,11 +247,20 @@ class Scenario:
     ref_limit_exceeded_rate: float = 0.0
     # Whether a project webhook may carry mirror:repo_synchronized (false: only repository webhooks may).
     project_webhook_mirror_events: bool = True
+    # The primary's version: project webhooks exist from 8.10 (before, their paths answer 404).
+    primary_version: str = "9.6.0"
+    # Bitbucket's webhook circuit breaker: how long the first skip lasts after 5 failed deliveries in a row.
+    webhook_first_skip_seconds: float = 10.0
     username: str = "admin"
     password: str = "admin"
     token: str = "simulated-token"
     # Failed logins of the account in a row before Bitbucket wants a CAPTCHA (simulator/accounts.py); 0: never.
     captcha_after_failures: int = 5
+
+
+def version_at_least(version: str, *wanted: int) -> bool:
+    parts = tuple(int(p) for p in version.split(".")[: len(wanted)] if p.isdigit())
+    return parts >= wanted
 
 
 class Farm:

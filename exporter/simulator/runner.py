@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -22,7 +21,7 @@ from exporter.simulator.farm import Farm, Scenario
 from exporter.simulator.server import Listing, mirror_app, primary_app
 from exporter.simulator.webhook_api import STORE_KEY
 from exporter.simulator.webhook_api import add_routes as add_webhook_api
-from exporter.simulator.webhook_target import WebhookTarget
+from exporter.simulator.webhook_target import ERROR, FAILURE, SUCCESS, WebhookTarget
 
 # Binding every node on one port can find it taken on some address: tries before giving up.
 BIND_ATTEMPTS = 5
@@ -40,6 +39,9 @@ def node_addresses(host: str) -> Iterator[str]:
         yield str(ipaddress.IPv4Address("127.0.0.0") + index)
 
 
+# Bitbucket's limit of deliveries in flight; events beyond it are skipped (fact sheet, section 8).
+MAX_IN_FLIGHT = 250
+DELIVERY_TIMEOUT = aiohttp.ClientTimeout(total=10)
 # How often the deliverer lets time pass on the farm and sends what it queued: syncs are dated within this.
 DELIVERY_TICK_SECONDS = 0.05
 
@@ -131,6 +133,7 @@ class SimulatedFarm:
 
     def add_webhook(self, target: WebhookTarget) -> None:
         """Post every push and every mirror sync to ``target`` from now on."""
+        target.first_skip_seconds = self.scenario.webhook_first_skip_seconds
         self.webhooks.append(target)
         self.farm.webhooks_on = True
         if self._deliverer is None:
@@ -149,6 +152,8 @@ class SimulatedFarm:
                             continue
                         if target.drop_rate and self.farm.rng.random() < target.drop_rate:
                             continue
+                        if target.skipping(self.clock()) or len(self._sends) >= MAX_IN_FLIGHT:
+                            continue  # Bitbucket drops what its breaker or its in-flight limit skips
                         task = asyncio.create_task(self._post(http, target, event, body))
                         self._sends.add(task)
                         task.add_done_callback(self._sends.discard)
@@ -157,19 +162,51 @@ class SimulatedFarm:
     async def _post(self, http: aiohttp.ClientSession, target: WebhookTarget, event: str, body: bytes) -> None:
         if target.delay_seconds > 0:
             await asyncio.sleep(target.delay_seconds)
-        headers = {"Content-Type": "application/json", "X-Event-Key": event, "X-Request-Id": str(uuid.uuid4())}
-        if target.secret:
-            headers["X-Hub-Signature"] = "sha256=" + hmac.new(target.secret.encode(), body, hashlib.sha256).hexdigest()
-        ok = False
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with http.post(target.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
-                ok = 200 <= r.status < 300
-        now_ms = int(time.time() * 1000)
-        if ok:
+        headers = self._headers(event, body, target.secret)
+        start = self.primary_time()
+        outcome, description = ERROR, "no answer"
+        try:
+            async with http.post(target.url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT) as r:
+                outcome = SUCCESS if 200 <= r.status < 300 else FAILURE
+                description = f"{r.status} {r.reason or ''}".strip()
+        except TimeoutError:
+            description = "timed out"
+        except aiohttp.ClientError as exc:
+            description = type(exc).__name__
+        target.record(event, outcome, start, self.primary_time(), description)
+        if outcome == SUCCESS:
             self.delivered[event] = self.delivered.get(event, 0) + 1
-            target.successes, target.last_success_ms = target.successes + 1, now_ms
-        else:
-            target.failures, target.last_failure_ms = target.failures + 1, now_ms
+
+    @staticmethod
+    def _headers(event: str, body: bytes, secret: str | None) -> dict[str, str]:
+        """As Bitbucket sends an event: its key, a request id, and with a secret the body's HMAC-SHA256."""
+        headers = {"Content-Type": "application/json", "X-Event-Key": event, "X-Request-Id": str(uuid.uuid4())}
+        if secret:
+            headers["X-Hub-Signature"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return headers
+
+    def primary_time(self) -> float:
+        """Now on the primary's clock (its skew included): Bitbucket dates its invocations so."""
+        return self.clock() + self.farm.scenario.primary_clock_skew_seconds
+
+    async def test_connection(self, url: str) -> int | None:
+        """The "Test connection" button of a webhook's settings: a ``diagnostics:ping`` to ``url``; the answer's
+        status, or None when there was none. A 2xx closes the breaker of the webhooks posting to that URL."""
+        body = json.dumps({"test": True}).encode()
+        headers = self._headers("diagnostics:ping", body, next((t.secret for t in self.webhooks if t.url == url), None))
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT) as r,
+            ):
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if 200 <= status < 300:
+            for target in self.webhooks:
+                if target.url == url:
+                    target.close()
+        return status
 
     async def stop_mirror(self, name: str) -> int:
         """Take one mirror off the network (its connections close, its port is free); returns the port."""

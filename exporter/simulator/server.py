@@ -52,6 +52,10 @@ class Webhooks(Protocol):
 
     def add_webhook(self, target: WebhookTarget) -> None: ...
 
+    def primary_time(self) -> float: ...
+
+    async def test_connection(self, url: str) -> int | None: ...
+
 
 WEBHOOKS_KEY: web.AppKey[Webhooks] = web.AppKey("webhooks")
 

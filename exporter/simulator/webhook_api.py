@@ -1,7 +1,10 @@
 """The simulated primary's webhook REST API (what ``bitbucket-mirror-exporter webhooks apply|status`` calls):
-projects and repositories listed, project and repository webhooks created, updated and listed, their statistics
-summary, and ``rest/capabilities``. A webhook created here becomes a delivery target (runner.py): every event goes
-to every registered URL once (the simulator does not scope deliveries to the webhook's project)."""
+projects and repositories listed, project and repository webhooks created, updated and listed (``?event=`` filters),
+their statistics summary and latest invocations, "Test connection", ``rest/capabilities`` and the webhook
+capabilities, in the shapes of tests/fixtures/bitbucket/ (their sources are named there). Project webhooks exist from
+Bitbucket 8.10 (``Scenario.primary_version``): before, their paths answer 404. A webhook created here becomes a
+delivery target (runner.py): every event goes to every registered URL once (the simulator does not scope deliveries
+to the webhook's project), and the statistics of a webhook are those of its URL."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.farm import version_at_least
 from exporter.simulator.server import FARM_KEY, WEBHOOKS_KEY, Listing, encode, errors, paged
 from exporter.simulator.webhook_target import WebhookTarget
 
@@ -16,11 +20,14 @@ API = "/rest/api/latest"
 STORE_KEY: web.AppKey[dict[int, dict[str, Any]]] = web.AppKey("webhook_store")
 ALL_EVENTS = ["repo:refs_changed", "repo:modified", "pr:opened", "mirror:repo_synchronized", "diagnostics:ping"]
 MIRROR_EVENT = "mirror:repo_synchronized"
+OUTCOMES = ("SUCCESS", "FAILURE", "ERROR")
 
 
 def _scope(request: web.Request) -> tuple[str, str | None] | web.Response:
     farm = request.app[FARM_KEY]
     key, slug = request.match_info["key"], request.match_info.get("slug")
+    if slug is None and not version_at_least(farm.scenario.primary_version, 8, 10):
+        return errors(f"No resource at {request.path}", 404)  # no project webhooks before 8.10
     if not any(p.key == key for p in farm.projects):
         return errors("Project does not exist", 404)
     if slug is not None and farm.by_slug(key, slug) is None:
@@ -52,7 +59,12 @@ async def list_webhooks(request: web.Request) -> web.Response:
     scope = _scope(request)
     if isinstance(scope, web.Response):
         return scope
-    hooks = [_shown(h) for h in request.app[STORE_KEY].values() if h["scope"] == scope]
+    wanted = set(request.query.getall("event", []))
+    hooks = [
+        _shown(h)
+        for h in request.app[STORE_KEY].values()
+        if h["scope"] == scope and (not wanted or wanted & set(h.get("events", [])))
+    ]
     return paged(request, Listing([encode(h) for h in hooks]), request.app[FARM_KEY])
 
 
@@ -113,33 +125,86 @@ async def update_webhook(request: web.Request) -> web.Response:
     return web.json_response(_shown(store[hook_id]))
 
 
-async def summary(request: web.Request) -> web.Response:
+def _hook_target(request: web.Request) -> WebhookTarget | web.Response | None:
+    """The webhook the path names (or the error to answer), and the delivery target of its URL (None: none yet)."""
     scope = _scope(request)
     if isinstance(scope, web.Response):
         return scope
     hook = request.app[STORE_KEY].get(int(request.match_info["hook_id"]))
     if hook is None or hook["scope"] != scope:
         return errors("Webhook does not exist", 404)
-    target = next((t for t in request.app[WEBHOOKS_KEY].webhooks if t.url == hook["url"]), None)
-    if target is None:
+    return next((t for t in request.app[WEBHOOKS_KEY].webhooks if t.url == hook["url"]), None)
+
+
+async def summary(request: web.Request) -> web.Response:
+    """A map keyed by event id of the outcomes in the current window; 204 before the first delivery."""
+    target = _hook_target(request)
+    if isinstance(target, web.Response):
+        return target
+    now_ms = int(request.app[WEBHOOKS_KEY].primary_time() * 1000)
+    counts = target.summary(now_ms) if target is not None else {}
+    return web.json_response(counts) if counts else web.Response(status=204)
+
+
+async def latest(request: web.Request) -> web.Response:
+    """RestDetailedInvocation of the newest invocation of ``event`` with ``outcome``; 204 when there is none."""
+    target = _hook_target(request)
+    if isinstance(target, web.Response):
+        return target
+    outcome = request.query.get("outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        return errors(f"outcome must be one of {', '.join(OUTCOMES)}", 400)
+    invocation = target.latest(request.query.get("event"), outcome) if target is not None else None
+    if invocation is None:
         return web.Response(status=204)
-    body: dict[str, Any] = {"counts": {"successes": target.successes, "failures": target.failures, "errors": 0}}
-    if target.last_success_ms is not None:
-        body["lastSuccess"] = {"start": target.last_success_ms, "finish": target.last_success_ms}
-    if target.last_failure_ms is not None:
-        body["lastFailure"] = {"start": target.last_failure_ms, "finish": target.last_failure_ms}
-    return web.json_response(body)
+    scope_type = "repository" if "slug" in request.match_info else "project"
+    return web.json_response(
+        {
+            "id": invocation.id,
+            "event": invocation.event,
+            "eventScope": {"id": request.match_info.get("slug") or request.match_info["key"], "type": scope_type},
+            "start": invocation.start_ms,
+            "finish": invocation.finish_ms,
+            "duration": invocation.finish_ms - invocation.start_ms,
+            "request": {"url": target.url if target is not None else "", "method": "POST"},
+            "result": {"outcome": invocation.outcome, "description": invocation.description},
+        }
+    )
+
+
+async def test_connection(request: web.Request) -> web.Response:
+    """ "Test connection": posts ``diagnostics:ping`` to ``url``; a 2xx closes the webhook's circuit breaker."""
+    scope = _scope(request)
+    if isinstance(scope, web.Response):
+        return scope
+    url = request.query.get("url")
+    if not url:
+        return errors("url is required", 400)
+    status = await request.app[WEBHOOKS_KEY].test_connection(url)
+    return web.json_response({"request": {"url": url, "method": "POST"}, "response": {"status": status}})
 
 
 async def capabilities(request: web.Request) -> web.Response:
-    base = str(request.url.with_path("/rest/capabilities/webhooks").with_query(None))
-    return web.json_response({"application": "stash", "capabilities": {"webhooks": base}})
+    """``rest/capabilities``: each capability's URL (tests/fixtures/bitbucket/capabilities.json)."""
+    base = request.url.with_path("/").with_query(None)
+    names = {
+        "webhooks": "rest/webhooks/latest/capabilities",
+        "repository-mirroring": "rest/mirroring/latest/capabilities",
+        "build": "rest/api/latest/build/capabilities",
+    }
+    return web.json_response(
+        {
+            "links": {"self": str(base.with_path("/rest/capabilities"))},
+            "application": "stash",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "capabilities": {name: str(base.with_path("/" + path)) for name, path in names.items()},
+        }
+    )
 
 
 async def webhook_capabilities(request: web.Request) -> web.Response:
-    farm = request.app[FARM_KEY]
-    project_events = [e for e in ALL_EVENTS if e != MIRROR_EVENT or farm.scenario.project_webhook_mirror_events]
-    return web.json_response({"application": "stash", "events": ALL_EVENTS, "projectEvents": project_events})
+    """One global list of the webhook events the primary can send (tests/fixtures/bitbucket/)."""
+    return web.json_response({"application-webhooks": ALL_EVENTS})
 
 
 def add_routes(app: web.Application) -> None:
@@ -152,5 +217,7 @@ def add_routes(app: web.Application) -> None:
         r.add_post(f"{prefix}/webhooks", create_webhook)
         r.add_put(f"{prefix}/webhooks/{{hook_id:[0-9]+}}", update_webhook)
         r.add_get(f"{prefix}/webhooks/{{hook_id:[0-9]+}}/statistics/summary", summary)
+        r.add_get(f"{prefix}/webhooks/{{hook_id:[0-9]+}}/latest", latest)
+        r.add_post(f"{prefix}/webhooks/test", test_connection)
     r.add_get("/rest/capabilities", capabilities, name="sim_capabilities")
-    r.add_get("/rest/capabilities/webhooks", webhook_capabilities, name="sim_webhook_capabilities")
+    r.add_get("/rest/webhooks/latest/capabilities", webhook_capabilities, name="sim_webhook_capabilities")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from exporter.webhooks.receiver import KNOWN_EVENTS, Receiver
-from exporter.webhooks.setup import Delivery
+from exporter.webhooks.setup import OUTCOMES, Delivery
 
 RECEIVED = " From Bitbucket's webhooks as they arrive (not polled)."
 
@@ -60,19 +60,38 @@ def webhook_metrics(receiver: Receiver, deliveries: list[Delivery] | None = None
     )
     evicted.add_metric([], book.evicted)
     yield from (latency, unconfirmed, requests, last, pending, evicted)
-    outcomes = [("lastSuccess", "success"), ("lastFailure", "failure"), ("lastError", "error")]
-    delivered = {
+    yield from delivery_metrics(deliveries or [])
+
+
+def delivery_metrics(deliveries: list[Delivery]) -> Iterator[Metric]:
+    """Bitbucket's own record of delivering the exporter's webhooks: per webhook (scope and URL) and event, the
+    outcomes counted in its statistics' current window and when the latest invocation of each outcome started."""
+    source = (
+        " From Bitbucket's webhook statistics (summary and latest invocations), read every "
+        "webhooks.statistics_interval_seconds for webhooks.statistics_projects."
+    )
+    counts = GaugeMetricFamily(
+        "bitbucket_mirror_webhook_deliveries",
+        "Deliveries of the exporter's webhook in Bitbucket's current statistics window, by the webhook's scope "
+        "(project or project/repository) and URL, event and outcome (success: a 2xx answer; failure: any other "
+        "answer; error: none, e.g. refused or timed out)." + source,
+        labels=["scope", "url", "event", "outcome"],
+    )
+    last = {
         outcome: GaugeMetricFamily(
-            f"bitbucket_mirror_webhook_delivery_last_{name}_timestamp_seconds",
-            f"When Bitbucket last delivered one of the exporter's webhooks with outcome {name} (its statistics "
-            "summary), by the webhook's scope (project or project/repository) and URL. Read every "
-            "webhooks.statistics_interval_seconds for webhooks.statistics_projects.",
-            labels=["scope", "url"],
+            f"bitbucket_mirror_webhook_delivery_last_{outcome}_timestamp_seconds",
+            f"When Bitbucket's latest invocation of the exporter's webhook with outcome {outcome} started, by scope, "
+            "URL and event, as a Unix timestamp on the primary's clock." + source,
+            labels=["scope", "url", "event"],
         )
-        for outcome, name in outcomes
+        for outcome in OUTCOMES.values()
     }
-    for delivery in deliveries or []:
-        for outcome, family in delivered.items():
-            if (at := delivery.last(outcome)) is not None:
-                family.add_metric([delivery.scope, delivery.url], at)
-    yield from delivered.values()
+    for delivery in deliveries:
+        for event in delivery.events:
+            for outcome in OUTCOMES.values():
+                if outcome in event.counts:
+                    counts.add_metric([delivery.scope, delivery.url, event.event, outcome], event.counts[outcome])
+                if outcome in event.last:
+                    last[outcome].add_metric([delivery.scope, delivery.url, event.event], event.last[outcome])
+    yield counts
+    yield from last.values()

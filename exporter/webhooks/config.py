@@ -28,6 +28,10 @@ class WebhooksConfig(BaseModel):
     # empty: not read.
     statistics_projects: list[str] = Field(default_factory=list)
     statistics_interval_seconds: float = Field(default=300.0, ge=1, le=86400)
+    # Requests one reading of the statistics may make per project: a project webhook costs about 8 (its listing, the
+    # summary and the latest invocation of each event and outcome); a project of 1,000 repositories without one
+    # would cost over 1,000, and Bitbucket's rate limit is a token bucket per user.
+    statistics_max_requests: int = Field(default=200, ge=10, le=100_000)
 
     _secret_readable = field_validator("secret_file")(readable_secret_file)
 

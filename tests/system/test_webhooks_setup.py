@@ -79,10 +79,15 @@ async def test_apply_creates_then_updates_and_the_webhooks_deliver(tmp_path: Pat
         assert code == 0 and f"PRJ1: {url}: last success 20" in out and SECRET not in out + err, out + err
         # The same statistics as metrics (webhooks.statistics_projects).
         last = "bitbucket_mirror_webhook_delivery_last_success_timestamp_seconds"
-        samples = await run.metrics_until(lambda s: value(s, last, scope="PRJ1", url=url) is not None, "stats")
+        event = {"scope": "PRJ1", "url": url, "event": "repo:refs_changed"}
+        samples = await run.metrics_until(lambda s: value(s, last, **event) is not None, "stats")
         assert (
             value(samples, "bitbucket_mirror_exporter_poll_success", target="primary", source="webhook_statistics") == 1
         )
+        # The counts of Bitbucket's window: the push (at least) delivered, nothing failed.
+        delivered = value(samples, "bitbucket_mirror_webhook_deliveries", **event, outcome="success")
+        assert delivered is not None and delivered >= 1
+        assert value(samples, "bitbucket_mirror_webhook_deliveries", **event, outcome="failure") == 0.0
 
 
 async def test_apply_falls_back_to_repository_webhooks_where_projects_cannot_carry_mirror_events(
@@ -98,6 +103,7 @@ async def test_apply_falls_back_to_repository_webhooks_where_projects_cannot_car
         assert code == 0, err
         lines = out.strip().splitlines()
         assert lines == [
+            "PRJ2: a project webhook cannot carry repo:refs_changed, mirror:repo_synchronized; per repository instead",
             "PRJ2/repo-2: repository webhook created for " + url + " (repo:refs_changed, mirror:repo_synchronized)",
             "PRJ2/repo-5: repository webhook created for " + url + " (repo:refs_changed, mirror:repo_synchronized)",
         ]

@@ -3,7 +3,10 @@ JMX query gives (pure: no sockets)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.jmx.config import JmxMatch, TimerAttributes
 from exporter.jmx.exporter_text import parse_exporter_text
@@ -69,3 +72,41 @@ def test_a_tagged_timer_loses_to_the_untagged_one_even_when_its_name_sorts_first
     reading = read_node([*timer(untagged, 10), *timer(tagged, 4)], MATCH, ATTRS)
     assert reading.timers["incremental"].object_name == untagged
     assert reading.warnings == (f"{tagged} also matches incremental; using {untagged}",)
+
+
+CHART_FAMILIES = Path(__file__).parent.parent / "fixtures" / "jmx_exporter" / "atlassian-chart-families.txt"
+
+
+def chart_families() -> dict[str, list[str]]:
+    """The families Atlassian's chart serves, by their exact name, with their label names (the fixture)."""
+    lines = [line.split() for line in CHART_FAMILIES.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: labels for name, *labels in lines}
+
+
+def test_the_simulators_pages_use_the_case_and_labels_of_atlassians_chart() -> None:
+    node = FarmNode("n1", syncs={"incremental": 3, "snapshot": 1, "farm_vet": 1})
+    served = {
+        family.name if family.type != "unknown" else sample.name: set(sample.labels)
+        for text in (bitbucket_text(node), mesh_text(node))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for name, labels in chart_families().items():
+        assert name in served, f"{name} is what the chart serves"
+        assert set(labels) <= served[name]
+
+
+def test_a_page_in_the_charts_case_gives_tickets_and_timers_and_a_lowercased_one_the_same() -> None:
+    page = (
+        'metrics_throttling_Value{section="tickets",throttledResource="scm-hosting",name="available",} 7.0\n'
+        'metrics_throttling_Value{section="tickets",throttledResource="scm-hosting",name="used",} 3.0\n'
+        'com_atlassian_bitbucket_metrics_Count{category00="mirroring",category01="sync",name="incremental",} 9.0\n'
+        'com_atlassian_bitbucket_metrics_Mean{category00="mirroring",category01="sync",name="incremental",} 20.0\n'
+    )
+    for text in (page, page.lower()):
+        reading = read_node(parse_exporter_text(text, ATTRS), MATCH, ATTRS)
+        assert {(t.resource, t.attribute): t.value for t in reading.tickets} == {
+            ("scm-hosting", "available"): 7.0,
+            ("scm-hosting", "used"): 3.0,
+        }
+        assert reading.timers["incremental"].count == 9 and reading.timers["incremental"].mean == pytest.approx(0.02)
