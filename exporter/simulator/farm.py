@@ -453,8 +453,10 @@ class Farm:
                 if self.now - repo.content_changed_at >= content_delay:
                     self._nodes_sync(mirror, repo_id, mrepo, "incremental")
                     behind_by = repo.content_version - mrepo.content_version
+                    had = mrepo.content_version
                     mrepo.content_version = repo.content_version
-                    self._synchronized(mirror, repo, "snapshot" if behind_by > 1 else "incremental")
+                    # Every push since the last sync caught up at once (coalesced): the event names only the newest.
+                    self._synchronized(mirror, repo, had, "snapshot" if behind_by > 1 else "incremental")
                     mrepo.diverged_since = None
                     mrepo.last_sync_date = self.now
                     self.changed()
@@ -475,9 +477,10 @@ class Farm:
     # --- webhook events ---------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _change(repo: Repository, version: int) -> dict[str, Any]:
+    def _change(repo: Repository, version: int, since: int | None = None) -> dict[str, Any]:
+        """The change of main to ``version``, from ``since`` (default: the version before)."""
         ref = {"id": "refs/heads/main", "displayId": "main", "type": "BRANCH"}
-        before, after = repo.commit(version - 1), repo.commit(version)
+        before, after = repo.commit(version - 1 if since is None else since), repo.commit(version)
         return {"ref": ref, "refId": ref["id"], "fromHash": before, "toHash": after, "type": "UPDATE"}
 
     def _date(self, when: float) -> str:
@@ -498,9 +501,9 @@ class Farm:
         payload["changes"] = changes
         self.outbox.append((event, payload))
 
-    def _synchronized(self, mirror: Mirror, repo: Repository, sync_type: str) -> None:
+    def _synchronized(self, mirror: Mirror, repo: Repository, had: int, sync_type: str) -> None:
         limited = self.webhooks_on and self.rng.random() < self.scenario.ref_limit_exceeded_rate
-        changes = [] if limited else [self._change(repo, repo.content_version)]
+        changes = [] if limited else [self._change(repo, repo.content_version, had)]
         server = {"id": mirror.server_id, "name": mirror.name}
         self._send("mirror:repo_synchronized", repo, self.now, changes, mirrorServer=server, syncType=sync_type,
                    refLimitExceeded=limited)  # fmt: skip

@@ -1,10 +1,13 @@
 """Matches each mirror's ``mirror:repo_synchronized`` to the ``repo:refs_changed`` push it completes: pure, no I/O.
 
-A push is remembered per (repository id, the change's ``toHash``) with its date; a synchronized event whose change has
-the same ``toHash`` completes it for that mirror, and the difference of the two dates (both on the primary's clock,
-whole seconds) is that push's time to reach the mirror. A synchronized event with ``refLimitExceeded`` lists no
-changes: it completes the oldest push of that repository the mirror has not confirmed, made before the event. A push
-that some monitored mirror has not confirmed within ``pending_timeout_seconds`` is counted unconfirmed for it.
+A push is remembered per (repository id, the change's ``toHash``) with its ref and date; a synchronized event whose
+change has the same ``toHash`` completes it for that mirror, and the difference of the two dates (both on the
+primary's clock, whole seconds) is that push's time to reach the mirror. A busy mirror coalesces: one sync catches up
+several pushes of a ref and names only the newest ``toHash`` (fact sheet, section 8), so a sync of ref R at hash H
+completes every pending push of R made no later than the push of H, each timed from its own push (also one whose
+event comes after the sync's). A synchronized event with ``refLimitExceeded`` lists no changes: it completes the
+oldest push of that repository the mirror has not confirmed, made before the event. A push that some monitored mirror
+has not confirmed within ``pending_timeout_seconds`` is counted unconfirmed for it.
 
 Everything is bounded by ``max_pending``: the oldest entries go first and are counted, so a flood of events costs a
 fixed amount of memory.
@@ -48,7 +51,14 @@ class Push:
     to_hash: str
     pushed_at: float  # the event's date: the primary's clock
     received: float  # the exporter's clock, for the pending timeout
+    ref: str = ""
+    # The order pushes arrived in: of two pushes of a ref in the same second, the later one came later.
+    sequence: int = 0
     confirmed: set[str] = field(default_factory=set)
+
+    def covered_by(self, newer: Push) -> bool:
+        """Whether a sync of ``newer``'s commit also brings this push: same ref, pushed no later."""
+        return self.ref == newer.ref and (self.pushed_at, self.sequence) <= (newer.pushed_at, newer.sequence)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,10 @@ class Book:
         # Syncs that came before their push (the two events travel apart, from different servers): (repository id,
         # commit) -> mirror -> (when it had it, sync type), kept until the push comes or max_pending newer ones did.
         self._early: OrderedDict[tuple[str, str], dict[str, tuple[float, str]]] = OrderedDict()
+        self._sequence = 0
+        # (repository id, ref) -> mirror -> (when it synced, the push date its sync covered, sync type): a push whose
+        # event comes after the sync of a later push of its ref is confirmed by it all the same.
+        self._ref_synced: OrderedDict[tuple[str, str], dict[str, tuple[float, float, str]]] = OrderedDict()
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.unconfirmed: dict[str, int] = {}
         self.evicted = 0
@@ -87,13 +101,18 @@ class Book:
             key = change.key(repo_id)
             if key in self._pending:
                 continue  # the same commit pushed to a second ref: the first push is what mirrors must sync
-            push = self._pending[key] = Push(repo_id, key[1], pushed_at, now)
+            self._sequence += 1
+            push = self._pending[key] = Push(repo_id, key[1], pushed_at, now, change.ref, self._sequence)
             self._by_repo.setdefault(repo_id, []).append(key)
             for mirror, (synced_at, sync_type) in self._early.pop(key, {}).items():
                 # A sync dated before the push completed an earlier push of the same commit, not this one.
                 if synced_at >= pushed_at:
-                    push.confirmed.add(mirror)
-                    self.histograms.setdefault((mirror, sync_type), Histogram()).observe(synced_at - pushed_at)
+                    self._confirm_covered(mirror, push, synced_at, sync_type)
+            for mirror, (synced_at, covered_until, sync_type) in self._ref_synced.get((repo_id, push.ref), {}).items():
+                # Events travel apart: this push's event came after a mirror's sync of a later push of its ref.
+                if covered_until > pushed_at and synced_at >= pushed_at:
+                    self._confirm([push], mirror, synced_at, sync_type)
+                    self._remember_synced(key, mirror, synced_at)
         while len(self._pending) > self.max_pending:
             self._drop(next(iter(self._pending)))
             self.evicted += 1
@@ -127,6 +146,35 @@ class Book:
             if push is None:
                 self._remember_early(key, mirror, synced_at, sync_type)
                 continue
+            if ref_limit_exceeded and not changes:
+                latencies += self._confirm([push], mirror, synced_at, sync_type)
+            else:
+                latencies += self._confirm_covered(mirror, push, synced_at, sync_type)
+        return latencies
+
+    def _confirm_covered(self, mirror: str, newest: Push, synced_at: float, sync_type: str) -> list[float]:
+        """The mirror synced ``newest``'s ref to its commit: that push and every earlier pending push of the ref."""
+        covered = [
+            self._pending[key]
+            for key in self._by_repo.get(newest.repo_id, [])
+            if self._pending[key] is newest
+            or (self._pending[key].covered_by(newest) and self._pending[key].pushed_at <= synced_at)
+        ]
+        for push in covered:
+            if push is not newest:
+                self._remember_synced((push.repo_id, push.to_hash), mirror, synced_at)
+        synced = self._ref_synced.setdefault((newest.repo_id, newest.ref), {})
+        if newest.pushed_at >= synced.get(mirror, (0.0, -math.inf, ""))[1]:
+            synced[mirror] = (synced_at, newest.pushed_at, sync_type)
+        self._ref_synced.move_to_end((newest.repo_id, newest.ref))
+        while len(self._ref_synced) > self.max_pending:
+            self._ref_synced.popitem(last=False)
+        return self._confirm(covered, mirror, synced_at, sync_type)
+
+    def _confirm(self, pushes: list[Push], mirror: str, synced_at: float, sync_type: str) -> list[float]:
+        """Each push the mirror has not confirmed yet, confirmed and timed from its own push."""
+        latencies = []
+        for push in pushes:
             if mirror in push.confirmed:
                 continue
             push.confirmed.add(mirror)

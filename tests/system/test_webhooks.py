@@ -117,3 +117,33 @@ async def test_wait_times_out_refuses_unknown_mirrors_and_works_from_listings_al
         await run.control("/sim/mirrors/sydney", {"frozen": False})
         code, out, err = await run_wait(run, "--repository", where, "--commit", commit, "--interval", "0.2s")
         assert code == 0 and "sydney: on the mirror (its listing is in sync)" in out, out + err
+
+
+async def test_three_pushes_a_mirror_syncs_at_once_are_three_observations_and_none_unconfirmed(
+    tmp_path: Path,
+) -> None:
+    # The mirrors take 2 s to pick up a change: three pushes within that are caught up by one sync per mirror, whose
+    # event names only the newest commit (coalesced, as a busy mirror does).
+    scenario = Scenario(repositories=6, mirrors=2, sync_delay_seconds=2.0)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+
+    def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+        config["webhooks"] = {"secret_file": str(secret_file), "pending_timeout_seconds": 4}
+
+    async with running_farm(scenario, ["9.x", "8.x"], interval=0.5, prepare=prepare) as run:
+        await run.wait_ready()
+        listen(run)
+        for _ in range(3):
+            await run.control("/sim/push", {"repository_ids": [5]})
+        samples = await run.metrics_until(
+            lambda s: all(synced(s, m, "snapshot")[0] == 3.0 for m in ("sydney", "frankfurt")), "3 pushes timed", 20
+        )
+        syncs = "bitbucket_mirror_webhook_requests_total"
+        assert value(samples, syncs, event="mirror:repo_synchronized", outcome="accepted") == 2.0  # one per mirror
+        # Past the pending timeout: no push left unconfirmed (each was timed from its own push).
+        await asyncio.sleep(5)
+        later = await run.metrics()
+        for mirror in ("sydney", "frankfurt"):
+            assert value(later, "bitbucket_mirror_push_unconfirmed_total", mirror=mirror) in (None, 0.0)
+        assert value(later, "bitbucket_mirror_webhook_pending_pushes") == 0.0

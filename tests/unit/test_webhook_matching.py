@@ -103,3 +103,42 @@ def test_event_dates(text: object, seconds: float) -> None:
 def test_bad_event_dates(text: object) -> None:
     with pytest.raises(Malformed):
         parse_date(text)
+
+
+def test_a_coalesced_sync_confirms_every_earlier_push_of_its_ref_each_with_its_own_latency() -> None:
+    # A busy mirror syncs A, B and C of main at once and names only C (the newest) in its event.
+    book = Book(timeout=60, max_pending=100)
+    book.pushed("1", [change(A)], 100.0, 100.0)
+    book.pushed("1", [change(B)], 104.0, 104.0)
+    book.pushed("1", [Change("refs/heads/other", "d" * 40)], 105.0, 105.0)  # another ref: not covered
+    book.pushed("1", [change(C)], 106.0, 106.0)
+    book.pushed("1", [change("e" * 40)], 130.0, 130.0)  # after C: not covered
+    assert sorted(book.synchronized("sydney", "1", [change(C)], False, "incremental", 110.0)) == [4.0, 6.0, 10.0]
+    histogram = book.histograms[("sydney", "incremental")]
+    assert sum(histogram.counts) == 3 and histogram.total == 20.0
+    assert book.synced("1", A) == {"sydney": 110.0} and book.synced("1", B) == {"sydney": 110.0}
+    assert book.synced("1", "d" * 40) == {} and book.synced("1", "e" * 40) == {}
+    book.expire(1000.0, ["sydney"])
+    assert book.unconfirmed == {"sydney": 2}  # the other ref's push and the one after C, not A or B
+
+
+def test_a_coalesced_sync_that_came_before_its_push_confirms_the_earlier_pushes_when_it_comes() -> None:
+    book = Book(timeout=60, max_pending=100)
+    book.pushed("1", [change(A)], 100.0, 100.0)
+    assert book.synchronized("sydney", "1", [change(B)], False, "incremental", 108.0) == []  # B not seen yet
+    book.pushed("1", [change(B)], 104.0, 104.0)
+    assert sum(book.histograms[("sydney", "incremental")].counts) == 2
+    book.expire(1000.0, ["sydney"])
+    assert book.unconfirmed == {}
+
+
+def test_a_push_whose_event_comes_after_the_coalesced_sync_is_confirmed_by_it() -> None:
+    book = Book(timeout=60, max_pending=100)
+    book.pushed("1", [change(B)], 104.0, 104.0)
+    assert book.synchronized("sydney", "1", [change(B)], False, "incremental", 108.0) == [4.0]
+    book.pushed("1", [change(A)], 100.0, 109.0)  # pushed before B, its event delivered late
+    book.pushed("1", [change(C)], 110.0, 110.0)  # pushed after the sync: not confirmed by it
+    assert sum(book.histograms[("sydney", "incremental")].counts) == 2
+    assert book.synced("1", A) == {"sydney": 108.0}
+    book.expire(1000.0, ["sydney"])
+    assert book.unconfirmed == {"sydney": 1}
