@@ -211,6 +211,9 @@ class LagConfig(_Strict):
     # Ref changes per page: a repository with more pushes since its mirror last synced is dated from the oldest on
     # the page (lag read low, never high).
     page_limit: int = Field(default=25, ge=1, le=1000)
+    # Pages of ``page_limit`` read per lookup where the server lists its ref changes oldest first (the order is not
+    # published): the newest are then on the last page. Newest first, one page is read.
+    max_pages: int = Field(default=4, ge=1, le=100)
     # After a failed lookup (no REPO_ADMIN, 404, an error), cycles before the repository is asked again unless its
     # content changes first.
     failure_backoff_cycles: int = Field(default=10, ge=1, le=10000)

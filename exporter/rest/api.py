@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, parse_page
+from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, as_int, parse_page
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -250,13 +250,36 @@ class MirrorApi:
         return self._client.pages(url, self._credentials, decode_sync_status_page, affinity=self._affinity)
 
 
+NEWEST_FIRST, OLDEST_FIRST, UNKNOWN_ORDER = "newest_first", "oldest_first", "unknown"
+
+
 @dataclass(frozen=True)
 class ActivityPage:
-    """When a repository's newest ref changes reached the primary, newest first, in seconds on the primary's clock;
-    ``complete`` when the page holds them all (its oldest is the repository's creation)."""
+    """When a repository's ref changes reached the primary, in seconds on the primary's clock, sorted newest first by
+    the exporter (nothing published says in which order the server lists them): the pages read, contiguous in the
+    server's order. ``complete`` when they hold every ref change (the oldest is the repository's creation);
+    ``order`` as the first page showed it, which says whether the newest or the oldest ref change is among them."""
 
     pushed: tuple[float, ...]
     complete: bool
+    order: str = NEWEST_FIRST
+
+    @property
+    def has_newest(self) -> bool:
+        return self.complete or self.order == NEWEST_FIRST
+
+    @property
+    def has_oldest(self) -> bool:
+        return self.complete or self.order == OLDEST_FIRST
+
+
+def listed_order(dates: list[float]) -> str:
+    """The order a page lists its ref changes in, from its first and last dates."""
+    if len(dates) >= 2 and dates[0] > dates[-1]:
+        return NEWEST_FIRST
+    if len(dates) >= 2 and dates[0] < dates[-1]:
+        return OLDEST_FIRST
+    return UNKNOWN_ORDER
 
 
 class PrimaryApi:
@@ -273,15 +296,33 @@ class PrimaryApi:
         url = rest_url(self._base_url, "repos")
         return self._client.pages(url, self._credentials, decode_repository_page)
 
-    async def ref_change_activities(self, project_key: str, slug: str, limit: int) -> ActivityPage:
-        """The newest ``limit`` ref changes of a repository (REPO_ADMIN): when each push reached the primary."""
+    async def ref_change_activities(self, project_key: str, slug: str, limit: int, max_pages: int = 1) -> ActivityPage:
+        """A repository's ref changes (REPO_ADMIN): when each push reached the primary. One page of ``limit`` when
+        it lists the newest first; else read on (at most ``max_pages``) towards the newest, so the pages hold the
+        newest push whenever the listing ends within them."""
         url = URL(self._base_url.rstrip("/") + "/rest/api/latest/projects") / project_key / "repos" / slug
-        page = await self._client.get(url / "ref-change-activities", self._credentials, parse_page, {"limit": limit})
-        try:
-            pushed = tuple(created_seconds(value) for value in page.values)
-        except ValueError as exc:
-            raise FetchError(INVALID_RESPONSE, f"ref-change-activities: {exc}") from None
-        return ActivityPage(pushed, page.is_last_page is True)
+        dates: list[float] = []
+        order = UNKNOWN_ORDER
+        complete = False
+        start = 0
+        for _ in range(max(1, max_pages)):
+            params: dict[str, str | int] = {"limit": limit, "start": start}
+            page = await self._client.get(url / "ref-change-activities", self._credentials, parse_page, params)
+            try:
+                listed = [created_seconds(value) for value in page.values]
+            except ValueError as exc:
+                raise FetchError(INVALID_RESPONSE, f"ref-change-activities: {exc}") from None
+            if not dates:
+                order = listed_order(listed)
+            dates += listed
+            next_start = as_int(page.next_page_start)
+            if page.is_last_page is True or next_start is None or next_start <= start:
+                complete = page.is_last_page is True
+                break
+            if order == NEWEST_FIRST:
+                break  # the newest are on the first page: what the lag needs
+            start = next_start
+        return ActivityPage(tuple(sorted(dates, reverse=True)), complete, order)
 
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)

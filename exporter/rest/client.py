@@ -383,13 +383,13 @@ class BitbucketClient:
             yield page.values
             if page.is_last_page is True:  # also when absent: Page's default
                 return
-            next_start = _as_int(page.next_page_start)
+            next_start = as_int(page.next_page_start)
             if next_start is None:
                 raise FetchError(INVALID_RESPONSE, "isLastPage is false but nextPageStart is missing")
             if next_start <= start:
                 raise FetchError(PAGE_LOOP, f"nextPageStart {next_start} does not move past start {start}")
             start = next_start
-            server_limit = _as_int(page.limit)
+            server_limit = as_int(page.limit)
             if server_limit is not None and 0 < server_limit < limit:
                 limit = server_limit
         raise FetchError(PAGE_CAP, f"more than poll.max_pages={self._poll.max_pages} pages")
@@ -439,7 +439,7 @@ def _tls_problem(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _as_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -52,17 +52,24 @@ class _Failed:
 def push_start(repo: RepoHealth, page: ActivityPage, mirror_minus_primary: float) -> float | None:
     """When the divergence began, on the primary's clock; None when the page cannot say.
 
-    Content drift: the first push after the copy's last sync (its clock brought to the primary's). A page that does
-    not reach back that far gives its oldest push, and a copy that synced after every listed push (a metadata sync
-    after the push it lacks) its newest: both read the lag low, never high. Missing: the creation, the oldest ref
-    change of a complete page."""
+    Content drift: the first push after the copy's last sync (its clock brought to the primary's). Pages that do not
+    reach back that far give their oldest push, and a copy that synced after every listed push (a metadata sync after
+    the push it lacks) the newest push, when the newest is listed: both read the lag low, never high, whatever order
+    the server lists in (None where the pages cannot tell). Missing: the creation, the oldest ref change, when the
+    pages reach it."""
     if repo.state is RepoState.MISSING:
-        return page.pushed[-1] if page.complete and page.pushed else None
+        return page.pushed[-1] if page.has_oldest and page.pushed else None
     if repo.synced_at is None or not page.pushed:
         return None
     synced = repo.synced_at - mirror_minus_primary
     after = [pushed for pushed in page.pushed if pushed > synced]
-    return min(after) if after else page.pushed[0]
+    if after:
+        # The pages are a contiguous run of the listing: the first push after the sync is among them, or earlier
+        # than all of them (then the oldest listed reads the lag low, never high).
+        return min(after)
+    # Every listed push is older than the sync: the newest push explains the divergence only if it is listed (the
+    # server listed newest first, or the pages reached the end); else a newer one may lie beyond them.
+    return page.pushed[0] if page.has_newest else None
 
 
 class PushDating:
@@ -104,7 +111,9 @@ class PushDating:
 
         async def fetch() -> ActivityPage:
             nonlocal page
-            page = await self._api.ref_change_activities(repo.project_key, repo.slug, self._config.page_limit)
+            page = await self._api.ref_change_activities(
+                repo.project_key, repo.slug, self._config.page_limit, self._config.max_pages
+            )
             return page
 
         self.lookups += 1

@@ -247,6 +247,8 @@ class Scenario:
     ref_limit_exceeded_rate: float = 0.0
     # Whether a project webhook may carry mirror:repo_synchronized (false: only repository webhooks may).
     project_webhook_mirror_events: bool = True
+    # The order ref-change-activities lists in: "newest_first" (as seen, not published) or "oldest_first".
+    activity_order: str = "newest_first"
     # The primary's version: project webhooks exist from 8.10 (before, their paths answer 404).
     primary_version: str = "9.6.0"
     # Bitbucket's webhook circuit breaker: how long the first skip lasts after 5 failed deliveries in a row.

@@ -634,7 +634,8 @@ def _activity(farm: Farm, repo: Repository, activity_id: int, at: float, before:
 
 
 async def ref_change_activities(request: web.Request) -> web.Response:
-    """A repository's ref changes, newest first (9.2 spec; REPO_ADMIN): its pushes, then its creation."""
+    """A repository's ref changes (9.2 spec; REPO_ADMIN): its pushes and its creation, newest first unless the
+    scenario says ``activity_order: oldest_first``."""
     farm = _farm(request)
     repo = farm.by_slug(request.match_info["project_key"], request.match_info["slug"])
     if repo is None:
@@ -647,6 +648,8 @@ async def ref_change_activities(request: web.Request) -> web.Response:
         return paged(request, Listing([]), farm)
     items = [_activity(farm, repo, p.activity_id, p.at, p.from_version, p.to_version) for p in reversed(repo.pushes)]
     items.append(_activity(farm, repo, 0, repo.created_at, 0, 1))
+    if farm.scenario.activity_order == "oldest_first":
+        items.reverse()  # nothing published says which order a real server uses: the exporter must not care
     return paged(request, Listing([encode(item) for item in items]), farm)
 
 

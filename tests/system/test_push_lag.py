@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from exporter.app import Exporter, ListenAddress
 from exporter.config import settings_from_mapping
@@ -124,3 +125,20 @@ async def test_a_missing_repository_is_behind_since_its_creation() -> None:
         repo_lag = value(samples, "bitbucket_mirror_repository_sync_lag_seconds", mirror="sydney", project="PRJ1",
                          repository="repo-4")  # fmt: skip
         assert repo_lag is not None and abs(repo_lag - (time.time() - created)) <= 1.5
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+async def test_lag_is_dated_from_the_push_whatever_order_the_primary_lists_ref_changes_in(order: str) -> None:
+    # 30 pushes the mirror synced, more than a page of 25, then one it does not: listed oldest first, the first page
+    # holds only old pushes, and reading it as newest first would date the lag from the repository's creation.
+    scenario = Scenario(repositories=8, mirrors=1, activity_order=order)
+    async with running_farm(scenario, ["9.x"], interval=INTERVAL) as run:
+        await run.wait_ready()
+        await run.control("/sim/push", {"repository_ids": [3] * 30})
+        await run.next_cycles(1)
+        pushed = await behind_since_a_push(run)
+        samples = await run.metrics_until(dated, "repo-3's lag dated from its push")
+        exported = value(samples, LAG, mirror="sydney")
+        assert exported is not None and abs(exported - (time.time() - pushed)) <= 1.5, exported
+        asked = (await run.truth())["primary_requests"]["ref_change_activities"]
+        assert asked == (1 if order == "newest_first" else 2)  # one page, or read on to the newest

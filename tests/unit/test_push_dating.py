@@ -9,7 +9,7 @@ import pytest
 
 from exporter.config import LagConfig
 from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo, RepoHealth, RepoState, analyse
-from exporter.rest.api import ActivityPage
+from exporter.rest.api import OLDEST_FIRST, UNKNOWN_ORDER, ActivityPage
 from exporter.rest.client import ClockReading
 from exporter.rest.push_dating import PushDating, push_start
 from exporter.sources import FetchError
@@ -42,6 +42,26 @@ def test_which_push_began_the_divergence(repo: RepoHealth, page: ActivityPage, e
     assert push_start(repo, page, mirror_minus_primary=0.0) == expected
 
 
+OLDEST_PAGES = ActivityPage((300.0, 200.0, 100.0), complete=False, order=OLDEST_FIRST)  # the oldest three of many
+
+
+@pytest.mark.parametrize(
+    ("repo", "page", "expected"),
+    [
+        # Listed oldest first and cut short: the pages hold the oldest pushes, never the newest.
+        (drifting(250.0), OLDEST_PAGES, 300.0),  # the sync lies within them: the first push after it is there
+        (drifting(350.0), OLDEST_PAGES, None),  # every listed push is older: a newer one may lie beyond, unknown
+        (drifting(None, RepoState.MISSING), OLDEST_PAGES, 100.0),  # the creation is the oldest listed
+        (drifting(350.0), ActivityPage((300.0, 100.0), complete=False, order=UNKNOWN_ORDER), None),
+        (drifting(350.0), ActivityPage((300.0, 100.0), complete=True, order=OLDEST_FIRST), 300.0),  # all of them
+    ],
+)
+def test_pages_listed_oldest_first_never_read_the_lag_high(
+    repo: RepoHealth, page: ActivityPage, expected: float | None
+) -> None:
+    assert push_start(repo, page, mirror_minus_primary=0.0) == expected
+
+
 def test_the_mirrors_clock_is_brought_to_the_primarys() -> None:
     # The mirror's clock runs 100 s ahead: its last sync at 450 (its clock) is 350 on the primary's.
     assert push_start(drifting(450.0), PAGE, mirror_minus_primary=100.0) == 400.0
@@ -54,7 +74,7 @@ class FakePrimary:
         self.pages, self.denied = pages, denied
         self.asked: list[str] = []
 
-    async def ref_change_activities(self, project_key: str, slug: str, limit: int) -> ActivityPage:
+    async def ref_change_activities(self, project_key: str, slug: str, limit: int, max_pages: int) -> ActivityPage:
         await asyncio.sleep(0)  # concurrent callers overlap
         self.asked.append(slug)
         if slug in self.denied:
