@@ -72,6 +72,9 @@ class AlertConfig:
     # Pushes seen by polling without a repo:refs_changed webhook for this long: the webhooks do not arrive.
     webhooks_silent_seconds: int = 3600
     webhooks_silent_for: str = "15m"
+    # Bitbucket's statistics of the exporter's webhook: a failed delivery and no successful one for this long.
+    webhook_deliveries_failing_seconds: int = 900
+    webhook_deliveries_failing_for: str = "0m"
     # Git reference mirrors: behind their remote for longer than this (first seen), and checks failing this long.
     git_stale_seconds: int = 1800
     git_stale_for: str = "5m"
@@ -441,7 +444,34 @@ class _Rules:
                     "and the CI gate's sync events are missing."
                 ),
             ),
+            self.alert(
+                name="BitbucketMirrorWebhookDeliveriesFailing",
+                expr=self._deliveries_failing(),
+                for_=c.webhook_deliveries_failing_for,
+                severity="warning",
+                summary="Bitbucket fails to deliver the exporter's webhook.",
+                description=(
+                    "Bitbucket's statistics for webhook {{ $labels.url }} of {{ $labels.scope }} show failed "
+                    f"deliveries and no successful one in the last {c.webhook_deliveries_failing_seconds}s: after 5 "
+                    "failures in a row Bitbucket skips the webhook (10 s, doubling up to 10 h) and drops what it skips."
+                ),
+            ),
         ]
+
+    def _deliveries_failing(self) -> str:
+        """A failure or error in Bitbucket's window and latest within the last N seconds, and no success since N."""
+        c, m = self.c, self.m
+        window = c.webhook_deliveries_failing_seconds
+        by = "max by (job, instance, scope, url)"
+        failed = m("bitbucket_mirror_webhook_deliveries", 'outcome=~"failure|error"')
+        failed_in_window = f"sum by (job, instance, scope, url) ({failed}) > 0"
+        recent = " or ".join(
+            f"({by} ({m(f'bitbucket_mirror_webhook_delivery_last_{outcome}_timestamp_seconds')}) > time() - {window})"
+            for outcome in ("failure", "error")
+        )
+        success = f"{by} ({m('bitbucket_mirror_webhook_delivery_last_success_timestamp_seconds')}) > time() - {window}"
+        on = "on (job, instance, scope, url)"
+        return f"(({recent}) and {on} ({failed_in_window})) unless {on} ({success})"
 
     def nodes(self) -> list[dict[str, Any]]:
         c, m = self.c, self.m

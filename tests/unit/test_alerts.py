@@ -65,7 +65,7 @@ def test_every_alert_has_severity_annotations_and_a_runbook(rule: dict[str, Any]
     assert "{{" in annotations["description"], "the description is templated"
     # Each names what it is about: a mirror; a git mirror; the exporter itself (its polls, its webhook endpoint).
     about_the_exporter = ("BitbucketMirrorExporterDown", "BitbucketMirrorExporterPollFailing",
-                          "BitbucketMirrorWebhooksSilent")  # fmt: skip
+                          "BitbucketMirrorWebhooksSilent", "BitbucketMirrorWebhookDeliveriesFailing")  # fmt: skip
     if rule["alert"].startswith("BitbucketMirrorGitMirror"):
         assert "$labels.git_mirror" in annotations["description"] or "$labels.target" in annotations["description"]
     elif rule["alert"] not in about_the_exporter:
