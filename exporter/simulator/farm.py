@@ -310,6 +310,8 @@ class Farm:
             self.mirrors[name] = mirror
             self.make_missing(mirror, self.rng.sample(sorted(self.repositories), scenario.missing_repositories))
         self.primary_requests: dict[str, int] = {}
+        # Every (method, path template) a client asked of the primary, a mirror or a node, with the first URL asked.
+        self.asked: dict[tuple[str, str], str] = {}
         self.primary_url = ""
         self.activities = 0  # ref change activity ids handed out
         # Webhook events waiting for the runner to deliver them: (event key, payload). Kept only while some

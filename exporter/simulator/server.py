@@ -238,6 +238,11 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route = request.match_info.route.name or f"unmatched {request.path}"
     if route.startswith("sim_"):
         return await handler(request)
+    # What clients asked, as (method, path template): tests hold the exporter's requests to the specs' paths.
+    resource = request.match_info.route.resource
+    farm.asked.setdefault(
+        (request.method, resource.canonical if resource is not None else request.path), str(request.url)
+    )
     mirror_name = request.app.get(MIRROR_KEY)
     new_cookie = False
     host = "primary"

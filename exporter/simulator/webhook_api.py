@@ -210,8 +210,8 @@ async def webhook_capabilities(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app[STORE_KEY] = {}
     r = app.router
-    r.add_get(f"{API}/projects", projects, name="sim_api_projects")
-    r.add_get(f"{API}/projects/{{key}}/repos", repositories, name="sim_api_repos")
+    r.add_get(f"{API}/projects", projects, name="api_projects")
+    r.add_get(f"{API}/projects/{{key}}/repos", repositories, name="api_repos")
     for prefix in (f"{API}/projects/{{key}}", f"{API}/projects/{{key}}/repos/{{slug}}"):
         r.add_get(f"{prefix}/webhooks", list_webhooks)
         r.add_post(f"{prefix}/webhooks", create_webhook)
@@ -219,5 +219,5 @@ def add_routes(app: web.Application) -> None:
         r.add_get(f"{prefix}/webhooks/{{hook_id:[0-9]+}}/statistics/summary", summary)
         r.add_get(f"{prefix}/webhooks/{{hook_id:[0-9]+}}/latest", latest)
         r.add_post(f"{prefix}/webhooks/test", test_connection)
-    r.add_get("/rest/capabilities", capabilities, name="sim_capabilities")
-    r.add_get("/rest/webhooks/latest/capabilities", webhook_capabilities, name="sim_webhook_capabilities")
+    r.add_get("/rest/capabilities", capabilities, name="capabilities")
+    r.add_get("/rest/webhooks/latest/capabilities", webhook_capabilities, name="webhook_capabilities")

@@ -63,8 +63,8 @@ class WebhookTarget:
 
     def record(self, event: str, outcome: str, start: float, finish: float, description: str) -> None:
         start_ms, finish_ms = int(start * 1000), int(finish * 1000)
-        if self.first_invocation_ms is None:
-            self.first_invocation_ms = start_ms
+        # Recorded as each finishes: one that started earlier may finish later.
+        self.first_invocation_ms = min(start_ms, self.first_invocation_ms or start_ms)
         self.invocations.append(Invocation(len(self.invocations) + 1, event, outcome, start_ms, finish_ms, description))
         if outcome == SUCCESS:
             self.close()

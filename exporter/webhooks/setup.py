@@ -118,6 +118,19 @@ def parse_summary(summary: Any) -> dict[str, EventDeliveries]:
     return events
 
 
+def capability_url(document: Any, name: str) -> str | None:
+    """``rest/capabilities`` maps each capability's name to its URL (``capabilities``)."""
+    listed = document.get("capabilities") if isinstance(document, dict) else None
+    url = listed.get(name) if isinstance(listed, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def webhook_events(document: Any) -> list[str] | None:
+    """The ``webhooks`` capability: ``{"application-webhooks": [event ids]}``."""
+    events = document.get("application-webhooks") if isinstance(document, dict) else None
+    return [str(e) for e in events] if isinstance(events, list) else None
+
+
 def invocation_start(invocation: Any) -> float | None:
     """When a RestDetailedInvocation started (else finished), Unix seconds."""
     if not isinstance(invocation, dict):
@@ -169,16 +182,12 @@ class Webhooks:
         """The webhook events the primary offers: ``rest/capabilities`` names the URL of the ``webhooks``
         capability, which answers ``{"application-webhooks": [...]}``, one global list. None when it cannot say."""
         try:
-            capabilities = await self._get(URL(self._base.rstrip("/") + "/rest/capabilities"))
-            listed = capabilities.get("capabilities") if isinstance(capabilities, dict) else None
-            webhooks = listed.get("webhooks") if isinstance(listed, dict) else None
-            if not isinstance(webhooks, str) or not _same_origin(webhooks, self._base):
+            webhooks = capability_url(await self._get(URL(self._base.rstrip("/") + "/rest/capabilities")), "webhooks")
+            if webhooks is None or not _same_origin(webhooks, self._base):
                 return None  # never follow a capability URL to another host with the primary's credentials
-            offered = await self._get(URL(webhooks))
+            return webhook_events(await self._get(URL(webhooks)))
         except FetchError:
             return None
-        events = offered.get("application-webhooks") if isinstance(offered, dict) else None
-        return [str(e) for e in events] if isinstance(events, list) else None
 
     def _wanted(self, url: str, secret: str, events: list[str]) -> dict[str, Any]:
         return {
