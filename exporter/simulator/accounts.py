@@ -20,6 +20,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from aiohttp import web
 
@@ -37,14 +38,20 @@ class Login(StrEnum):
     WRONG = "wrong"  # Basic with a known account and a wrong password, or an unknown token or account
 
 
-@dataclass
-class Accounts:
-    """The one account the simulator has (the scenario's), its failed logins and its CAPTCHA lock."""
+class Credentials(Protocol):
+    """The scenario's account, read at every request (a test may change the password, as an admin rotating it)."""
 
     username: str
     password: str
     token: str
-    captcha_after_failures: int = 5
+    captcha_after_failures: int
+
+
+@dataclass
+class Accounts:
+    """The one account the simulator has (the scenario's), its failed logins and its CAPTCHA lock."""
+
+    account: Credentials
     failures_in_a_row: int = 0
     locked: bool = False
     # Host ("primary", a mirror's name or "mirror/node") -> requests that carried credentials outside /rest and /scm.
@@ -57,24 +64,25 @@ class Accounts:
         if not header:
             return None, Login.NONE
         if header.startswith("Bearer "):
-            return (self.username, Login.BEARER) if header[7:] == self.token else (None, Login.WRONG)
+            account = self.account
+            return (account.username, Login.BEARER) if header[7:] == account.token else (None, Login.WRONG)
         if header.startswith("Basic "):
             try:
                 user, _, secret = base64.b64decode(header[6:], validate=True).decode().partition(":")
             except (ValueError, binascii.Error):
                 return None, Login.WRONG
-            if user != self.username:
+            if user != self.account.username:
                 return None, Login.WRONG
-            if secret == self.password:
+            if secret == self.account.password:
                 return user, Login.PASSWORD
-            return user, Login.TOKEN if secret == self.token else Login.WRONG
+            return user, Login.TOKEN if secret == self.account.token else Login.WRONG
         return None, Login.WRONG
 
     def failed(self, user: str | None) -> None:
         if user is None:
             return
         self.failures_in_a_row += 1
-        if 0 < self.captcha_after_failures <= self.failures_in_a_row:
+        if 0 < self.account.captcha_after_failures <= self.failures_in_a_row:
             self.locked = True
 
     def succeeded(self) -> None:

@@ -269,7 +269,7 @@ class Farm:
     def __init__(self, scenario: Scenario, now: float, mirror_families: list[str] | None = None) -> None:
         self.scenario = scenario
         self.rng = random.Random(scenario.seed)
-        self.accounts = Accounts(scenario.username, scenario.password, scenario.token, scenario.captcha_after_failures)
+        self.accounts = Accounts(scenario)
         self.now = now
         self.revision = 0
         self.projects = [Project(i + 1, f"PRJ{i + 1}", f"Project {i + 1}") for i in range(scenario.projects)]

@@ -793,7 +793,7 @@ async def sim_accounts(request: web.Request) -> web.Response:
         if change.get("clear_captcha"):
             accounts.clear()
         if "captcha_after_failures" in change:
-            accounts.captcha_after_failures = int(change["captcha_after_failures"])
+            accounts.account.captcha_after_failures = int(change["captcha_after_failures"])
     return web.json_response(
         {
             "locked": accounts.locked,

@@ -52,23 +52,39 @@ class Push:
     pushed_at: float  # the event's date: the primary's clock
     received: float  # the exporter's clock, for the pending timeout
     ref: str = ""
-    # The order pushes arrived in: of two pushes of a ref in the same second, the later one came later.
-    sequence: int = 0
+    # The hash the ref had before this push: the push before it on the ref ended there.
+    from_hash: str = ""
     confirmed: set[str] = field(default_factory=set)
-
-    def covered_by(self, newer: Push) -> bool:
-        """Whether a sync of ``newer``'s commit also brings this push: same ref, pushed no later."""
-        return self.ref == newer.ref and (self.pushed_at, self.sequence) <= (newer.pushed_at, newer.sequence)
 
 
 @dataclass(frozen=True)
 class Change:
     ref: str
     to_hash: str
+    from_hash: str = ""
 
     def key(self, repo_id: str) -> tuple[str, str]:
         # A deleted ref has no commit: its deletion is matched by the ref instead.
         return (repo_id, self.to_hash if self.to_hash != ZERO_HASH else f"delete:{self.ref}")
+
+
+# Hashes remembered per (repository, ref, mirror) as covered by its latest sync: a bound on one ref's chain.
+MAX_CHAIN = 64
+
+
+@dataclass
+class Covered:
+    """What a mirror's latest sync of a ref brought: pushes up to ``until`` (the newest push's date) and the hashes of
+    the chain that led to it."""
+
+    synced_at: float
+    until: float
+    sync_type: str
+    hashes: set[str] = field(default_factory=set)
+
+    def covers(self, push: Push) -> bool:
+        """Whether a push whose event came late was brought by this sync: a second earlier, or on the chain."""
+        return push.pushed_at <= self.synced_at and (push.pushed_at < self.until or push.to_hash in self.hashes)
 
 
 class Book:
@@ -86,10 +102,9 @@ class Book:
         # Syncs that came before their push (the two events travel apart, from different servers): (repository id,
         # commit) -> mirror -> (when it had it, sync type), kept until the push comes or max_pending newer ones did.
         self._early: OrderedDict[tuple[str, str], dict[str, tuple[float, str]]] = OrderedDict()
-        self._sequence = 0
-        # (repository id, ref) -> mirror -> (when it synced, the push date its sync covered, sync type): a push whose
-        # event comes after the sync of a later push of its ref is confirmed by it all the same.
-        self._ref_synced: OrderedDict[tuple[str, str], dict[str, tuple[float, float, str]]] = OrderedDict()
+        # (repository id, ref) -> mirror -> what its latest sync of the ref covered: a push whose event comes after
+        # the sync of a later push of its ref is confirmed by it all the same.
+        self._ref_synced: OrderedDict[tuple[str, str], dict[str, Covered]] = OrderedDict()
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.unconfirmed: dict[str, int] = {}
         self.evicted = 0
@@ -101,18 +116,17 @@ class Book:
             key = change.key(repo_id)
             if key in self._pending:
                 continue  # the same commit pushed to a second ref: the first push is what mirrors must sync
-            self._sequence += 1
-            push = self._pending[key] = Push(repo_id, key[1], pushed_at, now, change.ref, self._sequence)
+            push = self._pending[key] = Push(repo_id, key[1], pushed_at, now, change.ref, change.from_hash)
             self._by_repo.setdefault(repo_id, []).append(key)
             for mirror, (synced_at, sync_type) in self._early.pop(key, {}).items():
                 # A sync dated before the push completed an earlier push of the same commit, not this one.
                 if synced_at >= pushed_at:
                     self._confirm_covered(mirror, push, synced_at, sync_type)
-            for mirror, (synced_at, covered_until, sync_type) in self._ref_synced.get((repo_id, push.ref), {}).items():
+            for mirror, covered in list(self._ref_synced.get((repo_id, push.ref), {}).items()):
                 # Events travel apart: this push's event came after a mirror's sync of a later push of its ref.
-                if covered_until > pushed_at and synced_at >= pushed_at:
-                    self._confirm([push], mirror, synced_at, sync_type)
-                    self._remember_synced(key, mirror, synced_at)
+                if mirror not in push.confirmed and covered.covers(push):
+                    self._remember_synced(key, mirror, covered.synced_at)
+                    self._confirm_covered(mirror, push, covered.synced_at, covered.sync_type)
         while len(self._pending) > self.max_pending:
             self._drop(next(iter(self._pending)))
             self.evicted += 1
@@ -153,23 +167,43 @@ class Book:
         return latencies
 
     def _confirm_covered(self, mirror: str, newest: Push, synced_at: float, sync_type: str) -> list[float]:
-        """The mirror synced ``newest``'s ref to its commit: that push and every earlier pending push of the ref."""
-        covered = [
-            self._pending[key]
-            for key in self._by_repo.get(newest.repo_id, [])
-            if self._pending[key] is newest
-            or (self._pending[key].covered_by(newest) and self._pending[key].pushed_at <= synced_at)
+        """The mirror synced ``newest``'s ref to its commit: that push and every earlier pending push of the ref,
+        earlier by date (a second before it, at least) or by the hashes (a push that ended where a covered one
+        began), each timed from its own push."""
+        key = (newest.repo_id, newest.ref)
+        covered = self._ref_synced.setdefault(key, {}).get(mirror)
+        if covered is None or covered.until < newest.pushed_at:
+            covered = self._ref_synced[key][mirror] = Covered(synced_at, newest.pushed_at, sync_type)
+        covered.hashes.add(newest.to_hash)
+        pushes = [newest]
+        chain, visited = [newest.from_hash], set()
+        same_ref = [
+            self._pending[k] for k in self._by_repo.get(newest.repo_id, []) if self._pending[k].ref == newest.ref
         ]
-        for push in covered:
-            if push is not newest:
-                self._remember_synced((push.repo_id, push.to_hash), mirror, synced_at)
-        synced = self._ref_synced.setdefault((newest.repo_id, newest.ref), {})
-        if newest.pushed_at >= synced.get(mirror, (0.0, -math.inf, ""))[1]:
-            synced[mirror] = (synced_at, newest.pushed_at, sync_type)
-        self._ref_synced.move_to_end((newest.repo_id, newest.ref))
+        while chain:
+            start = chain.pop()
+            if not start or start in visited:
+                continue
+            visited.add(start)
+            covered.hashes.add(start)
+            for push in same_ref:
+                if push.to_hash == start and all(push is not p for p in pushes):
+                    pushes.append(push)
+                    chain.append(push.from_hash)
+        pushes += [
+            p
+            for p in same_ref
+            if all(p is not q for q in pushes) and p.pushed_at < newest.pushed_at and p.pushed_at <= synced_at
+        ]
+        while len(covered.hashes) > MAX_CHAIN:
+            covered.hashes.pop()
+        self._ref_synced.move_to_end(key)
         while len(self._ref_synced) > self.max_pending:
             self._ref_synced.popitem(last=False)
-        return self._confirm(covered, mirror, synced_at, sync_type)
+        for push in pushes:
+            if push is not newest:
+                self._remember_synced((push.repo_id, push.to_hash), mirror, synced_at)
+        return self._confirm(pushes, mirror, synced_at, sync_type)
 
     def _confirm(self, pushes: list[Push], mirror: str, synced_at: float, sync_type: str) -> list[float]:
         """Each push the mirror has not confirmed yet, confirmed and timed from its own push."""

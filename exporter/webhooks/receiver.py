@@ -80,7 +80,8 @@ def _changes(body: dict[str, Any]) -> list[Change]:
         if not isinstance(change, dict) or not isinstance(change.get("toHash"), str):
             raise Malformed("a change without toHash")
         ref = change.get("refId") or (change.get("ref") or {}).get("id") or ""
-        found.append(Change(str(ref), change["toHash"].lower()))
+        before = change.get("fromHash")
+        found.append(Change(str(ref), change["toHash"].lower(), before.lower() if isinstance(before, str) else ""))
     return found
 
 

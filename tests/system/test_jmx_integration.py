@@ -140,10 +140,14 @@ async def test_nodes_from_farm_nodes_with_a_jmx_port(fake_node_classes: Path) ->
     async with fake_node(fake_node_classes) as node:
         await node.timer(INCREMENTAL, Timer(count=1))
         async with running_farm(SCENARIO, ["9.x"], prepare=with_jmx({"port": node.port})) as run:
-            # The simulated farm lists two nodes at 127.0.0.1; both URLs lead to the one fake JVM.
+            # The simulated farm lists two nodes on their own loopback addresses; both reach the one fake JVM, which
+            # listens on every address.
             for name in ("sydney-node-1", "sydney-node-2"):
                 await wait_for_metric(run, 1, "bitbucket_mirror_jmx_up", mirror="sydney", node=name)
-            assert run.exporter.state.mirrors[0].jmx_nodes["sydney-node-1"].url == node.url
+            address = run.farm.farm.mirrors["sydney"].farm_nodes[0].address
+            assert run.exporter.state.mirrors[0].jmx_nodes["sydney-node-1"].url == node.url.replace(
+                "127.0.0.1", address
+            )
 
 
 async def test_each_nodes_mesh_sidecar_gives_its_four_ticket_kinds_apart(fake_node_classes: Path) -> None:

@@ -142,3 +142,19 @@ def test_a_push_whose_event_comes_after_the_coalesced_sync_is_confirmed_by_it() 
     assert book.synced("1", A) == {"sydney": 108.0}
     book.expire(1000.0, ["sydney"])
     assert book.unconfirmed == {"sydney": 1}
+
+
+def test_pushes_in_one_second_arriving_out_of_order_are_ordered_by_their_hashes() -> None:
+    # Three pushes of main in the same second (dates have whole seconds): Z->A, A->B, B->C. The mirror's sync names C;
+    # B's event arrives last. The hashes prove B and A came before C; a date alone could not.
+    book = Book(timeout=60, max_pending=100)
+    z = "0" * 39 + "1"
+    book.pushed("1", [Change("refs/heads/main", A, z)], 100.0, 100.0)
+    book.pushed("1", [Change("refs/heads/main", C, B)], 100.0, 100.0)
+    assert book.synchronized("sydney", "1", [Change("refs/heads/main", C, B)], False, "incremental", 103.0) == [3.0]
+    book.pushed("1", [Change("refs/heads/main", B, A)], 100.0, 101.0)
+    assert sum(book.histograms[("sydney", "incremental")].counts) == 3
+    # A later push in the same second that C did not lead to stays pending.
+    book.pushed("1", [Change("refs/heads/main", "d" * 40, C)], 100.0, 101.0)
+    book.expire(1000.0, ["sydney"])
+    assert book.unconfirmed == {"sydney": 1}
