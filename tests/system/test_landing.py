@@ -24,7 +24,10 @@ def bad_pixels(png: Path) -> int:
 
 
 async def test_the_landing_page_in_a_browser_tells_the_truth_while_a_source_fails(tmp_path: Path) -> None:
-    async with running_farm(Scenario(repositories=6), ["9.x", "8.x"], interval=INTERVAL) as run:
+    # Values stay fresh for 2 s (10 intervals): a cycle slowed by a loaded machine must not make the healthy page
+    # "unknown" while the browser starts.
+    scenario = Scenario(repositories=6)
+    async with running_farm(scenario, ["9.x", "8.x"], interval=INTERVAL, stale_after_seconds=2.0) as run:
         await run.wait_ready()
         await run.control("/sim/mirrors/sydney", {"frozen": True})
         await run.control("/sim/push", {"repository_ids": [2]})
