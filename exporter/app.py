@@ -95,6 +95,7 @@ class Polling:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._git: Git | None = None
         self._primary: PrimaryPoller | None = None
         self.dating: PushDating | None = None
         self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
@@ -131,7 +132,7 @@ class Polling:
         self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
         if self.settings.webhooks.statistics_projects:
             self._tasks.append(asyncio.create_task(self._webhook_statistics()))
-        git = Git(self.settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
+        git = self._git = Git(self.settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
         if self.settings.git_mirrors or self.settings.git_mirrors_dir is not None:
             found = self.settings.git_mirrors_dir
             git_mirrors = GitMirrors(
@@ -255,6 +256,8 @@ class Polling:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._git is not None:
+            self._git.close()  # its askpass helper's directory: one per configuration, not one per reload
         if self._session is not None:
             await self._session.close()
 

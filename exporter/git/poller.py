@@ -55,7 +55,7 @@ class GitMirrorPoller:
         remote = await self._remote()
         local_text, remote_text, counted = await asyncio.gather(
             git.output(["-C", path, "for-each-ref", "--format=%(objectname) %(refname)"], limit),
-            git.output(["ls-remote", remote], limit, config if config.username is not None else None),
+            git.output(["ls-remote", remote], limit, config if config.username is not None else None, remote),
             git.output(["-C", path, "count-objects", "-v"], limit),
         )
         comparison = compare(parse_refs(local_text), parse_refs(remote_text), config.counted)

@@ -39,8 +39,10 @@ class RefVerifier:
         primary_url = self._url(self._primary.url, project, slug)
         mirror_url = self._url(self._config.url, project, slug)
         on_primary, on_mirror = await asyncio.gather(
-            self._git.output(["ls-remote", primary_url], self._timeout, self._primary),
-            self._git.output(["ls-remote", mirror_url], self._timeout, self._config.credentials_or(self._primary)),
+            self._git.output(["ls-remote", primary_url], self._timeout, self._primary, primary_url),
+            self._git.output(
+                ["ls-remote", mirror_url], self._timeout, self._config.credentials_or(self._primary), mirror_url
+            ),
         )
         return RefVerdict(project, slug, compare(parse_refs(on_mirror), parse_refs(on_primary), RULES.counted))
 

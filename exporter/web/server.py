@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import socket
 import ssl
@@ -116,10 +117,12 @@ async def gate(request: web.Request) -> web.Response:
     """``GET /api/v1/repositories/{key}/{slug}/mirrors?commit=SHA[&since=UNIX]``: is the commit on each mirror?"""
     served = request.app[SERVED_KEY]
     commit = request.query.get("commit", "")
-    if not COMMIT.match(commit):
+    if not COMMIT.fullmatch(commit):
         return web.json_response({"error": "commit must be a commit id (7 to 64 hex digits)"}, status=400)
     try:
         since = float(request.query["since"]) if "since" in request.query else None
+        if since is not None and not math.isfinite(since):
+            raise ValueError(since)
     except ValueError:
         return web.json_response({"error": "since must be a Unix timestamp"}, status=400)
     if served.gate is None:

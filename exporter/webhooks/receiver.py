@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -40,17 +41,32 @@ MALFORMED = "malformed"
 NO_SECRET = "secret_unreadable"
 
 
+# How far an event's date may be from the exporter's clock: Bitbucket sends events as they happen.
+MAX_DATE_SKEW_SECONDS = 86400.0
+
+
 class Malformed(ValueError):
     """A body that is JSON but not the documented shape."""
 
 
-def parse_date(value: Any) -> float:
+def parse_date(value: Any, now: float | None = None) -> float:
     """An event's ``date``: ``2019-03-01T10:37:14+0100`` as documented (whole seconds, offset without a colon), an ISO
-    date with a colon, or epoch milliseconds."""
+    date with a colon, or epoch milliseconds. With ``now``, a date more than a day from it is refused (a signed but
+    hostile or broken event must not poison the latency histogram's sum)."""
+    when = _date(value)
+    if not math.isfinite(when) or (now is not None and abs(when - now) > MAX_DATE_SKEW_SECONDS):
+        raise Malformed(f"date {str(value)[:40]!r} is more than a day from now")
+    return when
+
+
+def _date(value: Any) -> float:
     if isinstance(value, bool) or value is None:
         raise Malformed("no date")
     if isinstance(value, int | float):
-        return float(value) / 1000.0 if value > 1e11 else float(value)
+        try:
+            return float(value) / 1000.0 if value > 1e11 else float(value)
+        except OverflowError:
+            raise Malformed("date out of range") from None
     if isinstance(value, str):
         for parse in (lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"), datetime.fromisoformat):
             try:
@@ -60,6 +76,18 @@ def parse_date(value: Any) -> float:
             if parsed.tzinfo is not None:
                 return parsed.timestamp()
     raise Malformed(f"date {str(value)[:40]!r} is not a date")
+
+
+async def _read_whole(request: web.Request, cap: int) -> bytes | None:
+    """The whole body, however it arrives (split into many segments, chunked, slowly); None past ``cap`` bytes.
+    ``content.read(n)`` would return only what is buffered so far, and a body checked half-read fails its signature.
+    """
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
 
 
 def _repository(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
@@ -139,8 +167,8 @@ class Receiver:
         event = request.headers.get("X-Event-Key", "")
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return self._count(event, TOO_LARGE)
-        body = await request.content.read(config.max_body_bytes + 1)
-        if len(body) > config.max_body_bytes:
+        body = await _read_whole(request, config.max_body_bytes)
+        if body is None:
             return self._count(event, TOO_LARGE)
         signed = self._signed(config, body, request.headers.get("X-Hub-Signature"))
         if signed is None:
@@ -157,10 +185,11 @@ class Receiver:
             document = json.loads(body)
             if not isinstance(document, dict):
                 raise Malformed("not an object")
-            replayed = self.book.replayed(request.headers.get("X-Request-Id"), now)
+            # X-Request-Id is not signed: a replay is recognised by what was signed, the body itself.
+            replayed = self.book.replayed(hashlib.sha256(body).hexdigest(), now)
             if not replayed:
                 self._take(event, document, now)
-        except (ValueError, UnicodeDecodeError):  # broken JSON, or Malformed
+        except (ValueError, UnicodeDecodeError, RecursionError, OverflowError):  # broken, hostile, or Malformed
             return self._count(event, MALFORMED)
         self.last_received[event] = now
         return self._count(event, REPLAYED if replayed else ACCEPTED)
@@ -168,7 +197,7 @@ class Receiver:
     def _take(self, event: str, body: dict[str, Any], now: float) -> None:
         repo_id, key, slug = _repository(body)
         changes = _changes(body)
-        when = parse_date(body.get("date"))
+        when = parse_date(body.get("date"), now)
         if key is not None and slug is not None:
             self.repositories[(key, slug)] = repo_id
             self.repositories.move_to_end((key, slug))

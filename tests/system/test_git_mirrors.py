@@ -228,3 +228,53 @@ async def test_verify_refs_names_the_branch_and_both_commits_where_a_mirror_diff
         await wait_until(seen_a_git_process, 10, "a git ls-remote of the exporter's")
         text = (await run.get("/metrics"))[1] + (await run.get("/"))[1] + body
         assert not [s for s in secrets if s in text or any(s in line for line in argv)]
+
+
+async def test_twenty_reloads_leave_no_askpass_directory_and_no_descriptor_behind(tmp_path: Path) -> None:
+    import os
+    import tempfile
+
+    from exporter.config import Settings
+    from exporter.web.config import WebConfig
+
+    remote = Remote(tmp_path)
+    mirror = mirror_of(remote, tmp_path / "mirror.git")
+
+    def helpers() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).glob(f"bme-git-{os.getpid()}-*")}  # this process's
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async with http_backend(tmp_path, USER, PASSWORD) as base:
+        current: dict[str, Any] = {}
+
+        def loader() -> tuple[Settings, WebConfig]:
+            return current["settings"], WebConfig()
+
+        def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
+            config["git_mirrors"] = [
+                {"name": "app", "path": str(mirror), "remote": f"{base}/app.git", "username": USER,
+                 "password": PASSWORD, "interval_seconds": 0.2, "timeout_seconds": 10},
+            ]  # fmt: skip
+
+        async with running_farm(Scenario(repositories=2, mirrors=1), ["9.x"], prepare=prepare, loader=loader) as run:
+            current["settings"] = run.exporter.settings
+
+            async def checked() -> bool:
+                return metric(await run.metrics(), "bitbucket_mirror_git_refs_behind") == 0.0
+
+            await wait_until(checked, 20, "the mirror checked over HTTP (the askpass helper in use)")
+            before_helpers, before_fds = helpers(), descriptors()
+            seen = helpers()
+            for _ in range(20):
+                assert await run.exporter.reload() == (True, "config reloaded")
+
+                async def new_helper(known: set[str] = seen) -> bool:
+                    return bool(helpers() - known)  # the new configuration's git asked for credentials
+
+                await wait_until(new_helper, 20, "the mirror checked again after the reload")
+                seen |= helpers()
+            assert len(helpers() - before_helpers) <= 1  # the running configuration's own, at most
+            assert descriptors() <= before_fds + 5  # sockets come and go; twenty reloads' worth would not fit
+        assert not helpers() - before_helpers  # and none once the exporter has stopped

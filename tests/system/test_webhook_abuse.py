@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,16 @@ REQUESTS = "bitbucket_mirror_webhook_requests_total"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "webhooks"
 
 
-def push(repo_id: int, to_hash: str, date: str = "2026-11-22T10:00:00+0000") -> dict[str, Any]:
+def bitbucket_date(at: float) -> str:
+    """As Bitbucket dates its events: whole seconds, an offset without a colon."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(at))
+
+
+# Events are dated as they happen: the receiver refuses dates more than a day from its clock.
+NOW = int(time.time())
+
+
+def push(repo_id: int, to_hash: str, date: str = bitbucket_date(NOW)) -> dict[str, Any]:
     change = {"ref": {"id": "refs/heads/main"}, "refId": "refs/heads/main", "fromHash": "0" * 40, "toHash": to_hash}
     return {"eventKey": "repo:refs_changed", "date": date, "repository": {"id": repo_id, "slug": "repo-1",
             "project": {"key": "PRJ1"}}, "changes": [{**change, "type": "UPDATE"}]}  # fmt: skip
@@ -48,9 +58,9 @@ async def post(
         return resp.status
 
 
-def prepared(secret_file: Path) -> Any:
+def prepared(secret_file: Path, max_body_bytes: int = 4096) -> Any:
     def prepare(farm: SimulatedFarm, config: dict[str, Any]) -> None:
-        config["webhooks"] = {"secret_file": str(secret_file), "max_body_bytes": 4096}
+        config["webhooks"] = {"secret_file": str(secret_file), "max_body_bytes": max_body_bytes}
 
     return prepare
 
@@ -65,7 +75,7 @@ async def test_forged_replayed_oversized_truncated_and_wrong_type_deliveries(tmp
         assert await post(run, "repo:refs_changed", body, sign(body, "guessed")) == 401  # forged
         assert await post(run, "repo:refs_changed", body, sign(body + b" ")) == 401  # signed for another body
         assert await post(run, "repo:refs_changed", body, sign(body), "delivery-1") == 200
-        late = json.dumps(synced(1, "a" * 40, "2026-11-22T10:00:07+0000")).encode()
+        late = json.dumps(synced(1, "a" * 40, bitbucket_date(NOW + 7))).encode()
         assert await post(run, "mirror:repo_synchronized", late, sign(late), "delivery-2") == 200
         # The same delivery again (Bitbucket retries, or someone replays it): taken, not observed twice.
         assert await post(run, "mirror:repo_synchronized", late, sign(late), "delivery-2") == 200
@@ -119,7 +129,13 @@ async def test_documented_payloads_posted_by_a_real_client_are_timed(tmp_path: P
             ("repo:refs_changed", "repo_refs_changed"),
             ("mirror:repo_synchronized", "mirror_repo_synchronized"),
         ):
-            body = (FIXTURES / f"{name}.json").read_bytes()
+            # The documented payloads as sent, but dated today (2019's dates are more than a day old), 7 s apart.
+            documented = (FIXTURES / f"{name}.json").read_text()
+            body = (
+                documented.replace("2019-03-01T10:37:14+0100", bitbucket_date(NOW))
+                .replace("2019-03-01T10:37:21+0100", bitbucket_date(NOW + 7))
+                .encode()
+            )
             assert await post(run, event, body, sign(body), f"{name}-1") == 200
         # The documented mirror server is not one the primary lists: labelled with the name the event carries.
         latency = "bitbucket_mirror_push_to_sync_seconds"
