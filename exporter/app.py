@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import contextlib
 import gc
 import logging
@@ -287,6 +288,10 @@ class WebhookCollector(Collector):
             yield from webhook_metrics(self._exporter.webhooks, statistics.fresh(time.time(), fresh_for))
 
 
+# POST /-/reload runs at most once in this many seconds (SIGHUP is not limited: it takes a shell on the host).
+HTTP_RELOAD_SECONDS = 10.0
+
+
 class Exporter:
     """One running exporter: call ``start`` then ``stop``; ``port`` is the bound port (useful with port 0).
 
@@ -301,6 +306,8 @@ class Exporter:
         web_config: WebConfig | None = None,
         loader: ConfigLoader | None = None,
         max_rendering_age: float = MAX_AGE_SECONDS,
+        lifecycle: bool = False,
+        http_reload_interval: float = HTTP_RELOAD_SECONDS,
     ) -> None:
         self.settings = settings
         self.listen = listen
@@ -311,6 +318,11 @@ class Exporter:
         self._loader = loader
         self.reloads = ReloadStatus()
         self._reload_lock = asyncio.Lock()
+        # POST /-/reload (only with --web.enable-lifecycle): at most one every http_reload_interval seconds; the
+        # requests that come meanwhile share the next one.
+        self._http_reload_interval = http_reload_interval
+        self._last_http_reload = -math.inf
+        self._next_http_reload: asyncio.Task[tuple[bool, str]] | None = None
         # The one owner of what was learned: the collectors and the pages read it through this object, so a reload
         # changes this one reference (and the Polling that writes it).
         self.state = build_state(settings)
@@ -330,11 +342,12 @@ class Exporter:
             lambda: self.state,
             self.registry,
             BasicAuth(self._web_config.basic_auth_users),
-            self.reload if loader is not None else None,
+            self._reload_over_http if loader is not None else None,
             lambda: self.settings.webhooks.path if self.settings.webhooks.enabled else None,
             self.webhooks.handle,
             lambda key, slug, commit, since: answer(self.state, self.webhooks, key, slug, commit, since),
             max_rendering_age=max_rendering_age,
+            lifecycle=lifecycle,
         )
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
@@ -391,6 +404,22 @@ class Exporter:
             log.info("config reloaded", extra={"mirrors": len(settings.mirrors)})
             return True, "config reloaded"
 
+    async def _reload_over_http(self) -> tuple[bool, str]:
+        """``POST /-/reload``: a reload now, or, within ``http_reload_interval`` of the last one, the next one,
+        shared by every request until it runs (a flood of POSTs costs one reload per interval, not one each)."""
+        if self._next_http_reload is None:
+            wait = self._last_http_reload + self._http_reload_interval - time.monotonic()
+            self._next_http_reload = asyncio.create_task(self._http_reload_after(max(0.0, wait)))
+        return await asyncio.shield(self._next_http_reload)
+
+    async def _http_reload_after(self, wait: float) -> tuple[bool, str]:
+        try:
+            await asyncio.sleep(wait)
+            self._last_http_reload = time.monotonic()
+        finally:
+            self._next_http_reload = None
+        return await self.reload()
+
     def _check_web_tls(self, web_config: WebConfig) -> None:
         tls = web_config.tls_server_config
         if tls != self._web_config.tls_server_config:
@@ -423,6 +452,9 @@ class Exporter:
             await asyncio.sleep(min(60.0, config.pending_timeout_seconds / 10))
 
     async def stop(self) -> None:
+        if self._next_http_reload is not None:
+            self._next_http_reload.cancel()
+            await asyncio.gather(self._next_http_reload, return_exceptions=True)
         if self._expiry is not None:
             self._expiry.cancel()
             await asyncio.gather(self._expiry, return_exceptions=True)

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TLS and basic auth for the exporter's own pages (exporter-toolkit style YAML); reloaded with the config",
     )
+    common.add_argument(
+        "--web.enable-lifecycle",
+        dest="lifecycle",
+        action="store_true",
+        help="serve POST /-/reload (at most one reload every 10 s); SIGHUP always reloads",
+    )
     common.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info", help="default info")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
@@ -163,7 +169,9 @@ def _run(args: argparse.Namespace) -> int:
         settings, web_config = load_configs(args)
     except ConfigError as exc:
         return _config_error(exc)
-    exporter = Exporter(settings, args.listen, web_config=web_config, loader=lambda: load_configs(args))
+    exporter = Exporter(
+        settings, args.listen, web_config=web_config, loader=lambda: load_configs(args), lifecycle=args.lifecycle
+    )
     try:
         asyncio.run(_serve(exporter))
     except OSError as exc:

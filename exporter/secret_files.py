@@ -1,25 +1,74 @@
-"""Passwords given inline or in files (Kubernetes Secret mounts). A file is read on every use, so a rotated secret
-applies at once."""
+"""Passwords given inline or in files (Kubernetes Secret mounts). A file is checked on every use and read again only
+when it changed (its inode, size or modification time), so a rotated secret applies at once.
+
+A secret file must be a regular file of at most ``MAX_SECRET_BYTES``: it is opened non-blocking after ``stat`` says
+it is one, so a FIFO, a device (``/dev/zero``) or a huge file is refused with a clear error instead of freezing or
+exhausting the exporter.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
+MAX_SECRET_BYTES = 64 * 1024
+
+# Path -> (what stat said when it was read, the secret): read again only when the file changed.
+_cache: dict[str, tuple[tuple[int, int, int, int], SecretStr]] = {}
+_cache_lock = threading.Lock()
+
 
 def read_secret_file(path: Path) -> SecretStr:
+    """The file's content, stripped; ValueError naming the file and why (never its content)."""
     try:
-        secret = path.read_text(encoding="utf-8").strip()
+        info = os.stat(path)
     except OSError as exc:
-        # Only the reason, never the content.
         raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    if info.st_size > MAX_SECRET_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+    signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _cache_lock:
+        cached = _cache.get(str(path))
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    secret = SecretStr(_read(path))
+    with _cache_lock:
+        _cache[str(path)] = (signature, secret)
+    return secret
+
+
+def _read(path: Path) -> str:
+    try:
+        # Non-blocking: should the file have become a FIFO since stat, opening it does not wait for a writer.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        raw = os.read(descriptor, MAX_SECRET_BYTES + 1)
+    except BlockingIOError:
+        raise ValueError(f"{path} is not a regular file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(descriptor)
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+    try:
+        secret = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     if not secret:
         # An empty file is a Secret mounted before it was filled in: sending an empty password only earns a 401.
         raise ValueError(f"{path} is empty")
-    return SecretStr(secret)
+    return secret
 
 
 def readable_secret_file(path: Path | None) -> Path | None:

@@ -135,6 +135,8 @@ async def running_farm(
     web_config: WebConfig | None = None,
     loader: ConfigLoader | None = None,
     nodes: bool = False,
+    lifecycle: bool = False,
+    http_reload_interval: float = 10.0,
     **poll: Any,
 ) -> AsyncIterator[Running]:
     """Start a farm and an exporter watching it (with ``nodes``, each mirror node by node); ``prepare`` may change the
@@ -148,7 +150,14 @@ async def running_farm(
             prepare(farm, config)
         # Every scrape rendered afresh: these tests look at /metrics right after each change they make.
         exporter = Exporter(
-            settings_from_mapping(config), ListenAddress(LOOPBACK, 0), resolver, web_config, loader, max_rendering_age=0
+            settings_from_mapping(config),
+            ListenAddress(LOOPBACK, 0),
+            resolver,
+            web_config,
+            loader,
+            max_rendering_age=0,
+            lifecycle=lifecycle,
+            http_reload_interval=http_reload_interval,
         )
         await exporter.start()
         try:

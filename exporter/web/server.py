@@ -52,6 +52,8 @@ class Served:
     # How old a rendering a scrape thread may serve; 0: every scrape waits for the event loop to render (the system
     # tests, which look at /metrics right after each change they make).
     max_rendering_age: float = MAX_AGE_SECONDS
+    # POST /-/reload is served only with --web.enable-lifecycle (as Prometheus): otherwise 403, and SIGHUP reloads.
+    lifecycle: bool = True
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -105,6 +107,8 @@ async def reload(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.reload is None:
         return web.Response(status=501, text="nothing to reload\n")
+    if not served.lifecycle:
+        return web.Response(status=403, text="Lifecycle API is not enabled (--web.enable-lifecycle); send SIGHUP\n")
     ok, message = await served.reload()
     # As Prometheus does: 500 with the reason when the new configuration is refused (the old one stays).
     return web.Response(status=200 if ok else 500, text=message + "\n")

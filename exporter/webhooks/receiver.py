@@ -155,6 +155,8 @@ class Receiver:
         """True or False; None when the secret cannot be read now."""
         if config.secret_file is None:
             return True  # allow_unsigned
+        if header is None:
+            return False  # no signature at all: refused without touching the secret file
         try:
             secret = read_secret_file(config.secret_file).get_secret_value()
         except ValueError:

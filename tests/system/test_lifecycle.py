@@ -4,6 +4,7 @@ why, when the new one is invalid), and SIGTERM stops it cleanly within seconds, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import signal
 import sys
@@ -17,7 +18,7 @@ import aiohttp
 import yaml
 
 from exporter.simulator import Scenario, SimulatedFarm
-from tests.conftest import LOOPBACK, Samples, parse_metrics, value, wait_until
+from tests.conftest import LOOPBACK, Samples, parse_metrics, running_farm, value, wait_until
 
 RELOADED = "bitbucket_mirror_exporter_config_last_reload_successful"
 RELOADED_AT = "bitbucket_mirror_exporter_config_last_reload_success_timestamp_seconds"
@@ -56,7 +57,7 @@ class ExporterProcess:
 async def exporter_process(config: Path) -> AsyncIterator[ExporterProcess]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "run", f"--config={config}", f"--web.listen-address={LOOPBACK}:0",
-        stderr=asyncio.subprocess.PIPE,
+        "--web.enable-lifecycle", stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with aiohttp.ClientSession() as http:
         running = ExporterProcess(process, http)
@@ -178,3 +179,44 @@ async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: P
             assert code == 0, exporter.log[-5:]
             print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
         assert any('msg="exporter stopped"' in line for line in exporter.log)
+
+
+async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() -> None:
+    from exporter.config import Settings
+    from exporter.web.config import WebConfig
+
+    loads: list[float] = []
+    current: dict[str, Settings] = {}
+
+    def loader() -> tuple[Settings, WebConfig]:
+        loads.append(time.monotonic())
+        return current["settings"], WebConfig()
+
+    async with running_farm(Scenario(repositories=2), ["9.x"], loader=loader) as run:
+        current["settings"] = run.exporter.settings
+        async with run.http.post(run.url + "/-/reload") as resp:
+            assert resp.status == 403 and "--web.enable-lifecycle" in await resp.text()
+        assert loads == []  # without the flag, SIGHUP reloads (test_sighup_… above)
+
+    interval = 1.0
+    async with running_farm(
+        Scenario(repositories=2), ["9.x"], loader=loader, lifecycle=True, http_reload_interval=interval
+    ) as run:
+        current["settings"] = run.exporter.settings
+        started = time.monotonic()
+
+        async def post() -> int:
+            async with run.http.post(run.url + "/-/reload", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                return resp.status
+
+        # A flood: 30 at once, then one every 50 ms for 1.5 s. Every one is answered; reloads are one a second.
+        statuses = list(await asyncio.gather(*(post() for _ in range(30))))
+        later = []
+        for _ in range(30):
+            later.append(asyncio.create_task(post()))
+            await asyncio.sleep(0.05)
+        statuses += await asyncio.gather(*later)
+        assert set(statuses) == {200}
+        elapsed = time.monotonic() - started
+        assert 2 <= len(loads) <= elapsed / interval + 1, (len(loads), elapsed)
+        assert all(later - earlier >= interval * 0.95 for earlier, later in itertools.pairwise(loads)), loads

@@ -140,3 +140,26 @@ async def test_a_commit_id_is_matched_whole() -> None:
         assert status == 400
         status, _ = await run.get("/api/v1/repositories/PRJ1/repo-1/mirrors?commit=abcdef1&since=inf")
         assert status == 400
+
+
+async def test_a_secret_file_turned_into_a_fifo_freezes_nothing(tmp_path: Path) -> None:
+    import os
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    async with running_farm(prepare=prepared(secret_file)) as run:
+        await run.wait_ready()
+        port = int(run.url.rsplit(":", 1)[1])
+        secret_file.unlink()
+        os.mkfifo(secret_file)  # a FIFO with no writer: opening it for reading would block for ever
+        body = json.dumps(push(1, "f" * 40)).encode()
+        head, wire = request_bytes(run, body, "repo:refs_changed", chunked=False)
+        started = time.monotonic()
+        assert await asyncio.wait_for(asyncio.to_thread(send_split, port, head, wire, SEGMENT, 0.0), 10) == 503
+        unsigned = head.replace(f"X-Hub-Signature: {sign(body)}\r\n".encode(), b"")
+        assert await asyncio.wait_for(asyncio.to_thread(send_split, port, unsigned, wire, SEGMENT, 0.0), 10) == 401
+        assert time.monotonic() - started < 5
+        samples = await run.metrics_until(
+            lambda s: value(s, REQUESTS, event="repo:refs_changed", outcome="secret_unreadable") == 1.0, "counted"
+        )
+        assert value(samples, REQUESTS, event="repo:refs_changed", outcome="bad_signature") == 1.0
