@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import contextlib
 import gc
 import logging
+import math
 import signal
 import ssl
 import time
