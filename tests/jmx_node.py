@@ -117,6 +117,18 @@ async def silent_endpoint() -> AsyncIterator[int]:
             await asyncio.wait_for(server.wait_closed(), 5)
 
 
+def jmxquery_processes_for(url: str) -> list[int]:
+    """Pids of the exporter's jmxquery JVMs asking ``url``: their arguments are in an @file (exporter/jmx/query.py),
+    which exists while they run."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            for argument in cmdline.read_bytes().decode(errors="replace").split("\0"):
+                if argument.startswith("@") and "/bme-jmx-" in argument and url in Path(argument[1:]).read_text():
+                    pids.append(int(cmdline.parent.name))
+    return pids
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (this machine's /proc)."""
     pids = []

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jmxquery
@@ -34,7 +39,8 @@ class JmxRow:
 def jmxquery_command(
     java: str, java_options: list[str], url: str, username: str | None, password: str | None, object_names: list[str]
 ) -> list[str]:
-    """All queries of one node in one invocation. jmxquery takes the password as an argument (see docs/jmx.md)."""
+    """All queries of one node in one invocation, as jmxquery's jar takes them (the password is one of its arguments:
+    ``run_jmxquery`` hands everything from ``-jar`` on to java in an argument file, never on its command line)."""
     queries = "".join(jmxquery.JMXQuery(name).to_query_string() + ";" for name in object_names)
     command = [java, *java_options, "-jar", jmxquery.JAR_PATH, "-url", url, "-json"]
     if username is not None:
@@ -94,10 +100,39 @@ def parse_rows(stdout: str) -> list[JmxRow]:
     return rows
 
 
+def argument_file(arguments: list[str]) -> str:
+    """java's ``@file`` syntax (JDK 9+): one argument a line, quoted, with backslashes and quotes escaped and the
+    characters java would read as escapes (newline, tab, ...) written as escapes."""
+    lines = []
+    for argument in arguments:
+        escaped = argument.replace("\\", "\\\\").replace('"', '\\"')
+        for raw, written in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"), ("\f", "\\f")):
+            escaped = escaped.replace(raw, written)
+        lines.append(f'"{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def private_arguments(command: list[str]) -> Iterator[list[str]]:
+    """``command`` with everything from ``-jar`` on in an argument file readable only by this user, removed when the
+    JVM is done: ``ps`` and ``/proc/*/cmdline`` show ``java [options] @/tmp/bme-jmx-…/arguments`` only."""
+    split = command.index("-jar")
+    directory = Path(tempfile.mkdtemp(prefix=f"bme-jmx-{os.getpid()}-"))  # mode 0700
+    try:
+        path = directory / "arguments"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(argument_file(command[split:]))
+        yield [*command[:split], f"@{path}"]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 async def run_jmxquery(command: list[str], time_limit: float, secret: str | None = None) -> list[JmxRow]:
     """Run one jmxquery JVM and return its rows; raise FetchError(reason) on any failure, after killing the JVM."""
     try:
-        finished = await run(command, time_limit)
+        with private_arguments(command) as private:
+            finished = await run(private, time_limit)
     except OSError as exc:
         # Name only the program: the rest of the command line holds the password.
         raise FetchError("java_missing", f"cannot start {command[0]}: {exc.strerror or type(exc).__name__}") from None

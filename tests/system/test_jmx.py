@@ -21,7 +21,7 @@ from tests.jmx_node import (
     Timer,
     fake_node,
     java_tool,
-    processes_mentioning,
+    jmxquery_processes_for,
     silent_endpoint,
 )
 
@@ -211,11 +211,19 @@ async def test_a_refused_connection_is_reported() -> None:
 async def test_a_node_that_never_answers_is_killed_at_the_time_limit() -> None:
     async with silent_endpoint() as port:
         url = f"service:jmx:rmi:///jndi/rmi://127.0.0.1:{port}/jmxrmi"
+        task = asyncio.create_task(run_jmxquery(command_for(url), 2.0))
+        pids: list[int] = []
+
+        async def started() -> bool:
+            pids.extend(jmxquery_processes_for(url))
+            return bool(pids)
+
+        await wait_until(started, 15, "the jmxquery JVM to start")
         with pytest.raises(FetchError) as caught:
-            await run_jmxquery(command_for(url), 2.0)
+            await task
         assert caught.value.reason == "timeout"
         # Without the kill the JVM would wait on the silent socket forever: it must be gone, not left running.
-        assert processes_mentioning(url) == []
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 async def test_a_missing_java_is_reported_without_the_command_line() -> None:
@@ -231,11 +239,14 @@ async def test_cancelling_a_poll_kills_its_jvm() -> None:
         url = f"service:jmx:rmi:///jndi/rmi://127.0.0.1:{port}/jmxrmi"
         task = asyncio.create_task(run_jmxquery(command_for(url), 60))
 
+        pids: list[int] = []
+
         async def started() -> bool:
-            return bool(processes_mentioning(url))
+            pids.extend(jmxquery_processes_for(url))
+            return bool(pids)
 
         await wait_until(started, 15, "the jmxquery JVM to start")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert processes_mentioning(url) == []
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)

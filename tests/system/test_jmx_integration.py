@@ -11,7 +11,16 @@ import pytest
 
 from exporter.simulator import Scenario, SimulatedFarm
 from tests.conftest import Running, running_farm, value, wait_until
-from tests.jmx_node import INCREMENTAL, SNAPSHOT, TICKETS, Timer, fake_node, processes_mentioning, silent_endpoint
+from tests.jmx_node import (
+    INCREMENTAL,
+    SNAPSHOT,
+    TICKETS,
+    Timer,
+    fake_node,
+    jmxquery_processes_for,
+    processes_mentioning,
+    silent_endpoint,
+)
 from tests.system.test_promtool import lint, undocumented
 
 SCENARIO = Scenario(repositories=5, mirrors=1)
@@ -98,8 +107,10 @@ async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
             assert result.returncode == 0, result.stdout + result.stderr
             assert not undocumented(text), f"not in docs/metrics.md: {sorted(undocumented(text))}"
             _, landing = await run.get("/")
+            hung_jvms = jmxquery_processes_for(hung_url)
+            assert hung_jvms, "node-b's JVM is still waiting on its silent socket"
         # Stopping the exporter kills the hung node's JVM.
-        assert processes_mentioning(hung_url) == []
+        assert not any(Path(f"/proc/{pid}").exists() for pid in hung_jvms)
     everything = text + landing + caplog.text
     assert PASSWORD not in everything
 
@@ -165,3 +176,40 @@ async def test_each_nodes_mesh_sidecar_gives_its_four_ticket_kinds_apart(fake_no
             assert value(samples, tickets, **labels, resource="scm-hosting", attribute="available") == 8
             assert value(samples, tickets, **labels, resource="scm-refs", attribute="used") == 0
             assert value(samples, "bitbucket_mirror_node_syncs_total", **labels, sync="incremental") == 3
+
+
+async def test_the_jmx_password_is_on_no_command_line_while_a_real_jvm_that_wants_it_is_polled(
+    fake_node_classes: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    password_file = tmp_path / "jmx-password"
+    password_file.write_text(PASSWORD + "\n")
+    async with fake_node(fake_node_classes, auth=("monitor", PASSWORD)) as node:
+        await node.timer(INCREMENTAL, Timer(count=5))
+        jmx = {"username": "monitor", "password_file": str(password_file), "nodes": [{"name": "n", "url": node.url}]}
+        async with running_farm(SCENARIO, ["9.x"], prepare=with_jmx(jmx)) as run:
+            leaked: list[int] = []
+            jvms: set[int] = set()
+            stop = asyncio.Event()
+
+            async def sample() -> None:
+                # Every 5 ms, every process's command line: the jmxquery JVMs come and go each poll.
+                while not stop.is_set():
+                    # jmxquery's JVMs (their jar named, or their argument file) with the password in sight; the fake
+                    # nodes take it on their own command lines, and are the tests', not the exporter's.
+                    ours = set(processes_mentioning("JMXQuery")) | set(processes_mentioning("/bme-jmx-"))
+                    leaked.extend(pid for pid in processes_mentioning(PASSWORD) if pid in ours)
+                    jvms.update(processes_mentioning("/bme-jmx-"))
+                    await asyncio.sleep(0.005)
+
+            sampler = asyncio.create_task(sample())
+            await wait_for_metric(run, 5, "bitbucket_mirror_node_syncs_total", mirror="sydney", node="n",
+                                  sync="incremental")  # fmt: skip
+            await node.timer(INCREMENTAL, Timer(count=6))  # one more successful poll, watched from start to end
+            await wait_for_metric(run, 6, "bitbucket_mirror_node_syncs_total", mirror="sydney", node="n",
+                                  sync="incremental")  # fmt: skip
+            stop.set()
+            await sampler
+            assert leaked == [], "the JMX password was on a command line"
+            assert jvms, "the sampler saw no jmxquery JVM (it would prove nothing)"
