@@ -117,6 +117,11 @@ async def silent_endpoint() -> AsyncIterator[int]:
             await asyncio.wait_for(server.wait_closed(), 5)
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (not yet reaped)."""
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
 def jmxquery_processes_for(url: str) -> list[int]:
     """Pids of the exporter's jmxquery JVMs asking ``url``: their arguments are in an @file (exporter/jmx/query.py),
     which exists while they run."""

@@ -19,6 +19,7 @@ from tests.jmx_node import (
     SNAPSHOT,
     TICKETS,
     Timer,
+    alive,
     fake_node,
     java_tool,
     jmxquery_processes_for,
@@ -223,7 +224,7 @@ async def test_a_node_that_never_answers_is_killed_at_the_time_limit() -> None:
             await task
         assert caught.value.reason == "timeout"
         # Without the kill the JVM would wait on the silent socket forever: it must be gone, not left running.
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+        assert alive(pids) == []
 
 
 async def test_a_missing_java_is_reported_without_the_command_line() -> None:
@@ -249,4 +250,4 @@ async def test_cancelling_a_poll_kills_its_jvm() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+        assert alive(pids) == []

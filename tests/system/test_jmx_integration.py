@@ -16,6 +16,7 @@ from tests.jmx_node import (
     SNAPSHOT,
     TICKETS,
     Timer,
+    alive,
     fake_node,
     jmxquery_processes_for,
     processes_mentioning,
@@ -110,7 +111,7 @@ async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
             hung_jvms = jmxquery_processes_for(hung_url)
             assert hung_jvms, "node-b's JVM is still waiting on its silent socket"
         # Stopping the exporter kills the hung node's JVM.
-        assert not any(Path(f"/proc/{pid}").exists() for pid in hung_jvms)
+        assert alive(hung_jvms) == []
     everything = text + landing + caplog.text
     assert PASSWORD not in everything
 
