@@ -29,7 +29,7 @@ from exporter.jmx.poller import JmxPoller
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
 from exporter.rest.api import MirrorApi, PrimaryApi, normalize_url
-from exporter.rest.client import BitbucketClient
+from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
 from exporter.rest.collector import MirrorFarmCollector
 from exporter.rest.models import MirrorServer
 from exporter.rest.nodes import NodeFleet
@@ -119,6 +119,7 @@ class Polling:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.client = BitbucketClient(self._session, self.settings.poll)
+        self.client.max_rows = self._max_rows
         primary = self.settings.primary
         interval = self.settings.poll.interval_seconds
         self._anchor = time.monotonic()
@@ -250,6 +251,14 @@ class Polling:
             names.add(name)
             self._discovered[url] = (state, self._start_mirror(state, self.settings.primary)[1])
             log.info("mirror discovered", extra={"mirror": name, "url": state.url})
+
+    def _max_rows(self) -> int:
+        """poll.max_rows, else 10 x the primary's repository count (a mirror lists no more than the primary has),
+        at least DEFAULT_MAX_ROWS."""
+        if self.settings.poll.max_rows is not None:
+            return self.settings.poll.max_rows
+        known = self.state.primary.repositories.value
+        return max(DEFAULT_MAX_ROWS, 10 * len(known or ()))
 
     async def stop(self) -> None:
         self._stop.set()

@@ -177,6 +177,9 @@ class PollConfig(_Strict):
     max_backoff_seconds: float = Field(default=10.0, ge=0, le=600)
     page_limit: int = Field(default=1000, ge=1, le=100000)
     max_pages: int = Field(default=10000, ge=1)
+    # Rows one listing walk may bring: none by default, which means 10 x the primary's repository count, at least
+    # 100,000 (a mirror lists no more repositories than the primary has; a runaway answer is refused, not held).
+    max_rows: int | None = Field(default=None, ge=1000)
     # One response body; a page of 1000 repositories is well under 1 MiB, so 32 MiB only stops a runaway answer
     # (reason too_large) before it takes the exporter's memory.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -39,6 +39,8 @@ INVALID_JSON = "invalid_json"
 INVALID_RESPONSE = "invalid_response"
 PAGE_LOOP = "page_loop"
 PAGE_CAP = "page_cap"
+# A listing walk (or one page) with far more rows than asked for or than poll.max_rows: refused before it fills memory.
+TOO_MANY_ROWS = "too_many_rows"
 # A password or token file that cannot be read (or is empty) when a request is made: rotated badly, unmounted.
 CREDENTIALS = "credentials"
 # A 3xx to Bitbucket's login page: credentials refused, or sent where Bitbucket takes none. Never followed.

@@ -37,11 +37,18 @@ from exporter.sources import (
     TIMEOUT,
     TLS,
     TOO_LARGE,
+    TOO_MANY_ROWS,
     FetchError,
     http_reason,
 )
 
 T = TypeVar("T")
+
+# Rows a listing walk may bring when nothing else is known (poll.max_rows; Polling sets 10 x the primary's count).
+DEFAULT_MAX_ROWS = 100_000
+# A page may hold at most this many JSON objects per row asked for (a real repository row has about ten, with its
+# project and links): counted in the raw bytes, so a page of a million tiny rows is refused before it is decoded.
+OBJECTS_PER_ROW = 50
 
 # No credentials at all: ``/status`` is public, and Bitbucket 8.9.22, 8.19.12, 9.3.2 and later answer an access token
 # on a path outside /rest and /scm with a 302 to the login page (Bearer) or a 401 (as a Basic password), and lock the
@@ -209,6 +216,8 @@ class BitbucketClient:
         self.stats = TrafficStats()
         # Origin -> the clock reading of its latest answer (no extra requests: answers carry a Date header anyway).
         self._clocks: dict[str, ClockReading] = {}
+        # Rows one listing walk may bring (poll.max_rows, or what the exporter derives from the primary's count).
+        self.max_rows: Callable[[], int] = lambda: poll.max_rows or DEFAULT_MAX_ROWS
 
     def clock(self, base_url: str) -> ClockReading | None:
         """The clock reading of the latest answer from ``base_url``'s host, if any."""
@@ -376,10 +385,14 @@ class BitbucketClient:
         """
         start = 0
         limit = self._poll.page_limit
+        rows, max_rows = 0, self.max_rows()
         for _ in range(self._poll.max_pages):
             page = await self.get(
-                url, credentials, decode, {**(params or {}), "start": start, "limit": limit}, affinity
+                url, credentials, _bounded(decode, limit), {**(params or {}), "start": start, "limit": limit}, affinity
             )
+            rows += len(page.values)
+            if rows > max_rows:
+                raise FetchError(TOO_MANY_ROWS, f"the listing has more than poll.max_rows={max_rows} rows")
             yield page.values
             if page.is_last_page is True:  # also when absent: Page's default
                 return
@@ -425,6 +438,18 @@ def _denied_error(reason: str) -> FetchError:
     if kind.upper().startswith("CAPTCHA"):
         return FetchError(CAPTCHA, "HTTP 401: the account must solve a CAPTCHA (log in once in a browser)", 401)
     return FetchError(CREDENTIALS, f"HTTP 401: authentication denied ({kind})", status=401)
+
+
+def _bounded(decode: Callable[[bytes], Page[T]], limit: int) -> Callable[[bytes], Page[T]]:
+    """``decode``, after a look at the raw bytes: a page can hold no more rows than were asked for, so one with far
+    more objects than ``limit`` rows could have is refused before it is decoded into memory."""
+
+    def bounded(body: bytes) -> Page[T]:
+        if body.count(b"{") > OBJECTS_PER_ROW * limit + OBJECTS_PER_ROW:
+            raise FetchError(TOO_MANY_ROWS, f"a page with far more than the {limit} rows asked for")
+        return decode(body)
+
+    return bounded
 
 
 def _tls_problem(exc: Exception) -> str:

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
-from exporter.rest.client import BitbucketClient
+from exporter.rest.client import BitbucketClient, Page, parse_page
 from exporter.sources import FetchError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -260,3 +260,33 @@ async def test_concurrency_per_host_is_limited() -> None:
         await asyncio.gather(*(c.get_json(server.url / str(i), NOBODY) for i in range(12)))
     assert peak == 3
     assert c.stats.requests[f"127.0.0.1:{server.url.port}"] == 12
+
+
+async def test_a_page_of_a_million_tiny_rows_is_refused_before_it_is_decoded() -> None:
+    # 1.2 M rows of {} in one 2.4 MB page, asked for 1000: not a page Bitbucket would send.
+    flood = b'{"isLastPage": true, "values": [' + b",".join([b"{}"] * 1_200_000) + b"]}"
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=flood, content_type="application/json")
+
+    decoded: list[bytes] = []
+
+    def decode(body: bytes) -> Page[Any]:
+        decoded.append(body)
+        return parse_page(body)
+
+    async with serve(handler) as server, client(page_limit=1000) as c:
+        with pytest.raises(FetchError) as refused:
+            async for _ in c.pages(server.url, NOBODY, decode):
+                pass
+    assert refused.value.reason == "too_many_rows" and decoded == []
+
+
+async def test_a_walk_past_max_rows_is_refused_and_counts_as_a_failure() -> None:
+    async with serve(page_handler(total=5000, cap=1000)) as server, client(page_limit=1000, max_rows=2000) as c:
+        seen = 0
+        with pytest.raises(FetchError) as refused:
+            async for page in c.pages(server.url, NOBODY, parse_page):
+                seen += len(page)
+    assert refused.value.reason == "too_many_rows" and "poll.max_rows=2000" in refused.value.detail
+    assert seen == 2000  # what came before the cap was handed on; the caller's walk fails as a whole
