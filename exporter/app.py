@@ -402,7 +402,8 @@ class Exporter:
         assert self._loader is not None
         async with self._reload_lock:
             try:
-                settings, web_config = self._loader()
+                # Off the loop: loading reads files (secrets too) and checks every bcrypt hash.
+                settings, web_config = await asyncio.to_thread(self._loader)
                 self._check_web_tls(web_config)
             except ConfigError as exc:
                 self.reloads.failed()
@@ -445,7 +446,8 @@ class Exporter:
         await self._polling.stop()
         self.state = carry_over(self.state, settings)
         self.settings, self._web_config = settings, web_config
-        self._served.auth = BasicAuth(web_config.basic_auth_users)
+        # Checks already made stay remembered (their key holds the hash), and so do the addresses that kept failing.
+        self._served.auth = BasicAuth(web_config.basic_auth_users, previous=self._served.auth)
         self._polling = Polling(settings, self.state, self._resolver)
         await self._polling.start()
 

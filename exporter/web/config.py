@@ -15,14 +15,15 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.config import ConfigError, describe_validation_error
 from exporter.tls import server_context
+from exporter.web.auth import MAX_COST, cost_of
 
 FLAG = "--web.config.file"
-BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 
 class _Strict(BaseModel):
@@ -72,9 +73,18 @@ class WebConfig(_Strict):
         for user, hashed in users.items():
             if ":" in user or not user:
                 raise ValueError(f"user {user!r}: a username may not be empty or contain ':'")
-            if not hashed.startswith(BCRYPT_PREFIXES) or len(hashed) != 60:
+            try:
+                cost = cost_of(hashed)
+                # Whether bcrypt itself takes it (a malformed salt passes a look at its shape).
+                bcrypt.checkpw(b"", hashed.encode())
+            except ValueError:
                 # Never echo the value: someone may have pasted a password here instead of its hash.
-                raise ValueError(f"user {user!r}: not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")
+                raise ValueError(f"user {user!r}: not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)") from None
+            if cost > MAX_COST:
+                raise ValueError(
+                    f"user {user!r}: bcrypt cost {cost} is above {MAX_COST}: every new client would wait seconds per "
+                    "check; hash the password again with a cost of 10 to 12"
+                )
         return users
 
 

@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.git.collector import verified_refs
 from exporter.state import ExporterState
-from exporter.web.auth import BasicAuth
+from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
 from exporter.web.landing import render as render_landing
 from exporter.web.runbooks import page as runbook_page
@@ -156,8 +156,14 @@ async def basic_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     auth = served.auth
     # Bitbucket signs its webhook deliveries (X-Hub-Signature) and sends no credentials: the receiver checks them.
     open_path = request.path in OPEN_PATHS or (request.method == "POST" and request.path == served.webhook_path())
-    if auth.enabled and not open_path and not await auth.allows(request.headers.get("Authorization")):
-        return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": CHALLENGE})
+    if auth.enabled and not open_path:
+        verdict = await auth.check(request.headers.get("Authorization"), request.remote)
+        if verdict.retry_after is not None:
+            # Too many checks under way, or this address kept failing: no bcrypt spent on it now.
+            headers = {"Retry-After": retry_after_header(verdict.retry_after)}
+            return web.Response(status=429, text="Too many authentication attempts\n", headers=headers)
+        if not verdict.allowed:
+            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": CHALLENGE})
     return await handler(request)
 
 

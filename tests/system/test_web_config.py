@@ -3,6 +3,7 @@ and Prometheus itself) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -249,3 +250,82 @@ async def test_webhooks_need_no_basic_auth_but_the_ci_gate_does(tmp_path: Path) 
         await wait_until(ready, 15, "the first poll")
         async with client.get(base + gate, headers=basic(USER, PASSWORD)) as resp:
             assert resp.status == 200 and (await resp.json())["repository"]["slug"] == "repo-1"
+
+
+async def test_a_flood_of_wrong_passwords_from_one_address_starves_neither_prometheus_nor_the_polls() -> None:
+    # Cost 10 (about 60 ms a check): dear enough that 200 unbounded checks would queue for seconds.
+    from exporter.web import auth as auth_module
+
+    cost = 10
+    web_config = WebConfig(basic_auth_users={USER: bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(cost)).decode()})
+    async with running_farm(Scenario(repositories=3), ["9.x"], web_config=web_config, interval=0.2) as run:
+        await run.wait_ready()
+        url = f"http://{LOOPBACK}:{run.exporter.port}/metrics"
+        attacker = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+        flood_statuses: list[int] = []
+
+        async with aiohttp.ClientSession(connector=attacker) as flood:
+
+            async def wrong(i: int) -> None:
+                async with flood.get(url, headers=basic(USER, f"guess-{i}")) as resp:
+                    flood_statuses.append(resp.status)
+
+            flooding = asyncio.gather(*(wrong(i) for i in range(200)))
+            await asyncio.sleep(0.05)
+            # Prometheus, from its own address, asks for the first time (nothing remembered) while the flood runs.
+            answered: list[int] = []
+            async with aiohttp.ClientSession() as prometheus_client:
+                for _ in range(40):
+                    async with prometheus_client.get(url, headers=basic(USER, PASSWORD)) as resp:
+                        answered.append(resp.status)
+                        if resp.status == 200:
+                            break
+                        assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+                    await asyncio.sleep(0.1)
+            await flooding
+        assert answered[-1] == 200, answered
+        # The flood: refused, mostly at once; bcrypt ran for no more than the address's failures before its backoff
+        # and the checks the bounded queue held.
+        assert set(flood_statuses) <= {401, 429} and flood_statuses.count(429) >= 150
+        served = run.exporter._served.auth
+        assert served.refused_backoff + served.refused_busy >= 150
+        assert flood_statuses.count(401) <= auth_module.FAILURES_BEFORE_BACKOFF + auth_module.MAX_WAITING
+        # The polls went on meanwhile.
+        await run.next_cycles(2)
+
+
+def test_hashes_are_checked_at_load_and_a_cost_above_14_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    dear = "$2b$15$" + bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode()[7:]
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": dear}}))
+    with pytest.raises(ConfigError) as refused:
+        load_web_config(path)
+    assert "basic_auth_users" in str(refused.value) and "cost 15 is above 14" in str(refused.value)
+    broken = "$2b$04$" + "!" * 53  # the right length, not a bcrypt hash
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": broken}}))
+    with pytest.raises(ConfigError) as refused:
+        load_web_config(path)
+    assert "not a bcrypt hash" in str(refused.value) and broken not in str(refused.value)
+
+
+async def test_an_unknown_user_costs_a_check_of_the_configured_cost_on_the_bcrypt_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from exporter.web import auth as auth_module
+
+    checks: list[tuple[int, str]] = []
+    real = auth_module.bcrypt.checkpw
+
+    def recorded(password: bytes, hashed: bytes) -> bool:
+        checks.append((auth_module.cost_of(hashed), threading.current_thread().name))
+        return bool(real(password, hashed))
+
+    monkeypatch.setattr(auth_module.bcrypt, "checkpw", recorded)
+    known = bcrypt.hashpw(b"right", bcrypt.gensalt(6)).decode()
+    auth = auth_module.BasicAuth({"prometheus": known})
+    assert not (await auth.check(basic("nobody", "x")["Authorization"], "127.0.0.1")).allowed
+    assert not (await auth.check(basic("prometheus", "x")["Authorization"], "127.0.0.1")).allowed
+    assert [cost for cost, _ in checks] == [6, 6]  # the dummy hash has the configured cost
+    assert all(name.startswith("bme-bcrypt") for _, name in checks)  # never the loop's default executor (DNS)
