@@ -316,13 +316,13 @@ async def test_an_unknown_user_costs_a_check_of_the_configured_cost_on_the_bcryp
     from exporter.web import auth as auth_module
 
     checks: list[tuple[int, str]] = []
-    real = auth_module.bcrypt.checkpw
+    real = bcrypt.checkpw
 
     def recorded(password: bytes, hashed: bytes) -> bool:
         checks.append((auth_module.cost_of(hashed), threading.current_thread().name))
         return bool(real(password, hashed))
 
-    monkeypatch.setattr(auth_module.bcrypt, "checkpw", recorded)
+    monkeypatch.setattr(bcrypt, "checkpw", recorded)
     known = bcrypt.hashpw(b"right", bcrypt.gensalt(6)).decode()
     auth = auth_module.BasicAuth({"prometheus": known})
     assert not (await auth.check(basic("nobody", "x")["Authorization"], "127.0.0.1")).allowed
