@@ -42,7 +42,7 @@ from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.exposition import MAX_AGE_SECONDS
-from exporter.web.server import Served, Server
+from exporter.web.server import DEFAULT_MAX_CONNECTIONS, Served, Server
 from exporter.webhooks.collector import webhook_metrics
 from exporter.webhooks.gate import answer
 from exporter.webhooks.matching import Book
@@ -317,6 +317,7 @@ class Exporter:
         max_rendering_age: float = MAX_AGE_SECONDS,
         lifecycle: bool = False,
         http_reload_interval: float = HTTP_RELOAD_SECONDS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.settings = settings
         self.listen = listen
@@ -357,7 +358,9 @@ class Exporter:
             lambda key, slug, commit, since: answer(self.state, self.webhooks, key, slug, commit, since),
             max_rendering_age=max_rendering_age,
             lifecycle=lifecycle,
+            max_connections=max_connections,
         )
+        self.registry.register(self._served.refusals)
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
         self._server: Server | None = None

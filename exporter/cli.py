@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS and basic auth for the exporter's own pages (exporter-toolkit style YAML); reloaded with the config",
     )
     common.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="connections open at once at most; more are closed as they are accepted (default 1000)",
+    )
+    common.add_argument(
         "--web.enable-lifecycle",
         dest="lifecycle",
         action="store_true",
@@ -170,7 +178,12 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     exporter = Exporter(
-        settings, args.listen, web_config=web_config, loader=lambda: load_configs(args), lifecycle=args.lifecycle
+        settings,
+        args.listen,
+        web_config=web_config,
+        loader=lambda: load_configs(args),
+        lifecycle=args.lifecycle,
+        max_connections=args.max_connections,
     )
     try:
         asyncio.run(_serve(exporter))

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -30,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.web.auth import BasicAuth
 from exporter.web.exposition import Exposition, Rendering
+from exporter.web.refusals import ERROR, OUT_OF_FILE_DESCRIPTORS, TOO_MANY_CONNECTIONS, Refusals
 
 log = logging.getLogger("exporter")
 
@@ -133,6 +136,22 @@ def _response(status: bytes, content_type: bytes, body: bytes, keep_alive: bool)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """At most ``max_connections`` open at once (the threads' and ``loop_connections()``, aiohttp's); refusals are
+    counted in ``refusals``."""
+
+    max_connections: int
+    loop_connections: Callable[[], int]
+    refusals: Refusals
+
+
+# Errors of accept() that mean the process (or system) is out of descriptors or memory: wait, do not spin.
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+FIRST_ACCEPT_PAUSE_SECONDS = 0.05
+MAX_ACCEPT_PAUSE_SECONDS = 1.0
+
+
 class ScrapeThreads:
     """Accepts on ``sockets``; serves scrapes from ``exposition`` on threads; hands every other connection to
     ``adopt`` on ``loop`` (or every connection, with ``tls``). ``auth`` is read at each request (a reload replaces
@@ -146,8 +165,10 @@ class ScrapeThreads:
         loop: asyncio.AbstractEventLoop,
         adopt: Callable[[socket.socket], None],
         tls: ssl.SSLContext | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._sockets = sockets
+        self._limits = limits or ConnectionLimits(1_000_000, lambda: 0, Refusals())
         self._exposition = exposition
         self._auth = auth
         self._loop = loop
@@ -155,6 +176,8 @@ class ScrapeThreads:
         self._tls = tls
         self._lock = threading.Lock()
         self._serving: dict[socket.socket, threading.Thread] = {}
+        # Connections handed to the loop and not yet taken by aiohttp (counted against the connection limit).
+        self._handing_over = 0
         self._stopping = False
         # The latest answer: (rendering, the time its lag lines were written at, keep-alive, response bytes).
         self._shared: tuple[Rendering, float, bool, bytes] | None = None
@@ -195,7 +218,10 @@ class ScrapeThreads:
             for sock in self._sockets:
                 selector.register(sock, selectors.EVENT_READ)
             selector.register(self._wake_read, selectors.EVENT_READ)
+            pause = 0.0
             while not self._stopping:
+                if pause and self._wait(pause):
+                    return
                 for key, _ in selector.select():
                     if key.fileobj is self._wake_read:
                         return
@@ -204,14 +230,41 @@ class ScrapeThreads:
                         conn, _ = key.fileobj.accept()
                     except (BlockingIOError, InterruptedError):
                         continue
-                    except OSError as exc:  # out of file descriptors, for one: the client will try again
-                        log.warning("accepting a connection failed", extra={"reason": type(exc).__name__})
+                    except OSError as exc:
+                        if exc.errno in _EXHAUSTED:
+                            # Out of descriptors: the listening socket stays readable, so accepting again at once
+                            # would spin (and log) as fast as the CPU goes. Pause, longer each time, until one fits.
+                            pause = min(MAX_ACCEPT_PAUSE_SECONDS, max(FIRST_ACCEPT_PAUSE_SECONDS, pause * 2))
+                            self._limits.refusals.count(OUT_OF_FILE_DESCRIPTORS, exc.strerror or "")
+                            break
+                        self._limits.refusals.count(ERROR, type(exc).__name__)
+                        continue
+                    pause = 0.0
+                    if self.open_connections() >= self._limits.max_connections:
+                        self._limits.refusals.count(TOO_MANY_CONNECTIONS, f"{self._limits.max_connections} open")
+                        conn.close()
                         continue
                     try:
                         self._take(conn)
                     except Exception:  # a bug, or no thread to be had: never stop accepting for it
                         log.exception("taking a connection failed")
                         conn.close()
+
+    def open_connections(self) -> int:
+        """Served by threads, on their way to the loop, and held by aiohttp."""
+        with self._lock:
+            here = len(self._serving) + self._handing_over
+        return here + self._limits.loop_connections()
+
+    def adopted(self) -> None:
+        """The loop took over a connection handed to it (or dropped it): it is counted by aiohttp from now on."""
+        with self._lock:
+            self._handing_over -= 1
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when stopped; whether it was stopped."""
+        readable, _, _ = select.select([self._wake_read], [], [], seconds)
+        return bool(readable) or self._stopping
 
     def _take(self, conn: socket.socket) -> None:
         with self._lock:
@@ -231,6 +284,8 @@ class ScrapeThreads:
 
     def _hand_over(self, conn: socket.socket) -> None:
         self.handed_over += 1  # before the hand-over, for the same reason
+        with self._lock:
+            self._handing_over += 1
         conn.setblocking(False)
         try:
             self._loop.call_soon_threadsafe(self._adopt, conn)

@@ -24,12 +24,16 @@ from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
 from exporter.web.landing import render as render_landing
+from exporter.web.refusals import Refusals
 from exporter.web.runbooks import page as runbook_page
-from exporter.web.scrape_thread import ScrapeThreads, listening_sockets
+from exporter.web.scrape_thread import KEEP_ALIVE_SECONDS, ConnectionLimits, ScrapeThreads, listening_sockets
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 CHALLENGE = 'Basic realm="bitbucket-mirror-exporter", charset="UTF-8"'
+
+
+DEFAULT_MAX_CONNECTIONS = 1000
 
 
 @dataclass
@@ -54,6 +58,12 @@ class Served:
     max_rendering_age: float = MAX_AGE_SECONDS
     # POST /-/reload is served only with --web.enable-lifecycle (as Prometheus): otherwise 403, and SIGHUP reloads.
     lifecycle: bool = True
+    # What the HTTP side refused, by reason (exporter/web/refusals.py).
+    refusals: Refusals = field(default_factory=Refusals)
+    # Connections open at once, at most (--web.max-connections); more are closed as they are accepted.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_seconds: float = KEEP_ALIVE_SECONDS
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -206,13 +216,28 @@ class Server:
     async def start(self) -> None:
         exposition = exposition_of(self.served)
         self._runner = web.AppRunner(
-            make_app(self.served, exposition), access_log=None, handle_signals=False, shutdown_timeout=STOP_SECONDS
+            make_app(self.served, exposition),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=STOP_SECONDS,
+            # aiohttp's own default keeps an idle connection an hour.
+            keepalive_timeout=self.served.keep_alive_seconds,
+            # Requests aiohttp cannot parse are counted and logged once per change of kind, not once each.
+            logger=self.served.refusals.logger,
         )
         await self._runner.setup()
         sockets = listening_sockets(self.host, self.port)
         loop = asyncio.get_running_loop()
         exposition.start()
-        self._threads = ScrapeThreads(sockets, exposition, lambda: self.served.auth, loop, self._adopt, self.tls)
+        self._threads = ScrapeThreads(
+            sockets,
+            exposition,
+            lambda: self.served.auth,
+            loop,
+            self._adopt,
+            self.tls,
+            limits=ConnectionLimits(self.served.max_connections, self._loop_connections, self.served.refusals),
+        )
         self._threads.start()
         self._rendering = asyncio.create_task(exposition.keep_fresh())
         self.port = self._threads.port
@@ -221,10 +246,17 @@ class Server:
     def scrape_threads(self) -> ScrapeThreads | None:
         return self._threads
 
+    def _loop_connections(self) -> int:
+        """Connections aiohttp holds now (any thread may ask: a length read is atomic)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     def _adopt(self, conn: socket.socket) -> None:
         """On the event loop: serve a connection the scrape threads handed over with aiohttp."""
         if self._runner is None or self._runner.server is None:
             conn.close()
+            if self._threads is not None:
+                self._threads.adopted()
             return
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(self._connect(loop, self._runner.server, conn))
@@ -236,6 +268,9 @@ class Server:
             await loop.connect_accepted_socket(server, conn, ssl=self.tls)
         except OSError:  # a client that left, or failed the TLS handshake (SSLError and timeouts are OSErrors)
             conn.close()
+        finally:
+            if self._threads is not None:
+                self._threads.adopted()
 
     async def stop(self) -> None:
         if self._threads is not None:

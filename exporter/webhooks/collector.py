@@ -35,7 +35,7 @@ def webhook_metrics(receiver: Receiver, deliveries: list[Delivery] | None = None
     requests = CounterMetricFamily(
         "bitbucket_mirror_webhook_requests",
         "Webhook deliveries received, by event (repo:refs_changed, mirror:repo_synchronized, diagnostics:ping, "
-        "other) and outcome (accepted, replayed, unknown_event, bad_signature, too_large, malformed, "
+        "other) and outcome (accepted, replayed, unknown_event, bad_signature, too_large, too_slow, malformed, "
         "secret_unreadable).",
         labels=["event", "outcome"],
     )

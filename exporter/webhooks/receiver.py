@@ -7,6 +7,7 @@ the raw body>``. A request the receiver refuses is answered at once and counted 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -39,10 +40,13 @@ BAD_SIGNATURE = "bad_signature"
 TOO_LARGE = "too_large"
 MALFORMED = "malformed"
 NO_SECRET = "secret_unreadable"
+TOO_SLOW = "too_slow"
 
 
 # How far an event's date may be from the exporter's clock: Bitbucket sends events as they happen.
 MAX_DATE_SKEW_SECONDS = 86400.0
+# A body must arrive within this long: a client that trickles it holds a connection and a task for nothing.
+BODY_SECONDS = 10.0
 
 
 class Malformed(ValueError):
@@ -146,6 +150,7 @@ class Receiver:
             UNKNOWN_EVENT: 202,
             BAD_SIGNATURE: 401,
             TOO_LARGE: 413,
+            TOO_SLOW: 408,
             MALFORMED: 400,
             NO_SECRET: 503,
         }[outcome]
@@ -169,7 +174,11 @@ class Receiver:
         event = request.headers.get("X-Event-Key", "")
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return self._count(event, TOO_LARGE)
-        body = await _read_whole(request, config.max_body_bytes)
+        try:
+            async with asyncio.timeout(BODY_SECONDS):
+                body = await _read_whole(request, config.max_body_bytes)
+        except TimeoutError:
+            return self._count(event, TOO_SLOW)
         if body is None:
             return self._count(event, TOO_LARGE)
         signed = self._signed(config, body, request.headers.get("X-Hub-Signature"))
