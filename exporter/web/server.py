@@ -24,6 +24,7 @@ from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
 from exporter.web.landing import render as render_landing
+from exporter.web.protocol import HEAD_SECONDS, BoundedRequestHandler
 from exporter.web.refusals import Refusals
 from exporter.web.runbooks import page as runbook_page
 from exporter.web.scrape_thread import KEEP_ALIVE_SECONDS, ConnectionLimits, ScrapeThreads, listening_sockets
@@ -64,6 +65,8 @@ class Served:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     # An idle keep-alive connection is closed after this long.
     keep_alive_seconds: float = KEEP_ALIVE_SECONDS
+    # A request head must arrive whole within this long of its first byte (exporter/web/protocol.py).
+    head_seconds: float = HEAD_SECONDS
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -216,14 +219,7 @@ class Server:
     async def start(self) -> None:
         exposition = exposition_of(self.served)
         self._runner = web.AppRunner(
-            make_app(self.served, exposition),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=STOP_SECONDS,
-            # aiohttp's own default keeps an idle connection an hour.
-            keepalive_timeout=self.served.keep_alive_seconds,
-            # Requests aiohttp cannot parse are counted and logged once per change of kind, not once each.
-            logger=self.served.refusals.logger,
+            make_app(self.served, exposition), handle_signals=False, shutdown_timeout=STOP_SECONDS, **self._handling()
         )
         await self._runner.setup()
         sockets = listening_sockets(self.host, self.port)
@@ -263,9 +259,25 @@ class Server:
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
 
+    def _handling(self) -> dict[str, Any]:
+        """How aiohttp handles each connection."""
+        return {
+            "access_log": None,
+            # aiohttp's own default keeps an idle connection an hour.
+            "keepalive_timeout": self.served.keep_alive_seconds,
+            # Requests aiohttp cannot parse are counted and logged once per change of kind, not once each.
+            "logger": self.served.refusals.logger,
+        }
+
     async def _connect(self, loop: asyncio.AbstractEventLoop, server: web.Server, conn: socket.socket) -> None:
+        def handler() -> BoundedRequestHandler:
+            refusals, head_seconds = self.served.refusals, self.served.head_seconds
+            return BoundedRequestHandler(
+                server, loop=loop, refusals=refusals, head_seconds=head_seconds, **self._handling()
+            )
+
         try:
-            await loop.connect_accepted_socket(server, conn, ssl=self.tls)
+            await loop.connect_accepted_socket(handler, conn, ssl=self.tls)
         except OSError:  # a client that left, or failed the TLS handshake (SSLError and timeouts are OSErrors)
             conn.close()
         finally:

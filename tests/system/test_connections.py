@@ -210,3 +210,35 @@ class Recorder(logging.Handler):
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+async def test_a_request_head_that_does_not_arrive_whole_is_dropped_first_or_later_on_a_connection() -> None:
+    config = {"primary": {"url": "http://127.0.0.1:9"}, "poll": {"interval_seconds": 60}}
+    exporter = Exporter(settings_from_mapping(config), ListenAddress(LOOPBACK, 0))
+    exporter._served.head_seconds = 1.0  # 10 s in production
+    await exporter.start()
+    try:
+        # The first request of a connection, trickled: a head without its end.
+        reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert 0.5 < time.monotonic() - started < 5
+        writer.close()
+        # A later request on a kept-alive connection (aiohttp's by then), trickled the same way.
+        reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        writer.write(b"GET / HTTP/1.1\r\nHo")
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert 0.5 < time.monotonic() - started < 5
+        writer.close()
+        assert exporter._served.refusals.counts.get("head_timeout") == 2
+    finally:
+        await exporter.stop()
