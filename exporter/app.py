@@ -35,7 +35,7 @@ from exporter.rest.models import MirrorServer
 from exporter.rest.nodes import NodeFleet
 from exporter.rest.poller import DriftJob, MirrorPoller, PrimaryPoller
 from exporter.rest.push_dating import PushDating
-from exporter.sources import Poller, poll_forever, run_source
+from exporter.sources import Poller, next_start, poll_forever, run_source
 from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
 from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
@@ -89,7 +89,13 @@ def nodes_of(
 class Polling:
     """Everything one configuration polls: a client session, the pollers and their tasks. A reload replaces it."""
 
-    def __init__(self, settings: Settings, state: ExporterState, resolver: AbstractResolver | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: ExporterState,
+        resolver: AbstractResolver | None,
+        resume_anchor: float | None = None,
+    ) -> None:
         self.settings = settings
         self.state = state
         self._resolver = resolver
@@ -107,6 +113,9 @@ class Polling:
         self.client: BitbucketClient | None = None
         # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
         self._anchor = 0.0
+        # The previous configuration's grid, when this one replaces it (a reload): targets already polled keep their
+        # phase, so reloads do not add cycles (a reload every second would otherwise poll every second).
+        self._resumed_anchor = resume_anchor
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -122,7 +131,7 @@ class Polling:
         self.client.max_rows = self._max_rows
         primary = self.settings.primary
         interval = self.settings.poll.interval_seconds
-        self._anchor = time.monotonic()
+        self._anchor = self._resumed_anchor if self._resumed_anchor is not None else time.monotonic()
         primary_api = PrimaryApi(self.client, primary.url, primary)
         self._primary = PrimaryPoller(
             self.state.primary,
@@ -190,8 +199,17 @@ class Polling:
 
     def _spawn(self, poller: Poller) -> asyncio.Task[None]:
         """A poll loop on the shared grid. Node loops come and go with farmNodes: they are kept in a set they leave
-        when they end, so a farm whose node list flaps does not grow it."""
-        task = asyncio.create_task(poll_forever(poller, self.settings.poll.interval_seconds, self._stop, self._anchor))
+        when they end, so a farm whose node list flaps does not grow it. After a reload, a target already polled
+        waits for the grid's next point (its phase kept); a new one is polled at once."""
+        interval = self.settings.poll.interval_seconds
+        state = getattr(poller, "state", None)
+        polled_before = (getattr(state, "cycles", 0) or 0) > 0
+        first_at = (
+            next_start(time.monotonic(), interval, self._anchor)
+            if self._resumed_anchor is not None and polled_before
+            else None
+        )
+        task = asyncio.create_task(poll_forever(poller, interval, self._stop, self._anchor, first_at))
         self._loops.add(task)
         task.add_done_callback(self._loops.discard)
         return task
@@ -251,6 +269,11 @@ class Polling:
             names.add(name)
             self._discovered[url] = (state, self._start_mirror(state, self.settings.primary)[1])
             log.info("mirror discovered", extra={"mirror": name, "url": state.url})
+
+    @property
+    def anchor(self) -> float:
+        """The grid this configuration's REST loops start their cycles on (monotonic)."""
+        return self._anchor
 
     def _max_rows(self) -> int:
         """poll.max_rows, else 10 x the primary's repository count (a mirror lists no more than the primary has),
@@ -445,13 +468,14 @@ class Exporter:
                 raise ConfigError(f"{WEB_FLAG}: tls_server_config: {exc}") from None
 
     async def _apply(self, settings: Settings, web_config: WebConfig) -> None:
-        # The old pollers stop first, so no target is ever polled twice at once.
+        # The old pollers stop first, so no target is ever polled twice at once; the new ones keep their grid.
         await self._polling.stop()
         self.state = carry_over(self.state, settings)
         self.settings, self._web_config = settings, web_config
         # Checks already made stay remembered (their key holds the hash), and so do the addresses that kept failing.
         self._served.auth = BasicAuth(web_config.basic_auth_users, previous=self._served.auth)
-        self._polling = Polling(settings, self.state, self._resolver)
+        same_interval = settings.poll.interval_seconds == self._polling.settings.poll.interval_seconds
+        self._polling = Polling(settings, self.state, self._resolver, self._polling.anchor if same_interval else None)
         await self._polling.start()
 
     async def _expire_pushes(self) -> None:

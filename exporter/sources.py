@@ -234,10 +234,16 @@ def next_start(now: float, interval: float, anchor: float) -> float:
     return anchor + math.ceil((now - anchor) / interval) * interval
 
 
-async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None) -> None:
-    """Poll now, then every ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles
-    start on the grid ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that
-    overruns skips to the next grid point); without one, ``interval`` after the start of the previous cycle."""
+async def poll_forever(
+    poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None, first_at: float | None = None
+) -> None:
+    """Poll now (or at ``first_at``, monotonic: a target carried over a reload keeps its phase), then every
+    ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles start on the grid
+    ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that overruns skips to
+    the next grid point); without one, ``interval`` after the start of the previous cycle."""
+    if first_at is not None and first_at > time.monotonic():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=first_at - time.monotonic())
     while not stop.is_set():
         started = time.monotonic()
         await poller.poll_once()

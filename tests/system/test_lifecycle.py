@@ -220,3 +220,33 @@ async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() 
         elapsed = time.monotonic() - started
         assert 2 <= len(loads) <= elapsed / interval + 1, (len(loads), elapsed)
         assert all(later - earlier >= interval * 0.95 for earlier, later in itertools.pairwise(loads)), loads
+
+
+async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_cycles() -> None:
+    from exporter.config import Settings
+    from exporter.web.config import WebConfig
+
+    current: dict[str, Settings] = {}
+
+    def loader() -> tuple[Settings, WebConfig]:
+        return current["settings"], WebConfig()
+
+    interval = 1.0
+    async with running_farm(Scenario(repositories=4), ["9.x", "8.x"], loader=loader, interval=interval) as run:
+        current["settings"] = run.exporter.settings
+        await run.wait_ready()
+        await run.next_cycles(1)
+        before = dict((await run.truth())["primary_requests"])
+        started = time.monotonic()
+        for _ in range(20):  # 20 reloads in about a second
+            assert await run.exporter.reload() == (True, "config reloaded")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
+        elapsed = time.monotonic() - started
+        after = (await run.truth())["primary_requests"]
+        cycles = after["repos"] - before["repos"]
+        # One listing request a cycle (4 repositories, one page): the cycles the time allows, not one per reload.
+        assert cycles <= elapsed / interval + 1, (cycles, elapsed)
+        assert after["mirror_servers"] - before["mirror_servers"] <= elapsed / interval + 1
+        # And the targets are still polled, on the same grid.
+        await run.next_cycles(1, within=10)
