@@ -1,5 +1,7 @@
-"""Passwords given inline or in files (Kubernetes Secret mounts). A file is checked on every use and read again only
-when it changed (its inode, size or modification time), so a rotated secret applies at once.
+"""Passwords given inline or in files (Kubernetes Secret mounts). A file is looked at again at most once a second
+(``RECHECK_SECONDS``) and read again only when it changed (its inode, size or modification time), so a rotated secret
+applies within a second. Code on the event loop calls ``prepare`` first: the look and the read then happen on a
+thread, and the synchronous ``read_secret_file`` finds the answer cached.
 
 A secret file must be a regular file of at most ``MAX_SECRET_BYTES``: it is opened non-blocking after ``stat`` says
 it is one, so a FIFO, a device (``/dev/zero``) or a huge file is refused with a clear error instead of freezing or
@@ -8,22 +10,49 @@ exhausting the exporter.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 MAX_SECRET_BYTES = 64 * 1024
 
-# Path -> (what stat said when it was read, the secret): read again only when the file changed.
-_cache: dict[str, tuple[tuple[int, int, int, int], SecretStr]] = {}
+RECHECK_SECONDS = 1.0
+
+# Path -> (what stat said when it was read, the secret, when stat was last asked (monotonic)).
+_cache: dict[str, tuple[tuple[int, int, int, int], SecretStr, float]] = {}
 _cache_lock = threading.Lock()
+
+
+def _recent(path: Path) -> SecretStr | None:
+    with _cache_lock:
+        cached = _cache.get(str(path))
+    if cached is not None and time.monotonic() - cached[2] < RECHECK_SECONDS:
+        return cached[1]
+    return None
+
+
+async def prepare(*paths: Path | None) -> None:
+    """Look at (and if changed, read) each secret file on a thread, unless it was looked at within the last second:
+    the synchronous ``read_secret_file`` that follows finds it cached. A file that cannot be read is left for it to
+    report."""
+    for path in paths:
+        if path is not None and _recent(path) is None:
+            with contextlib.suppress(ValueError):
+                await asyncio.to_thread(_checked, path)
 
 
 def read_secret_file(path: Path) -> SecretStr:
     """The file's content, stripped; ValueError naming the file and why (never its content)."""
+    return _recent(path) or _checked(path)
+
+
+def _checked(path: Path) -> SecretStr:
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -35,11 +64,9 @@ def read_secret_file(path: Path) -> SecretStr:
     signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
     with _cache_lock:
         cached = _cache.get(str(path))
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    secret = SecretStr(_read(path))
+    secret = cached[1] if cached is not None and cached[0] == signature else SecretStr(_read(path))
     with _cache_lock:
-        _cache[str(path)] = (signature, secret)
+        _cache[str(path)] = (signature, secret, time.monotonic())
     return secret
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from exporter.config import Credentials
 from exporter.processes import Timeout, run
-from exporter.secret_files import UserPassword
+from exporter.secret_files import UserPassword, prepare
 from exporter.sources import FetchError
 
 # Reasons, also documented in docs/metrics.md.
@@ -133,6 +133,9 @@ class Git:
         """git's standard output; FetchError with one of the reasons above. ``credentials``: a username with a
         password (through the askpass helper), or a token (``Credentials``, sent as a Bearer header), offered only to
         ``url``'s scheme, host and port."""
+        if credentials is not None:
+            token_file = credentials.token_file if isinstance(credentials, Credentials) else None
+            await prepare(credentials.password_file, token_file)  # file reads off the event loop
         env, secret = self._environment(credentials, url)
         # A mirror volume owned by the syncer's user: reading it is safe, and git would refuse it otherwise.
         command = [self._git, "-c", "safe.directory=*", *NO_REDIRECTS, *args]

@@ -20,6 +20,7 @@ from exporter.jmx.exporter_text import parse_exporter_text
 from exporter.jmx.query import jmxquery_command, run_jmxquery
 from exporter.jmx.reading import NodeReading, read_node
 from exporter.node_targets import NodeTarget, node_targets
+from exporter.secret_files import prepare
 from exporter.sources import poll_forever, run_source
 from exporter.state import JmxNodeState, MirrorState
 from exporter.urls import host_for_url
@@ -107,6 +108,7 @@ class JmxPoller:
             rows = [row for page in pages for row in parse_exporter_text(page, config.attributes)]
             return read_node(rows, config.match, config.attributes)
         credentials = source.credentials
+        await prepare(credentials.password_file)  # the file read off the event loop
         password = credentials.resolved_password()
         secret = password.get_secret_value() if password is not None else None
         rows = []

@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
+from exporter.secret_files import prepare
 from exporter.sources import (
     CAPTCHA,
     CONNECT_TIMEOUT,
@@ -300,6 +301,7 @@ class BitbucketClient:
         ``affinity``, its cookies go along and the answer's replace them."""
         if params:
             url = url.update_query({k: str(v) for k, v in params.items()})
+        await prepare(credentials.password_file, credentials.token_file)  # file reads off the event loop
         headers = {"Accept": "application/json", **auth_headers(credentials)}
         attempts = self._poll.retries + 1
         for attempt in range(attempts):
@@ -339,6 +341,7 @@ class BitbucketClient:
     async def send_json(self, method: str, url: URL, credentials: Credentials, document: Any) -> Any:
         """POST or PUT a JSON document once (no retries: a write is not repeated blindly) and return the JSON answer;
         a non-2xx answer is a FetchError carrying the status and the parsed error body."""
+        await prepare(credentials.password_file, credentials.token_file)
         headers = {"Accept": "application/json", "Content-Type": "application/json", **auth_headers(credentials)}
         timeout = aiohttp.ClientTimeout(total=self._poll.timeout_seconds)
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.secret_files import read_secret_file
+from exporter.secret_files import prepare, read_secret_file
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.matching import Book, Change
 
@@ -181,7 +181,10 @@ class Receiver:
             return self._count(event, TOO_SLOW)
         if body is None:
             return self._count(event, TOO_LARGE)
-        signed = self._signed(config, body, request.headers.get("X-Hub-Signature"))
+        signature = request.headers.get("X-Hub-Signature")
+        if signature is not None:
+            await prepare(config.secret_file)  # the file read off the event loop
+        signed = self._signed(config, body, signature)
         if signed is None:
             return self._count(event, NO_SECRET)
         if not signed:

@@ -26,7 +26,7 @@ from yarl import URL
 
 from exporter.config import Settings
 from exporter.rest.client import BitbucketClient, parse_json
-from exporter.secret_files import read_secret_file
+from exporter.secret_files import prepare, read_secret_file
 from exporter.sources import FetchError
 
 NAME = "bitbucket-mirror-exporter"
@@ -218,6 +218,7 @@ class Webhooks:
         config = self._settings.webhooks
         if config.secret_file is None:
             raise SetupError("webhooks.secret_file: set it first (the webhooks are signed with that secret)")
+        await prepare(config.secret_file)
         secret = read_secret_file(config.secret_file).get_secret_value()
         offered = await self.offered_events()
         events = [e for e in EVENTS if offered is None or e in offered]

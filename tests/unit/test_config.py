@@ -120,7 +120,12 @@ def test_no_warnings_for_a_plain_config() -> None:
     assert load_settings(FIXTURES / "valid" / "minimal.yml").warnings() == []
 
 
-def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_password(tmp_path: Path) -> None:
+def test_a_secret_file_emptied_after_start_is_a_credentials_error_not_an_empty_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter import secret_files
+
+    monkeypatch.setattr(secret_files, "RECHECK_SECONDS", 0.0)  # in production the file is looked at once a second
     from exporter.rest.client import auth_headers
     from exporter.sources import CREDENTIALS, FetchError
 

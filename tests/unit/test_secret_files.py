@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from exporter import secret_files
 from exporter.secret_files import MAX_SECRET_BYTES, read_secret_file
 
 
 def test_a_secret_is_read_again_only_when_its_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secret_files, "RECHECK_SECONDS", 0.0)  # looked at every time: the read is what is counted
     path = tmp_path / "password"
     path.write_text("first\n")
     reads: list[Path] = []
@@ -51,3 +53,24 @@ def test_what_is_not_a_small_regular_file_is_refused_at_once(tmp_path: Path, kin
     message = str(refused.value)
     assert str(path) in message
     assert ("not a regular file" in message) if kind != "huge" else (f"{MAX_SECRET_BYTES // 1024} KiB" in message)
+
+
+def test_a_file_is_looked_at_at_most_once_a_second_and_prepare_does_it_on_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    path = tmp_path / "token"
+    path.write_text("one\n")
+    looked: list[str] = []
+    real = secret_files._checked
+
+    def watched(where: Path) -> SecretStr:
+        looked.append(threading.current_thread().name)
+        return real(where)
+
+    monkeypatch.setattr(secret_files, "_checked", watched)
+    asyncio.run(secret_files.prepare(path))
+    assert [read_secret_file(path).get_secret_value() for _ in range(100)] == ["one"] * 100
+    assert len(looked) == 1 and looked[0] != threading.main_thread().name  # once, and not on the loop's thread
