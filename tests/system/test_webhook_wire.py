@@ -74,11 +74,15 @@ async def test_bodies_split_at_every_segment_size_slowly_chunked_or_not_are_read
         statuses: dict[tuple[int, float, bool], int] = {}
 
         def deliver_all() -> None:
-            # Every segment size, back to back; and a few sizes slowly (1 ms apart: how a WAN link delivers).
+            # Every segment size, back to back, chunked and with a length; every size again with the segments 0.2 ms
+            # apart (chunked for even sizes); and a few sizes 1 ms apart (how a WAN link delivers them).
             for segment in range(1, SEGMENT + 1):
+                for chunked in (False, True):
+                    head, wire = request_bytes(run, body, "repo:refs_changed", chunked)
+                    statuses[(segment, 0.0, chunked)] = send_split(port, head, wire, segment, 0.0)
                 chunked = segment % 2 == 0
                 head, wire = request_bytes(run, body, "repo:refs_changed", chunked)
-                statuses[(segment, 0.0, chunked)] = send_split(port, head, wire, segment, 0.0)
+                statuses[(segment, 0.0002, chunked)] = send_split(port, head, wire, segment, 0.0002)
             for segment in (7, 100, 536, 1000, SEGMENT):
                 for chunked in (False, True):
                     head, wire = request_bytes(run, body, "repo:refs_changed", chunked)
