@@ -232,16 +232,20 @@ async def test_basic_and_bearer_auth_headers() -> None:
     assert headers[2] is None
 
 
-async def test_password_file_is_read_at_request_time(tmp_path: Any) -> None:
+async def test_password_file_is_read_again_within_a_second_of_a_change(tmp_path: Any) -> None:
+    from exporter.secret_files import RECHECK_SECONDS
+
     secret = tmp_path / "password"
     secret.write_text("first\n")
     credentials = Credentials(username="admin", password_file=secret)
     async with serve(flaky([])) as server, client() as c:
         await c.get_json(server.url, credentials)
         secret.write_text("second\n")
+        await c.get_json(server.url, credentials)  # looked at less than a second ago: the cached one still
+        await asyncio.sleep(RECHECK_SECONDS + 0.1)
         await c.get_json(server.url, credentials)
     decoded = [base64.b64decode(r.headers["Authorization"][6:]).decode() for _, r in server.requests]
-    assert decoded == ["admin:first", "admin:second"]
+    assert decoded == ["admin:first", "admin:first", "admin:second"]
 
 
 async def test_concurrency_per_host_is_limited() -> None:

@@ -9,6 +9,7 @@ by itself when the fault heals; and neither secret appears in logs, /metrics, th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -25,6 +26,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from exporter.logs import LogfmtFormatter
+from exporter.secret_files import RECHECK_SECONDS
 from exporter.simulator import Scenario, SimulatedFarm
 from tests.conftest import LOOPBACK, Running, Samples, parse_metrics, running_farm, value, wait_until
 
@@ -378,7 +380,9 @@ async def test_rotated_password_and_token_files_apply_without_a_restart(tmp_path
         (tmp_path / "password").write_text(new_password + "\n")
         (tmp_path / "token").write_text(new_token + "\n")
         rotated_at = time.time()
-        # As on real Bitbucket, the refusals locked the account behind a CAPTCHA: the admin clears it.
+        # As on real Bitbucket, the refusals locked the account behind a CAPTCHA: the admin clears it once the
+        # exporter has the new files (it looks at them once a second), or its old password would lock it again.
+        await asyncio.sleep(RECHECK_SECONDS + 0.2)
         await run.control("/sim/accounts", {"clear_captcha": True})
 
         async def accepted() -> bool:

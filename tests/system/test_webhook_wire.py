@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from exporter.secret_files import RECHECK_SECONDS
 from tests.conftest import Running, running_farm, value
 from tests.system.test_webhook_abuse import PATH, REQUESTS, SECRET, bitbucket_date, prepared, push, sign, synced
 
@@ -156,6 +157,7 @@ async def test_a_secret_file_turned_into_a_fifo_freezes_nothing(tmp_path: Path) 
         port = int(run.url.rsplit(":", 1)[1])
         secret_file.unlink()
         os.mkfifo(secret_file)  # a FIFO with no writer: opening it for reading would block for ever
+        await asyncio.sleep(RECHECK_SECONDS + 0.1)  # the file is looked at once a second
         body = json.dumps(push(1, "f" * 40)).encode()
         head, wire = request_bytes(run, body, "repo:refs_changed", chunked=False)
         started = time.monotonic()
