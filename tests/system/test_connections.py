@@ -26,6 +26,15 @@ REFUSED = "bitbucket_mirror_exporter_http_requests_refused_total"
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
+async def landing_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """``GET /`` on the connection, read to the end of its answer: served by aiohttp, which keeps it alive."""
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+    await asyncio.wait_for(reader.readexactly(length), 10)
+
+
 def idle_connections(port: int, count: int) -> list[socket.socket]:
     opened = []
     for _ in range(count):
@@ -79,11 +88,7 @@ async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
         # The landing page: served by aiohttp (not a scrape thread), which keeps the connection alive afterwards.
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
-        await asyncio.wait_for(reader.readexactly(length), 10)
+        await landing_page(reader, writer)
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the exporter
         assert time.monotonic() - started < 5
@@ -228,11 +233,7 @@ async def test_a_request_head_that_does_not_arrive_whole_is_dropped_first_or_lat
         writer.close()
         # A later request on a kept-alive connection (aiohttp's by then), trickled the same way.
         reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
-        await asyncio.wait_for(reader.readexactly(length), 10)
+        await landing_page(reader, writer)
         writer.write(b"GET / HTTP/1.1\r\nHo")
         await writer.drain()
         started = time.monotonic()

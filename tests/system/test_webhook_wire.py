@@ -9,6 +9,8 @@ import json
 import math
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,16 @@ from tests.conftest import Running, running_farm, value
 from tests.system.test_webhook_abuse import PATH, REQUESTS, SECRET, bitbucket_date, prepared, push, sign, synced
 
 SEGMENT = 1448  # a TCP segment's payload on a 1500-byte MTU
+
+
+@asynccontextmanager
+async def receiving(tmp_path: Path, max_body_bytes: int) -> AsyncIterator[tuple[Running, int]]:
+    """A farm and an exporter taking signed webhooks up to ``max_body_bytes``; the exporter's port."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    async with running_farm(prepare=prepared(secret_file, max_body_bytes=max_body_bytes)) as run:
+        await run.wait_ready()
+        yield run, int(run.url.rsplit(":", 1)[1])
 
 
 def request_bytes(run: Running, body: bytes, event: str, chunked: bool, request_id: str = "") -> tuple[bytes, bytes]:
@@ -66,11 +78,7 @@ def a_push_of(size: int, repo_id: int, to_hash: str) -> bytes:
 
 
 async def test_bodies_split_at_every_segment_size_slowly_chunked_or_not_are_read_whole(tmp_path: Path) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
-    async with running_farm(prepare=prepared(secret_file, max_body_bytes=8192)) as run:
-        await run.wait_ready()
-        port = int(run.url.rsplit(":", 1)[1])
+    async with receiving(tmp_path, 8192) as (run, port):
         body = a_push_of(2800, 1, "a" * 40)
         statuses: dict[tuple[int, float, bool], int] = {}
 
@@ -101,11 +109,7 @@ async def test_bodies_split_at_every_segment_size_slowly_chunked_or_not_are_read
 
 
 async def test_hostile_signed_payloads_are_refused_cleanly_and_replays_are_known_by_their_body(tmp_path: Path) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
-    async with running_farm(prepare=prepared(secret_file, max_body_bytes=65536)) as run:
-        await run.wait_ready()
-        port = int(run.url.rsplit(":", 1)[1])
+    async with receiving(tmp_path, 65536) as (run, port):
 
         async def deliver(document: Any, event: str = "repo:refs_changed", request_id: str = "") -> int:
             raw = document if isinstance(document, bytes) else json.dumps(document).encode()
