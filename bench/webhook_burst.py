@@ -35,6 +35,7 @@ from bench.ready import wait_ready  # noqa: E402
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 
 SECRET = "burst-secret"
+BURST_BEGINS = int(time.time())
 P99_LIMIT_MS = 50
 
 
@@ -56,7 +57,8 @@ def delivery(i: int) -> tuple[str, bytes]:
     repo = {"id": push % 500 + 1, "slug": f"repo-{push % 500 + 1}", "project": {"key": "PRJ1"}}
     change = {"ref": {"id": "refs/heads/main"}, "refId": "refs/heads/main", "fromHash": "0" * 40, "toHash": commit,
               "type": "UPDATE"}  # fmt: skip
-    date = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(1_800_000_000 + push + (i % 2)))
+    # Dated as they happen (the receiver refuses dates more than a day from its clock), a second per push.
+    date = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(BURST_BEGINS + push + (i % 2)))
     body: dict[str, Any] = {"date": date, "repository": repo, "changes": [change]}
     if i % 2 == 0:
         return "repo:refs_changed", json.dumps({**body, "eventKey": "repo:refs_changed"}).encode()

@@ -119,6 +119,9 @@ class DriftReport:
     laggard_since: float | None = None
     # When the older of the two listings compared was read: the report is as fresh as that (docs/metrics.md).
     inputs_at: float = 0.0
+    # When the earlier of the two listing walks began: every row compared was requested at or after it (the CI gate
+    # says "in sync after a push" only when this is after the push; inputs_at, a walk's end, proves nothing).
+    rows_from: float = 0.0
     # One node's report, for ``union`` (``Analysis(per_node=True)``): the primary's repositories the node lists, in
     # scope or not, and the ids it lists that the primary does not.
     matched: int = 0
@@ -242,8 +245,9 @@ class Analysis:
                 )
         return done < count
 
-    def report(self, inputs_at: float | None = None) -> DriftReport:
-        """Call once, after ``step`` returned True; ``inputs_at`` defaults to ``seen_at``."""
+    def report(self, inputs_at: float | None = None, rows_from: float | None = None) -> DriftReport:
+        """Call once, after ``step`` returned True; ``inputs_at`` defaults to ``seen_at``, ``rows_from`` (when the
+        earlier walk began) to 0: nothing proven."""
         counts = dict(self._counts)
         extra = len(self._mirror) - self._matched
         extra_ids: tuple[str, ...] = ()
@@ -253,7 +257,9 @@ class Analysis:
                 extra_ids = tuple(repo_id for repo_id in self._mirror if repo_id not in self._primary)
         self._kept.sort(key=_worst_first)
         at = self._seen_at if inputs_at is None else inputs_at
-        return DriftReport(counts, self._since, self._kept, self._laggard_since, at, self._matched, extra_ids)
+        return DriftReport(
+            counts, self._since, self._kept, self._laggard_since, at, rows_from or 0.0, self._matched, extra_ids
+        )
 
 
 # From worst to best: a farm's repository is as bad as on its worst node.
@@ -323,7 +329,8 @@ def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
         counts[RepoState.EXTRA] = len(extra)
     kept.sort(key=_worst_first)
     inputs_at = min((report.inputs_at for report in nodes), default=0.0)
-    return DriftReport(counts, since_by_repo, kept, laggard, inputs_at, nodes=len(nodes))
+    rows_from = min((report.rows_from for report in nodes), default=0.0)
+    return DriftReport(counts, since_by_repo, kept, laggard, inputs_at, rows_from, nodes=len(nodes))
 
 
 def analyse(

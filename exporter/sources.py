@@ -76,6 +76,9 @@ class SourceState(Generic[T]):
     # When ``value`` was learned: the last success, or a failed answer that still told something (a starting
     # mirror's 503 carries its state).
     value_timestamp: float | None = None
+    # When the fetch that gave ``value`` began: every page of a listing walk was requested at or after it (the CI
+    # gate's proof that a row was read after a push; a walk's end proves nothing for its first pages).
+    value_started_timestamp: float | None = None
     error_reason: str | None = None
     errors_total: dict[str, int] = field(default_factory=dict)
     # Asked only when needed (ref change activity), not every cycle: its age says nothing, only a failure does.
@@ -175,7 +178,7 @@ def free_later(*items: Any) -> None:
 
 async def run_source(target: str, name: str, state: SourceState[T], fetch: Callable[[], Awaitable[T]]) -> None:
     """Run one fetch, record its outcome and log only when the source's health changes."""
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         value = await fetch()
     except FetchError as exc:
@@ -195,6 +198,7 @@ async def run_source(target: str, name: str, state: SourceState[T], fetch: Calla
         state.success = True
         state.error_reason = None
         state.last_success_timestamp = state.value_timestamp = time.time()
+        state.value_started_timestamp = started_at
     finally:
         state.duration_seconds = time.monotonic() - started
 

@@ -81,8 +81,8 @@ class NodePoller:
                 return  # this node's listing failed: its last report rides over until its inputs are stale
             self.answered = started
             scope = scope_of(self._mirror.sync_settings.value)
-            read_at = node.repo_sync_status.last_success_timestamp
-            report = await self._drift.run(listing.take(), read_at, node.drift, scope, started, api.clock())
+            read_at, began = node.repo_sync_status.last_success_timestamp, node.repo_sync_status.value_started_timestamp
+            report = await self._drift.run(listing.take(), read_at, node.drift, scope, started, api.clock(), began)
             if report is not None:
                 node.drift = report
                 self.analysed = started

@@ -171,6 +171,7 @@ class DriftJob:
         scope: frozenset[str] | None,
         cycle_started: float,
         mirror_clock: ClockReading | None = None,
+        mirror_started: float | None = None,
     ) -> DriftReport | None:
         """The report, or None when there is no fresh primary listing to compare with (docs/metrics.md,
         "Freshness"): drift then stays unknown, never computed from old data."""
@@ -178,6 +179,7 @@ class DriftJob:
         await self.primary.listings.wait_for_cycle(cycle_started, self.interval)
         listing = self.primary.state.repositories
         primary, primary_read = listing.value, listing.last_success_timestamp
+        primary_started = listing.value_started_timestamp
         if primary is None or primary_read is None or mirror_read is None:
             return None
         if time.time() - primary_read > self.policy.stale_after:
@@ -190,7 +192,10 @@ class DriftJob:
         # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
         while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
             await asyncio.sleep(0)
-        report = analysis.report(inputs_at=min(primary_read, mirror_read))
+        rows_from = 0.0  # when both walks began; unknown: nothing is proven by this report
+        if primary_started is not None and mirror_started is not None:
+            rows_from = min(primary_started, mirror_started)
+        report = analysis.report(inputs_at=min(primary_read, mirror_read), rows_from=rows_from)
         free_later(analysis)
         del analysis
         if self.dating is not None and (listing_now := self.primary.state.repositories.value) is not None:
@@ -247,9 +252,12 @@ class MirrorPoller:
         if self._nodes is not None:
             await self._nodes.cycle(cycle_started)
         elif read.ready:  # this cycle's listing failed: the last report rides over until its inputs are stale
-            mirror_read = s.repo_sync_status.last_success_timestamp
+            listing_state = s.repo_sync_status
+            mirror_read, walk_began = listing_state.last_success_timestamp, listing_state.value_started_timestamp
             scope = scope_of(s.sync_settings.value)
-            report = await self._drift.run(read.take(), mirror_read, s.drift, scope, cycle_started, api.clock())
+            report = await self._drift.run(
+                read.take(), mirror_read, s.drift, scope, cycle_started, api.clock(), walk_began
+            )
             if report is not None:
                 s.drift = report
         s.api_family = api.family

@@ -1,8 +1,15 @@
 """The CI gate: "is my commit on the mirror yet?", answered per mirror (and node) from what the exporter knows.
 
-A commit is on a mirror when the mirror's ``mirror:repo_synchronized`` named it (webhooks), or when the exporter's
-latest listing of the mirror, read after the commit was pushed, shows the repository in sync. The answer says which
-one it used and when the exporter last knew, so a pipeline can tell "not yet" from "cannot tell".
+A commit is on a mirror only on proof (docs/webhooks.md, "The CI gate"):
+- ``by: "webhook"``: the mirror's ``mirror:repo_synchronized`` named the commit, or a later hash of its ref pushed
+  after it (a sync covers what came before it on the ref: exporter/webhooks/matching.py);
+- ``by: "listing"``: both listings compared, the primary's and the mirror's, were **begun** after the push (every row
+  was requested after it; a walk's end proves nothing for its first pages), the push's time moved onto the
+  exporter's clock by the primary's measured offset and rounded up by a second (the event's date has whole seconds),
+  and the repository in sync in them.
+Anything else is ``on_mirror: false`` with a ``reason``: ``not_synced`` (the mirror is behind), ``listing_too_old``
+(no listing begun after the push yet), ``stale`` (the exporter cannot tell now). The answer says when the exporter
+last knew, so a pipeline can tell "not yet" from "cannot tell".
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, hash_known
+from exporter.rest.client import ClockReading
 from exporter.rest.poller import scope_of
+from exporter.rest.push_dating import offset_of
 from exporter.state import ExporterState, MirrorState
 from exporter.webhooks.receiver import Receiver
 
@@ -29,16 +38,36 @@ def _repository_id(state: ExporterState, receiver: Receiver, key: str, slug: str
 
 def _in_sync(
     report: DriftReport | None, repo_id: str, upstream: PrimaryRepo | None, now: float, stale_after: float
-) -> tuple[bool | None, float, float | None]:
-    """(in sync now: None when it cannot tell, lag seconds, when the listing compared was read)."""
+) -> tuple[bool | None, float, float | None, float | None]:
+    """(in sync now: None when it cannot tell, lag seconds, when the listing compared was read, when the walks of
+    the listings compared began)."""
     if report is None or not report.fresh(now, stale_after) or upstream is None:
-        return None, 0.0, None
+        return None, 0.0, None, None
     if not hash_known(upstream.content):
-        return None, 0.0, report.inputs_at
+        return None, 0.0, report.inputs_at, report.rows_from
     diverging = next((r for r in report.repositories if r.repo_id == repo_id), None)
     if diverging is not None and diverging.state in DIVERGED:
-        return False, diverging.lag_seconds(now), report.inputs_at
-    return True, 0.0, report.inputs_at
+        return False, diverging.lag_seconds(now), report.inputs_at, report.rows_from
+    return True, 0.0, report.inputs_at, report.rows_from
+
+
+def push_on_our_clock(pushed_at: float, primary: ClockReading | None) -> float:
+    """A push's date (the primary's clock, whole seconds cut down) as the latest moment it may have been on the
+    exporter's clock: the primary's measured offset taken off, and a second added for the cut-down date."""
+    return pushed_at - offset_of(primary) + 1.0
+
+
+def _verdict(has_commit: bool, in_sync: bool | None, rows_from: float | None, after: float | None) -> dict[str, Any]:
+    """``on_mirror``, ``by`` and, when not on the mirror, ``reason``."""
+    if has_commit:
+        return {"on_mirror": True, "by": "webhook"}
+    if in_sync is None:
+        return {"on_mirror": False, "by": None, "reason": "stale"}
+    if in_sync is False:
+        return {"on_mirror": False, "by": None, "reason": "not_synced"}
+    if after is not None and rows_from is not None and rows_from >= after:
+        return {"on_mirror": True, "by": "listing"}
+    return {"on_mirror": False, "by": None, "reason": "listing_too_old"}
 
 
 def _in_scope(mirror: MirrorState, upstream: PrimaryRepo | None) -> bool:
@@ -63,14 +92,13 @@ def answer(
     commit = commit.lower()
     synced = receiver.book.synced(repo_id, commit)
     pushed_at = receiver.book.pushed_at(repo_id, commit)
-    # The listing must have been read after the push (or, not knowing the push, after the caller's ``since``).
-    after = pushed_at if pushed_at is not None else since
+    # Both listings must have been begun after the push (or, not knowing the push, after the caller's ``since``).
+    after = push_on_our_clock(pushed_at, state.primary.clock) if pushed_at is not None else since
     stale_after = state.policy.stale_after
     mirrors = []
     for mirror in state.mirrors:
-        in_sync, lag, known_at = _in_sync(mirror.drift, repo_id, upstream, now, stale_after)
+        in_sync, lag, known_at, rows_from = _in_sync(mirror.drift, repo_id, upstream, now, stale_after)
         has_commit = mirror.name in synced
-        listing_says = in_sync is True and known_at is not None and after is not None and known_at >= after
         entry: dict[str, Any] = {
             "mirror": mirror.name,
             "in_scope": _in_scope(mirror, upstream),
@@ -79,8 +107,8 @@ def answer(
             "in_sync": in_sync,
             "lag_seconds": round(lag, 3),
             "known_at": known_at,
-            "on_mirror": has_commit or listing_says,
-            "by": "webhook" if has_commit else "listing" if listing_says else None,
+            "read_from": rows_from,
+            **_verdict(has_commit, in_sync, rows_from, after),
         }
         if mirror.by_node:
             entry["nodes"] = _nodes(mirror, repo_id, upstream, now, stale_after)
@@ -98,6 +126,6 @@ def _nodes(
 ) -> Mapping[str, dict[str, Any]]:
     nodes = {}
     for name, node in sorted(mirror.nodes.items()):
-        in_sync, lag, known_at = _in_sync(node.drift, repo_id, upstream, now, stale_after)
-        nodes[name] = {"in_sync": in_sync, "lag_seconds": round(lag, 3), "known_at": known_at}
+        in_sync, lag, known_at, rows_from = _in_sync(node.drift, repo_id, upstream, now, stale_after)
+        nodes[name] = {"in_sync": in_sync, "lag_seconds": round(lag, 3), "known_at": known_at, "read_from": rows_from}
     return nodes

@@ -62,7 +62,7 @@ def _describe(entry: dict[str, Any]) -> str:
         return f"not yet (behind for {entry.get('lag_seconds', 0):.0f}s)"
     if entry.get("in_sync") is None:
         return "not yet (the exporter cannot tell now)"
-    return "not yet (in sync as of a listing read before the push)"
+    return "not yet (in sync as of listings begun before the push)"
 
 
 class Waiter:
