@@ -43,8 +43,8 @@ from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.exposition import MAX_AGE_SECONDS
 from exporter.web.server import DEFAULT_MAX_CONNECTIONS, Served, Server
-from exporter.webhooks.collector import webhook_metrics
-from exporter.webhooks.gate import answer
+from exporter.webhooks.collector import gate_metrics, webhook_metrics
+from exporter.webhooks.gate import Gate
 from exporter.webhooks.matching import Book
 from exporter.webhooks.receiver import Receiver
 from exporter.webhooks.setup import Delivery, Webhooks
@@ -111,6 +111,8 @@ class Polling:
         # Every poll loop running, mirrors' nodes included (stop cancels them all).
         self._loops: set[asyncio.Task[None]] = set()
         self.client: BitbucketClient | None = None
+        # The primary's API of this configuration (the CI gate asks it about commits); None until started.
+        self.primary_api: PrimaryApi | None = None
         # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
         self._anchor = 0.0
         # The previous configuration's grid, when this one replaces it (a reload): targets already polled keep their
@@ -132,7 +134,7 @@ class Polling:
         primary = self.settings.primary
         interval = self.settings.poll.interval_seconds
         self._anchor = self._resumed_anchor if self._resumed_anchor is not None else time.monotonic()
-        primary_api = PrimaryApi(self.client, primary.url, primary)
+        primary_api = self.primary_api = PrimaryApi(self.client, primary.url, primary)
         self._primary = PrimaryPoller(
             self.state.primary,
             primary_api,
@@ -306,6 +308,16 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy, git_mirrors=list(old.git_mirrors))
 
 
+class GateCollector(Collector):
+    """The CI gate's own numbers."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        yield from gate_metrics(self._gate)
+
+
 class WebhookCollector(Collector):
     """The webhooks' families, while webhooks are configured."""
 
@@ -369,6 +381,14 @@ class Exporter:
             lambda server_id, name: self.state.mirror_of_server(server_id, name),
         )
         self.registry.register(WebhookCollector(self))
+        # The CI gate: commits the webhooks did not bring are looked up on the primary (the current configuration's).
+        self.gate = Gate(
+            lambda: self.state,
+            self.webhooks,
+            lambda: self._polling.primary_api,
+            lambda: (self.settings.lag.page_limit, self.settings.lag.max_pages),
+        )
+        self.registry.register(GateCollector(self.gate))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._served = Served(
@@ -378,7 +398,7 @@ class Exporter:
             self._reload_over_http if loader is not None else None,
             lambda: self.settings.webhooks.path if self.settings.webhooks.enabled else None,
             self.webhooks.handle,
-            lambda key, slug, commit, since: answer(self.state, self.webhooks, key, slug, commit, since),
+            self.gate.ask,
             max_rendering_age=max_rendering_age,
             lifecycle=lifecycle,
             max_connections=max_connections,

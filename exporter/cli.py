@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     wait = commands.add_parser(
         "wait",
         help="wait until a commit is on the mirror (a CI step before cloning from it): exit 0 when it is, 1 on "
-        "timeout, 2 on usage errors",
+        "timeout, 2 on usage errors, 3 when the primary has no such commit",
     )
     wait.add_argument("--exporter", required=True, help="the exporter's base URL, e.g. http://exporter:9879")
     wait.add_argument("--repository", required=True, metavar="KEY/slug", help="project key and repository slug")

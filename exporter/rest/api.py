@@ -324,6 +324,45 @@ class PrimaryApi:
             start = next_start
         return ActivityPage(tuple(sorted(dates, reverse=True)), complete, order)
 
+    def _repository(self, project_key: str, slug: str) -> URL:
+        return URL(self._base_url.rstrip("/") + "/rest/api/latest/projects") / project_key / "repos" / slug
+
+    async def commit(self, project_key: str, slug: str, commit_id: str) -> str | None:
+        """The full id of a commit of the repository (``commit_id`` may be abbreviated), None when the primary has
+        no such commit (404)."""
+        try:
+            found = await self._client.get_json(self._repository(project_key, slug) / "commits" / commit_id,
+                                                self._credentials)  # fmt: skip
+        except FetchError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        full = found.get("id") if isinstance(found, dict) else None
+        if not isinstance(full, str) or not full.lower().startswith(commit_id.lower()):
+            raise FetchError(INVALID_RESPONSE, "commits/{id}: no id, or another commit's")
+        return full.lower()
+
+    async def first_pushed(
+        self, project_key: str, slug: str, commit_id: str, limit: int, max_pages: int
+    ) -> float | None:
+        """When a ref change first named ``commit_id`` as its new hash (the primary's clock, seconds): its push. None
+        when the pages read (at most ``max_pages``, in whatever order the server lists) do not name it."""
+        url = self._repository(project_key, slug) / "ref-change-activities"
+        found: list[float] = []
+        read = 0
+        async for values in self._client.pages(url, self._credentials, parse_page, {"limit": limit}):
+            for value in values:
+                change = value.get("refChange") if isinstance(value, dict) else None
+                if isinstance(change, dict) and str(change.get("toHash", "")).lower() == commit_id:
+                    try:
+                        found.append(created_seconds(value))
+                    except ValueError:
+                        continue
+            read += 1
+            if read >= max_pages:
+                break
+        return min(found) if found else None
+
     async def mirror_servers(self) -> list[MirrorServer]:
         values = await self._client.get_all(rest_url(self._base_url, "mirrorServers"), self._credentials)
         return parse_list(MirrorServer, values, "mirrorServers")

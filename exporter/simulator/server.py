@@ -658,6 +658,38 @@ async def ref_change_activities(request: web.Request) -> web.Response:
     return paged(request, Listing([encode(item) for item in items]), farm)
 
 
+async def commit(request: web.Request) -> web.Response:
+    """RestCommit of one of a repository's commits (9.2 spec), found by its id or an abbreviation of it (at least 4
+    hex digits, unambiguous), as Bitbucket resolves them; 404 with a REST error otherwise."""
+    farm = _farm(request)
+    repo = farm.by_slug(request.match_info["project_key"], request.match_info["slug"])
+    asked = request.match_info["commit_id"].lower()
+    if repo is None:
+        return errors(f"Repository {request.match_info['slug']} does not exist.", 404)
+    versions = [v for v in range(1, repo.content_version + 1) if repo.commit(v).startswith(asked)]
+    if len(asked) < 4 or len(versions) != 1:
+        return errors(f"Commit '{asked}' does not exist in repository '{repo.slug}'.", 404)
+    version = versions[0]
+    pushes = {p.to_version: p.at for p in repo.pushes}
+    at = int((pushes.get(version, repo.created_at) + farm.scenario.primary_clock_skew_seconds) * 1000)
+    person = {"name": "developer", "emailAddress": "developer@example.com"}
+    full = repo.commit(version)
+    return web.json_response(
+        {
+            "id": full,
+            "displayId": full[:11],
+            "author": person,
+            "authorTimestamp": at,
+            "committer": person,
+            "committerTimestamp": at,
+            "message": f"change {version}",
+            "parents": [{"id": repo.commit(version - 1), "displayId": repo.commit(version - 1)[:11]}]
+            if version > 1
+            else [],
+        }
+    )
+
+
 def _pkt(line: bytes) -> bytes:
     return f"{len(line) + 4:04x}".encode() + line
 
@@ -863,6 +895,7 @@ def primary_app(
         ref_change_activities,
         name="ref_change_activities",
     )
+    r.add_get("/rest/api/latest/projects/{project_key}/repos/{slug}/commits/{commit_id}", commit, name="commit")
     r.add_get("/sim/truth", sim_truth, name="sim_truth")
     r.add_post("/sim/mirrors/{name}", sim_mirror, name="sim_mirror")
     r.add_post("/sim/mirrors/{name}/nodes/{node}", sim_node, name="sim_node")

@@ -51,7 +51,7 @@ class Served:
     webhook_path: Callable[[], str | None] = lambda: None
     webhook: Callable[[web.Request], Awaitable[web.Response]] | None = None
     # The CI gate: (project key, slug, commit, since) -> the JSON answer, None for an unknown repository.
-    gate: Callable[[str, str, str, float | None], dict[str, Any] | None] | None = None
+    gate: Callable[[str, str, str, float | None], Awaitable[dict[str, Any] | None]] | None = None
     # The collectors' clock: the growing lag lines are written with it at each scrape (exporter/web/exposition.py).
     clock: Callable[[], float] = time.time
     # How old a rendering a scrape thread may serve; 0: every scrape waits for the event loop to render (the system
@@ -144,7 +144,7 @@ async def gate(request: web.Request) -> web.Response:
         return web.json_response({"error": "since must be a Unix timestamp"}, status=400)
     if served.gate is None:
         return web.json_response({"error": "no gate here"}, status=404)
-    found = served.gate(request.match_info["key"], request.match_info["slug"], commit, since)
+    found = await served.gate(request.match_info["key"], request.match_info["slug"], commit, since)
     if found is None:
         return web.json_response({"error": "the exporter knows no such repository"}, status=404)
     return web.json_response(found)

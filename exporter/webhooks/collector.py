@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from exporter.webhooks.gate import Gate
 from exporter.webhooks.receiver import KNOWN_EVENTS, Receiver
 from exporter.webhooks.setup import OUTCOMES, Delivery
 
@@ -95,3 +96,22 @@ def delivery_metrics(deliveries: list[Delivery]) -> Iterator[Metric]:
                     last[outcome].add_metric([delivery.scope, delivery.url, event.event], event.last[outcome])
     yield counts
     yield from last.values()
+
+
+def gate_metrics(gate: Gate) -> Iterator[Metric]:
+    """What the CI gate answered, and how long pipelines waited for their yes."""
+    requests = CounterMetricFamily(
+        "bitbucket_mirror_gate_requests",
+        "Questions to the CI gate, by outcome: on_mirror (on every mirror asked about), not_yet, unknown_commit (the "
+        "primary has no such commit), error (an unknown repository, or the primary could not be asked).",
+        labels=["outcome"],
+    )
+    for outcome, count in gate.requests.items():
+        requests.add_metric([outcome], count)
+    waits = HistogramMetricFamily(
+        "bitbucket_mirror_gate_wait_seconds",
+        "Time from the first question about a commit and mirror to the gate's first yes for them: what waiting for "
+        "mirrors costs the CI fleet.",
+    )
+    waits.add_metric([], gate.waits.cumulative(), gate.waits.total)
+    yield from (requests, waits)

@@ -14,15 +14,20 @@ last knew, so a pipeline can tell "not yet" from "cannot tell".
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, hash_known
 from exporter.rest.client import ClockReading
 from exporter.rest.poller import scope_of
 from exporter.rest.push_dating import offset_of
+from exporter.sources import FetchError
 from exporter.state import ExporterState, MirrorState
+from exporter.webhooks.matching import Histogram
 from exporter.webhooks.receiver import Receiver
 
 
@@ -83,8 +88,11 @@ def answer(
     commit: str,
     since: float | None = None,
     now: float | None = None,
+    first_push: float | None = None,
 ) -> dict[str, Any] | None:
-    """The gate's JSON answer, or None when the exporter knows no such repository."""
+    """The gate's JSON answer, or None when the exporter knows no such repository. ``first_push``: when the primary's
+    ref change activity first named the commit (its clock), for a push the webhooks did not bring; ``since``: a time
+    after the push on the exporter's clock (the first question about it), when nothing dates the push."""
     now = time.time() if now is None else now
     repo_id, upstream = _repository_id(state, receiver, key, slug)
     if not repo_id:
@@ -92,7 +100,8 @@ def answer(
     commit = commit.lower()
     synced = receiver.book.synced(repo_id, commit)
     pushed_at = receiver.book.pushed_at(repo_id, commit)
-    # Both listings must have been begun after the push (or, not knowing the push, after the caller's ``since``).
+    pushed_at = pushed_at if pushed_at is not None else first_push
+    # Both listings must have been begun after the push (or, not knowing the push, after ``since``).
     after = push_on_our_clock(pushed_at, state.primary.clock) if pushed_at is not None else since
     stale_after = state.policy.stale_after
     mirrors = []
@@ -129,3 +138,137 @@ def _nodes(
         in_sync, lag, known_at, rows_from = _in_sync(node.drift, repo_id, upstream, now, stale_after)
         nodes[name] = {"in_sync": in_sync, "lag_seconds": round(lag, 3), "known_at": known_at, "read_from": rows_from}
     return nodes
+
+
+# --- the gate as served: commits looked up on the primary, its own numbers ------------------------------------------
+
+# Seconds from the first question about a commit and mirror to the first "on the mirror": what the gate costs CI.
+WAIT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+OUTCOMES = ("on_mirror", "not_yet", "unknown_commit", "error")
+REMEMBERED = 10_000
+# A commit the primary did not have is asked again after this long (it may have been pushed since).
+MISSING_FOR_SECONDS = 30.0
+
+
+class CommitLookup(Protocol):
+    async def commit(self, project_key: str, slug: str, commit_id: str) -> str | None: ...
+
+    async def first_pushed(
+        self, project_key: str, slug: str, commit_id: str, limit: int, max_pages: int
+    ) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class CommitFacts:
+    """What the primary says of a commit the webhooks did not bring: its full id (None: no such commit) and when a ref
+    change first named it (its clock; None: no page read names it)."""
+
+    full: str | None
+    pushed_at: float | None
+    learned: float
+
+
+class Gate:
+    """Answers the CI gate: the webhooks' and listings' proof (``answer``), the primary asked once about a commit
+    the exporter never saw pushed (cached, bounded), and the gate's own counts."""
+
+    def __init__(
+        self,
+        state: Callable[[], ExporterState],
+        receiver: Receiver,
+        lookup: Callable[[], CommitLookup | None],
+        pages: Callable[[], tuple[int, int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._state = state
+        self._receiver = receiver
+        self._lookup = lookup
+        self._pages = pages  # (page size, pages at most) for the ref change activity
+        self._clock = clock
+        self._facts: OrderedDict[tuple[str, str], CommitFacts] = OrderedDict()
+        # (repository id, commit) -> when it was first asked about; (.., mirror) -> when, until its first yes.
+        self._first_asked: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._waiting: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.waits = Histogram(WAIT_BUCKETS)
+
+    async def ask(self, key: str, slug: str, commit: str, since: float | None) -> dict[str, Any] | None:
+        now = self._clock()
+        state = self._state()
+        repo_id, _ = _repository_id(state, self._receiver, key, slug)
+        if not repo_id:
+            self.requests["error"] += 1
+            return None
+        commit = commit.lower()
+        book = self._receiver.book
+        facts: CommitFacts | None = None
+        exists: bool | None = True
+        if len(commit) < 40 or (book.pushed_at(repo_id, commit) is None and not book.synced(repo_id, commit)):
+            try:
+                facts = await self._learn(key, slug, repo_id, commit, now)
+            except FetchError:
+                exists = None  # the primary could not be asked: cannot tell
+            else:
+                exists = facts.full is not None
+                commit = facts.full or commit
+        first_asked = _remember(self._first_asked, (repo_id, commit), now)
+        # Nothing dates the push: the first question came after it (a pipeline asks about what it pushed).
+        after = first_asked if since is None else max(since, first_asked)
+        found = answer(state, self._receiver, key, slug, commit, after, now, facts.pushed_at if facts else None)
+        if found is None:
+            self.requests["error"] += 1
+            return None
+        found["commit_exists"] = exists
+        mirrors: list[dict[str, Any]] = found["mirrors"]
+        if exists is not True:
+            for entry in mirrors:
+                entry.update(on_mirror=False, by=None, reason="unknown_commit" if exists is False else "stale")
+        self._count(repo_id, commit, mirrors, exists, now)
+        return found
+
+    async def _learn(self, key: str, slug: str, repo_id: str, commit: str, now: float) -> CommitFacts:
+        known = self._facts.get((repo_id, commit))
+        if known is not None and (known.full is not None or now - known.learned < MISSING_FOR_SECONDS):
+            self._facts.move_to_end((repo_id, commit))
+            return known
+        lookup = self._lookup()
+        if lookup is None:
+            raise FetchError("not_ready", "the primary is not polled yet")
+        full = await lookup.commit(key, slug, commit)
+        pushed_at = None
+        if full is not None:
+            pushed = self._receiver.book.pushed_at(repo_id, full)
+            if pushed is None:
+                limit, max_pages = self._pages()
+                pushed = await lookup.first_pushed(key, slug, full, limit, max_pages)
+            pushed_at = pushed
+        facts = self._facts[(repo_id, commit)] = CommitFacts(full, pushed_at, now)
+        while len(self._facts) > REMEMBERED:
+            self._facts.popitem(last=False)
+        return facts
+
+    def _count(self, repo_id: str, commit: str, mirrors: list[dict[str, Any]], exists: bool | None, now: float) -> None:
+        if exists is False:
+            self.requests["unknown_commit"] += 1
+            return
+        if exists is None:
+            self.requests["error"] += 1
+            return
+        for entry in mirrors:
+            key = (repo_id, commit, str(entry["mirror"]))
+            asked = _remember(self._waiting, key, now)
+            if entry["on_mirror"] and asked != math.inf:
+                self.waits.observe(max(0.0, now - asked))
+                self._waiting[key] = math.inf  # observed once: its first yes
+        self.requests["on_mirror" if mirrors and all(e["on_mirror"] for e in mirrors) else "not_yet"] += 1
+
+
+def _remember(table: OrderedDict[Any, float], key: Any, now: float) -> float:
+    """The time first remembered for ``key`` (now, if new), the table bounded to REMEMBERED entries."""
+    if key not in table:
+        table[key] = now
+        while len(table) > REMEMBERED:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return table[key]

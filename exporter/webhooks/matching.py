@@ -27,19 +27,24 @@ ZERO_HASH = "0" * 40
 
 @dataclass
 class Histogram:
-    """Cumulative-ready counts per bucket (the last one +Inf), and the sum."""
+    """Cumulative-ready counts per bucket (the last one +Inf), and the sum; ``bounds`` the buckets' upper bounds."""
 
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    bounds: tuple[float, ...] = BUCKETS
+    counts: list[int] = field(default_factory=list)
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
     def observe(self, seconds: float) -> None:
-        index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
+        index = next((i for i, bound in enumerate(self.bounds) if seconds <= bound), len(self.bounds))
         self.counts[index] += 1
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
         running, buckets = 0, []
-        for bound, count in zip((*BUCKETS, math.inf), self.counts, strict=True):
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             running += count
             buckets.append(("+Inf" if bound == math.inf else f"{bound:g}", float(running)))
         return buckets

@@ -2,7 +2,8 @@
 
 It asks the exporter's gate (``GET /api/v1/repositories/{key}/{slug}/mirrors?commit=…``) until the commit is on the
 mirror (or on every mirror), printing one line each time a mirror's state changes. Exit 0: on the mirror; 1: not within
-``--timeout``; 2: a usage error (bad arguments, refused credentials, an unknown mirror).
+``--timeout``; 2: a usage error (bad arguments, refused credentials, an unknown mirror); 3: the primary has no such
+commit (a typo in a pipeline variable: waiting would never end).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class UsageError(Exception):
     """Exit 2, with this line."""
 
 
+EXIT_UNKNOWN_COMMIT = 3
+
+
 def seconds(text: str) -> float:
     """``10m``, ``30s``, ``1h``, ``90`` (seconds)."""
     match = DURATION.match(text.strip())
@@ -53,6 +57,8 @@ class Request:
 
 
 def _describe(entry: dict[str, Any]) -> str:
+    if entry.get("reason") == "unknown_commit":
+        return "no such commit on the primary"
     if entry.get("on_mirror"):
         how = "its sync event named the commit" if entry.get("by") == "webhook" else "its listing is in sync"
         return f"on the mirror ({how})"
@@ -125,6 +131,9 @@ class Waiter:
         deadline = time.monotonic() + r.timeout
         while True:
             answer = self._ask(since)
+            if answer is not None and answer.get("commit_exists") is False:
+                self._out(f"commit not found on the primary: {r.commit} is in no branch or tag of {r.project}/{r.slug}")
+                return EXIT_UNKNOWN_COMMIT
             if answer is not None and self._done(answer):
                 return 0
             remaining = deadline - time.monotonic()

@@ -145,6 +145,10 @@ async def test_every_path_the_exporter_asks_is_in_the_specs_and_the_simulator_an
         await run.metrics_until(
             lambda s: any(k[0] == "bitbucket_mirror_webhook_deliveries" for k in s), "webhook statistics read", 15
         )
+        # The CI gate about an abbreviated commit: looked up on the primary (commits/{id}).
+        repo = run.farm.farm.repositories[3]
+        status, _ = await run.get(f"/api/v1/repositories/PRJ1/repo-3/mirrors?commit={repo.commit(1)[:10]}")
+        assert status == 200
         asked = dict(run.farm.farm.asked)
         # Walk the simulator over every one of them again (GETs, as an admin) and hold each answer to the oracle.
         await walk(asked, run.farm)
@@ -164,6 +168,7 @@ async def test_every_path_the_exporter_asks_is_in_the_specs_and_the_simulator_an
         "/api/latest/projects/{}/webhooks/{}/statistics/summary",
         "/api/latest/projects/{}/repos/{}/webhooks/{}/latest",
         "/rest/webhooks/latest/capabilities",
+        "/api/latest/projects/{}/repos/{}/commits/{}",
     ):
         assert wanted in kinds, wanted
 
