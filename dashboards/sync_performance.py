@@ -17,6 +17,7 @@ from dashboards.panels import (
     node_sel,
     push_to_sync_quantiles,
     rate,
+    sel,
     timeseries,
 )
 
@@ -136,6 +137,30 @@ def dashboard() -> g.Dashboard:
                 "Items in the farm's ref-changes queue dump (REST, not JMX) by the sync they wait for.",
                 [Query(mirror_sel("bitbucket_mirror_ref_changes_queue_items"), "{{mirror}} {{sync}}")],
                 "short",
+            ),
+        ],
+        height=8,
+    )
+    grid.row("CI gate")
+    gate_buckets = rate(sel("bitbucket_mirror_gate_wait_seconds_bucket"))
+    grid.line(
+        [
+            timeseries(
+                "CI gate answers",
+                "Questions to the CI gate (`wait`, docs/webhooks.md) per second, by outcome: on_mirror, not_yet, "
+                "unknown_commit (the primary has no such commit: a pipeline's typo), error.",
+                [Query(f"sum by (outcome) ({rate(sel('bitbucket_mirror_gate_requests_total'))})", "{{outcome}}")],
+                "reqps",
+            ),
+            timeseries(
+                "CI wait for a mirror",
+                "From a pipeline's first question about a commit and mirror to the gate's first yes: what waiting for "
+                "mirrors costs the CI fleet (p50, p90, p99).",
+                [
+                    Query(f"histogram_quantile({q}, sum by (le) ({gate_buckets}))", f"p{round(q * 100)}")
+                    for q in (0.5, 0.9, 0.99)
+                ],
+                "s",
             ),
         ],
         height=8,

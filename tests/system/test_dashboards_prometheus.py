@@ -146,8 +146,13 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             api = PrometheusAPI(run.http, port)
             outcomes: list[Outcome] = []
 
+            pushed = run.farm.farm.repositories[1]
+            gate = f"/api/v1/repositories/{pushed.project.key}/{pushed.slug}/mirrors?commit="
+            gate += pushed.commit(pushed.content_version)
+
             async def all_have_data() -> bool:
                 nonlocal outcomes
+                await run.get(gate)  # a pipeline asking: the gate's panels (frankfurt's yes ends one wait)
                 outcomes = [await api.run(q) for q in panel_queries]
                 return all(o.series > 0 and not o.error for o in outcomes)
 
