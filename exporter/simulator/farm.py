@@ -243,6 +243,8 @@ class Scenario:
     primary_clock_skew_seconds: float = 0.0
     # Seconds the primary takes for each answer: a large primary's listing takes longer than a mirror's.
     primary_latency_seconds: float = 0.0
+    # The same for every mirror's (and node's) answers: a listing walk of many pages then takes seconds.
+    mirror_latency_seconds: float = 0.0
     # Share of mirror:repo_synchronized events sent with refLimitExceeded (and so without changes).
     ref_limit_exceeded_rate: float = 0.0
     # Whether a project webhook may carry mirror:repo_synchronized (false: only repository webhooks may).
@@ -263,6 +265,20 @@ class Scenario:
 def version_at_least(version: str, *wanted: int) -> bool:
     parts = tuple(int(p) for p in version.split(".")[: len(wanted)] if p.isdigit())
     return parts >= wanted
+
+
+@dataclass
+class MidWalkPush:
+    """Pushes that land in the middle of listing walks: once every watched listing (a route name: ``repos`` for the
+    primary's, ``repo_sync_status`` for a mirror's) has served, in its current walk, a page starting at or after
+    ``after_start``. So a repository on an earlier page was read with its old hashes on both sides, and the walks end
+    after the push: the case a walk's end time cannot prove."""
+
+    repository_ids: list[int]
+    after_start: int
+    listings: set[str]
+    reached: set[str] = field(default_factory=set)
+    pushed_at: float | None = None
 
 
 class Farm:
@@ -318,8 +334,24 @@ class Farm:
         # webhook is registered (``webhooks_on``), so a farm without webhooks pays nothing.
         self.outbox: list[tuple[str, dict[str, Any]]] = []
         self.webhooks_on = False
+        # Pushes armed to land in the middle of listing walks (POST /sim/push_mid_walk).
+        self.mid_walk: MidWalkPush | None = None
         # ref-change-activities answers 401 for these repositories (no REPO_ADMIN); None: for every repository.
         self.activity_denied: set[int] | None = set()
+
+    def page_served(self, listing: str, start: int) -> None:
+        """A page of ``listing`` starting at ``start`` was served: fires an armed mid-walk push when due."""
+        armed = self.mid_walk
+        if armed is None or armed.pushed_at is not None or listing not in armed.listings:
+            return
+        if start == 0:
+            armed.reached.discard(listing)  # a new walk of this listing
+        elif start >= armed.after_start:
+            armed.reached.add(listing)
+        if armed.reached == armed.listings:
+            for repo_id in armed.repository_ids:
+                self.push(repo_id)
+            armed.pushed_at = self.now
 
     def changed(self) -> None:
         """Something the repository listings show has changed: servers render them again."""

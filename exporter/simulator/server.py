@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from exporter.simulator.accounts import Login, check
-from exporter.simulator.farm import FAULTS, Farm, FarmNode, Mirror, MirrorRepository, Repository
+from exporter.simulator.farm import FAULTS, Farm, FarmNode, MidWalkPush, Mirror, MirrorRepository, Repository
 from exporter.simulator.jmx_text import bitbucket_text, mesh_text
 from exporter.simulator.webhook_target import WebhookTarget
 
@@ -117,6 +117,7 @@ def paged(request: web.Request, listing: Listing, farm: Farm) -> web.Response:
         if not last:
             page["nextPageStart"] = start + len(values)
         body = listing.pages[(start, limit)] = encode(page)[:-1] + b',"values":[' + b",".join(values) + b"]}"
+    farm.page_served(request.match_info.route.name or "", start)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -264,6 +265,8 @@ async def farm_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if node is None and mirror.farm_nodes:
                 return errors("No healthy upstream", 503)
         request[SERVING_NODE] = node
+        if farm.scenario.mirror_latency_seconds > 0:
+            await asyncio.sleep(farm.scenario.mirror_latency_seconds)
         fault = mirror.fault_for(route) or (node.fault if node_name is not None and node is not None else None)
         if fault is not None:
             response = await _apply_fault(request, fault, handler)
@@ -865,6 +868,19 @@ async def sim_webhooks(request: web.Request) -> web.Response:
     return web.json_response({"webhooks": len(targets.webhooks), "delivered": targets.delivered})
 
 
+async def sim_push_mid_walk(request: web.Request) -> web.Response:
+    """Arm pushes that land in the middle of listing walks: ``{"repository_ids": [1], "after_start": 125,
+    "listings": ["repos", "repo_sync_status"]}`` (see farm.MidWalkPush); ``GET`` says when they landed."""
+    farm = _farm(request)
+    if request.method == "POST":
+        change = await request.json()
+        farm.mid_walk = MidWalkPush(
+            [int(r) for r in change["repository_ids"]], int(change["after_start"]), set(change["listings"])
+        )
+    armed = farm.mid_walk
+    return web.json_response({"pushed_at": armed.pushed_at if armed is not None else None})
+
+
 async def sim_delete(request: web.Request) -> web.Response:
     """Delete repositories on the primary: ``{"repository_ids": [1, 2]}``."""
     farm = _farm(request)
@@ -904,4 +920,6 @@ def primary_app(
     r.add_get("/sim/accounts", sim_accounts, name="sim_accounts_get")
     r.add_post("/sim/accounts", sim_accounts, name="sim_accounts")
     r.add_post("/sim/delete", sim_delete, name="sim_delete")
+    r.add_post("/sim/push_mid_walk", sim_push_mid_walk, name="sim_push_mid_walk")
+    r.add_get("/sim/push_mid_walk", sim_push_mid_walk, name="sim_push_mid_walk_get")
     return app

@@ -4,10 +4,12 @@ answered and how long pipelines waited."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from exporter.simulator import Scenario
-from tests.conftest import running_farm, value
+from tests.conftest import running_farm, value, wait_until
 from tests.system.test_webhooks import run_wait
 
 
@@ -48,3 +50,50 @@ async def test_an_abbreviated_commit_is_expanded_dated_from_its_push_and_proven_
         )
         waited = value(samples, "bitbucket_mirror_gate_wait_seconds_sum")
         assert waited is not None and waited > 0
+
+
+async def test_a_push_in_the_middle_of_a_walk_never_gets_a_false_yes_with_the_primarys_clock_behind() -> None:
+    # 250 repositories in pages of 25: a walk of 10 pages, 0.2 s a page. Repository 1 is on the first page; it is
+    # pushed once both walks (the primary's and the mirror's) have passed page 2, so both read it with the old hash,
+    # and both walks end well over a second after the push: "in sync" by hashes, but no proof. The primary's clock runs
+    # 20 s behind.
+    scenario = Scenario(
+        repositories=250, mirrors=1, nodes=1, page_limit_cap=25, primary_clock_skew_seconds=-20.0,
+        primary_latency_seconds=0.2, mirror_latency_seconds=0.2,
+    )  # fmt: skip
+    async with running_farm(scenario, ["9.x"], interval=1.0, page_limit=25, timeout_seconds=5.0) as run:
+        await run.wait_ready(within=30)
+        await run.next_cycles(1, within=30)
+        await run.control("/sim/mirrors/sydney", {"frozen": True})
+        await run.control(
+            "/sim/push_mid_walk", {"repository_ids": [1], "after_start": 50, "listings": ["repos", "repo_sync_status"]}
+        )
+        pushed_at: float | None = None
+
+        async def pushed() -> bool:
+            nonlocal pushed_at
+            async with run.http.get(run.farm.primary_url + "/sim/push_mid_walk") as resp:
+                pushed_at = (await resp.json())["pushed_at"]
+            return pushed_at is not None
+
+        await wait_until(pushed, 15, "the push in the middle of the walks")
+        assert pushed_at is not None
+        repo = run.farm.farm.repositories[1]
+        version = repo.content_version
+        gate = f"/api/v1/repositories/PRJ1/repo-1/mirrors?commit={repo.commit(version)}&since={pushed_at:.3f}"
+        started = time.monotonic()
+        answers: list[tuple[bool, str | None]] = []
+        thawed = False
+        while time.monotonic() - started < 60:  # every poll for a minute
+            if not thawed and time.monotonic() - started > 30:
+                await run.control("/sim/mirrors/sydney", {"frozen": False})
+                thawed = True
+            _, body = await run.get(gate)
+            entry = json.loads(body)["mirrors"][0]
+            has_it = run.farm.farm.mirrors["sydney"].repositories[1].content_version >= version
+            assert not entry["on_mirror"] or has_it, f"a false yes: {entry}"
+            answers.append((entry["on_mirror"], entry.get("reason")))
+            await asyncio.sleep(0.1)
+        reasons = {reason for on_mirror, reason in answers if not on_mirror}
+        assert reasons <= {"listing_too_old", "not_synced", "stale"} and "not_synced" in reasons
+        assert answers[-1] == (True, None)  # and once the mirror has it, the listing says so
