@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
 from exporter.git.command import Git
 from exporter.git.poller import GitMirrors
-from exporter.git.verify import RefVerifier
+from exporter.git.verify import RefsProbe, RefVerifier
 from exporter.jmx.poller import JmxPoller
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
@@ -113,6 +113,7 @@ class Polling:
         self.client: BitbucketClient | None = None
         # The primary's API of this configuration (the CI gate asks it about commits); None until started.
         self.primary_api: PrimaryApi | None = None
+        self.refs_probe: RefsProbe | None = None
         # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
         self._anchor = 0.0
         # The previous configuration's grid, when this one replaces it (a reload): targets already polled keep their
@@ -146,6 +147,9 @@ class Polling:
         if self.settings.webhooks.statistics_projects:
             self._tasks.append(asyncio.create_task(self._webhook_statistics()))
         git = self._git = Git(self.settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
+        # The CI gate's refs proof: ls-remote of a mirror (or its nodes), through the same runner and its slots.
+        mirrors_by_name = {mirror.name: mirror for mirror in self.settings.mirrors}
+        self.refs_probe = RefsProbe(git, mirrors_by_name, primary, self.settings.poll.timeout_seconds)
         if self.settings.git_mirrors or self.settings.git_mirrors_dir is not None:
             found = self.settings.git_mirrors_dir
             git_mirrors = GitMirrors(
@@ -387,6 +391,7 @@ class Exporter:
             self.webhooks,
             lambda: self._polling.primary_api,
             lambda: (self.settings.lag.page_limit, self.settings.lag.max_pages),
+            refs=lambda: self._polling.refs_probe,
         )
         self.registry.register(GateCollector(self.gate))
         ProcessCollector(registry=self.registry)

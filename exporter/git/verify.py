@@ -6,13 +6,14 @@ differs; this says which branch and which commits."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from exporter.config import MirrorConfig, PrimaryConfig
 from exporter.git.command import Git
 from exporter.git.config import GitMirrorConfig
 from exporter.git.refs import RefVerdict, compare, parse_refs
-from exporter.sources import run_source
+from exporter.sources import FetchError, run_source
 from exporter.state import MirrorState
 
 # The git mirrors' defaults: heads and tags, less pull-request refs.
@@ -51,3 +52,46 @@ class RefVerifier:
 
     async def poll_once(self) -> None:
         await run_source(self.state.name, "verify_refs", self.state.verify_refs, self._verify)
+
+
+# At most one ls-remote of a repository on a mirror (or node) in this long: the CI gate's refs proof is asked by
+# every pipeline waiting, every few seconds.
+PROBE_SECONDS = 5.0
+
+
+class RefsProbe:
+    """The CI gate's third proof (``by: "refs"``): ``git ls-remote`` of the repository on the mirror, and on each of
+    its nodes where nodes are read, shows a ref at the commit. One ls-remote per (host, repository) in
+    ``PROBE_SECONDS`` at most, through the git runner's slots; credentials through askpass, never on argv."""
+
+    def __init__(self, git: Git, mirrors: dict[str, MirrorConfig], primary: PrimaryConfig, timeout: float) -> None:
+        self._git = git
+        self._mirrors = mirrors
+        self._primary = primary
+        self._timeout = timeout
+        # (base URL, project, slug) -> (when asked, monotonic; the refs, or None when ls-remote failed)
+        self._recent: dict[tuple[str, str, str], tuple[float, dict[str, str] | None]] = {}
+
+    async def refs(self, mirror: str, bases: list[str], project: str, slug: str) -> list[dict[str, str] | None]:
+        """Each base's refs (ref -> hash), None for one that could not be read now."""
+        config = self._mirrors.get(mirror)
+        if config is None:
+            return [None for _ in bases]
+        return list(await asyncio.gather(*(self._one(config, base, project, slug) for base in bases)))
+
+    async def _one(self, config: MirrorConfig, base: str, project: str, slug: str) -> dict[str, str] | None:
+        key = (base, project, slug)
+        now = time.monotonic()
+        recent = self._recent.get(key)
+        if recent is not None and now - recent[0] < PROBE_SECONDS:
+            return recent[1]
+        url = config.clone_url_template.format(base=base.rstrip("/"), project=project, slug=slug)
+        try:
+            text = await self._git.output(["ls-remote", url], self._timeout, config.credentials_or(self._primary), url)
+            found: dict[str, str] | None = parse_refs(text)
+        except FetchError:
+            found = None
+        self._recent[key] = (now, found)
+        while len(self._recent) > 10_000:
+            self._recent.pop(next(iter(self._recent)))
+        return found

@@ -150,6 +150,13 @@ REMEMBERED = 10_000
 MISSING_FOR_SECONDS = 30.0
 
 
+class RefsLookup(Protocol):
+    """``git ls-remote`` of a repository at each of ``bases`` (a mirror, or its nodes): ref -> hash, None for one
+    that cannot be read now (exporter/git/verify.py, RefsProbe)."""
+
+    async def refs(self, mirror: str, bases: list[str], project: str, slug: str) -> list[dict[str, str] | None]: ...
+
+
 class CommitLookup(Protocol):
     async def commit(self, project_key: str, slug: str, commit_id: str) -> str | None: ...
 
@@ -179,11 +186,13 @@ class Gate:
         lookup: Callable[[], CommitLookup | None],
         pages: Callable[[], tuple[int, int]],
         clock: Callable[[], float] = time.time,
+        refs: Callable[[], RefsLookup | None] = lambda: None,
     ) -> None:
         self._state = state
         self._receiver = receiver
         self._lookup = lookup
         self._pages = pages  # (page size, pages at most) for the ref change activity
+        self._refs = refs
         self._clock = clock
         self._facts: OrderedDict[tuple[str, str], CommitFacts] = OrderedDict()
         # (repository id, commit) -> when it was first asked about; (.., mirror) -> when, until its first yes.
@@ -223,8 +232,29 @@ class Gate:
         if exists is not True:
             for entry in mirrors:
                 entry.update(on_mirror=False, by=None, reason="unknown_commit" if exists is False else "stale")
+        else:
+            await self._prove_by_refs(state, key, slug, commit, mirrors)
         self._count(repo_id, commit, mirrors, exists, now)
         return found
+
+    async def _prove_by_refs(
+        self, state: ExporterState, key: str, slug: str, commit: str, mirrors: list[dict[str, Any]]
+    ) -> None:
+        """``by: "refs"`` for a mirror not yet proven otherwise: a ref at the commit on the mirror, and on every node
+        where nodes are read (ls-remote, rate-limited by the probe)."""
+        probe = self._refs()
+        if probe is None:
+            return
+        states = {mirror.name: mirror for mirror in state.mirrors}
+        for entry in mirrors:
+            mirror = states.get(str(entry["mirror"]))
+            if entry["on_mirror"] or mirror is None or entry.get("in_scope") is False:
+                continue
+            bases = [node.url for node in mirror.nodes.values()] if mirror.by_node and mirror.nodes else [mirror.url]
+            found = await probe.refs(mirror.name, bases, key, slug)
+            if found and all(refs is not None and commit in refs.values() for refs in found):
+                entry.update(on_mirror=True, by="refs")
+                entry.pop("reason", None)
 
     async def _learn(self, key: str, slug: str, repo_id: str, commit: str, now: float) -> CommitFacts:
         known = self._facts.get((repo_id, commit))

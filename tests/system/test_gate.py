@@ -97,3 +97,19 @@ async def test_a_push_in_the_middle_of_a_walk_never_gets_a_false_yes_with_the_pr
         reasons = {reason for on_mirror, reason in answers if not on_mirror}
         assert reasons <= {"listing_too_old", "not_synced", "stale"} and "not_synced" in reasons
         assert answers[-1] == (True, None)  # and once the mirror has it, the listing says so
+
+
+async def test_refs_on_the_mirror_prove_a_commit_before_any_listing_does_and_only_when_they_show_it() -> None:
+    # Listings every 30 s: after the push, none is begun for a while, so only the mirror's refs can prove it there.
+    async with running_farm(Scenario(repositories=4, mirrors=2, nodes=1), ["9.x", "8.x"], interval=30.0) as run:
+        await run.wait_ready(within=30)
+        await run.control("/sim/mirrors/frankfurt", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [2]})
+        repo = run.farm.farm.repositories[2]
+        gate = f"/api/v1/repositories/{repo.project.key}/{repo.slug}/mirrors?commit={repo.commit(repo.content_version)}"
+        status, body = await run.get(gate)
+        assert status == 200
+        answers = {m["mirror"]: m for m in json.loads(body)["mirrors"]}
+        assert answers["sydney"]["on_mirror"] is True and answers["sydney"]["by"] == "refs"
+        assert answers["frankfurt"]["on_mirror"] is False  # frozen: its refs still show the old head
+        assert answers["frankfurt"]["reason"] == "listing_too_old"
