@@ -120,7 +120,7 @@ def answer(
             **_verdict(has_commit, in_sync, rows_from, after),
         }
         if mirror.by_node:
-            entry["nodes"] = _nodes(mirror, repo_id, upstream, now, stale_after)
+            entry["nodes"] = _nodes(mirror, repo_id, upstream, now, stale_after, after)
         mirrors.append(entry)
     return {
         "repository": {"project": key, "slug": slug, "id": repo_id},
@@ -131,12 +131,24 @@ def answer(
 
 
 def _nodes(
-    mirror: MirrorState, repo_id: str, upstream: PrimaryRepo | None, now: float, stale_after: float
+    mirror: MirrorState,
+    repo_id: str,
+    upstream: PrimaryRepo | None,
+    now: float,
+    stale_after: float,
+    after: float | None,
 ) -> Mapping[str, dict[str, Any]]:
+    """Each node's own answer from its own listing (a sync event names the farm, not a node)."""
     nodes = {}
     for name, node in sorted(mirror.nodes.items()):
         in_sync, lag, known_at, rows_from = _in_sync(node.drift, repo_id, upstream, now, stale_after)
-        nodes[name] = {"in_sync": in_sync, "lag_seconds": round(lag, 3), "known_at": known_at, "read_from": rows_from}
+        nodes[name] = {
+            "in_sync": in_sync,
+            "lag_seconds": round(lag, 3),
+            "known_at": known_at,
+            "read_from": rows_from,
+            **_verdict(False, in_sync, rows_from, after),
+        }
     return nodes
 
 
@@ -255,6 +267,9 @@ class Gate:
             if found and all(refs is not None and commit in refs.values() for refs in found):
                 entry.update(on_mirror=True, by="refs")
                 entry.pop("reason", None)
+                for node in (entry.get("nodes") or {}).values():
+                    node.update(on_mirror=True, by="refs")
+                    node.pop("reason", None)
 
     async def _learn(self, key: str, slug: str, repo_id: str, commit: str, now: float) -> CommitFacts:
         known = self._facts.get((repo_id, commit))

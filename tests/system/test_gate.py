@@ -113,3 +113,28 @@ async def test_refs_on_the_mirror_prove_a_commit_before_any_listing_does_and_onl
         assert answers["sydney"]["on_mirror"] is True and answers["sydney"]["by"] == "refs"
         assert answers["frankfurt"]["on_mirror"] is False  # frozen: its refs still show the old head
         assert answers["frankfurt"]["reason"] == "listing_too_old"
+
+
+async def test_read_node_by_node_each_node_is_answered_from_its_own_listing() -> None:
+    async with running_farm(Scenario(repositories=4, mirrors=1, nodes=2), ["9.x"], interval=0.3, nodes=True) as run:
+        await run.wait_ready()
+        await run.control("/sim/mirrors/sydney/nodes/sydney-node-2", {"frozen": True})
+        await run.control("/sim/push", {"repository_ids": [1]})
+        repo = run.farm.farm.repositories[1]
+        gate = f"/api/v1/repositories/PRJ1/repo-1/mirrors?commit={repo.commit(repo.content_version)}"
+        answer: dict[str, object] = {}
+
+        async def node_1_proven() -> bool:
+            nonlocal answer
+            answer = json.loads((await run.get(gate))[1])["mirrors"][0]
+            nodes = answer["nodes"]
+            assert isinstance(nodes, dict)
+            return bool(nodes["sydney-node-1"]["on_mirror"])
+
+        await wait_until(node_1_proven, 15, "node 1's own listing, begun after the push, in sync")
+        nodes = answer["nodes"]
+        assert isinstance(nodes, dict)
+        assert nodes["sydney-node-1"]["by"] == "listing"
+        assert nodes["sydney-node-2"]["on_mirror"] is False and nodes["sydney-node-2"]["reason"] == "not_synced"
+        # The farm: a clone may land on either node, so it is not on the mirror until every node has it.
+        assert answer["on_mirror"] is False and answer["reason"] == "not_synced"
