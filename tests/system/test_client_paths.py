@@ -31,6 +31,8 @@ OUTSIDE_THE_SPECS = {
     ("GET", "/jmx/mesh"): "jmx_exporter text (tests/fixtures/jmx_exporter/)",
     ("GET", "/rest/capabilities"): "tests/fixtures/bitbucket/capabilities.json",
     ("GET", "/rest/webhooks/latest/capabilities"): "tests/fixtures/bitbucket/webhook-capabilities.json",
+    # git's smart HTTP (the CI gate's refs proof, verify_refs): git's own protocol, read by git, not by the exporter.
+    ("GET", "/scm/{}/{}.git/info/refs"): "git's http-protocol documentation (a ref advertisement)",
 }
 # The specs give these answers no schema (or an empty one): the oracle is a fixture.
 ORACLE_FILES = {
@@ -189,7 +191,7 @@ async def walk(asked: dict[tuple[str, str], str], farm: SimulatedFarm) -> None:
             if key in ORACLE_FILES:
                 same_shape_as_oracle(json.loads(text), ORACLE_FILES[key])
                 continue
-            if key.startswith("/jmx/") or key == "/status":
+            if key.startswith(("/jmx/", "/scm/")) or key == "/status":
                 continue  # not JSON of the specs (OUTSIDE_THE_SPECS)
             body = json.loads(text)
             validated = 0
