@@ -90,9 +90,14 @@ async def scrape_while(port: int, scrapers: int, period: float, running: asyncio
         tick = 0
         while running.is_set():
             began = time.perf_counter()
-            async with http.get(url) as resp:
-                await resp.read()
-                resp.raise_for_status()
+            try:
+                async with http.get(url) as resp:
+                    await resp.read()
+                    resp.raise_for_status()
+            except aiohttp.ClientConnectionError:
+                if running.is_set():
+                    raise
+                return  # the exporter finished its cycles and stopped while this scrape was on its way
             latencies.append(time.perf_counter() - began)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * period - time.monotonic()))
