@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.core import CounterMetricFamily, Metric
 
 log = logging.getLogger("exporter")
@@ -46,11 +47,13 @@ class Refusals:
             log.warning("http request refused", extra={"reason": reason, "detail": detail[:200]})
 
     def _from_aiohttp(self, record: logging.LogRecord) -> bool:
-        """aiohttp's "Error handling request" records: counted by the exception's kind (a request it could not
-        parse: ``bad_http_message``, ``bad_http_method``, ``line_too_long``, ...), never passed on as they are."""
+        """aiohttp's records of requests it could not parse: counted by the kind (``bad_http_message``,
+        ``bad_http_method``, ``line_too_long``, ...), not passed on one by one. Anything else it logs (a bug in a
+        handler) passes on as it is, with its traceback."""
         kind = record.exc_info[1] if record.exc_info else None
-        reason = _snake(type(kind).__name__) if kind is not None else ERROR
-        self.count(reason, str(getattr(kind, "message", "")) or record.getMessage())
+        if not isinstance(kind, HttpProcessingError):
+            return True
+        self.count(_snake(type(kind).__name__), str(kind.message or "") or record.getMessage())
         return False
 
     def collect(self) -> Iterator[Metric]:

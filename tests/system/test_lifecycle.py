@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from exporter.simulator import Scenario, SimulatedFarm
@@ -181,6 +182,15 @@ async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: P
         assert any('msg="exporter stopped"' in line for line in exporter.log)
 
 
+def node_reads(truth: dict[str, Any]) -> dict[str, int]:
+    """Each node's listing requests so far."""
+    return {
+        name: node["requests"].get("repo_sync_status", 0)
+        for mirror in truth["mirrors"].values()
+        for name, node in mirror["per_node"].items()
+    }
+
+
 async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() -> None:
     from exporter.config import Settings
     from exporter.web.config import WebConfig
@@ -222,7 +232,8 @@ async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() 
         assert all(later - earlier >= interval * 0.95 for earlier, later in itertools.pairwise(loads)), loads
 
 
-async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_cycles() -> None:
+@pytest.mark.parametrize("nodes", [False, True], ids=["farm URL", "node by node"])
+async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_cycles(nodes: bool) -> None:
     from exporter.config import Settings
     from exporter.web.config import WebConfig
 
@@ -232,11 +243,14 @@ async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_c
         return current["settings"], WebConfig()
 
     interval = 1.0
-    async with running_farm(Scenario(repositories=4), ["9.x", "8.x"], loader=loader, interval=interval) as run:
+    scenario = Scenario(repositories=4)
+    async with running_farm(scenario, ["9.x", "8.x"], loader=loader, interval=interval, nodes=nodes) as run:
         current["settings"] = run.exporter.settings
         await run.wait_ready()
-        await run.next_cycles(1)
-        before = dict((await run.truth())["primary_requests"])
+        await run.next_cycles(2)
+        truth = await run.truth()
+        before = dict(truth["primary_requests"])
+        node_listings = node_reads(truth)
         started = time.monotonic()
         for _ in range(20):  # 20 reloads in about a second
             assert await run.exporter.reload() == (True, "config reloaded")
@@ -248,5 +262,8 @@ async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_c
         # One listing request a cycle (4 repositories, one page): the cycles the time allows, not one per reload.
         assert cycles <= elapsed / interval + 1, (cycles, elapsed)
         assert after["mirror_servers"] - before["mirror_servers"] <= elapsed / interval + 1
+        if nodes:  # every node's own listing too
+            later = node_reads(await run.truth())
+            assert all(later[n] - node_listings[n] <= elapsed / interval + 1 for n in later), (node_listings, later)
         # And the targets are still polled, on the same grid.
         await run.next_cycles(1, within=10)
