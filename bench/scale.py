@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -78,7 +79,9 @@ def run_client(client: str, info: dict[str, Any], *extra: str) -> dict[str, Any]
     return dict(json.loads(done.stdout.splitlines()[-1]))
 
 
-async def scrape_while(port: int, scrapers: int, period: float, running: asyncio.Event) -> list[float]:
+async def scrape_while(
+    port: int, scrapers: int, period: float, running: asyncio.Event, finished: asyncio.Event
+) -> list[float]:
     """``scrapers`` clients, each scraping /metrics every ``period`` seconds, all at the same instants (the worst
     case: a burst of simultaneous scrapes), until ``running`` is cleared. Returns latencies in seconds."""
     latencies: list[float] = []
@@ -95,9 +98,13 @@ async def scrape_while(port: int, scrapers: int, period: float, running: asyncio
                     await resp.read()
                     resp.raise_for_status()
             except aiohttp.ClientConnectionError:
+                # The exporter finishes its cycles, prints its figures and exits: a scrape on its way then finds the
+                # port closed, perhaps before the figures' line is read here. Only a refusal that lasts is a failure.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), 5)
                 if running.is_set():
                     raise
-                return  # the exporter finished its cycles and stopped while this scrape was on its way
+                return
             latencies.append(time.perf_counter() - began)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * period - time.monotonic()))
@@ -115,11 +122,12 @@ async def run_exporter(info: dict[str, Any], cycles: int, scrapers: int, period:
     assert child.stdout is not None and child.stderr is not None
     async with asyncio.timeout(1800):
         port = json.loads(await child.stdout.readline())["port"]
-        running = asyncio.Event()
+        running, finished = asyncio.Event(), asyncio.Event()
         running.set()
-        scraping = asyncio.create_task(scrape_while(port, scrapers, period, running))
+        scraping = asyncio.create_task(scrape_while(port, scrapers, period, running, finished))
         line = await child.stdout.readline()
         running.clear()
+        finished.set()
         latencies = await scraping
         errors = (await child.stderr.read()).decode()
         if await child.wait() != 0 or not line:
