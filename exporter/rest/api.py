@@ -300,7 +300,9 @@ class PrimaryApi:
         """A repository's ref changes (REPO_ADMIN): when each push reached the primary. One page of ``limit`` when
         it lists the newest first; else read on (at most ``max_pages``) towards the newest, so the pages hold the
         newest push whenever the listing ends within them."""
-        url = URL(self._base_url.rstrip("/") + "/rest/api/latest/projects") / project_key / "repos" / slug
+        # Its own walk, not ``BitbucketClient.pages``: it stops after the first page when that lists newest first, and
+        # must still know whether the page was the last (then the creation is among the dates).
+        url = self._repository(project_key, slug)
         dates: list[float] = []
         order = UNKNOWN_ORDER
         complete = False
