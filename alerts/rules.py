@@ -433,8 +433,11 @@ class _Rules:
             ),
             self.alert(
                 name="BitbucketMirrorWebhooksSilent",
+                # Where Bitbucket's statistics say its deliveries fail, WebhookDeliveriesFailing names the cause: one
+                # alert for it, not two.
                 expr=f"increase({changes}[{c.webhooks_silent_seconds}s]) > 0 and on (job, instance) {configured} "
-                f"unless on (job, instance) time() - {last_push} < {c.webhooks_silent_seconds}",
+                f"unless on (job, instance) time() - {last_push} < {c.webhooks_silent_seconds} "
+                f"unless on (job, instance) max by (job, instance) ({self._deliveries_failing()})",
                 for_=c.webhooks_silent_for,
                 severity="info",
                 summary="Bitbucket's push webhooks do not reach the exporter.",
