@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from exporter.config import PRIMARY_TARGET, LagConfig
 from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, RepoHealth, RepoState
-from exporter.rest.api import ActivityPage, PrimaryApi
+from exporter.rest.api import UNKNOWN_ORDER, ActivityPage, PrimaryApi
 from exporter.rest.client import ClockReading
-from exporter.sources import run_source
+from exporter.sources import FetchError, run_source
 from exporter.state import PrimaryState
 
 Key = tuple[str, str | None]  # (repository id, the primary's content hash)
@@ -111,9 +111,16 @@ class PushDating:
 
         async def fetch() -> ActivityPage:
             nonlocal page
-            page = await self._api.ref_change_activities(
-                repo.project_key, repo.slug, self._config.page_limit, self._config.max_pages
-            )
+            try:
+                page = await self._api.ref_change_activities(
+                    repo.project_key, repo.slug, self._config.page_limit, self._config.max_pages
+                )
+            except FetchError as exc:
+                if exc.status != 404:
+                    raise
+                # Deleted on the primary since its listing was read: nothing to date (its lag counts from first
+                # sight, and says so), and no failure of the primary's.
+                page = ActivityPage((), complete=False, order=UNKNOWN_ORDER)
             return page
 
         self.lookups += 1

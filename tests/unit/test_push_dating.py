@@ -79,6 +79,8 @@ class FakePrimary:
         self.asked.append(slug)
         if slug in self.denied:
             raise FetchError("http_401", "HTTP 401", status=401)
+        if slug not in self.pages:
+            raise FetchError("http_404", "HTTP 404: Repository not found", status=404)
         return self.pages[slug]
 
 
@@ -155,6 +157,16 @@ async def test_a_refused_lookup_falls_back_to_first_sight_and_waits_before_askin
     state.cycles = 3
     await service.date(report_for(primary, ["1"]), primary, None)
     assert api.asked == ["repo-1", "repo-1"]
+
+
+async def test_a_repository_deleted_since_the_listing_is_dated_from_first_sight_and_is_no_failure() -> None:
+    primary = listing({"1": A})
+    api = FakePrimary({})  # repo-1: 404, deleted on the primary after its listing was read
+    service, state = dating(api)
+    report = await service.date(report_for(primary, ["1"]), primary, None)
+    (repo,) = report.repositories
+    assert not repo.from_push and report.lag_sources() == (0, 1)
+    assert state.ref_change_activity.errors_total == {} and api.asked == ["repo-1"]
 
 
 async def test_push_times_come_to_the_exporters_clock_when_the_primarys_is_off() -> None:
