@@ -27,8 +27,11 @@ import bcrypt
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from exporter.app import Exporter, ListenAddress  # noqa: E402
-from exporter.config import settings_from_mapping  # noqa: E402
+from exporter.app import (  # noqa: E402
+    Exporter,
+    ListenAddress,
+    settings_from_mapping,
+)
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 from exporter.web.config import WebConfig  # noqa: E402
 

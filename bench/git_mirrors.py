@@ -39,7 +39,7 @@ from exporter.git.collector import git_metrics  # noqa: E402
 from exporter.git.command import Git  # noqa: E402
 from exporter.git.config import GitMirrorsDirConfig  # noqa: E402
 from exporter.git.poller import GitMirrorPoller  # noqa: E402
-from exporter.state import GitMirrorState  # noqa: E402
+from exporter.git.state import GitMirrorState  # noqa: E402
 
 INTERVAL = 60.0
 IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]

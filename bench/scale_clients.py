@@ -38,8 +38,8 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.app import Exporter, ListenAddress, settle_heap
-from exporter.config import PollConfig, settings_from_mapping
+from exporter.app import Exporter, ListenAddress, settings_from_mapping, settle_heap
+from exporter.config import PollConfig
 from exporter.drift import RepoState
 from exporter.rest.poller import MirrorPoller
 

@@ -1,9 +1,15 @@
-"""Wires configuration, client, pollers and the web server into one running exporter."""
+"""The composition root: the one module that knows every source. It declares the configuration's shape (the core's
+keys plus one section per source), the state (one part per source), the collectors, and wires one configuration's
+pollers under one supervisor; ``Exporter`` adds the web server and reloads.
+
+Adding a source: its package (config model, poller, state type, collector, docs), then one line each here where it
+is configured (``Settings``), held (``ExporterState``), started (``Polling.start``) and rendered
+(``MirrorFarmCollector``); docs/architecture.md, "How to add a source".
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -11,39 +17,52 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Self
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
-from exporter import __version__
-from exporter.config import PRIMARY_TARGET, ConfigError, Credentials, NodesConfig, Settings
+from exporter import __version__, config
+from exporter.config import PRIMARY_TARGET, ConfigError, CoreSettings, Credentials, MirrorTarget, cluster_port_warning
+from exporter.git import collector as git_collector
 from exporter.git.command import Git
+from exporter.git.config import GitMirrorConfig, GitMirrorsDirConfig, RefsVerification
 from exporter.git.poller import GitMirrors
+from exporter.git.state import GitState
 from exporter.git.verify import RefsProbe, RefVerifier
+from exporter.jmx.collector import jmx_metrics
+from exporter.jmx.config import JmxConfig
 from exporter.jmx.poller import JmxPoller
+from exporter.jmx.state import JmxState
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
-from exporter.rest.api import MirrorApi, PrimaryApi, normalize_url
+from exporter.rest import collector as rest_collector
+from exporter.rest import landing as rest_landing
+from exporter.rest.api import PrimaryApi
 from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
-from exporter.rest.collector import MirrorFarmCollector
-from exporter.rest.models import MirrorServer
-from exporter.rest.nodes import NodeFleet
-from exporter.rest.poller import DriftJob, MirrorPoller, PrimaryPoller
-from exporter.rest.push_dating import PushDating
-from exporter.sources import Poller, next_start, poll_forever, run_source
-from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
+from exporter.rest.config import LagConfig
+from exporter.rest.polling import RestConfig, RestPolling
+from exporter.rest.state import FarmState, MirrorState, PrimaryState
+from exporter.sources import SourceState, freshness, health_metrics, poll_forever, run_source
+from exporter.state import Policy
+from exporter.supervisor import Supervisor
 from exporter.tls import load_pair
 from exporter.web.auth import BasicAuth
 from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.exposition import MAX_AGE_SECONDS
+from exporter.web.landing import Landing
 from exporter.web.server import DEFAULT_MAX_CONNECTIONS, Served, Server
-from exporter.webhooks.collector import gate_metrics, webhook_metrics
+from exporter.webhooks.collector import GateCollector, WebhookCollector
+from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.gate import Gate
 from exporter.webhooks.matching import Book
 from exporter.webhooks.receiver import Receiver
@@ -67,6 +86,155 @@ class ListenAddress:
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
+# --- The configuration: the core's keys, one section per source -------------------------------------------------
+
+
+class MirrorConfig(RefsVerification, MirrorTarget):
+    """One ``mirrors`` entry: the core's keys (name, url, credentials, nodes), the git source's verify_refs and the
+    JMX source's ``jmx`` block."""
+
+    # The mirror nodes' JMX (sync timers, tickets); off unless set.
+    jmx: JmxConfig | None = None
+
+
+class Settings(CoreSettings):
+    """The whole configuration: the core's keys and one section per source."""
+
+    mirrors: list[MirrorConfig] = Field(default_factory=list)
+    lag: LagConfig = Field(default_factory=LagConfig)
+    # Bitbucket's webhooks: push-to-mirror latency and the CI gate (docs/webhooks.md); off unless a secret is set.
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
+    discover_mirrors: bool = False
+    # jmxquery JVMs running at once, over all mirrors; each is a JVM start (about 0.3 s of CPU).
+    jmx_concurrency: int = Field(default=4, ge=1, le=64)
+    # Plain git reference mirrors (CI fleets' shared bare repositories) compared with their remotes
+    # (docs/git-mirrors.md).
+    git_mirrors: list[GitMirrorConfig] = Field(default_factory=list)
+    git_mirrors_dir: GitMirrorsDirConfig | None = None
+    # git processes running at once over all git mirrors.
+    git_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _git_names(self) -> Self:
+        taken = {PRIMARY_TARGET, *(m.name for m in self.mirrors)}
+        seen: set[str] = set()
+        for i, git_mirror in enumerate(self.git_mirrors):
+            # The name is the `target` of the self-metrics too: it must not be a Bitbucket mirror's.
+            if git_mirror.name in taken or git_mirror.name in seen:
+                raise ValueError(
+                    f"git_mirrors[{i}].name: {git_mirror.name!r} is taken (the primary, a mirror or another git mirror)"
+                )
+            seen.add(git_mirror.name)
+        return self
+
+    @field_validator("mirrors")
+    @classmethod
+    def _unique_mirrors(cls, mirrors: list[MirrorConfig]) -> list[MirrorConfig]:
+        seen_names: set[str] = set()
+        seen_urls: set[str] = set()
+        for mirror in mirrors:
+            if mirror.name in seen_names:
+                raise ValueError(f"mirror name {mirror.name!r} is used twice")
+            if mirror.url in seen_urls:
+                raise ValueError(f"mirror url {mirror.url!r} is used twice")
+            seen_names.add(mirror.name)
+            seen_urls.add(mirror.url)
+        return mirrors
+
+    def warnings(self) -> list[str]:
+        found = super().warnings()
+        for i, mirror in enumerate(self.mirrors):
+            credentials = mirror.credentials_or(self.primary)
+            if credentials.token is not None or credentials.token_file is not None:
+                inherited = "" if mirror.is_set else " (inherited from primary)"
+                found.append(
+                    f"mirrors[{i}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
+                    "auth with an admin account (HTTP access tokens fail on admin endpoints, BSERV-10482)"
+                )
+            templates = {"nodes.url_template": mirror.nodes.url_template if mirror.nodes is not None else None}
+            if mirror.jmx is not None:
+                templates["jmx.exporter_url_template"] = mirror.jmx.exporter_url_template
+                templates["jmx.mesh_exporter_url_template"] = mirror.jmx.mesh_exporter_url_template
+            for key, template in templates.items():
+                found += cluster_port_warning(f"mirrors[{i}].{key}", mirror.name, template)
+        return found
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load and validate the configuration file (and environment), raising ConfigError with one line naming the key."""
+    return config.load_settings(Settings, path)
+
+
+def settings_from_mapping(data: dict[str, Any]) -> Settings:
+    return config.settings_from_mapping(Settings, data)
+
+
+@dataclass
+class ExporterState(FarmState):
+    """Everything the exporter learned, one part per source: the REST source's primary and mirrors (``FarmState``),
+    each mirror's JMX nodes, the git mirrors and verify_refs, and Bitbucket's statistics of the exporter's webhooks.
+    The pollers write it, the collectors and pages read it; a reload replaces it (``carry_over``)."""
+
+    jmx: JmxState = field(default_factory=dict)
+    git: GitState = field(default_factory=GitState)
+    # webhooks.statistics_projects: read on its own interval (its freshness: webhooks.statistics_interval_seconds).
+    webhook_statistics: SourceState[list[Delivery]] = field(default_factory=lambda: SourceState(on_demand=True))
+    webhook_statistics_stale_after: float = 900.0
+
+    @property
+    def stale_after(self) -> float:
+        return self.policy.stale_after
+
+    def _extra_sources(self) -> dict[str, dict[str, SourceState[Any]]]:
+        """Sources other packages poll for a REST target: the webhook statistics (the primary's), verify_refs."""
+        extra: dict[str, dict[str, SourceState[Any]]] = {
+            name: {"verify_refs": source} for name, source in self.git.verified.items() if source.polled
+        }
+        if self.webhook_statistics.polled:
+            extra[PRIMARY_TARGET] = {"webhook_statistics": self.webhook_statistics}
+        return extra
+
+    def health(self) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+        """Every source's health, in the order the families list them."""
+        yield from rest_collector.health(self, self._extra_sources())
+        yield from git_collector.health(self.git.mirrors)
+        yield from rest_collector.node_health(self)
+
+    def analyses(self) -> tuple[int, ...]:
+        """Which drift reports the state holds (each analysis makes a new one), mirrors' and nodes' alike."""
+        return tuple(id(r) for m in self.mirrors for r in (m.drift, *(n.drift for n in m.nodes.values())))
+
+    def landing(self, now: float) -> Landing:
+        differing = [
+            (str(r["mirror"]), f"{r['project']}/{r['repository']}", d["ref"], d["mirror"] or "(missing)", d["primary"])
+            for r in self.refs(now)
+            for d in r["behind"]  # type: ignore[attr-defined]
+        ]
+        sources = rest_landing.sources(self, self._extra_sources())
+        return Landing(rest_landing.COLUMNS, rest_landing.rows(self, now), sources, differing)
+
+    def refs(self, now: float) -> list[dict[str, object]]:
+        return git_collector.verified_refs(self.git.verified, now, self.policy.stale_after)
+
+
+class MirrorFarmCollector(Collector):
+    """Every source's families from the state as it is at each scrape; ``state`` returns the exporter's current state
+    (a reload replaces it) and ``clock`` the time (a test freezes it)."""
+
+    def __init__(self, state: Callable[[], ExporterState], clock: Callable[[], float] = time.time) -> None:
+        self._state = state
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        state, now = self._state(), self._clock()
+        yield from rest_collector.rest_metrics(state, now)
+        yield from jmx_metrics(state.jmx, now)
+        yield from git_collector.git_metrics(state.git.mirrors, now)
+        yield from git_collector.verified_metrics(state.git.verified, now, state.policy.stale_after)
+        yield from health_metrics(state.health())
+
+
 def policy(settings: Settings) -> Policy:
     return Policy(settings.per_repository_metrics, settings.max_repository_series, settings.poll.stale_after)
 
@@ -76,18 +244,44 @@ def build_state(settings: Settings) -> ExporterState:
         primary=PrimaryState(url=settings.primary.url),
         mirrors=[MirrorState(name=m.name, url=m.url) for m in settings.mirrors],
         policy=policy(settings),
+        webhook_statistics_stale_after=freshness(
+            settings.poll.stale_after, settings.webhooks.statistics_interval_seconds
+        ),
     )
 
 
-def nodes_of(
-    config: NodesConfig | None, credentials: Credentials, state: MirrorState
-) -> Callable[[], list[NodeTarget]]:
+def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
+    """The state for a reloaded configuration: targets whose name and URL did not change keep what was learned
+    (last good values, error counts, drift history, JMX nodes, verify_refs), so a reload does not blank the
+    dashboards. Git mirrors are followed by name (``GitMirrors.follow`` keeps a state whose name is still wanted)."""
+    new = build_state(settings)
+    if old.primary.url == new.primary.url:
+        new.primary = old.primary
+        new.webhook_statistics = old.webhook_statistics
+    kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
+    new.mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
+    names = {m.name for m in new.mirrors if any(m is k for k in kept.values())}
+    new.jmx = {name: nodes for name, nodes in old.jmx.items() if name in names}
+    new.git = GitState(list(old.git.mirrors), {n: s for n, s in old.git.verified.items() if n in names})
+    return new
+
+
+# --- Polling: one configuration's pollers under one supervisor ----------------------------------------------------
+
+
+def nodes_of(mirror: MirrorConfig, credentials: Credentials, state: MirrorState) -> Callable[[], list[NodeTarget]]:
     """The mirror's nodes as they are now: static, or from its last good farmNodes."""
-    return lambda: node_targets(config, credentials, state.farm_nodes.value or [])
+    return lambda: node_targets(mirror.nodes, credentials, state.farm_nodes.value or [])
+
+
+def farm_of(state: MirrorState) -> Callable[[], list[NodeTarget]]:
+    """The mirror's farmNodes with their addresses, whatever its nodes block says."""
+    return lambda: node_targets(None, Credentials(), state.farm_nodes.value or [])
 
 
 class Polling:
-    """Everything one configuration polls: a client session, the pollers and their tasks. A reload replaces it."""
+    """Everything one configuration polls: a client session, every source's pollers and one supervisor of their
+    tasks. A reload replaces it."""
 
     def __init__(
         self,
@@ -99,30 +293,20 @@ class Polling:
         self.settings = settings
         self.state = state
         self._resolver = resolver
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._resume_anchor = resume_anchor
+        self.supervisor = Supervisor()
         self._session: aiohttp.ClientSession | None = None
         self._git: Git | None = None
-        self._primary: PrimaryPoller | None = None
-        self.dating: PushDating | None = None
-        self._discovered: dict[str, tuple[MirrorState, asyncio.Task[None]]] = {}
-        self._mirror_pollers: dict[str, MirrorPoller] = {}
-        self._fleets: dict[str, NodeFleet] = {}
-        # Every poll loop running, mirrors' nodes included (stop cancels them all).
-        self._loops: set[asyncio.Task[None]] = set()
         self.client: BitbucketClient | None = None
+        self.rest: RestPolling | None = None
         # The primary's API of this configuration (the CI gate asks it about commits); None until started.
         self.primary_api: PrimaryApi | None = None
         self.refs_probe: RefsProbe | None = None
-        # Every REST loop starts its cycles on one grid, so each mirror's cycle meets the primary's (poller.py).
-        self._anchor = 0.0
-        # The previous configuration's grid, when this one replaces it (a reload): targets already polled keep their
-        # phase, so reloads do not add cycles (a reload every second would otherwise poll every second).
-        self._resumed_anchor = resume_anchor
 
     async def start(self) -> None:
+        settings = self.settings
         connector = aiohttp.TCPConnector(
-            ssl=self.settings.tls.context(), limit=0, resolver=self._resolver, use_dns_cache=self._resolver is None
+            ssl=settings.tls.context(), limit=0, resolver=self._resolver, use_dns_cache=self._resolver is None
         )
         # No shared cookie jar: each mirror keeps its load balancer's affinity cookie itself (rest/client.py).
         self._session = aiohttp.ClientSession(
@@ -130,109 +314,84 @@ class Polling:
             headers={"User-Agent": f"bitbucket-mirror-exporter/{__version__}"},
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.client = BitbucketClient(self._session, self.settings.poll)
-        self.client.max_rows = self._max_rows
-        primary = self.settings.primary
-        interval = self.settings.poll.interval_seconds
-        self._anchor = self._resumed_anchor if self._resumed_anchor is not None else time.monotonic()
-        primary_api = self.primary_api = PrimaryApi(self.client, primary.url, primary)
-        self._primary = PrimaryPoller(
-            self.state.primary,
-            primary_api,
-            interval,
-            on_mirror_servers=self._discover if self.settings.discover_mirrors else None,
-        )
-        # One for every mirror and node: the activity pages are the primary's, whoever diverges.
-        self.dating = PushDating(primary_api, self.state.primary, self.settings.lag)
-        if self.settings.webhooks.statistics_projects:
-            self._tasks.append(asyncio.create_task(self._webhook_statistics()))
-        git = self._git = Git(self.settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
-        # The CI gate's refs proof: ls-remote of a mirror (or its nodes), through the same runner and its slots.
-        mirrors_by_name = {mirror.name: mirror for mirror in self.settings.mirrors}
-        self.refs_probe = RefsProbe(git, mirrors_by_name, primary, self.settings.poll.timeout_seconds)
-        if self.settings.git_mirrors or self.settings.git_mirrors_dir is not None:
-            found = self.settings.git_mirrors_dir
-            git_mirrors = GitMirrors(
-                self.settings.git_mirrors,
-                found.found if found is not None else list,
-                self.state.git_mirrors,
-                git,
-                self._stop,
-                self.state.policy.stale_after,
-            )
-            self._tasks.append(asyncio.create_task(git_mirrors.run()))
-        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
-            if mirror_cfg.verify_refs:
-                timeout = self.settings.poll.timeout_seconds
-                verifier = RefVerifier(mirror_state, mirror_cfg, primary, git, timeout)
-                self._tasks.append(asyncio.create_task(poll_forever(verifier, interval, self._stop)))
-        self._tasks.append(self._spawn(self._primary))
-        jvm_slots = asyncio.Semaphore(self.settings.jmx_concurrency)
-        # At start the state holds the configured mirrors only (carry_over leaves discovered ones out).
-        for mirror_state, mirror_cfg in zip(self.state.mirrors, self.settings.mirrors, strict=True):
-            poller, _ = self._start_mirror(mirror_state, mirror_cfg.credentials_or(primary), mirror_cfg.nodes)
-            if mirror_cfg.jmx is not None:
-                credentials = mirror_cfg.credentials_or(primary)
-                jmx = JmxPoller(
-                    mirror_state,
-                    mirror_cfg.jmx,
-                    jvm_slots,
-                    poller.first_cycle.wait,
-                    self._stop,
-                    interval,
-                    max(self.state.policy.stale_after, 3 * mirror_cfg.jmx.interval_seconds),
-                    nodes=nodes_of(mirror_cfg.nodes, credentials, mirror_state),
-                    fetch_text=self._fetch_text,
-                )
-                self._tasks.append(asyncio.create_task(jmx.run()))
+        client = self.client = BitbucketClient(self._session, settings.poll)
+        client.max_rows = self._max_rows
+        await self.supervisor.start()
+        rest_config = RestConfig(
+            settings.primary, list(settings.mirrors), settings.poll.interval_seconds, settings.lag,
+            settings.discover_mirrors,
+        )  # fmt: skip
+        rest = self.rest = RestPolling(rest_config, self.state, client, self.supervisor, self._resume_anchor)
+        self.primary_api = rest.primary_api
+        rest.start()
+        self._start_webhook_statistics(client)
+        self._start_git()
+        self._start_jmx(rest)
 
-    def _start_mirror(
-        self, state: MirrorState, credentials: Credentials, nodes: NodesConfig | None = None
-    ) -> tuple[MirrorPoller, asyncio.Task[None]]:
-        assert self.client is not None and self._primary is not None and self.dating is not None
-        api = MirrorApi(self.client, state.url, credentials, state.name)
-        interval = self.settings.poll.interval_seconds
-        fleet = None
-        if nodes is not None:
-            drift = DriftJob(self._primary, self.state.policy, interval, dating=self.dating)
-            fleet = NodeFleet(state, nodes, credentials, self.client, drift, interval, self._spawn)
-            self._fleets[state.name] = fleet
-        poller = MirrorPoller(state, api, self._primary, self.state.policy, interval, fleet, self.dating)
-        task = self._spawn(poller)
-        self._tasks.append(task)
-        self._mirror_pollers[state.name] = poller
-        return poller, task
-
-    def _spawn(self, poller: Poller) -> asyncio.Task[None]:
-        """A poll loop on the shared grid. Node loops come and go with farmNodes: they are kept in a set they leave
-        when they end, so a farm whose node list flaps does not grow it. After a reload, a target already polled
-        waits for the grid's next point (its phase kept); a new one is polled at once."""
-        interval = self.settings.poll.interval_seconds
-        state = getattr(poller, "state", None)
-        polled_before = (getattr(state, "cycles", 0) or 0) > 0
-        first_at = (
-            next_start(time.monotonic(), interval, self._anchor)
-            if self._resumed_anchor is not None and polled_before
-            else None
-        )
-        task = asyncio.create_task(poll_forever(poller, interval, self._stop, self._anchor, first_at))
-        self._loops.add(task)
-        task.add_done_callback(self._loops.discard)
-        return task
-
-    async def _webhook_statistics(self) -> None:
+    def _start_webhook_statistics(self, client: BitbucketClient) -> None:
         """Bitbucket's delivery statistics of the exporter's webhooks, every statistics_interval_seconds."""
-        assert self.client is not None
         config = self.settings.webhooks
-        hooks = Webhooks(self.client, self.settings, lambda line: None)
+        if not config.statistics_projects:
+            return
+        hooks = Webhooks(client, self.settings.primary, config, lambda line: None)
+        statistics = self.state.webhook_statistics
 
-        async def read() -> list[Delivery]:
-            return await hooks.statistics(config.statistics_projects)
+        async def read() -> None:
+            await run_source(
+                PRIMARY_TARGET, "webhook_statistics", statistics, partial(hooks.statistics, config.statistics_projects)
+            )
 
-        while not self._stop.is_set():
-            await run_source(PRIMARY_TARGET, "webhook_statistics", self.state.primary.webhook_statistics, read)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=config.statistics_interval_seconds)
+        self.supervisor.spawn(poll_forever(read, config.statistics_interval_seconds), "webhook statistics")
+
+    def _start_git(self) -> None:
+        settings, stale_after = self.settings, self.state.policy.stale_after
+        git = self._git = Git(settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
+        # The CI gate's refs proof: ls-remote of a mirror (or its nodes), through the same runner and its slots.
+        probed: dict[str, tuple[RefsVerification, Credentials]] = {
+            m.name: (m, m.credentials_or(settings.primary)) for m in settings.mirrors
+        }
+        self.refs_probe = RefsProbe(
+            git, dict[str, tuple[RefsVerification, Credentials]](probed), settings.poll.timeout_seconds
+        )
+        if settings.git_mirrors or settings.git_mirrors_dir is not None:
+            found = settings.git_mirrors_dir
+            git_mirrors = GitMirrors(
+                settings.git_mirrors,
+                found.found if found is not None else list,
+                self.state.git.mirrors,
+                git,
+                self.supervisor.fleet("git mirror"),
+                stale_after,
+            )
+            self.supervisor.spawn(git_mirrors.run(), "git mirrors")
+        for mirror in settings.mirrors:
+            if mirror.verify_refs:
+                source = self.state.git.verified.setdefault(mirror.name, SourceState())
+                verifier = RefVerifier(source, mirror, mirror, settings.primary, git, settings.poll.timeout_seconds)
+                loop = poll_forever(verifier.poll_once, settings.poll.interval_seconds)
+                self.supervisor.spawn(loop, f"verify_refs:{mirror.name}")
+
+    def _start_jmx(self, rest: RestPolling) -> None:
+        settings = self.settings
+        jvm_slots = asyncio.Semaphore(settings.jmx_concurrency)
+        for mirror_state, mirror in zip(self.state.mirrors, settings.mirrors, strict=True):
+            if mirror.jmx is None:
+                continue
+            credentials = mirror.credentials_or(settings.primary)
+            jmx = JmxPoller(
+                mirror.name,
+                self.state.jmx,
+                mirror.jmx,
+                jvm_slots,
+                rest.first_cycle(mirror.name),
+                self.supervisor.fleet(f"{mirror.name} jmx node"),
+                settings.poll.interval_seconds,
+                freshness(self.state.policy.stale_after, mirror.jmx.interval_seconds),
+                farm=farm_of(mirror_state),
+                nodes=nodes_of(mirror, credentials, mirror_state),
+                fetch_text=self._fetch_text,
+            )
+            self.supervisor.spawn(jmx.run(), f"jmx:{mirror.name}")
 
     async def _fetch_text(self, url: str) -> str:
         """A jmx_exporter page: no credentials (Atlassian's chart serves them without), the top-level tls."""
@@ -240,46 +399,18 @@ class Polling:
         return await self.client.get(URL(url), Credentials(), lambda body: body.decode("utf-8", "replace"))
 
     async def poll_once(self) -> None:
-        assert self._primary is not None
-        nodes = [p for fleet in self._fleets.values() for p in fleet.pollers()]
-        await asyncio.gather(
-            self._primary.poll_once(),
-            *(p.poll_once() for p in self._mirror_pollers.values()),
-            *(p.poll_once() for p in nodes),
-        )
-
-    def _discover(self, servers: list[MirrorServer]) -> None:
-        """Follow the primary's mirrorServers: add mirrors it lists that are not configured, drop ones it no longer
-        lists. Configured mirrors win over discovered ones with the same base URL."""
-        listed = {normalize_url(s.base_url): s for s in servers if s.base_url}
-        for url in [u for u in self._discovered if u not in listed]:
-            state, task = self._discovered.pop(url)
-            task.cancel()
-            # Forget the task too, or a primary whose list flaps would grow _tasks without bound.
-            self._tasks.remove(task)
-            self.state.mirrors.remove(state)
-            del self._mirror_pollers[state.name]
-            self._fleets.pop(state.name, None)
-            log.info("discovered mirror gone", extra={"mirror": state.name})
-        configured = {normalize_url(m.url) for m in self.settings.mirrors}
-        names = {m.name for m in self.state.mirrors}
-        for url, server in listed.items():
-            if url in configured or url in self._discovered:
-                continue
-            name = server.name or server.id
-            if name in names or name == PRIMARY_TARGET:
-                name = f"{name}-{server.id}"
-            assert server.base_url is not None
-            state = MirrorState(name=name, url=server.base_url.rstrip("/"), discovered=True)
-            self.state.mirrors.append(state)
-            names.add(name)
-            self._discovered[url] = (state, self._start_mirror(state, self.settings.primary)[1])
-            log.info("mirror discovered", extra={"mirror": name, "url": state.url})
+        assert self.rest is not None
+        await self.rest.poll_once()
 
     @property
     def anchor(self) -> float:
         """The grid this configuration's REST loops start their cycles on (monotonic)."""
-        return self._anchor
+        assert self.rest is not None
+        return self.rest.anchor
+
+    @property
+    def dating_lookups(self) -> int:
+        return self.rest.dating.lookups if self.rest is not None else 0
 
     def _max_rows(self) -> int:
         """poll.max_rows, else 10 x the primary's repository count (a mirror lists no more than the primary has),
@@ -290,50 +421,11 @@ class Polling:
         return max(DEFAULT_MAX_ROWS, 10 * len(known or ()))
 
     async def stop(self) -> None:
-        self._stop.set()
-        tasks = [*self._tasks, *self._loops]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self._git is not None:
             self._git.close()  # its askpass helper's directory: one per configuration, not one per reload
         if self._session is not None:
             await self._session.close()
-
-
-def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
-    """The state for a reloaded configuration: targets whose name and URL did not change keep what was learned
-    (last good values, error counts, drift history), so a reload does not blank the dashboards."""
-    new = build_state(settings)
-    primary = old.primary if old.primary.url == new.primary.url else new.primary
-    kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
-    mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
-    # Git mirrors are followed by name (GitMirrors.follow keeps a state whose name is still configured).
-    return ExporterState(primary=primary, mirrors=mirrors, policy=new.policy, git_mirrors=list(old.git_mirrors))
-
-
-class GateCollector(Collector):
-    """The CI gate's own numbers."""
-
-    def __init__(self, gate: Gate) -> None:
-        self._gate = gate
-
-    def collect(self) -> Iterator[Metric]:
-        yield from gate_metrics(self._gate)
-
-
-class WebhookCollector(Collector):
-    """The webhooks' families, while webhooks are configured."""
-
-    def __init__(self, exporter: Exporter) -> None:
-        self._exporter = exporter
-
-    def collect(self) -> Iterator[Metric]:
-        settings = self._exporter.settings.webhooks
-        if settings.enabled or settings.statistics_projects:
-            statistics = self._exporter.state.primary.webhook_statistics
-            fresh_for = 3 * settings.statistics_interval_seconds
-            yield from webhook_metrics(self._exporter.webhooks, statistics.fresh(time.time(), fresh_for))
 
 
 # POST /-/reload runs at most once in this many seconds (SIGHUP is not limited: it takes a shell on the host).
@@ -352,7 +444,7 @@ class Exporter:
         listen: ListenAddress,
         resolver: AbstractResolver | None = None,
         web_config: WebConfig | None = None,
-        loader: ConfigLoader | None = None,
+        loader: ConfigLoader[Settings] | None = None,
         max_rendering_age: float = MAX_AGE_SECONDS,
         lifecycle: bool = False,
         http_reload_interval: float = HTTP_RELOAD_SECONDS,
@@ -384,7 +476,13 @@ class Exporter:
             Book(settings.webhooks.pending_timeout_seconds, settings.webhooks.max_pending),
             lambda server_id, name: self.state.mirror_of_server(server_id, name),
         )
-        self.registry.register(WebhookCollector(self))
+        self.registry.register(
+            WebhookCollector(
+                lambda: self.settings.webhooks.enabled or bool(self.settings.webhooks.statistics_projects),
+                self.webhooks,
+                lambda: self.state.webhook_statistics.fresh(time.time(), self.state.webhook_statistics_stale_after),
+            )
+        )
         # The CI gate: commits the webhooks did not bring are looked up on the primary (the current configuration's).
         self.gate = Gate(
             lambda: self.state,
@@ -412,7 +510,8 @@ class Exporter:
         self._polling = Polling(settings, self.state, resolver)
         self._web_tls: ssl.SSLContext | None = None
         self._server: Server | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        # What outlives reloads: the expiry of unconfirmed pushes.
+        self._background = Supervisor()
         self.port = listen.port
 
     @property
@@ -422,7 +521,7 @@ class Exporter:
     @property
     def push_lookups(self) -> int:
         """Ref change activity pages asked so far by the running configuration (bench/scale.py reports them)."""
-        return self._polling.dating.lookups if self._polling.dating is not None else 0
+        return self._polling.dating_lookups
 
     async def start(self) -> None:
         tls = self._web_config.tls_server_config
@@ -431,7 +530,8 @@ class Exporter:
         await self._server.start()
         self.port = self._server.port
         await self._polling.start()
-        self._expiry = asyncio.create_task(self._expire_pushes())
+        await self._background.start()
+        self._background.spawn(self._expire_pushes(), "expire pushes")
         log.info(
             "exporter started",
             extra={
@@ -518,9 +618,7 @@ class Exporter:
         if self._next_http_reload is not None:
             self._next_http_reload.cancel()
             await asyncio.gather(self._next_http_reload, return_exceptions=True)
-        if self._expiry is not None:
-            self._expiry.cancel()
-            await asyncio.gather(self._expiry, return_exceptions=True)
+        await self._background.stop()
         await self._polling.stop()
         if self._server is not None:
             await self._server.stop()

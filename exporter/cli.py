@@ -13,8 +13,16 @@ from pathlib import Path
 import aiohttp
 
 from exporter import __version__
-from exporter.app import DEFAULT_PORT, Exporter, ListenAddress, serve_until_stopped, stop_on_signals
-from exporter.config import ConfigError, Settings, load_settings
+from exporter.app import (
+    DEFAULT_PORT,
+    Exporter,
+    ListenAddress,
+    Settings,
+    load_settings,
+    serve_until_stopped,
+    stop_on_signals,
+)
+from exporter.config import ConfigError
 from exporter.logs import LEVELS, setup_logging
 from exporter.rest.client import BitbucketClient
 from exporter.sources import FetchError
@@ -283,7 +291,7 @@ def _webhooks(args: argparse.Namespace) -> int:
             if budget is not None and budget < 1:
                 raise SetupError("--max-requests: a positive number")
             client = BitbucketClient(session, settings.poll)
-            hooks = Webhooks(client, settings, lambda line: print(line, flush=True), budget)
+            hooks = Webhooks(client, settings.primary, settings.webhooks, lambda line: print(line, flush=True), budget)
             projects = args.project or await hooks.projects()
             if args.webhooks_command == "apply":
                 for url in args.url:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -24,12 +22,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from exporter.git.config import GitMirrorConfig, GitMirrorsDirConfig
-from exporter.jmx.config import JmxConfig
 from exporter.secret_files import UserPassword, read_secret_file, readable_secret_file
+from exporter.strict import StrictModel
 from exporter.tls import client_context
 from exporter.urls import check_base_url, check_node_template
-from exporter.webhooks.config import WebhooksConfig
 
 ENV_PREFIX = "BITBUCKET_MIRROR_EXPORTER_"
 PRIMARY_TARGET = "primary"
@@ -37,10 +33,6 @@ PRIMARY_TARGET = "primary"
 
 class ConfigError(Exception):
     """A configuration problem, phrased as one line that names the offending key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Credentials(UserPassword):
@@ -80,7 +72,7 @@ class Credentials(UserPassword):
         return self.token
 
 
-class _Target(Credentials):
+class Target(Credentials):
     url: str
 
     @field_validator("url")
@@ -89,17 +81,17 @@ class _Target(Credentials):
         return check_base_url(url)
 
 
-class PrimaryConfig(_Target):
+class PrimaryConfig(Target):
     pass
 
 
-class StaticNode(_Target):
+class StaticNode(Target):
     """One node of a farm by its own base URL; without credentials of its own it uses the mirror's."""
 
     name: str = Field(min_length=1, max_length=128)
 
 
-class NodesConfig(_Strict):
+class NodesConfig(StrictModel):
     """How to reach each node of a mirror farm, so every node's own listings are read (they are node-local)."""
 
     # Built for each farmNodes entry, every cycle, from its {address}, {port}, {id} and {name}.
@@ -126,36 +118,13 @@ class NodesConfig(_Strict):
         return self
 
 
-class MirrorConfig(_Target):
+class MirrorTarget(Target):
+    """What every source knows of a configured mirror: its name, URL, credentials and how its nodes are reached. The
+    composition root's ``MirrorConfig`` adds each source's own keys (jmx, verify_refs)."""
+
     name: str = Field(min_length=1, max_length=128)
     # Each node's own URL, to read its node-local listings; absent: the farm URL only (one node per walk).
     nodes: NodesConfig | None = None
-    # The mirror nodes' JMX (sync timers, tickets); off unless set.
-    jmx: JmxConfig | None = None
-    # Repositories (KEY/slug) whose refs `git ls-remote` compares on the primary and this mirror: which branch and
-    # which commit differ, where content hashes only say that something does.
-    verify_refs: list[str] = Field(default_factory=list, max_length=50)
-    # Where git clones a repository over HTTP; {base} is the primary's or the mirror's URL.
-    clone_url_template: str = "{base}/scm/{project}/{slug}.git"
-
-    @field_validator("verify_refs")
-    @classmethod
-    def _repositories(cls, repositories: list[str]) -> list[str]:
-        for repository in repositories:
-            project, _, slug = repository.partition("/")
-            if not project or not slug or "/" in slug:
-                raise ValueError(f"{repository!r}: give each as PROJECTKEY/slug")
-        return repositories
-
-    @field_validator("clone_url_template")
-    @classmethod
-    def _clone_template(cls, template: str) -> str:
-        try:
-            url = template.format(base="https://mirror.example", project="PRJ", slug="repo")
-        except (KeyError, IndexError, ValueError):
-            raise ValueError("may use only the placeholders {base}, {project}, {slug}") from None
-        check_base_url(url)
-        return template
 
     @field_validator("name")
     @classmethod
@@ -165,7 +134,7 @@ class MirrorConfig(_Target):
         return name
 
 
-class PollConfig(_Strict):
+class PollConfig(StrictModel):
     interval_seconds: float = Field(default=30.0, gt=0, le=86400)
     timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Within timeout_seconds: a host that never accepts the connection (firewall drop, node down) is told apart from
@@ -202,27 +171,7 @@ class PollConfig(_Strict):
         return self.stale_after_seconds if self.stale_after_seconds is not None else 3 * self.interval_seconds
 
 
-class LagConfig(_Strict):
-    """Dating each divergence from the push that began it (the primary's ref change activity), so lag survives a
-    restart and two exporters agree. Needs REPO_ADMIN on the repositories for the primary's user; without it (or
-    when a lookup fails) a repository's lag counts from when the exporter first saw it, and says so."""
-
-    from_push: bool = True
-    # Activity pages asked of the primary per cycle, over every mirror and node: the longest-lagging first. A page is
-    # asked once per (repository, primary content hash); repositories in sync cost nothing.
-    lookups_per_cycle: int = Field(default=50, ge=0, le=10000)
-    # Ref changes per page: a repository with more pushes since its mirror last synced is dated from the oldest on
-    # the page (lag read low, never high).
-    page_limit: int = Field(default=25, ge=1, le=1000)
-    # Pages of ``page_limit`` read per lookup where the server lists its ref changes oldest first (the order is not
-    # published): the newest are then on the last page. Newest first, one page is read.
-    max_pages: int = Field(default=4, ge=1, le=100)
-    # After a failed lookup (no REPO_ADMIN, 404, an error), cycles before the repository is asked again unless its
-    # content changes first.
-    failure_backoff_cycles: int = Field(default=10, ge=1, le=10000)
-
-
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """TLS to Bitbucket: verification on by default, an optional CA bundle and an optional client certificate."""
 
     verify: bool = True
@@ -253,33 +202,22 @@ class TlsConfig(_Strict):
         return client_context(self.verify, self.ca_file, self.cert_file, self.key_file)
 
 
-class Settings(BaseSettings):
+class CoreSettings(BaseSettings):
+    """The keys of the core: the primary, polling, TLS towards Bitbucket and the rendering policy. The composition
+    root's ``Settings`` adds one section per source."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
     primary: PrimaryConfig
-    mirrors: list[MirrorConfig] = Field(default_factory=list)
     poll: PollConfig = Field(default_factory=PollConfig)
-    lag: LagConfig = Field(default_factory=LagConfig)
-    # Bitbucket's webhooks: push-to-mirror latency and the CI gate (docs/webhooks.md); off unless a secret is set.
-    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
-    # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
-    discover_mirrors: bool = False
     # Which repositories get per-repository series: all, only drifting/missing/failing ones, or none.
     per_repository_metrics: Literal["all", "unhealthy", "none"] = "unhealthy"
     # 100 per mirror: the dashboards show the worst 50, and prometheus-client renders about 7 µs per sample, so a
     # larger default would make every scrape of a big farm slow (bench/README.md).
     max_repository_series: int = Field(default=100, ge=0)
-    # jmxquery JVMs running at once, over all mirrors; each is a JVM start (about 0.3 s of CPU).
-    jmx_concurrency: int = Field(default=4, ge=1, le=64)
-    # Plain git reference mirrors (CI fleets' shared bare repositories) compared with their remotes
-    # (docs/git-mirrors.md).
-    git_mirrors: list[GitMirrorConfig] = Field(default_factory=list)
-    git_mirrors_dir: GitMirrorsDirConfig | None = None
-    # git processes running at once over all git mirrors.
-    git_concurrency: int = Field(default=4, ge=1, le=64)
 
     @classmethod
     def settings_customise_sources(
@@ -293,33 +231,6 @@ class Settings(BaseSettings):
         # The YAML file arrives as init kwargs; the environment must override it.
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _git_names(self) -> Self:
-        taken = {PRIMARY_TARGET, *(m.name for m in self.mirrors)}
-        seen: set[str] = set()
-        for i, git_mirror in enumerate(self.git_mirrors):
-            # The name is the `target` of the self-metrics too: it must not be a Bitbucket mirror's.
-            if git_mirror.name in taken or git_mirror.name in seen:
-                raise ValueError(
-                    f"git_mirrors[{i}].name: {git_mirror.name!r} is taken (the primary, a mirror or another git mirror)"
-                )
-            seen.add(git_mirror.name)
-        return self
-
-    @field_validator("mirrors")
-    @classmethod
-    def _unique_mirrors(cls, mirrors: list[MirrorConfig]) -> list[MirrorConfig]:
-        seen_names: set[str] = set()
-        seen_urls: set[str] = set()
-        for mirror in mirrors:
-            if mirror.name in seen_names:
-                raise ValueError(f"mirror name {mirror.name!r} is used twice")
-            if mirror.url in seen_urls:
-                raise ValueError(f"mirror url {mirror.url!r} is used twice")
-            seen_names.add(mirror.name)
-            seen_urls.add(mirror.url)
-        return mirrors
-
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what the admin meant; logged once when the config is loaded."""
         found = []
@@ -328,30 +239,17 @@ class Settings(BaseSettings):
                 f"poll.timeout_seconds ({self.poll.timeout_seconds:g}) is longer than poll.interval_seconds "
                 f"({self.poll.interval_seconds:g}): a slow answer delays the next poll and values age past an interval"
             )
-        for i, mirror in enumerate(self.mirrors):
-            credentials = mirror.credentials_or(self.primary)
-            if credentials.token is not None or credentials.token_file is not None:
-                inherited = "" if mirror.is_set else " (inherited from primary)"
-                found.append(
-                    f"mirrors[{i}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
-                    "auth with an admin account (HTTP access tokens fail on admin endpoints, BSERV-10482)"
-                )
-            found += _cluster_port_warnings(i, mirror)
         return found
 
 
-def _cluster_port_warnings(index: int, mirror: MirrorConfig) -> list[str]:
+def cluster_port_warning(key: str, mirror: str, template: str | None) -> list[str]:
     """``{port}`` in a node URL template is farmNodes' ``address.port``: the node's cluster (Hazelcast) port, 5701 in
     Atlassian's chart, which speaks no HTTP (reference section 8; docs/assumptions.md)."""
-    templates = {"nodes.url_template": mirror.nodes.url_template if mirror.nodes is not None else None}
-    if mirror.jmx is not None:
-        templates["jmx.exporter_url_template"] = mirror.jmx.exporter_url_template
-        templates["jmx.mesh_exporter_url_template"] = mirror.jmx.mesh_exporter_url_template
+    if template is None or "{port}" not in template:
+        return []
     return [
-        f"mirrors[{index}].{key} ({mirror.name}) uses {{port}}, which farmNodes fills with the node's cluster "
-        "(Hazelcast) port, not its HTTP port: write the HTTP port instead, e.g. http://{address}:7990"
-        for key, template in templates.items()
-        if template is not None and "{port}" in template
+        f"{key} ({mirror}) uses {{port}}, which farmNodes fills with the node's cluster (Hazelcast) port, not its "
+        "HTTP port: write the HTTP port instead, e.g. http://{address}:7990"
     ]
 
 
@@ -390,9 +288,12 @@ def _env_error(exc: SettingsError) -> str:
     return f"{variable}: cannot parse the environment value (lists and mappings take JSON)"
 
 
-def settings_from_mapping(data: dict[str, Any]) -> Settings:
+SettingsT = TypeVar("SettingsT", bound=CoreSettings)
+
+
+def settings_from_mapping(model: type[SettingsT], data: dict[str, Any]) -> SettingsT:
     try:
-        return Settings(**data)
+        return model(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
     except SettingsError as exc:
@@ -418,7 +319,7 @@ def _repeated_key(node: yaml.Node | None, path: tuple[int | str, ...] = ()) -> t
     return None
 
 
-def load_settings(path: Path | None) -> Settings:
+def load_settings(model: type[SettingsT], path: Path | None) -> SettingsT:
     """Load and validate the configuration, raising ConfigError with one line naming the key."""
     data: Any = {}
     if path is not None:
@@ -438,4 +339,4 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"(top level): {path} must hold a mapping of keys, not {type(data).__name__}")
-    return settings_from_mapping(data)
+    return settings_from_mapping(model, data)

@@ -9,8 +9,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from exporter.app import Exporter, ListenAddress, stop_on_signals
-from exporter.config import settings_from_mapping
+from exporter.app import Exporter, ListenAddress, settings_from_mapping, stop_on_signals
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.simulator.webhook_target import WebhookTarget
 from exporter.web.config import WebConfig

@@ -4,12 +4,35 @@ a URL template. Shared by the node-by-node REST polling (exporter/rest/nodes.py)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from exporter.config import Credentials, NodesConfig
-from exporter.rest.models import ClusterNode
 from exporter.urls import fill_node_template
+
+
+class FarmNodeAddress(Protocol):
+    @property
+    def address(self) -> str | None: ...
+
+    @property
+    def port(self) -> int | None: ...
+
+
+class FarmNode(Protocol):
+    """What a farmNodes entry tells of a node (the REST source's ``ClusterNode`` is one): named here by shape, so the
+    core needs no source's model."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def address(self) -> FarmNodeAddress | None: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +52,7 @@ class NodeTarget:
 
 
 def node_targets(
-    config: NodesConfig | None, credentials: Credentials, farm_nodes: list[ClusterNode]
+    config: NodesConfig | None, credentials: Credentials, farm_nodes: Sequence[FarmNode]
 ) -> list[NodeTarget]:
     """The static list, or one per farmNodes entry with an address (named by its ``name``, else its ``id``). A static
     node without credentials of its own uses the mirror's."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.config import Settings
+from exporter.config import CoreSettings
 from exporter.web.config import WebConfig
 
+SettingsT = TypeVar("SettingsT", bound=CoreSettings)
 # Reads the configuration (file and environment) and the web config again; raises ConfigError when invalid.
-ConfigLoader = Callable[[], tuple[Settings, WebConfig]]
+ConfigLoader = Callable[[], tuple[SettingsT, WebConfig]]
 
 
 @dataclass

@@ -18,7 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import SecretStr, field_validator
+
+from exporter.strict import StrictModel
 
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -105,10 +107,8 @@ def readable_secret_file(path: Path | None) -> Path | None:
     return path
 
 
-class UserPassword(BaseModel):
+class UserPassword(StrictModel):
     """A username with a password or a password_file; subclasses decide which combinations are valid."""
-
-    model_config = ConfigDict(extra="forbid")
 
     username: str | None = None
     password: SecretStr | None = None

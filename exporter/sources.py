@@ -17,11 +17,13 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import __version__
 
 log = logging.getLogger("exporter.poller")
 
@@ -56,13 +58,17 @@ def http_reason(status: int) -> str:
 
 
 class FetchError(Exception):
-    def __init__(self, reason: str, detail: str, status: int | None = None, body: Any = None) -> None:
+    def __init__(
+        self, reason: str, detail: str, status: int | None = None, body: Any = None, learned: Any = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.status = status
         # The parsed JSON body of an error response, when it had one (a starting mirror's /status sends its state).
         self.body = body
+        # What the failed answer still told, kept as the source's value (run_source): a starting mirror's state.
+        self.learned = learned
 
 
 @dataclass
@@ -176,12 +182,26 @@ def free_later(*items: Any) -> None:
 # --- Running a source ---------------------------------------------------------------------------------------------
 
 
-async def run_source(target: str, name: str, state: SourceState[T], fetch: Callable[[], Awaitable[T]]) -> None:
-    """Run one fetch, record its outcome and log only when the source's health changes."""
+async def run_source(
+    target: str,
+    name: str,
+    state: SourceState[T],
+    fetch: Callable[[], Awaitable[T]],
+    learned_at: Callable[[], float] | None = None,
+) -> None:
+    """Run one fetch, record its outcome and log only when the source's health changes: the one way a poller
+    changes a source's state. ``learned_at`` dates a value derived from older readings (a farm's union over its nodes
+    is as old as its oldest node's listing); a failure whose answer still told something (``FetchError.learned``: a
+    starting mirror's 503 carries its state) keeps that as the value, dated now, while the source counts as failed."""
     started, started_at = time.monotonic(), time.time()
     try:
         value = await fetch()
     except FetchError as exc:
+        if exc.learned is not None:
+            previous, state.value = state.value, exc.learned
+            free_later(previous)
+            del previous
+            state.value_timestamp = time.time()
         _record_failure(target, name, state, exc.reason, exc.detail)
     except asyncio.CancelledError:
         raise
@@ -197,7 +217,7 @@ async def run_source(target: str, name: str, state: SourceState[T], fetch: Calla
         del previous
         state.success = True
         state.error_reason = None
-        state.last_success_timestamp = state.value_timestamp = time.time()
+        state.last_success_timestamp = state.value_timestamp = learned_at() if learned_at is not None else time.time()
         state.value_started_timestamp = started_at
     finally:
         state.duration_seconds = time.monotonic() - started
@@ -229,35 +249,32 @@ class FirstCycle:
 # --- The poll loop ------------------------------------------------------------------------------------------------
 
 
-class Poller(Protocol):
-    async def poll_once(self) -> None: ...
-
-
 def next_start(now: float, interval: float, anchor: float) -> float:
     """The first time at or after ``now`` on the grid ``anchor + k * interval``."""
     return anchor + math.ceil((now - anchor) / interval) * interval
 
 
 async def poll_forever(
-    poller: Poller, interval: float, stop: asyncio.Event, anchor: float | None = None, first_at: float | None = None
+    poll: Callable[[], Awaitable[None]],
+    interval: float,
+    anchor: float | None = None,
+    first_at: float | None = None,
 ) -> None:
     """Poll now (or at ``first_at``, monotonic: a target carried over a reload keeps its phase), then every
-    ``interval`` seconds until ``stop`` is set. With an ``anchor`` (monotonic), later cycles start on the grid
-    ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that overruns skips to
-    the next grid point); without one, ``interval`` after the start of the previous cycle."""
+    ``interval`` seconds until cancelled (its supervisor stops it). With an ``anchor`` (monotonic), later cycles start
+    on the grid ``anchor + k * interval``, so loops sharing an anchor start their cycles together (a cycle that overruns
+    skips to the next grid point); without one, ``interval`` after the start of the previous cycle."""
     if first_at is not None and first_at > time.monotonic():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=first_at - time.monotonic())
-    while not stop.is_set():
+        await asyncio.sleep(first_at - time.monotonic())
+    while True:
         started = time.monotonic()
-        await poller.poll_once()
+        await poll()
         now = time.monotonic()
         wake = next_start(now, interval, anchor) if anchor is not None else started + interval
         if wake <= started:  # a cycle shorter than the clock's resolution: never poll twice in one slot
             wake += interval
         if wake > now:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wake - now)
+            await asyncio.sleep(wake - now)
 
 
 # --- Self-metrics -------------------------------------------------------------------------------------------------
@@ -280,3 +297,52 @@ class SourceFamilies:
             self.last_success.add_sample(self.last_success.name, labels, source.last_success_timestamp)
         for reason, count in sorted(source.errors_total.items()):
             self.errors.add_sample(self.errors.name + "_total", {**labels, "reason": reason}, count)
+
+
+# A source's labels (target, source and, for a farm node's, node) and its state: what each source package yields for
+# the health families below.
+Health = Iterable[tuple[dict[str, str], SourceState[Any]]]
+
+
+def health_metrics(sources: Health) -> Iterator[Metric]:
+    """How each source's polls went, over every source package, as one set of families (a family may appear only once
+    in an exposition), and the exporter's build."""
+    labels = ["target", "source"]
+    health = SourceFamilies(
+        GaugeMetricFamily(
+            "bitbucket_mirror_exporter_poll_success",
+            "1 when the last background poll of the source succeeded, 0 when it failed (values then are stale).",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "bitbucket_mirror_exporter_poll_duration_seconds",
+            "How long the last background poll of the source took, retries included.",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
+            "When the source was last polled successfully, as a Unix timestamp: the age of its values.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "bitbucket_mirror_exporter_poll_errors",
+            "Failed background polls of the source, by reason.",
+            labels=[*labels, "reason"],
+        ),
+    )
+    for source_labels, source in sources:
+        health.add(source_labels, source)
+    build = GaugeMetricFamily(
+        "bitbucket_mirror_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
+    )
+    build.add_metric([__version__], 1.0)
+    yield from (health.success, health.duration, health.last_success, health.errors, build)
+
+
+def freshness(stale_after: float, own_interval: float | None = None) -> float:
+    """How long after it was learned a value is served: the one rule (docs/metrics.md, "Freshness").
+
+    ``stale_after`` is poll.stale_after_seconds (3 x poll.interval_seconds unless set), which already counts the REST
+    grid's interval. A source polled on an interval of its own (JMX nodes, git mirrors, webhook statistics) is served
+    for at least three of its own intervals, so one or two failed polls never blank its values."""
+    return stale_after if own_interval is None else max(stale_after, 3 * own_interval)

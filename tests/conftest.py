@@ -15,11 +15,10 @@ import pytest
 from aiohttp.abc import AbstractResolver
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import Exporter, ListenAddress
-from exporter.config import settings_from_mapping
+from exporter.app import Exporter, ListenAddress, Settings, settings_from_mapping
 from exporter.reloading import ConfigLoader
+from exporter.rest.state import MirrorState, PrimaryState
 from exporter.simulator import Scenario, SimulatedFarm
-from exporter.state import MirrorState, PrimaryState
 from exporter.web.config import WebConfig
 from tests.jmx_node import compile_fake_node
 
@@ -133,7 +132,7 @@ async def running_farm(
     resolver: AbstractResolver | None = None,
     farm_tls: ssl.SSLContext | None = None,
     web_config: WebConfig | None = None,
-    loader: ConfigLoader | None = None,
+    loader: ConfigLoader[Settings] | None = None,
     nodes: bool = False,
     lifecycle: bool = False,
     http_reload_interval: float = 10.0,

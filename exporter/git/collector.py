@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.state import GitMirrorState, MirrorState
+from exporter.git.refs import RefVerdict
+from exporter.git.state import GitMirrorState
+from exporter.sources import SourceState
 
 CHECKED = (
     " Compared in the background every interval_seconds of the git mirror; absent once older than the larger of "
@@ -56,7 +59,7 @@ def git_metrics(mirrors: Iterable[GitMirrorState], now: float) -> Iterator[Metri
         refs.add_metric([mirror.name, "remote"], comparison.remote)
         behind.add_metric([mirror.name], len(comparison.behind))
         extra.add_metric([mirror.name], len(comparison.extra))
-        since = mirror.behind_since
+        since = check.behind_since
         behind_seconds.add_metric([mirror.name], max(0.0, now - since) if since is not None else 0.0)
         if check.last_fetch is not None:
             fetched.add_metric([mirror.name], check.last_fetch)
@@ -65,7 +68,17 @@ def git_metrics(mirrors: Iterable[GitMirrorState], now: float) -> Iterator[Metri
     yield from (refs, behind, extra, behind_seconds, fetched, checked, size)
 
 
-def verified_metrics(mirrors: Iterable[MirrorState], now: float, stale_after: float) -> Iterator[Metric]:
+Verified = Mapping[str, SourceState[list[RefVerdict]]]
+
+
+def health(mirrors: Iterable[GitMirrorState]) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+    """Each git mirror's comparison, for the exporter's poll health families (verify_refs go with their mirror's
+    REST sources)."""
+    for mirror in mirrors:
+        yield {"target": mirror.name, "source": "git_refs"}, mirror.refs
+
+
+def verified_metrics(verified: Verified, now: float, stale_after: float) -> Iterator[Metric]:
     """verify_refs: each listed repository's refs on the mirror against the primary's (git ls-remote on both)."""
     behind = GaugeMetricFamily(
         "bitbucket_mirror_repository_refs_behind",
@@ -74,26 +87,26 @@ def verified_metrics(mirrors: Iterable[MirrorState], now: float, stale_after: fl
         "Checked every poll.interval_seconds; absent once older than poll.stale_after_seconds.",
         labels=["mirror", "project", "repository"],
     )
-    for mirror in mirrors:
-        for verdict in mirror.verify_refs.fresh(now, stale_after) or []:
-            behind.add_metric([mirror.name, verdict.project, verdict.slug], len(verdict.comparison.behind))
+    for mirror, source in verified.items():
+        for verdict in source.fresh(now, stale_after) or []:
+            behind.add_metric([mirror, verdict.project, verdict.slug], len(verdict.comparison.behind))
     yield behind
 
 
-def verified_refs(mirrors: Iterable[MirrorState], now: float, stale_after: float) -> list[dict[str, object]]:
+def verified_refs(verified: Verified, now: float, stale_after: float) -> list[dict[str, object]]:
     """The same as JSON, with the refs that differ and both hashes: what /api/v1/refs answers."""
     found: list[dict[str, object]] = []
-    for mirror in mirrors:
-        verdicts = mirror.verify_refs.fresh(now, stale_after)
+    for mirror, source in verified.items():
+        verdicts = source.fresh(now, stale_after)
         if verdicts is None:
             continue
         for verdict in verdicts:
             found.append(
                 {
-                    "mirror": mirror.name,
+                    "mirror": mirror,
                     "project": verdict.project,
                     "repository": verdict.slug,
-                    "checked_at": mirror.verify_refs.last_success_timestamp,
+                    "checked_at": source.last_success_timestamp,
                     "behind": [
                         {"ref": d.ref, "mirror": d.local, "primary": d.remote} for d in verdict.comparison.behind
                     ],

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from exporter.secret_files import UserPassword
+from exporter.strict import StrictModel
+from exporter.urls import check_base_url
 
 DEFAULT_REFS = ["refs/heads/*", "refs/tags/*"]
 # Bitbucket's pull-request refs sync only periodically to mirrors: never counted.
@@ -68,8 +70,6 @@ class _GitCommon(GitCredentials):
 
 
 class GitMirrorConfig(_GitCommon):
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(min_length=1, max_length=128)
     # A bare repository, mounted read-only: never written, never locked.
     path: Path
@@ -85,8 +85,6 @@ class GitMirrorConfig(_GitCommon):
 class GitMirrorsDirConfig(_GitCommon):
     """Every bare repository a glob finds (``/mirrors/*.git``), named by its directory name without ``.git``;
     ``remote`` unset: each repository's own ``remote.origin.url``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     glob: str
 
@@ -112,3 +110,32 @@ class GitMirrorsDirConfig(_GitCommon):
                 settings = self.model_dump(exclude={"glob"})
                 mirrors.append(GitMirrorConfig(name=path.name.removesuffix(".git"), path=path, **settings))
         return mirrors
+
+
+class RefsVerification(StrictModel):
+    """A Bitbucket mirror's ``verify_refs`` keys (the composition root's ``MirrorConfig`` includes them)."""
+
+    # Repositories (KEY/slug) whose refs `git ls-remote` compares on the primary and this mirror: which branch and
+    # which commit differ, where content hashes only say that something does.
+    verify_refs: list[str] = Field(default_factory=list, max_length=50)
+    # Where git clones a repository over HTTP; {base} is the primary's or the mirror's URL.
+    clone_url_template: str = "{base}/scm/{project}/{slug}.git"
+
+    @field_validator("verify_refs")
+    @classmethod
+    def _repositories(cls, repositories: list[str]) -> list[str]:
+        for repository in repositories:
+            project, _, slug = repository.partition("/")
+            if not project or not slug or "/" in slug:
+                raise ValueError(f"{repository!r}: give each as PROJECTKEY/slug")
+        return repositories
+
+    @field_validator("clone_url_template")
+    @classmethod
+    def _clone_template(cls, template: str) -> str:
+        try:
+            url = template.format(base="https://mirror.example", project="PRJ", slug="repo")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only the placeholders {base}, {project}, {slug}") from None
+        check_base_url(url)
+        return template

@@ -13,14 +13,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from exporter.git.command import GIT_FAILED, Git
 from exporter.git.config import GitMirrorConfig, check_remote
 from exporter.git.refs import compare, objects_bytes, parse_refs
-from exporter.sources import FetchError, poll_forever, run_source
-from exporter.state import GitCheck, GitMirrorState
+from exporter.git.state import GitCheck, GitMirrorState
+from exporter.sources import FetchError, freshness, poll_forever, run_source
+from exporter.supervisor import Fleet
 
 log = logging.getLogger("exporter.git")
 
@@ -59,23 +60,18 @@ class GitMirrorPoller:
             git.output(["-C", path, "count-objects", "-v"], limit),
         )
         comparison = compare(parse_refs(local_text), parse_refs(remote_text), config.counted)
-        now = time.time()
-        previous = self.state.behind_since
-        self.state.behind_since = None if comparison.in_step else (previous if previous is not None else now)
-        return GitCheck(comparison, last_fetch(config.path), objects_bytes(counted), remote)
+        # Since when the mirror has differed, carried from the last good check: the check is the whole value.
+        previous = self.state.refs.value.behind_since if self.state.refs.value is not None else None
+        behind_since = None if comparison.in_step else (previous if previous is not None else time.time())
+        return GitCheck(comparison, last_fetch(config.path), objects_bytes(counted), remote, behind_since)
 
     async def poll_once(self) -> None:
         await run_source(self.state.name, "git_refs", self.state.refs, self._check)
 
 
-@dataclass
-class _Running:
-    poller: GitMirrorPoller
-    task: asyncio.Task[None]
-
-
 class GitMirrors:
-    """The configured git mirrors and those ``git_mirrors_dir`` finds (looked for again every minute)."""
+    """The configured git mirrors and those ``git_mirrors_dir`` finds (looked for again every minute), each in its own
+    loop of the fleet; ``states`` lists them in that order, kept by name."""
 
     def __init__(
         self,
@@ -83,48 +79,34 @@ class GitMirrors:
         find: Callable[[], list[GitMirrorConfig]],
         states: list[GitMirrorState],
         git: Git,
-        stop: asyncio.Event,
+        fleet: Fleet[str],
         stale_after: float,
     ) -> None:
         self._configured = configured
         self._find = find
         self._states = states
         self._git = git
-        self._stop = stop
+        self._fleet = fleet
         self._stale_after = stale_after
-        self._running: dict[str, _Running] = {}
-        self._ending: set[asyncio.Task[None]] = set()
 
-    def follow(self) -> None:
+    async def follow(self) -> None:
         wanted = {c.name: c for c in [*self._configured, *self._find()]}
-        for name in [n for n in self._running if n not in wanted]:
-            gone = self._running.pop(name).task
-            gone.cancel()
-            # Awaited at the end too: a git command it was running is killed and reaped before the loop closes.
-            self._ending.add(gone)
-            gone.add_done_callback(self._ending.discard)
-            log.info("git mirror gone", extra={"git_mirror": name})
         kept = {s.name: s for s in self._states}
-        self._states[:] = []
-        for name, config in wanted.items():
-            state = kept.get(name) or GitMirrorState(
-                name, str(config.path), max(self._stale_after, 3 * config.interval_seconds)
+        states = [
+            kept.get(name)
+            or GitMirrorState(name, str(config.path), freshness(self._stale_after, config.interval_seconds))
+            for name, config in wanted.items()
+        ]
+        loops = {
+            state.name: partial(
+                poll_forever, GitMirrorPoller(state, config, self._git).poll_once, config.interval_seconds
             )
-            self._states.append(state)
-            if name not in self._running:
-                poller = GitMirrorPoller(state, config, self._git)
-                task = asyncio.create_task(poll_forever(poller, config.interval_seconds, self._stop))
-                self._running[name] = _Running(poller, task)
-
-    async def poll_once(self) -> None:
-        self.follow()
+            for state, config in zip(states, wanted.values(), strict=True)
+        }
+        # Cancelling a loop kills and reaps the git command it was running (exporter/processes.py) before it ends.
+        for name in await self._fleet.reconcile(loops):
+            log.info("git mirror gone", extra={"git_mirror": name})
+        self._states[:] = states
 
     async def run(self) -> None:
-        try:
-            await poll_forever(self, 60.0, self._stop)
-        finally:
-            running = [r.task for r in self._running.values()]
-            for task in running:
-                task.cancel()
-            # The gone ones were cancelled when they went: cancelled again, they could not finish reaping their git.
-            await asyncio.gather(*running, *self._ending, return_exceptions=True)
+        await poll_forever(self.follow, 60.0)

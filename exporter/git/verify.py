@@ -9,12 +9,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from exporter.config import MirrorConfig, PrimaryConfig
+from exporter.config import Credentials, MirrorTarget, PrimaryConfig
 from exporter.git.command import Git
-from exporter.git.config import GitMirrorConfig
+from exporter.git.config import GitMirrorConfig, RefsVerification
 from exporter.git.refs import RefVerdict, compare, parse_refs
-from exporter.sources import FetchError, run_source
-from exporter.state import MirrorState
+from exporter.sources import FetchError, SourceState, run_source
 
 # The git mirrors' defaults: heads and tags, less pull-request refs.
 RULES = GitMirrorConfig(name="verify", path=Path("/"))
@@ -24,9 +23,16 @@ class RefVerifier:
     """One mirror's verify_refs, every poll interval: each repository's refs on the primary and on the mirror."""
 
     def __init__(
-        self, state: MirrorState, config: MirrorConfig, primary: PrimaryConfig, git: Git, timeout: float
+        self,
+        source: SourceState[list[RefVerdict]],
+        mirror: MirrorTarget,
+        config: RefsVerification,
+        primary: PrimaryConfig,
+        git: Git,
+        timeout: float,
     ) -> None:
-        self.state = state
+        self.source = source
+        self._mirror = mirror
         self._config = config
         self._primary = primary
         self._git = git
@@ -38,11 +44,11 @@ class RefVerifier:
     async def _one(self, repository: str) -> RefVerdict:
         project, _, slug = repository.partition("/")
         primary_url = self._url(self._primary.url, project, slug)
-        mirror_url = self._url(self._config.url, project, slug)
+        mirror_url = self._url(self._mirror.url, project, slug)
         on_primary, on_mirror = await asyncio.gather(
             self._git.output(["ls-remote", primary_url], self._timeout, self._primary, primary_url),
             self._git.output(
-                ["ls-remote", mirror_url], self._timeout, self._config.credentials_or(self._primary), mirror_url
+                ["ls-remote", mirror_url], self._timeout, self._mirror.credentials_or(self._primary), mirror_url
             ),
         )
         return RefVerdict(project, slug, compare(parse_refs(on_mirror), parse_refs(on_primary), RULES.counted))
@@ -51,7 +57,7 @@ class RefVerifier:
         return list(await asyncio.gather(*(self._one(r) for r in self._config.verify_refs)))
 
     async def poll_once(self) -> None:
-        await run_source(self.state.name, "verify_refs", self.state.verify_refs, self._verify)
+        await run_source(self._mirror.name, "verify_refs", self.source, self._verify)
 
 
 # At most one ls-remote of a repository on a mirror (or node) in this long: the CI gate's refs proof is asked by
@@ -64,10 +70,10 @@ class RefsProbe:
     its nodes where nodes are read, shows a ref at the commit. One ls-remote per (host, repository) in
     ``PROBE_SECONDS`` at most, through the git runner's slots; credentials through askpass, never on argv."""
 
-    def __init__(self, git: Git, mirrors: dict[str, MirrorConfig], primary: PrimaryConfig, timeout: float) -> None:
+    def __init__(self, git: Git, mirrors: dict[str, tuple[RefsVerification, Credentials]], timeout: float) -> None:
         self._git = git
+        # By mirror name: where its repositories are cloned from, and the credentials it is read with.
         self._mirrors = mirrors
-        self._primary = primary
         self._timeout = timeout
         # (base URL, project, slug) -> (when asked, monotonic; the refs, or None when ls-remote failed)
         self._recent: dict[tuple[str, str, str], tuple[float, dict[str, str] | None]] = {}
@@ -79,15 +85,18 @@ class RefsProbe:
             return [None for _ in bases]
         return list(await asyncio.gather(*(self._one(config, base, project, slug) for base in bases)))
 
-    async def _one(self, config: MirrorConfig, base: str, project: str, slug: str) -> dict[str, str] | None:
+    async def _one(
+        self, mirror: tuple[RefsVerification, Credentials], base: str, project: str, slug: str
+    ) -> dict[str, str] | None:
         key = (base, project, slug)
         now = time.monotonic()
         recent = self._recent.get(key)
         if recent is not None and now - recent[0] < PROBE_SECONDS:
             return recent[1]
+        config, credentials = mirror
         url = config.clone_url_template.format(base=base.rstrip("/"), project=project, slug=slug)
         try:
-            text = await self._git.output(["ls-remote", url], self._timeout, config.credentials_or(self._primary), url)
+            text = await self._git.output(["ls-remote", url], self._timeout, credentials, url)
             found: dict[str, str] | None = parse_refs(text)
         except FetchError:
             found = None

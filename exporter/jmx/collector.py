@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -14,8 +14,8 @@ from prometheus_client.core import (
 )
 
 from exporter.jmx.reading import NodeReading
+from exporter.jmx.state import JmxNodeState, JmxState
 from exporter.sources import SourceFamilies
-from exporter.state import JmxNodeState, MirrorState
 
 JMX_CACHED = (
     " Read over JMX every jmx.interval_seconds; scrapes read the last reading, absent once older than the larger of "
@@ -42,11 +42,12 @@ class Node:
         return [self.mirror, self.name]
 
 
-def jmx_metrics(mirrors: Iterable[MirrorState], now: float) -> Iterator[Metric]:
+def jmx_metrics(mirrors: JmxState, now: float) -> Iterator[Metric]:
+    """Every JMX family, from each mirror's nodes (by mirror name, in the configuration's order)."""
     nodes = [
-        Node(mirror.name, name, state, state.source.fresh(now, state.stale_after_seconds))
-        for mirror in mirrors
-        for name, state in mirror.jmx_nodes.items()
+        Node(mirror, name, state, state.source.fresh(now, state.stale_after_seconds))
+        for mirror, jmx_nodes in mirrors.items()
+        for name, state in jmx_nodes.items()
     ]
     health = _health(nodes)
     yield health.success

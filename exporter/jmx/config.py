@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from exporter.secret_files import UserPassword
+from exporter.strict import StrictModel
 from exporter.urls import check_node_template
 
 DEFAULT_URL_TEMPLATE = "service:jmx:rmi:///jndi/rmi://{address}:{port}/jmxrmi"
@@ -26,10 +27,6 @@ DEFAULT_QUANTILES = {
     "0.99": "99thPercentile",
     "0.999": "999thPercentile",
 }
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class JmxCredentials(UserPassword):
@@ -72,7 +69,7 @@ def _check_pattern(pattern: str) -> str:
     return pattern
 
 
-class JmxMatch(_Strict):
+class JmxMatch(StrictModel):
     """Regular expressions searched in each returned MBean's ObjectName; the first kind that matches wins."""
 
     incremental: str = r"(?i)incremental"
@@ -83,7 +80,7 @@ class JmxMatch(_Strict):
     _check = field_validator("incremental", "snapshot", "farm_vet", "tickets")(_check_pattern)
 
 
-class TimerAttributes(_Strict):
+class TimerAttributes(StrictModel):
     """The attribute names of a Dropwizard-style timer MBean."""
 
     count: str = "Count"

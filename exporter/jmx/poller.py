@@ -13,16 +13,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
-from exporter.config import Credentials
 from exporter.jmx.config import JmxConfig, JmxCredentials
 from exporter.jmx.exporter_text import parse_exporter_text
 from exporter.jmx.query import jmxquery_command, run_jmxquery
 from exporter.jmx.reading import NodeReading, read_node
-from exporter.node_targets import NodeTarget, node_targets
+from exporter.jmx.state import JmxNodeState, JmxState
+from exporter.node_targets import NodeTarget
 from exporter.secret_files import prepare
 from exporter.sources import poll_forever, run_source
-from exporter.state import JmxNodeState, MirrorState
+from exporter.supervisor import Fleet
 from exporter.urls import host_for_url
 
 log = logging.getLogger("exporter.jmx")
@@ -40,36 +41,35 @@ class NodeSource:
     credentials: JmxCredentials | None = None
 
 
-class _NodePoller:
-    def __init__(self, poll: Callable[[], Awaitable[None]]) -> None:
-        self._poll = poll
-
-    async def poll_once(self) -> None:
-        await self._poll()
-
-
 class JmxPoller:
+    """One mirror's JMX nodes: follows the node list every ``follow_seconds`` (a fleet of per-node loops, each on
+    jmx.interval_seconds) and writes their states into ``states[mirror]``."""
+
     def __init__(
         self,
-        mirror: MirrorState,
+        mirror: str,
+        states: JmxState,
         config: JmxConfig,
         jvm_slots: asyncio.Semaphore,
         wait_for_farm_nodes: Callable[[], Awaitable[None]],
-        stop: asyncio.Event,
+        fleet: Fleet[tuple[str, str]],
         follow_seconds: float,
-        stale_after: float = 180.0,
+        stale_after: float,
+        farm: Callable[[], list[NodeTarget]],
         nodes: Callable[[], list[NodeTarget]] | None = None,
         fetch_text: FetchText | None = None,
     ) -> None:
         self._mirror = mirror
-        # The mirror's nodes (nodes.static or farmNodes), as the REST side names them; and how to read a page.
-        self._targets = nodes or (lambda: node_targets(None, Credentials(), mirror.farm_nodes.value or []))
+        self._states = states
+        # The mirror's farmNodes as node targets (no URL template: their addresses), and its nodes as the REST side
+        # names them (nodes.static or farmNodes with nodes.url_template); and how to read a page.
+        self._farm = farm
+        self._targets = nodes or farm
         self._fetch_text = fetch_text
         self._stale_after = stale_after
         # How often the node list is rebuilt from farmNodes: the mirror's poll interval, not the slower JMX one.
         self._follow_seconds = follow_seconds
-        self._stop = stop
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fleet = fleet
         self._config = config
         self._slots = jvm_slots
         self._wait_for_farm_nodes = wait_for_farm_nodes
@@ -91,13 +91,11 @@ class JmxPoller:
                 for node in config.nodes
             }
         nodes: dict[str, NodeSource] = {}
-        for node in self._mirror.farm_nodes.value or []:
-            if node.address is None or not node.address.address:
-                continue
-            host = host_for_url(node.address.address)
+        for node in self._farm():
+            host = host_for_url(node.address)
             ports = [port for port in (config.port, config.mesh_port) if port is not None]
             urls = tuple(config.url_template.format(address=host, port=port) for port in ports)
-            nodes[node.name or node.id] = NodeSource(urls, config)
+            nodes[node.name] = NodeSource(urls, config)
         return nodes
 
     async def _read(self, source: NodeSource) -> NodeReading:
@@ -126,47 +124,41 @@ class JmxPoller:
         warnings = reading.warnings if reading is not None and state.source.success else ()
         if warnings != self._warned.get(node, ()):
             for warning in warnings:
-                log.warning("jmx reading", extra={"target": self._mirror.name, "node": node, "detail": warning})
+                log.warning("jmx reading", extra={"target": self._mirror, "node": node, "detail": warning})
             self._warned[node] = warnings
 
     async def _poll_node(self, node: str, state: JmxNodeState, source: NodeSource) -> None:
-        await run_source(self._mirror.name, f"jmx:{node}", state.source, lambda: self._read(source))
+        await run_source(self._mirror, f"jmx:{node}", state.source, lambda: self._read(source))
         self._log_warnings(node, state)
 
-    def _start_node(self, node: str, state: JmxNodeState, source: NodeSource) -> None:
-        poller = _NodePoller(lambda: self._poll_node(node, state, source))
-        self._tasks[node] = asyncio.create_task(poll_forever(poller, self._config.interval_seconds, self._stop))
+    async def _node_loop(self, node: str, state: JmxNodeState, source: NodeSource) -> None:
+        async def poll() -> None:
+            await self._poll_node(node, state, source)
+
+        await poll_forever(poll, self._config.interval_seconds)
 
     async def poll_once(self) -> None:
-        """Start a loop for each new node, stop the loops of nodes no longer listed."""
+        """Start a loop for each new node, stop the loops of nodes no longer listed (or moved)."""
         nodes = self._nodes()
-        known = self._mirror.jmx_nodes
-        for gone in [name for name in known if name not in nodes]:
-            self._tasks.pop(gone).cancel()
-            self._warned.pop(gone, None)
-            log.info("jmx node gone", extra={"target": self._mirror.name, "node": gone})
+        known = self._states.get(self._mirror, {})
         updated: dict[str, JmxNodeState] = {}
+        wanted = {}
         for name, source in nodes.items():
             url = " ".join(source.urls)
             current = known.get(name)
-            if current is not None and current.url == url:
-                updated[name] = current
-                continue
-            if current is not None:
-                self._tasks.pop(name).cancel()  # moved to another address: start over
-            updated[name] = JmxNodeState(url, self._stale_after)
-            self._start_node(name, updated[name], source)
-        self._mirror.jmx_nodes = updated
+            state = updated[name] = (
+                current if current is not None and current.url == url else JmxNodeState(url, self._stale_after)
+            )
+            wanted[(name, url)] = partial(self._node_loop, name, state, source)
+        for name, _ in await self._fleet.reconcile(wanted):
+            if name not in nodes:
+                self._warned.pop(name, None)
+                log.info("jmx node gone", extra={"target": self._mirror, "node": name})
+        self._states[self._mirror] = updated
 
     async def run(self) -> None:
-        """Until ``stop`` is set: follow the node list; each node polls in its own loop, so a node
-        that hangs until its timeout never delays another node's poll."""
-        try:
-            if not self._config.nodes:
-                await self._wait_for_farm_nodes()  # nodes come from farmNodes (or nodes.static, there at once)
-            await poll_forever(self, self._follow_seconds, self._stop)
-        finally:
-            for task in self._tasks.values():
-                task.cancel()
-            # Cancelling a poll kills its JVM (exporter/jmx/query.py); wait for that before returning.
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        """Follow the node list; each node polls in its own loop, so a node that hangs until its timeout never
+        delays another node's poll. Cancelling a node's loop kills its JVM (exporter/jmx/query.py)."""
+        if not self._config.nodes:
+            await self._wait_for_farm_nodes()  # nodes come from farmNodes (or nodes.static, there at once)
+        await poll_forever(self.poll_once, self._follow_seconds)

@@ -12,20 +12,16 @@ that fills it; docs/metrics.md documents every one (a test fails otherwise).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from exporter import __version__
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import RepoState
-from exporter.git.collector import git_metrics, verified_metrics
-from exporter.jmx.collector import jmx_metrics
-from exporter.sources import SourceFamilies, SourceState, T
-from exporter.state import ExporterState, MirrorState
+from exporter.rest.state import FarmState, MirrorState
+from exporter.sources import SourceState, T
 
 CACHED = (
     " Polled in the background every poll.interval_seconds; scrapes read the last poll, absent once older than "
@@ -42,7 +38,7 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = MIRROR) -> GaugeMetricFa
 class Scrape:
     """What one scrape reads: the state as it is now, and the time."""
 
-    state: ExporterState
+    state: FarmState
     now: float
 
     def fresh(self, source: SourceState[T]) -> T | None:
@@ -55,24 +51,15 @@ class Scrape:
                 yield mirror.name, value
 
 
-class MirrorFarmCollector(Collector):
-    """Renders the state as it is at each scrape; ``state`` returns the exporter's current state (a reload replaces
-    it) and ``clock`` the time (a test freezes it)."""
-
-    def __init__(self, state: Callable[[], ExporterState], clock: Callable[[], float] = time.time) -> None:
-        self._state = state
-        self._clock = clock
-
-    def collect(self) -> Iterator[Metric]:
-        scrape = Scrape(self._state(), self._clock())
-        areas = (status, upstream, farm_nodes, progress, queue, repositories, drift, nodes, delayed_sync, clock_skew)
-        for area in areas:
-            yield from area(scrape)
-        yield from mirror_servers(scrape)
-        yield from jmx_metrics(scrape.state.mirrors, scrape.now)
-        yield from git_metrics(scrape.state.git_mirrors, scrape.now)
-        yield from verified_metrics(scrape.state.mirrors, scrape.now, scrape.state.policy.stale_after)
-        yield from self_metrics(scrape)
+def rest_metrics(state: FarmState, now: float) -> Iterator[Metric]:
+    """Every REST family, area by area, from the state as it is at ``now``."""
+    scrape = Scrape(state, now)
+    areas = (
+        status, upstream, farm_nodes, progress, queue, repositories, drift, nodes, delayed_sync, clock_skew,
+        mirror_servers,
+    )  # fmt: skip
+    for area in areas:
+        yield from area(scrape)
 
 
 def status(scrape: Scrape) -> Iterator[Metric]:
@@ -377,10 +364,13 @@ def delayed_sync(scrape: Scrape) -> Iterator[Metric]:
         "Repositories Bitbucket itself reports as not synced within "
         "plugin.mirroring.repository.diagnostics.sync.tolerance (delayed-sync returns at most 100).",
     )
-    for name, value in scrape.each(lambda m: m.delayed_sync):
-        available.add_metric([name, value.endpoint], 1.0 if value.available else 0.0)
+    for mirror in scrape.state.mirrors:
+        value = mirror.delayed(scrape.now, scrape.state.policy.stale_after)
+        if value is None:
+            continue
+        available.add_metric([mirror.name, value.endpoint], 1.0 if value.available else 0.0)
         if value.available and value.repositories is not None:
-            delayed.add_metric([name], value.repositories)
+            delayed.add_metric([mirror.name], value.repositories)
     yield from (available, delayed)
 
 
@@ -429,44 +419,20 @@ def mirror_servers(scrape: Scrape) -> Iterator[Metric]:
     yield from (enabled, last_seen, info)
 
 
-def self_metrics(scrape: Scrape) -> Iterator[Metric]:
-    """How each source's polls went (exporter/sources.py), and the exporter's build."""
-    labels = ["target", "source"]
-    health = SourceFamilies(
-        GaugeMetricFamily(
-            "bitbucket_mirror_exporter_poll_success",
-            "1 when the last background poll of the source succeeded, 0 when it failed (values then are stale).",
-            labels=labels,
-        ),
-        GaugeMetricFamily(
-            "bitbucket_mirror_exporter_poll_duration_seconds",
-            "How long the last background poll of the source took, retries included.",
-            labels=labels,
-        ),
-        GaugeMetricFamily(
-            "bitbucket_mirror_exporter_last_success_timestamp_seconds",
-            "When the source was last polled successfully, as a Unix timestamp: the age of its values.",
-            labels=labels,
-        ),
-        CounterMetricFamily(
-            "bitbucket_mirror_exporter_poll_errors",
-            "Failed background polls of the source, by reason.",
-            labels=[*labels, "reason"],
-        ),
-    )
-    targets = [(PRIMARY_TARGET, scrape.state.primary.sources())]
-    targets += [(mirror.name, mirror.sources()) for mirror in scrape.state.mirrors]
+def health(
+    state: FarmState, extra: Mapping[str, Mapping[str, SourceState[Any]]]
+) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+    """Each REST source's labels and state, for the exporter's poll health families (exporter/sources.py): the
+    primary's, then each mirror's farm-wide ones, each followed by ``extra`` sources other packages poll for it (by
+    target name). A farm's nodes come apart (``node_health``): the git mirrors are listed between them."""
+    targets = [(PRIMARY_TARGET, state.primary.sources()), *((m.name, m.sources()) for m in state.mirrors)]
     for target, sources in targets:
-        for source, st in sources.items():
-            health.add({"target": target, "source": source}, st)
-    for git_mirror in scrape.state.git_mirrors:
-        health.add({"target": git_mirror.name, "source": "git_refs"}, git_mirror.refs)
-    for mirror in scrape.state.mirrors:
+        for name, source in {**sources, **extra.get(target, {})}.items():
+            yield {"target": target, "source": name}, source
+
+
+def node_health(state: FarmState) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+    for mirror in state.mirrors:
         for node_name, node in sorted(mirror.nodes.items()):
-            for source, st in node.sources().items():
-                health.add({"target": mirror.name, "node": node_name, "source": source}, st)
-    build = GaugeMetricFamily(
-        "bitbucket_mirror_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
-    )
-    build.add_metric([__version__], 1.0)
-    yield from (health.success, health.duration, health.last_success, health.errors, build)
+            for source, node_source in node.sources().items():
+                yield {"target": mirror.name, "node": node_name, "source": source}, node_source

@@ -15,25 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from functools import partial
 
 from exporter.config import Credentials, NodesConfig
 from exporter.drift import union
 from exporter.node_targets import NodeTarget, node_targets
-from exporter.rest.api import OUT_OF_SYNC_REPOS, DelayedSync, MirrorApi
+from exporter.rest.api import OUT_OF_SYNC_REPOS, MirrorApi
 from exporter.rest.client import BitbucketClient
 from exporter.rest.poller import (
     CycleHandoff,
     DriftJob,
+    GridLoop,
     ListingRead,
     cycle_slack,
     read_status,
     scope_of,
 )
-from exporter.sources import Poller, run_source
-from exporter.state import MirrorState, NodeState, RepoSyncSummary
+from exporter.rest.state import MirrorState, NodeState, RepoSyncSummary
+from exporter.sources import FetchError, run_source
+from exporter.supervisor import Fleet
 
 log = logging.getLogger("exporter.poller")
+
+# The reason a node-by-node mirror's listing fails with when its nodes failed without one (none was listed).
+NO_NODE_ANSWERED = "no_node_answered"
 
 
 class NodePoller:
@@ -68,7 +73,7 @@ class NodePoller:
         # delayed-sync already covers every node and is read once at the farm URL.
         delayed = self._mirror.delayed_sync.value
         sources = [
-            run_source(target, "status", node.status, lambda: read_status(api, node.status, node.states_seen)),
+            run_source(target, "status", node.status, lambda: read_status(api, node.states_seen)),
             run_source(target, "repo_sync_status", node.repo_sync_status, listing),
         ]
         if delayed is not None and delayed.available and delayed.endpoint == OUT_OF_SYNC_REPOS:
@@ -102,7 +107,8 @@ class NodeFleet:
         client: BitbucketClient,
         drift: DriftJob,
         interval: float,
-        spawn: Callable[[Poller], asyncio.Task[None]],
+        fleet: Fleet[tuple[str, str]],
+        loop: GridLoop,
     ) -> None:
         self._mirror = mirror
         self._config = config
@@ -110,39 +116,42 @@ class NodeFleet:
         self._client = client
         self._drift = DriftJob(drift.primary, drift.policy, drift.interval, per_node=True, dating=drift.dating)
         self._interval = interval
-        self._spawn = spawn
-        self._pollers: dict[str, tuple[NodePoller, asyncio.Task[None]]] = {}
+        self._fleet = fleet
+        self._loop = loop
+        self._pollers: dict[str, NodePoller] = {}
         # The nodes a failing farmNodes poll last listed stay until it answers again.
         self.targets: list[NodeTarget] = []
 
-    def follow(self) -> None:
-        """Start a poller for each new node, stop those of nodes no longer listed (their series go with them)."""
+    async def follow(self) -> None:
+        """Start a poller for each new node (or one that moved), stop those of nodes no longer listed (their series
+        go with them)."""
         farm_nodes = self._mirror.farm_nodes.value or []
         self.targets = node_targets(self._config, self._credentials, farm_nodes)
-        wanted = {target.name: target for target in self.targets}
-        moved = [n for n, (p, _) in self._pollers.items() if n not in wanted or wanted[n].url != p.state.url]
-        for name in moved:
-            _, task = self._pollers.pop(name)
-            task.cancel()
-            if name not in wanted:
+        pollers: dict[str, NodePoller] = {}
+        for target in self.targets:
+            current = self._pollers.get(target.name)
+            if current is not None and current.state.url == target.url:
+                pollers[target.name] = current
+                continue
+            # A reload keeps what a node taught (its last values, its drift's first-seen times), as for mirrors.
+            kept = self._mirror.nodes.get(target.name)
+            state = kept if kept is not None and kept.url == target.url else NodeState(target.name, target.url)
+            api = MirrorApi(self._client, target.url, target.credentials, f"{self._mirror.name}/{target.name}")
+            pollers[target.name] = NodePoller(self._mirror, state, api, self._drift, self._interval)
+            log.info(
+                "mirror node followed", extra={"target": self._mirror.name, "node": target.name, "url": target.url}
+            )
+        self._pollers = pollers
+        loops = {(name, p.state.url): partial(self._loop, p.poll_once, False) for name, p in pollers.items()}
+        for name, _ in await self._fleet.reconcile(loops):
+            if name not in pollers:
                 log.info("mirror node gone", extra={"target": self._mirror.name, "node": name})
-        nodes: dict[str, NodeState] = {}
-        for name, target in wanted.items():
-            if name not in self._pollers:
-                # A reload keeps what a node taught (its last values, its drift's first-seen times), as for mirrors.
-                kept = self._mirror.nodes.get(name)
-                state = kept if kept is not None and kept.url == target.url else NodeState(name, target.url)
-                api = MirrorApi(self._client, target.url, target.credentials, f"{self._mirror.name}/{name}")
-                poller = NodePoller(self._mirror, state, api, self._drift, self._interval)
-                self._pollers[name] = (poller, self._spawn(poller))
-                log.info("mirror node followed", extra={"target": self._mirror.name, "node": name, "url": target.url})
-            nodes[name] = self._pollers[name][0].state
-        self._mirror.nodes = nodes
+        self._mirror.nodes = {name: p.state for name, p in pollers.items()}
 
     async def cycle(self, cycle_started: float) -> None:
         """After the mirror's farm-wide sources: follow the node list, wait (at most an interval) for every node's
         cycle, then take the union over the nodes that answered."""
-        self.follow()
+        await self.follow()
         pollers = self.pollers()
         await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
         answered = [p for p in pollers if p.answered_in(cycle_started)]
@@ -150,25 +159,25 @@ class NodeFleet:
         mirror.nodes_polled = len(answered)
         mirror.nodes_polled_at = time.time()
         summaries = [p.state.repo_sync_status.value for p in answered if p.state.repo_sync_status.value is not None]
-        listing = mirror.repo_sync_status
-        if summaries:
-            listing.value = RepoSyncSummary.union(summaries)
-            read_at = min(p.state.repo_sync_status.last_success_timestamp or 0.0 for p in answered)
-            listing.value_timestamp = listing.last_success_timestamp = read_at
-            listing.success, listing.error_reason = True, None
-        elif pollers:
-            # No node answered: the mirror's listing fails with its first node's reason (what DriftUnknown names).
-            reasons = [p.state.repo_sync_status.error_reason for p in pollers if p.state.repo_sync_status.error_reason]
-            listing.success, listing.error_reason = False, reasons[0] if reasons else "no_node_answered"
+
+        async def listing_union() -> RepoSyncSummary:
+            if not summaries:
+                # No node answered: the mirror's listing fails with its first node's reason (what DriftUnknown
+                # names), else no_node_answered.
+                reasons = [p.state.repo_sync_status.error_reason for p in pollers]
+                reason = next((r for r in reasons if r), NO_NODE_ANSWERED)
+                raise FetchError(reason, "no node's listing was read this cycle")
+            return RepoSyncSummary.union(summaries)
+
+        def oldest_read() -> float:
+            """The union is as old as the oldest node listing in it."""
+            return min(p.state.repo_sync_status.last_success_timestamp or 0.0 for p in answered)
+
+        if pollers:
+            await run_source(mirror.name, "repo_sync_status", mirror.repo_sync_status, listing_union, oldest_read)
         reports = [p.state.drift for p in answered if p.analysed == p.answered and p.state.drift is not None]
         if reports:
             mirror.drift = union(reports, self._drift.policy.keep_all)
-        delayed = mirror.delayed_sync.value
-        if delayed is not None and delayed.available and delayed.endpoint == OUT_OF_SYNC_REPOS:
-            lists = [p.state.out_of_sync_repos.value for p in answered if p.state.out_of_sync_repos.success]
-            if lists:  # a repository delayed on any node is delayed on the mirror
-                union_ids = frozenset().union(*(ids for ids in lists if ids is not None))
-                mirror.delayed_sync.value = DelayedSync(True, OUT_OF_SYNC_REPOS, len(union_ids))
 
     def pollers(self) -> list[NodePoller]:
-        return [poller for poller, _ in self._pollers.values()]
+        return list(self._pollers.values())

@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from sys import intern
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo
@@ -24,12 +24,22 @@ from exporter.rest.api import MirrorApi, PrimaryApi
 from exporter.rest.client import ClockReading
 from exporter.rest.listings import sync_seconds
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
-from exporter.sources import FetchError, FirstCycle, SourceState, free_later, run_source
-from exporter.state import MirrorState, Policy, PrimaryState, RefQueue, RepoSyncSummary
+from exporter.rest.push_dating import PushDating
+from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
+from exporter.sources import FetchError, FirstCycle, free_later, run_source
+from exporter.state import Policy
 
-if TYPE_CHECKING:
-    from exporter.rest.nodes import NodeFleet
-    from exporter.rest.push_dating import PushDating
+# A poll loop on the REST grid: ``loop(poll, polled_before)`` (exporter/rest/polling.py), so node loops started by a
+# mirror's cycle meet the primary's cycles as the mirrors' own loops do.
+GridLoop = Callable[[Callable[[], Awaitable[None]], bool], Coroutine[Any, Any, None]]
+
+
+class NodeCycle(Protocol):
+    """A mirror's nodes, read one by one (exporter/rest/nodes.py ``NodeFleet``): after the mirror's farm-wide
+    sources, follow the node list and take the union of the nodes' cycles."""
+
+    async def cycle(self, cycle_started: float) -> None: ...
+
 
 # Repositories classified between two yields to the event loop: about a millisecond of work.
 ANALYSIS_CHUNK = 1000
@@ -72,7 +82,7 @@ def cycle_slack(interval: float) -> float:
     return min(interval / 2, 1.0)
 
 
-async def read_status(api: MirrorApi, source: SourceState[MirrorStatus], states_seen: set[str]) -> MirrorStatus:
+async def read_status(api: MirrorApi, states_seen: set[str]) -> MirrorStatus:
     """``/status`` of a mirror or one of its nodes."""
     try:
         return await api.status()
@@ -80,8 +90,7 @@ async def read_status(api: MirrorApi, source: SourceState[MirrorStatus], states_
         # A starting mirror answers 503 with its state; keep the state, the poll still counts as failed.
         if isinstance(exc.body, dict) and isinstance(exc.body.get("state"), str):
             states_seen.add(exc.body["state"])
-            source.value = MirrorStatus(state=exc.body["state"])
-            source.value_timestamp = time.time()
+            exc.learned = MirrorStatus(state=exc.body["state"])
         raise
 
 
@@ -211,7 +220,7 @@ class MirrorPoller:
         primary: PrimaryPoller,
         policy: Policy,
         interval: float = 30.0,
-        nodes: NodeFleet | None = None,
+        nodes: NodeCycle | None = None,
         dating: PushDating | None = None,
     ) -> None:
         self.state = state
@@ -240,7 +249,7 @@ class MirrorPoller:
         # Without nodes, the farm URL's listing: one node's, held by the load balancer's affinity cookie.
         listing = () if self._nodes is not None else (read,)
         await asyncio.gather(
-            run_source(name, "status", s.status, lambda: read_status(api, s.status, s.states_seen)),
+            run_source(name, "status", s.status, lambda: read_status(api, s.states_seen)),
             run_source(name, "upstream", s.upstream, api.upstream),
             run_source(name, "progress", s.progress, api.progress),
             run_source(name, "farm_nodes", s.farm_nodes, api.farm_nodes),
@@ -274,7 +283,7 @@ class PrimaryPoller:
         state: PrimaryState,
         api: PrimaryApi,
         interval: float,
-        on_mirror_servers: Callable[[list[MirrorServer]], None] | None = None,
+        on_mirror_servers: Callable[[list[MirrorServer]], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
         self._api = api
@@ -342,4 +351,4 @@ class PrimaryPoller:
         s.clock = self._api.clock()
         s.cycles += 1
         if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
-            self._on_mirror_servers(s.mirror_servers.value)
+            await self._on_mirror_servers(s.mirror_servers.value)

@@ -22,12 +22,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.config import PRIMARY_TARGET, LagConfig
+from exporter.config import PRIMARY_TARGET
 from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, RepoHealth, RepoState
 from exporter.rest.api import UNKNOWN_ORDER, ActivityPage, PrimaryApi
 from exporter.rest.client import ClockReading
+from exporter.rest.config import LagConfig
+from exporter.rest.state import PrimaryState
 from exporter.sources import FetchError, run_source
-from exporter.state import PrimaryState
 
 Key = tuple[str, str | None]  # (repository id, the primary's content hash)
 # A Date header has whole seconds, so an offset read from it is known to about half a second: smaller ones are taken

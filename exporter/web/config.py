@@ -17,20 +17,22 @@ from typing import Any
 
 import bcrypt
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.config import ConfigError, describe_validation_error
+from exporter.strict import StrictModel
 from exporter.tls import server_context
 from exporter.web.auth import MAX_COST, cost_of
 
 FLAG = "--web.config.file"
 
 
-class _Strict(BaseModel):
+class _Frozen(StrictModel):
+    # Compared on a reload (tls_server_config may not change without a restart).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TlsServerConfig(_Strict):
+class TlsServerConfig(_Frozen):
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
@@ -62,7 +64,7 @@ class TlsServerConfig(_Strict):
             raise ValueError(f"cannot read client_ca_file: {exc.strerror or type(exc).__name__}") from None
 
 
-class WebConfig(_Strict):
+class WebConfig(_Frozen):
     tls_server_config: TlsServerConfig | None = None
     # Username -> bcrypt hash of the password; no users, no authentication.
     basic_auth_users: dict[str, str] = Field(default_factory=dict)

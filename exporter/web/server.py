@@ -12,17 +12,16 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter.git.collector import verified_refs
-from exporter.state import ExporterState
 from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
+from exporter.web.landing import Landing
 from exporter.web.landing import render as render_landing
 from exporter.web.protocol import HEAD_SECONDS, BoundedRequestHandler
 from exporter.web.refusals import Refusals
@@ -37,12 +36,35 @@ CHALLENGE = 'Basic realm="bitbucket-mirror-exporter", charset="UTF-8"'
 DEFAULT_MAX_CONNECTIONS = 1000
 
 
+class Pages(Protocol):
+    """What the web layer reads of the exporter's state; the composition root's ``ExporterState`` gives it, so this
+    layer knows no source."""
+
+    @property
+    def ready(self) -> bool:
+        """Every configured target has finished at least one poll cycle."""
+        ...
+
+    def analyses(self) -> tuple[int, ...]:
+        """Which analyses the state holds (each makes a new object): a new one asks for a new rendering."""
+        ...
+
+    def landing(self, now: float) -> Landing: ...
+
+    def refs(self, now: float) -> list[dict[str, object]]:
+        """``/api/v1/refs``: the refs verify_refs found different, with both hashes."""
+        ...
+
+    @property
+    def stale_after(self) -> float: ...
+
+
 @dataclass
 class Served:
     """What the endpoints serve; a reload replaces its parts, so handlers read it on every request."""
 
     # The exporter's state as it is now (a reload replaces it): read on every request.
-    state: Callable[[], ExporterState]
+    state: Callable[[], Pages]
     registry: CollectorRegistry
     auth: BasicAuth = field(default_factory=lambda: BasicAuth({}))
     # Reloads the configuration: (success, message). None: nothing to reload.
@@ -73,15 +95,10 @@ SERVED_KEY = web.AppKey("served", Served)
 EXPOSITION_KEY = web.AppKey("exposition", Exposition)
 
 
-def drift_reports(state: ExporterState) -> tuple[int, ...]:
-    """Which drift reports the state holds (each analysis makes a new one), mirrors' and nodes' alike."""
-    return tuple(id(r) for m in state.mirrors for r in (m.drift, *(n.drift for n in m.nodes.values())))
-
-
 def exposition_of(served: Served) -> Exposition:
     return Exposition(
         served.registry,
-        lambda: drift_reports(served.state()),
+        lambda: served.state().analyses(),
         served.clock,
         lambda: served.state().ready,
         served.max_rendering_age,
@@ -108,8 +125,8 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    state = request.app[SERVED_KEY].state()
-    return web.Response(text=render_landing(state, time.time(), state.policy.stale_after), content_type="text/html")
+    state, now = request.app[SERVED_KEY].state(), time.time()
+    return web.Response(text=render_landing(state.landing(now), now, state.stale_after), content_type="text/html")
 
 
 async def runbooks(request: web.Request) -> web.Response:
@@ -152,8 +169,7 @@ async def gate(request: web.Request) -> web.Response:
 
 async def refs(request: web.Request) -> web.Response:
     """``GET /api/v1/refs``: the refs verify_refs found different on each mirror, with both hashes."""
-    state = request.app[SERVED_KEY].state()
-    return web.json_response({"repositories": verified_refs(state.mirrors, time.time(), state.policy.stale_after)})
+    return web.json_response({"repositories": request.app[SERVED_KEY].state().refs(time.time())})
 
 
 async def webhook(request: web.Request) -> web.Response:

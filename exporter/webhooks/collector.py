@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter.webhooks.gate import Gate
 from exporter.webhooks.receiver import KNOWN_EVENTS, Receiver
@@ -115,3 +116,29 @@ def gate_metrics(gate: Gate) -> Iterator[Metric]:
     )
     waits.add_metric([], gate.waits.cumulative(), gate.waits.total)
     yield from (requests, waits)
+
+
+class WebhookCollector(Collector):
+    """The webhooks' families while webhooks are configured (``enabled``), with Bitbucket's delivery statistics while
+    fresh (``deliveries``, None otherwise)."""
+
+    def __init__(
+        self, enabled: Callable[[], bool], receiver: Receiver, deliveries: Callable[[], list[Delivery] | None]
+    ) -> None:
+        self._enabled = enabled
+        self._receiver = receiver
+        self._deliveries = deliveries
+
+    def collect(self) -> Iterator[Metric]:
+        if self._enabled():
+            yield from webhook_metrics(self._receiver, self._deliveries())
+
+
+class GateCollector(Collector):
+    """The CI gate's own numbers."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        yield from gate_metrics(self._gate)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from exporter.secret_files import readable_secret_file
+from exporter.strict import StrictModel
 
 
-class WebhooksConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhooksConfig(StrictModel):
     # Where Bitbucket posts; excluded from the web config's basic auth (Bitbucket signs instead).
     path: str = "/webhooks/bitbucket"
     # The webhook's secret: every request must carry X-Hub-Signature (HMAC-SHA256 of the raw body) made with it.

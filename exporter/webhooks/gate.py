@@ -25,13 +25,13 @@ from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, hash_known
 from exporter.rest.client import ClockReading
 from exporter.rest.poller import scope_of
 from exporter.rest.push_dating import offset_of
+from exporter.rest.state import FarmState, MirrorState
 from exporter.sources import FetchError
-from exporter.state import ExporterState, MirrorState
 from exporter.webhooks.matching import Histogram
 from exporter.webhooks.receiver import Receiver
 
 
-def _repository_id(state: ExporterState, receiver: Receiver, key: str, slug: str) -> tuple[str, PrimaryRepo | None]:
+def _repository_id(state: FarmState, receiver: Receiver, key: str, slug: str) -> tuple[str, PrimaryRepo | None]:
     listing = state.primary.repositories.value or {}
     found = receiver.repositories.get((key, slug))
     if found is None:
@@ -81,7 +81,7 @@ def _in_scope(mirror: MirrorState, upstream: PrimaryRepo | None) -> bool:
 
 
 def answer(
-    state: ExporterState,
+    state: FarmState,
     receiver: Receiver,
     key: str,
     slug: str,
@@ -193,7 +193,7 @@ class Gate:
 
     def __init__(
         self,
-        state: Callable[[], ExporterState],
+        state: Callable[[], FarmState],
         receiver: Receiver,
         lookup: Callable[[], CommitLookup | None],
         pages: Callable[[], tuple[int, int]],
@@ -250,7 +250,7 @@ class Gate:
         return found
 
     async def _prove_by_refs(
-        self, state: ExporterState, key: str, slug: str, commit: str, mirrors: list[dict[str, Any]]
+        self, state: FarmState, key: str, slug: str, commit: str, mirrors: list[dict[str, Any]]
     ) -> None:
         """``by: "refs"`` for a mirror not yet proven otherwise: a ref at the commit on the mirror, and on every node
         where nodes are read (ls-remote, rate-limited by the probe)."""

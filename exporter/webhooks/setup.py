@@ -24,10 +24,11 @@ from typing import Any
 
 from yarl import URL
 
-from exporter.config import Settings
+from exporter.config import PrimaryConfig
 from exporter.rest.client import BitbucketClient, parse_json
 from exporter.secret_files import prepare, read_secret_file
 from exporter.sources import FetchError
+from exporter.webhooks.config import WebhooksConfig
 
 NAME = "bitbucket-mirror-exporter"
 EVENTS = ("repo:refs_changed", "mirror:repo_synchronized")
@@ -145,13 +146,19 @@ def optional_json(body: bytes) -> Any:
 
 class Webhooks:
     def __init__(
-        self, client: BitbucketClient, settings: Settings, out: Callable[[str], None], max_requests: int | None = None
+        self,
+        client: BitbucketClient,
+        primary: PrimaryConfig,
+        config: WebhooksConfig,
+        out: Callable[[str], None],
+        max_requests: int | None = None,
     ) -> None:
         self._client = client
-        self._settings = settings
-        self._base = settings.primary.url
+        self._primary = primary
+        self._config = config
+        self._base = primary.url
         self._out = out
-        self._max_requests = max_requests or settings.webhooks.statistics_max_requests
+        self._max_requests = max_requests or config.statistics_max_requests
         self._budget_end = 0
 
     def _requests(self) -> int:
@@ -163,11 +170,11 @@ class Webhooks:
 
     async def _get(self, url: URL, params: dict[str, str | int] | None = None) -> Any:
         self._spend()
-        return await self._client.get(url, self._settings.primary, optional_json, params)
+        return await self._client.get(url, self._primary, optional_json, params)
 
     async def _values(self, url: URL, params: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
         self._spend()
-        values = await self._client.get_all(url, self._settings.primary, params)
+        values = await self._client.get_all(url, self._primary, params)
         return [v for v in values if isinstance(v, dict)]
 
     async def projects(self) -> list[str]:
@@ -209,13 +216,13 @@ class Webhooks:
             return f"would be {verb}"
         if existing is not None:
             target = scope.path(self._base) / str(existing.get("id"))
-            await self._client.send_json("PUT", target, self._settings.primary, wanted)
+            await self._client.send_json("PUT", target, self._primary, wanted)
         else:
-            await self._client.send_json("POST", scope.path(self._base), self._settings.primary, wanted)
+            await self._client.send_json("POST", scope.path(self._base), self._primary, wanted)
         return verb
 
     async def apply(self, projects: list[str], urls: list[str], dry_run: bool) -> None:
-        config = self._settings.webhooks
+        config = self._config
         if config.secret_file is None:
             raise SetupError("webhooks.secret_file: set it first (the webhooks are signed with that secret)")
         await prepare(config.secret_file)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load_settings
+from exporter.app import load_settings
 from tests.unit.test_config import FIXTURES, INVALID, expected_key
 
 

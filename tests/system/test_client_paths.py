@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from exporter.config import settings_from_mapping
+from exporter.app import settings_from_mapping
 from exporter.rest.client import BitbucketClient
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.webhooks.setup import Webhooks
@@ -97,7 +97,9 @@ async def exercise_webhooks(farm: SimulatedFarm, exporter_url: str, tmp_path: Pa
     config["webhooks"] = {"secret_file": str(secret_file)}
     settings = settings_from_mapping(config)
     async with aiohttp.ClientSession() as session:
-        hooks = Webhooks(BitbucketClient(session, settings.poll), settings, lambda line: None)
+        hooks = Webhooks(
+            BitbucketClient(session, settings.poll), settings.primary, settings.webhooks, lambda line: None
+        )
         await hooks.apply(["PRJ1"], [exporter_url], dry_run=False)
         farm.scenario.project_webhook_mirror_events = False  # PRJ2's project webhook refused: per repository
         await hooks.apply(["PRJ2"], [exporter_url], dry_run=False)

@@ -17,8 +17,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from exporter.app import Exporter, ListenAddress
-from exporter.config import settings_from_mapping
+from exporter.app import Exporter, ListenAddress, settings_from_mapping
 from tests.conftest import LOOPBACK, Samples, parse_metrics, running_farm, value, wait_until
 from tests.system.test_webhook_abuse import SECRET, prepared
 

@@ -234,7 +234,7 @@ async def test_twenty_reloads_leave_no_askpass_directory_and_no_descriptor_behin
     import os
     import tempfile
 
-    from exporter.config import Settings
+    from exporter.app import Settings
     from exporter.web.config import WebConfig
 
     remote = Remote(tmp_path)

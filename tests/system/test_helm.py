@@ -19,7 +19,7 @@ from kubernetes_validate.utils import latest_version
 from alerts.rules import CHART_TEMPLATE, AlertConfig, alert_names, render_template, rule_groups
 from dashboards.build import all_dashboards
 from exporter import __version__
-from exporter.config import settings_from_mapping
+from exporter.app import settings_from_mapping
 from tests.certs import TestAuthority
 from tests.monitoring_stack import binary
 

@@ -100,7 +100,7 @@ async def test_node_timers_reach_metrics_and_a_hung_node_stalls_nothing(
             await wait_for_metric(
                 run, 43, "bitbucket_mirror_node_syncs_total", mirror=a["mirror"], node=a["node"], sync="incremental"
             )
-            hung = run.exporter.state.mirrors[0].jmx_nodes["node-b"].source
+            hung = run.exporter.state.jmx["sydney"]["node-b"].source
             assert not hung.polled
             assert value(await run.metrics(), "bitbucket_mirror_jmx_up", mirror="sydney", node="node-b") is None
             _, text = await run.get("/metrics")
@@ -157,9 +157,7 @@ async def test_nodes_from_farm_nodes_with_a_jmx_port(fake_node_classes: Path) ->
             for name in ("sydney-node-1", "sydney-node-2"):
                 await wait_for_metric(run, 1, "bitbucket_mirror_jmx_up", mirror="sydney", node=name)
             address = run.farm.farm.mirrors["sydney"].farm_nodes[0].address
-            assert run.exporter.state.mirrors[0].jmx_nodes["sydney-node-1"].url == node.url.replace(
-                "127.0.0.1", address
-            )
+            assert run.exporter.state.jmx["sydney"]["sydney-node-1"].url == node.url.replace("127.0.0.1", address)
 
 
 async def test_each_nodes_mesh_sidecar_gives_its_four_ticket_kinds_apart(fake_node_classes: Path) -> None:

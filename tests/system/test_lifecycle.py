@@ -192,7 +192,7 @@ def node_reads(truth: dict[str, Any]) -> dict[str, int]:
 
 
 async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() -> None:
-    from exporter.config import Settings
+    from exporter.app import Settings
     from exporter.web.config import WebConfig
 
     loads: list[float] = []
@@ -234,7 +234,7 @@ async def test_reload_over_http_is_off_without_the_flag_and_coalesced_with_it() 
 
 @pytest.mark.parametrize("nodes", [False, True], ids=["farm URL", "node by node"])
 async def test_reloads_that_change_nothing_keep_every_targets_phase_and_add_no_cycles(nodes: bool) -> None:
-    from exporter.config import Settings
+    from exporter.app import Settings
     from exporter.web.config import WebConfig
 
     current: dict[str, Settings] = {}

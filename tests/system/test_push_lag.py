@@ -11,8 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter.app import Exporter, ListenAddress
-from exporter.config import settings_from_mapping
+from exporter.app import Exporter, ListenAddress, settings_from_mapping
 from exporter.simulator import Scenario
 from tests.conftest import LOOPBACK, Running, Samples, parse_metrics, running_farm, value, wait_until
 

@@ -17,8 +17,8 @@ import bcrypt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.rest.collector import MirrorFarmCollector
-from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.app import ExporterState, MirrorFarmCollector
+from exporter.rest.state import MirrorState, PrimaryState
 from exporter.web import scrape_thread
 from exporter.web.auth import BasicAuth
 from exporter.web.scrape_thread import ScrapeThreads

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from exporter.config import ConfigError, settings_from_mapping
+from exporter.app import settings_from_mapping
+from exporter.config import ConfigError
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.tls import server_context
 from tests.certs import TestAuthority

@@ -18,7 +18,8 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.config import ConfigError, Settings
+from exporter.app import Settings
+from exporter.config import ConfigError
 from exporter.simulator import Scenario
 from exporter.web.config import WebConfig, load_web_config
 from tests.certs import TestAuthority

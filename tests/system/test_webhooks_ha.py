@@ -8,8 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from exporter.app import Exporter, ListenAddress
-from exporter.config import settings_from_mapping
+from exporter.app import Exporter, ListenAddress, settings_from_mapping
 from exporter.simulator import Scenario
 from exporter.simulator.webhook_target import WebhookTarget
 from tests.conftest import LOOPBACK, Samples, parse_metrics, running_farm, wait_until

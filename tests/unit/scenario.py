@@ -3,9 +3,12 @@ exposition (tests/unit/golden/exposition.txt), so every change to a series shows
 
 from __future__ import annotations
 
+from exporter.app import ExporterState
 from exporter.drift import Analysis, MirrorRepo, PrimaryRepo, analyse, union
 from exporter.git.refs import Comparison, Difference, RefVerdict
+from exporter.git.state import GitCheck, GitMirrorState
 from exporter.jmx.reading import NodeReading, TicketReading, TimerReading
+from exporter.jmx.state import JmxNodeState
 from exporter.rest.api import ApiFamily, DelayedSync
 from exporter.rest.client import ClockReading
 from exporter.rest.models import (
@@ -17,19 +20,9 @@ from exporter.rest.models import (
     SyncSettings,
     UpstreamServer,
 )
+from exporter.rest.state import MirrorState, NodeState, PrimaryState, RefQueue, RepoSyncSummary
 from exporter.sources import SourceState
-from exporter.state import (
-    ExporterState,
-    GitCheck,
-    GitMirrorState,
-    JmxNodeState,
-    MirrorState,
-    NodeState,
-    Policy,
-    PrimaryState,
-    RefQueue,
-    RepoSyncSummary,
-)
+from exporter.state import Policy
 
 NOW = 1_800_000_000.0
 A, B, ZERO = "a" * 64, "b" * 64, "0" * 40
@@ -145,13 +138,13 @@ def seeded_state() -> ExporterState:
         TicketReading("com.atlassian:name=scm-hosting", "scm-hosting", "Available", 8)])  # fmt: skip
     node = JmxNodeState("service:jmx:rmi:///jndi/rmi://sydney-1:3333/jmxrmi", stale_after_seconds=180)
     node.source = fresh(reading, age=20, duration=0.8)  # type: ignore[assignment]
-    sydney.jmx_nodes = {"sydney-1": node}
     by_node(sydney)
     state = ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))
-    state.git_mirrors = [git_mirror()]
+    state.jmx = {"sydney": {"sydney-1": node}}
+    state.git.mirrors = [git_mirror()]
     # verify_refs on sydney: repo-2's main branch one commit behind the primary's.
     main_behind = Comparison(1, 1, (Difference("refs/heads/main", "5" * 40, "6" * 40),), ())
-    sydney.verify_refs = fresh([RefVerdict("PRJ", "repo-2", main_behind)])  # type: ignore[assignment]
+    state.git.verified = {"sydney": fresh([RefVerdict("PRJ", "repo-2", main_behind)])}  # type: ignore[dict-item]
     return state
 
 
@@ -159,8 +152,8 @@ def git_mirror() -> GitMirrorState:
     """A CI reference mirror two refs behind its remote for 10 minutes, with an extra ref the remote deleted."""
     behind = (Difference("refs/heads/main", "1" * 40, "2" * 40), Difference("refs/tags/v2", None, "3" * 40))
     extra = (Difference("refs/heads/old", "4" * 40, None),)
-    mirror = GitMirrorState("ci-reference", "/mirrors/app.git", stale_after_seconds=180.0, behind_since=NOW - 600)
+    mirror = GitMirrorState("ci-reference", "/mirrors/app.git", stale_after_seconds=180.0)
     remote = "https://bitbucket.example.com/scm/prj/app.git"
-    check = GitCheck(Comparison(41, 42, behind, extra), NOW - 900, 123_456_789, remote)
+    check = GitCheck(Comparison(41, 42, behind, extra), NOW - 900, 123_456_789, remote, behind_since=NOW - 600)
     mirror.refs = fresh(check, age=30, duration=0.4)  # type: ignore[assignment]
     return mirror

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.app import ExporterState, MirrorFarmCollector
 from exporter.drift import MirrorRepo, PrimaryRepo, analyse
-from exporter.rest.collector import MirrorFarmCollector
 from exporter.rest.models import MirrorServer, MirrorStatus
-from exporter.state import ExporterState, MirrorState, Policy, PrimaryState
+from exporter.rest.state import MirrorState, PrimaryState
+from exporter.state import Policy
 from tests.unit.scenario import NOW, fresh
 
 '''"$(cat /tmp/moved_collector.py)"'''

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_settings
+from exporter.app import load_settings
+from exporter.config import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
 INVALID = sorted((FIXTURES / "invalid").glob("*.yml"))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.app import ExporterState
 from exporter.drift import DriftReport, PrimaryRepo, RepoHealth, RepoState
 from exporter.rest.client import ClockReading
+from exporter.rest.state import MirrorState, PrimaryState
 from exporter.sources import SourceState
-from exporter.state import ExporterState, MirrorState, PrimaryState
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.gate import answer, push_on_our_clock
 from exporter.webhooks.matching import Book, Change

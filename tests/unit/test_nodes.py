@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from exporter.config import Credentials, NodesConfig
@@ -10,8 +11,10 @@ from exporter.drift import DriftReport
 from exporter.rest.models import ClusterNode, NodeAddress
 from exporter.rest.nodes import NodeFleet
 from exporter.rest.poller import DriftJob
+from exporter.rest.state import MirrorState, NodeState
 from exporter.sources import SourceState
-from exporter.state import MirrorState, NodeState, Policy
+from exporter.state import Policy
+from exporter.supervisor import Supervisor
 
 
 def farm_nodes(*names: str) -> SourceState[list[ClusterNode]]:
@@ -21,14 +24,15 @@ def farm_nodes(*names: str) -> SourceState[list[ClusterNode]]:
     return SourceState(value=nodes, success=True, value_timestamp=0.0)
 
 
-def fleet(mirror: MirrorState, spawned: list[Any]) -> NodeFleet:
-    def spawn(poller: Any) -> asyncio.Task[None]:
-        spawned.append(poller)
-        return asyncio.create_task(asyncio.sleep(0))
+def fleet(mirror: MirrorState, spawned: list[Any], supervisor: Supervisor) -> NodeFleet:
+    def loop(poll: Any, polled_before: bool) -> Coroutine[Any, Any, None]:
+        spawned.append(poll)  # a loop is made when its node is started
+        return asyncio.sleep(3600)
 
     drift = DriftJob(None, Policy(), 30.0)  # type: ignore[arg-type]
     config = NodesConfig(url_template="http://{address}:7990")
-    return NodeFleet(mirror, config, Credentials(), None, drift, 30.0, spawn)  # type: ignore[arg-type]
+    nodes = supervisor.fleet("node")
+    return NodeFleet(mirror, config, Credentials(), None, drift, 30.0, nodes, loop)  # type: ignore[arg-type]
 
 
 async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes() -> None:
@@ -38,13 +42,17 @@ async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes() -> 
     moved = NodeState("b", "http://10.9.9.9:7990")  # b's address changed since: it starts over
     mirror.nodes = {"a": learned, "b": moved}
     spawned: list[Any] = []
-    reloaded = fleet(mirror, spawned)
-    reloaded.follow()
+    supervisor = Supervisor()
+    await supervisor.start()
+    reloaded = fleet(mirror, spawned, supervisor)
+    await reloaded.follow()
     assert mirror.nodes["a"] is learned
     assert mirror.nodes["b"] is not moved and mirror.nodes["b"].url == "http://10.0.0.1:7990"
     assert len(spawned) == 2
     # b leaves farmNodes: its state (and its series) go; a keeps its poller.
     mirror.farm_nodes = farm_nodes("a")
-    reloaded.follow()
+    await reloaded.follow()
     assert list(mirror.nodes) == ["a"] and mirror.nodes["a"] is learned and len(spawned) == 2
-    await asyncio.sleep(0)
+    assert supervisor.running == 1  # b's loop was cancelled and awaited
+    await supervisor.stop()
+    assert supervisor.running == 0

@@ -26,8 +26,9 @@ from exporter.rest.models import (
     UpstreamServer,
 )
 from exporter.rest.poller import MirrorPoller, PrimaryPoller
+from exporter.rest.state import MirrorState, PrimaryState
 from exporter.sources import FetchError, run_source
-from exporter.state import MirrorState, Policy, PrimaryState
+from exporter.state import Policy
 
 A, B = "a" * 64, "b" * 64
 

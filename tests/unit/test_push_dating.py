@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter.config import LagConfig
 from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo, RepoHealth, RepoState, analyse
 from exporter.rest.api import OLDEST_FIRST, UNKNOWN_ORDER, ActivityPage
 from exporter.rest.client import ClockReading
+from exporter.rest.config import LagConfig
 from exporter.rest.push_dating import PushDating, push_start
+from exporter.rest.state import PrimaryState
 from exporter.sources import FetchError
-from exporter.state import PrimaryState
 
 A, B = "a" * 40, "b" * 40
 

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.rest.collector import MirrorFarmCollector
+from exporter.app import MirrorFarmCollector
 from exporter.web.auth import BasicAuth
 from exporter.web.exposition import GROWING, Exposition, Rendering
 from exporter.web.scrape_thread import is_scrape, parse_head

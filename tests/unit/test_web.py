@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from exporter.app import ExporterState, MirrorFarmCollector
 from exporter.drift import RepoState
-from exporter.rest.collector import MirrorFarmCollector
-from exporter.state import ExporterState, MirrorState, PrimaryState
+from exporter.rest.state import MirrorState, PrimaryState
 from exporter.web.auth import BasicAuth
 from exporter.web.server import Served, make_app
 
@@ -108,7 +108,8 @@ def test_the_landing_page_lists_a_failing_node_under_its_mirror() -> None:
     from exporter.web.landing import render
     from tests.unit.scenario import NOW, seeded_state
 
-    page = render(seeded_state(), NOW, 90.0)
+    state = seeded_state()
+    page = render(state.landing(NOW), NOW, 90.0)
     sources = page.split('<table id="sources">')[1]
     assert "sydney/sydney-3" in sources and "connect_timeout" in sources
     assert "sydney/sydney-1" not in sources  # answering nodes have nothing to report
@@ -118,6 +119,7 @@ def test_the_landing_page_shows_the_refs_that_differ_with_both_commits() -> None
     from exporter.web.landing import render
     from tests.unit.scenario import NOW, seeded_state
 
-    page = render(seeded_state(), NOW, 90.0)
+    state = seeded_state()
+    page = render(state.landing(NOW), NOW, 90.0)
     refs = page.split('<table id="refs">')[1]
     assert "PRJ/repo-2" in refs and "refs/heads/main" in refs and "5" * 40 in refs and "6" * 40 in refs
