@@ -133,11 +133,11 @@ def _checked(name: str, text: str, is_int: bool) -> int | str:
 
 class _Rules:
     def __init__(self, config: AlertConfig) -> None:
-        self.c = config
+        self.config = config
 
-    def m(self, metric: str, matchers: str = "") -> str:
+    def selected(self, metric: str, matchers: str = "") -> str:
         """A selector for one of the exporter's metrics, scoped to the configured job."""
-        return f"{metric}{{{self.c.selector}{',' + matchers if matchers else ''}}}"
+        return f"{metric}{{{self.config.selector}{',' + matchers if matchers else ''}}}"
 
     def alert(
         self,
@@ -159,18 +159,22 @@ class _Rules:
         rule["annotations"] = {
             "summary": summary,
             "description": description,
-            "runbook_url": f"{self.c.runbook_url}#{name.lower()}",
+            "runbook_url": f"{self.config.runbook_url}#{name.lower()}",
         }
         return rule
 
     def exporter(self) -> list[dict[str, Any]]:
-        c, m = self.c, self.m
-        mirror_down = f'label_replace({m("bitbucket_mirror_up")} == 0, "target", "$1", "mirror", "(.*)")'
+        config, selected = self.config, self.selected
+        mirror_down = f'label_replace({selected("bitbucket_mirror_up")} == 0, "target", "$1", "mirror", "(.*)")'
         # repo_sync_status is DriftUnknown's to name; a failed ref change activity lookup only dates lag from first
         # sight instead (bitbucket_mirror_sync_lag_source), and one failing repository would keep it 0 for long.
         # git_refs is BitbucketMirrorGitMirrorCheckFailing's.
-        polled = m("bitbucket_mirror_exporter_poll_success", 'source!~"repo_sync_status|ref_change_activity|git_refs"')
-        primary_listing_failing = m("bitbucket_mirror_exporter_poll_success", 'target="primary",source="repositories"')
+        polled = selected(
+            "bitbucket_mirror_exporter_poll_success", 'source!~"repo_sync_status|ref_change_activity|git_refs"'
+        )
+        primary_listing_failing = selected(
+            "bitbucket_mirror_exporter_poll_success", 'target="primary",source="repositories"'
+        )
         # The causes of unknown drift, for the description: one series per stale input, with the failing reason.
         causes = (
             '{{ range printf "bitbucket_mirror_drift_input_stale{job=%q,instance=%q,mirror=%q}" '
@@ -180,13 +184,14 @@ class _Rules:
         return [
             self.alert(
                 name="BitbucketMirrorExporterDown",
-                expr=f"{m('up')} == 0 or absent({m('up')})",
-                for_=c.exporter_down_for,
+                expr=f"{selected('up')} == 0 or absent({selected('up')})",
+                for_=config.exporter_down_for,
                 severity="warning",
                 summary="Prometheus cannot scrape the Bitbucket mirror exporter.",
                 description=(
                     "Prometheus has not scraped the exporter{{ with $labels.instance }} at {{ . }}{{ end }} for "
-                    f"{c.exporter_down_for} (job matching {{{c.selector}}}): no mirror alert can fire while it is down."
+                    f"{config.exporter_down_for} (job matching {{{config.selector}}}): no mirror alert can fire while "
+                    "it is down."
                 ),
             ),
             self.alert(
@@ -194,71 +199,71 @@ class _Rules:
                 # A mirror's repo_sync_status is left to BitbucketMirrorDriftUnknown, which names it: one cause, one
                 # alert.
                 expr=f"{polled} == 0 unless on (job, instance, target) {mirror_down}",
-                for_=c.poll_failing_for,
+                for_=config.poll_failing_for,
                 severity="warning",
                 summary="The exporter cannot poll a Bitbucket endpoint; its metrics are stale or absent.",
                 description="Polling {{ $labels.source }} on {{ $labels.target }}{{ with $labels.node }} (node {{ . }})"
                 "{{ end }} has failed for "
-                f"{c.poll_failing_for}; its metrics are served for poll.stale_after_seconds, then left out. The "
+                f"{config.poll_failing_for}; its metrics are served for poll.stale_after_seconds, then left out. The "
                 "reason is in bitbucket_mirror_exporter_poll_errors_total.",
             ),
             self.alert(
                 name="BitbucketMirrorDriftUnknown",
-                expr=f"{m('bitbucket_mirror_drift_fresh')} == 0 "
-                f"unless on (job, instance, mirror) {m('bitbucket_mirror_up')} == 0 "
+                expr=f"{selected('bitbucket_mirror_drift_fresh')} == 0 "
+                f"unless on (job, instance, mirror) {selected('bitbucket_mirror_up')} == 0 "
                 f"unless on (job, instance) {primary_listing_failing} == 0",
-                for_=c.drift_unknown_for,
+                for_=config.drift_unknown_for,
                 severity="warning",
                 summary="The exporter cannot tell whether a Bitbucket mirror is in sync.",
                 description=(
                     "Drift and lag of mirror {{ $labels.mirror }} could not be computed from fresh listings for "
-                    f"{c.drift_unknown_for}: its drift alerts cannot fire.{causes}"
+                    f"{config.drift_unknown_for}: its drift alerts cannot fire.{causes}"
                 ),
             ),
         ]
 
     def mirrors(self) -> list[dict[str, Any]]:
-        c, m = self.c, self.m
-        up = m("bitbucket_mirror_up")
-        lag = m("bitbucket_mirror_sync_lag_seconds")
-        not_synchronized = m("bitbucket_mirror_state", 'state!="SYNCHRONIZED"')
-        content_drift = m("bitbucket_mirror_repositories_out_of_sync", 'hash="content"')
-        metadata_drift = m("bitbucket_mirror_repositories_out_of_sync", 'hash="metadata"')
+        config, selected = self.config, self.selected
+        up = selected("bitbucket_mirror_up")
+        lag = selected("bitbucket_mirror_sync_lag_seconds")
+        not_synchronized = selected("bitbucket_mirror_state", 'state!="SYNCHRONIZED"')
+        content_drift = selected("bitbucket_mirror_repositories_out_of_sync", 'hash="content"')
+        metadata_drift = selected("bitbucket_mirror_repositories_out_of_sync", 'hash="metadata"')
         # Read node by node, a mirror's drift and lag are its worst node's. While some node is fine, a lag or drift is
         # that node's to report (BitbucketMirrorNodeBehind): one cause, one alert.
-        node_lag = m("bitbucket_mirror_node_sync_lag_seconds")
-        node_drift = m("bitbucket_mirror_node_repositories_out_of_sync", 'hash="content"')
+        node_lag = selected("bitbucket_mirror_node_sync_lag_seconds")
+        node_drift = selected("bitbucket_mirror_node_repositories_out_of_sync", 'hash="content"')
         best_node_lag = f"min by (job, instance, mirror) ({node_lag})"
         best_node_drift = f"min by (job, instance, mirror) ({node_drift})"
         return [
             self.alert(
                 name="BitbucketMirrorDown",
                 expr=f"{up} == 0",
-                for_=c.mirror_down_for,
+                for_=config.mirror_down_for,
                 severity="critical",
                 summary="A Bitbucket mirror does not answer.",
-                description="Mirror {{ $labels.mirror }} has not answered /status for " + c.mirror_down_for + ".",
+                description="Mirror {{ $labels.mirror }} has not answered /status for " + config.mirror_down_for + ".",
             ),
             self.alert(
                 name="BitbucketMirrorNotSynchronized",
                 expr=f"{not_synchronized} == 1 unless on (job, instance, mirror) {up} == 0",
-                for_=c.not_synchronized_for,
+                for_=config.not_synchronized_for,
                 severity="warning",
                 summary="A Bitbucket mirror is not synchronized.",
                 description="Mirror {{ $labels.mirror }} has reported state {{ $labels.state }}, not SYNCHRONIZED, for "
-                f"{c.not_synchronized_for}.",
+                f"{config.not_synchronized_for}.",
             ),
             self.alert(
                 name="BitbucketMirrorRepositoriesOutOfSync",
-                expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {c.out_of_sync_lag_seconds} "
+                expr=f"{content_drift} > 0 and on (job, instance, mirror) {lag} > {config.out_of_sync_lag_seconds} "
                 f"unless on (job, instance, mirror) {best_node_drift} == 0",
-                for_=c.out_of_sync_for,
-                keep_firing_for=c.lag_keep_firing_for,
+                for_=config.out_of_sync_for,
+                keep_firing_for=config.lag_keep_firing_for,
                 severity="warning",
                 summary="Repositories on a Bitbucket mirror have content that differs from the primary.",
                 description=(
                     "{{ $value }} repositories on mirror {{ $labels.mirror }} differ from the primary, at least one "
-                    f"for more than {c.out_of_sync_lag_seconds}s: clones and CI builds there get stale code."
+                    f"for more than {config.out_of_sync_lag_seconds}s: clones and CI builds there get stale code."
                 ),
             ),
             # One alert name, two severities: the example route lets the critical one inhibit the warning.
@@ -266,58 +271,61 @@ class _Rules:
                 self.alert(
                     name="BitbucketMirrorSyncLagHigh",
                     expr=f"{lag} > {threshold} unless on (job, instance, mirror) {best_node_lag} <= {threshold}",
-                    for_=c.lag_for,
-                    keep_firing_for=c.lag_keep_firing_for,
+                    for_=config.lag_for,
+                    keep_firing_for=config.lag_keep_firing_for,
                     severity=severity,
                     summary="A Bitbucket mirror lags behind the primary.",
                     description="A repository on mirror {{ $labels.mirror }} has differed from the primary for "
                     "{{ $value | humanizeDuration }}.",
                 )
-                for severity, threshold in (("warning", c.lag_warning_seconds), ("critical", c.lag_critical_seconds))
+                for severity, threshold in (
+                    ("warning", config.lag_warning_seconds),
+                    ("critical", config.lag_critical_seconds),
+                )
             ),
             self.alert(
                 name="BitbucketMirrorNodeBehind",
                 # How many more repositories this node has in content drift than its best peer.
                 expr=f"({node_drift} - on (job, instance, mirror) group_left {best_node_drift}) > 0 "
-                f"and on (job, instance, mirror, node) {node_lag} > {c.node_behind_lag_seconds}",
-                for_=c.node_behind_for,
-                keep_firing_for=c.lag_keep_firing_for,
+                f"and on (job, instance, mirror, node) {node_lag} > {config.node_behind_lag_seconds}",
+                for_=config.node_behind_for,
+                keep_firing_for=config.lag_keep_firing_for,
                 severity="warning",
                 summary="One node of a Bitbucket mirror farm lags behind its peers.",
                 description=(
                     "Node {{ $labels.node }} of mirror {{ $labels.mirror }} has {{ $value }} repositories whose "
                     "content differs from the primary's while its peers have them, at least one for more than "
-                    f"{c.node_behind_lag_seconds}s: clones the load balancer sends to it get stale code."
+                    f"{config.node_behind_lag_seconds}s: clones the load balancer sends to it get stale code."
                 ),
             ),
             self.alert(
                 name="BitbucketMirrorMetadataDrift",
                 expr=f"{metadata_drift} > 0",
-                for_=c.metadata_drift_for,
+                for_=config.metadata_drift_for,
                 severity="info",
                 summary="Repository metadata on a Bitbucket mirror differs from the primary.",
                 description=(
                     "{{ $value }} repositories on mirror {{ $labels.mirror }} have the primary's content but different "
-                    f"metadata, continuously for {c.metadata_drift_for}. Metadata and pull-request refs sync late by "
-                    "design."
+                    f"metadata, continuously for {config.metadata_drift_for}. Metadata and pull-request refs sync late "
+                    "by design."
                 ),
             ),
             self.alert(
                 name="BitbucketMirrorRepositoriesMissing",
-                expr=f"{m('bitbucket_mirror_repositories_missing')} > 0 "
-                f"unless on (job, instance, mirror) {m('bitbucket_mirror_sync_discovering')} == 1",
-                for_=c.missing_for,
+                expr=f"{selected('bitbucket_mirror_repositories_missing')} > 0 "
+                f"unless on (job, instance, mirror) {selected('bitbucket_mirror_sync_discovering')} == 1",
+                for_=config.missing_for,
                 severity="warning",
                 summary="Repositories the primary offers are missing on a Bitbucket mirror.",
                 description=(
                     "{{ $value }} repositories in mirror {{ $labels.mirror }}'s scope have been missing there for "
-                    f"{c.missing_for}."
+                    f"{config.missing_for}."
                 ),
             ),
             self.alert(
                 name="BitbucketMirrorRepositorySyncFailing",
-                expr=f"{m('bitbucket_mirror_repository_failed_syncs')} >= {c.failed_syncs}",
-                for_=c.repository_failing_for,
+                expr=f"{selected('bitbucket_mirror_repository_failed_syncs')} >= {config.failed_syncs}",
+                for_=config.repository_failing_for,
                 severity="warning",
                 summary="A repository keeps failing to sync on a Bitbucket mirror.",
                 description=(
@@ -327,27 +335,28 @@ class _Rules:
             ),
             self.alert(
                 name="BitbucketMirrorRefChangesQueueBacklog",
-                expr=f"{m('bitbucket_mirror_ref_changes_queue_length')} > {c.queue_backlog}",
-                for_=c.queue_backlog_for,
+                expr=f"{selected('bitbucket_mirror_ref_changes_queue_length')} > {config.queue_backlog}",
+                for_=config.queue_backlog_for,
                 severity="warning",
                 summary="Ref changes pile up in a Bitbucket mirror farm's queue.",
                 description="Mirror farm {{ $labels.mirror }} has {{ $value }} ref changes waiting to sync.",
             ),
             self.alert(
                 name="BitbucketMirrorFarmNodesMissing",
-                expr=f"{m('bitbucket_mirror_farm_nodes')} < max_over_time({m('bitbucket_mirror_farm_nodes')}"
-                f"[{c.farm_nodes_window}])",
-                for_=c.farm_nodes_for,
+                expr=f"{selected('bitbucket_mirror_farm_nodes')} < "
+                f"max_over_time({selected('bitbucket_mirror_farm_nodes')}[{config.farm_nodes_window}])",
+                for_=config.farm_nodes_for,
                 severity="warning",
                 summary="A Bitbucket mirror farm has lost nodes.",
                 description="Mirror farm {{ $labels.mirror }} lists {{ $value }} nodes, fewer than it did in the last "
-                f"{c.farm_nodes_window}.",
+                f"{config.farm_nodes_window}.",
             ),
             self.alert(
                 name="BitbucketMirrorNotSeenByPrimary",
-                expr=f"time() - {m('bitbucket_mirror_server_last_seen_timestamp_seconds')} > {c.not_seen_seconds} "
-                f"and on (job, instance, mirror) {m('bitbucket_mirror_server_enabled')} == 1",
-                for_=c.not_seen_for,
+                expr=f"time() - {selected('bitbucket_mirror_server_last_seen_timestamp_seconds')} > "
+                f"{config.not_seen_seconds} "
+                f"and on (job, instance, mirror) {selected('bitbucket_mirror_server_enabled')} == 1",
+                for_=config.not_seen_for,
                 severity="warning",
                 summary="The primary has not heard from a Bitbucket mirror.",
                 description=(
@@ -357,9 +366,9 @@ class _Rules:
             self.alert(
                 name="BitbucketMirrorClockSkew",
                 # Not abs(): the sign says which clock is ahead.
-                expr=f"{m('bitbucket_mirror_clock_skew_seconds')} > {c.clock_skew_seconds} "
-                f"or {m('bitbucket_mirror_clock_skew_seconds')} < -{c.clock_skew_seconds}",
-                for_=c.clock_skew_for,
+                expr=f"{selected('bitbucket_mirror_clock_skew_seconds')} > {config.clock_skew_seconds} "
+                f"or {selected('bitbucket_mirror_clock_skew_seconds')} < -{config.clock_skew_seconds}",
+                for_=config.clock_skew_for,
                 severity="warning",
                 summary="A Bitbucket mirror's clock differs from the primary's.",
                 description=(
@@ -369,25 +378,26 @@ class _Rules:
             ),
             self.alert(
                 name="BitbucketMirrorInitialSyncStalled",
-                expr=f"{m('bitbucket_mirror_sync_synced_repositories')} < "
-                f"{m('bitbucket_mirror_sync_total_repositories')} "
-                f"and changes({m('bitbucket_mirror_sync_synced_repositories')}[{c.initial_sync_stall_window}]) == 0",
-                for_=c.initial_sync_stall_for,
+                expr=f"{selected('bitbucket_mirror_sync_synced_repositories')} < "
+                f"{selected('bitbucket_mirror_sync_total_repositories')} "
+                f"and changes({selected('bitbucket_mirror_sync_synced_repositories')}"
+                f"[{config.initial_sync_stall_window}]) == 0",
+                for_=config.initial_sync_stall_for,
                 severity="warning",
                 summary="A Bitbucket mirror's synchronization makes no progress.",
                 description="Mirror {{ $labels.mirror }} has synced {{ $value }} repositories and made no progress for "
-                f"more than {c.initial_sync_stall_for}.",
+                f"more than {config.initial_sync_stall_for}.",
             ),
         ]
 
     def git_mirrors(self) -> list[dict[str, Any]]:
-        c, m = self.c, self.m
-        checked = m("bitbucket_mirror_exporter_poll_success", 'source="git_refs"')
+        config, selected = self.config, self.selected
+        checked = selected("bitbucket_mirror_exporter_poll_success", 'source="git_refs"')
         return [
             self.alert(
                 name="BitbucketMirrorGitMirrorStale",
-                expr=f"{m('bitbucket_mirror_git_behind_seconds')} > {c.git_stale_seconds}",
-                for_=c.git_stale_for,
+                expr=f"{selected('bitbucket_mirror_git_behind_seconds')} > {config.git_stale_seconds}",
+                for_=config.git_stale_for,
                 severity="warning",
                 summary="A git reference mirror lags behind its remote.",
                 description=(
@@ -399,35 +409,38 @@ class _Rules:
             self.alert(
                 name="BitbucketMirrorGitMirrorCheckFailing",
                 expr=f"{checked} == 0",
-                for_=c.git_check_failing_for,
+                for_=config.git_check_failing_for,
                 severity="warning",
                 summary="The exporter cannot compare a git reference mirror with its remote.",
                 description=(
                     "Comparing git mirror {{ $labels.target }} with its remote has failed for "
-                    f"{c.git_check_failing_for}; the reason is in bitbucket_mirror_exporter_poll_errors_total "
+                    f"{config.git_check_failing_for}; the reason is in bitbucket_mirror_exporter_poll_errors_total "
                     "(git_auth, git_not_found, git_timeout, not_a_repository, git_failed)."
                 ),
             ),
         ]
 
     def webhooks(self) -> list[dict[str, Any]]:
-        c, m = self.c, self.m
-        buckets = f"rate({m('bitbucket_mirror_push_to_sync_seconds_bucket')}[{c.push_to_sync_window}])"
+        config, selected = self.config, self.selected
+        buckets = f"rate({selected('bitbucket_mirror_push_to_sync_seconds_bucket')}[{config.push_to_sync_window}])"
         p90 = f"histogram_quantile(0.9, sum by (job, instance, mirror, le) ({buckets}))"
-        changes = m("bitbucket_mirror_primary_content_changes_total")
+        changes = selected("bitbucket_mirror_primary_content_changes_total")
         # Rendered only while webhooks are configured: no alert for an exporter that takes none.
-        configured = m("bitbucket_mirror_webhook_pending_pushes")
-        last_push = m("bitbucket_mirror_webhook_last_received_timestamp_seconds", 'event="repo:refs_changed"')
+        configured = selected("bitbucket_mirror_webhook_pending_pushes")
+        last_push = selected("bitbucket_mirror_webhook_last_received_timestamp_seconds", 'event="repo:refs_changed"')
         return [
             self.alert(
                 name="BitbucketMirrorPushToSyncSlow",
-                expr=f"{p90} > {c.push_to_sync_p90_seconds}",
-                for_=c.push_to_sync_for,
+                expr=f"{p90} > {config.push_to_sync_p90_seconds}",
+                for_=config.push_to_sync_for,
                 severity="warning",
                 summary="Pushes take long to reach a Bitbucket mirror.",
                 description=(
-                    "90% of the pushes of the last " + c.push_to_sync_window + " reached mirror {{ $labels.mirror }} "
-                    "within {{ $value | humanizeDuration }}, more than " + f"{c.push_to_sync_p90_seconds}s: CI jobs "
+                    "90% of the pushes of the last "
+                    + config.push_to_sync_window
+                    + " reached mirror {{ $labels.mirror }} "
+                    "within {{ $value | humanizeDuration }}, more than "
+                    + f"{config.push_to_sync_p90_seconds}s: CI jobs "
                     "that clone from it right after a push build stale code."
                 ),
             ),
@@ -435,67 +448,71 @@ class _Rules:
                 name="BitbucketMirrorWebhooksSilent",
                 # Where Bitbucket's statistics say its deliveries fail, WebhookDeliveriesFailing names the cause: one
                 # alert for it, not two.
-                expr=f"increase({changes}[{c.webhooks_silent_seconds}s]) > 0 and on (job, instance) {configured} "
-                f"unless on (job, instance) time() - {last_push} < {c.webhooks_silent_seconds} "
+                expr=f"increase({changes}[{config.webhooks_silent_seconds}s]) > 0 and on (job, instance) {configured} "
+                f"unless on (job, instance) time() - {last_push} < {config.webhooks_silent_seconds} "
                 f"unless on (job, instance) max by (job, instance) ({self._deliveries_failing()})",
-                for_=c.webhooks_silent_for,
+                for_=config.webhooks_silent_for,
                 severity="info",
                 summary="Bitbucket's push webhooks do not reach the exporter.",
                 description=(
                     f"The primary's listing of exporter {{{{ $labels.instance }}}} shows pushes in the last "
-                    f"{c.webhooks_silent_seconds}s, but no repo:refs_changed webhook arrived: push-to-mirror times "
-                    "and the CI gate's sync events are missing."
+                    f"{config.webhooks_silent_seconds}s, but no repo:refs_changed webhook arrived: push-to-mirror "
+                    "times and the CI gate's sync events are missing."
                 ),
             ),
             self.alert(
                 name="BitbucketMirrorWebhookDeliveriesFailing",
                 expr=self._deliveries_failing(),
-                for_=c.webhook_deliveries_failing_for,
+                for_=config.webhook_deliveries_failing_for,
                 severity="warning",
                 summary="Bitbucket fails to deliver the exporter's webhook.",
                 description=(
                     "Bitbucket's statistics for webhook {{ $labels.url }} of {{ $labels.scope }} show failed "
-                    f"deliveries and no successful one in the last {c.webhook_deliveries_failing_seconds}s: after 5 "
-                    "failures in a row Bitbucket skips the webhook (10 s, doubling up to 10 h) and drops what it skips."
+                    "deliveries and no successful one in the last "
+                    f"{config.webhook_deliveries_failing_seconds}s: after 5 failures in a row Bitbucket skips the "
+                    "webhook (10 s, doubling up to 10 h) and drops what it skips."
                 ),
             ),
         ]
 
     def _deliveries_failing(self) -> str:
         """A failure or error in Bitbucket's window and latest within the last N seconds, and no success since N."""
-        c, m = self.c, self.m
-        window = c.webhook_deliveries_failing_seconds
+        config, selected = self.config, self.selected
+        window = config.webhook_deliveries_failing_seconds
         by = "max by (job, instance, scope, url)"
-        failed = m("bitbucket_mirror_webhook_deliveries", 'outcome=~"failure|error"')
+        failed = selected("bitbucket_mirror_webhook_deliveries", 'outcome=~"failure|error"')
         failed_in_window = f"sum by (job, instance, scope, url) ({failed}) > 0"
         recent = " or ".join(
-            f"({by} ({m(f'bitbucket_mirror_webhook_delivery_last_{outcome}_timestamp_seconds')}) > time() - {window})"
+            f"({by} ({selected(f'bitbucket_mirror_webhook_delivery_last_{outcome}_timestamp_seconds')})"
+            f" > time() - {window})"
             for outcome in ("failure", "error")
         )
-        success = f"{by} ({m('bitbucket_mirror_webhook_delivery_last_success_timestamp_seconds')}) > time() - {window}"
+        success = (
+            f"{by} ({selected('bitbucket_mirror_webhook_delivery_last_success_timestamp_seconds')}) > time() - {window}"
+        )
         on = "on (job, instance, scope, url)"
         return f"(({recent}) and {on} ({failed_in_window})) unless {on} ({success})"
 
     def nodes(self) -> list[dict[str, Any]]:
-        c, m = self.c, self.m
+        config, selected = self.config, self.selected
         quantile = "bitbucket_mirror_node_sync_duration_seconds"
-        snapshots = m("bitbucket_mirror_node_syncs_total", 'sync="snapshot"')
-        incremental_p99 = m(quantile, 'sync="incremental",quantile="0.99"')
-        snapshot_p99 = m(quantile, 'sync="snapshot",quantile="0.99"')
+        snapshots = selected("bitbucket_mirror_node_syncs_total", 'sync="snapshot"')
+        incremental_p99 = selected(quantile, 'sync="incremental",quantile="0.99"')
+        snapshot_p99 = selected(quantile, 'sync="snapshot",quantile="0.99"')
         return [
             self.alert(
                 name="BitbucketMirrorJmxDown",
-                expr=f"{m('bitbucket_mirror_jmx_up')} == 0",
-                for_=c.jmx_down_for,
+                expr=f"{selected('bitbucket_mirror_jmx_up')} == 0",
+                for_=config.jmx_down_for,
                 severity="warning",
                 summary="The exporter cannot read a Bitbucket mirror node's JMX.",
                 description="Reading JMX of node {{ $labels.node }} of mirror {{ $labels.mirror }} has failed for "
-                f"{c.jmx_down_for}; its sync timers are stale.",
+                f"{config.jmx_down_for}; its sync timers are stale.",
             ),
             self.alert(
                 name="BitbucketMirrorSnapshotSyncsFrequent",
-                expr=f"rate({snapshots}[1h]) * 3600 > {c.snapshot_syncs_per_hour}",
-                for_=c.snapshot_syncs_for,
+                expr=f"rate({snapshots}[1h]) * 3600 > {config.snapshot_syncs_per_hour}",
+                for_=config.snapshot_syncs_for,
                 severity="warning",
                 summary="A Bitbucket mirror node runs many snapshot syncs.",
                 description=(
@@ -505,9 +522,9 @@ class _Rules:
             ),
             self.alert(
                 name="BitbucketMirrorSyncSlow",
-                expr=f"{incremental_p99} > {c.incremental_sync_slow_seconds} "
-                f"or {snapshot_p99} > {c.snapshot_sync_slow_seconds}",
-                for_=c.sync_slow_for,
+                expr=f"{incremental_p99} > {config.incremental_sync_slow_seconds} "
+                f"or {snapshot_p99} > {config.snapshot_sync_slow_seconds}",
+                for_=config.sync_slow_for,
                 severity="warning",
                 summary="Syncs on a Bitbucket mirror node are slow.",
                 description="The 99th percentile of {{ $labels.sync }} sync time on node {{ $labels.node }} of mirror "

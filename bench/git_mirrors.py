@@ -143,7 +143,7 @@ async def measure(mirrors: int, cycles: int, concurrency: int, branches: int, ta
     checks = [s.refs.value for s in states if s.refs.value is not None]
     seen_behind = sorted(s.name for s in states if s.refs.value is not None and not s.refs.value.comparison.in_step)
     started = time.perf_counter()
-    samples = sum(len(m.samples) for m in git_metrics(states, time.time()))
+    samples = sum(len(m.samples) for m in git_metrics(states, time.time(), 90.0))
     render_ms = (time.perf_counter() - started) * 1000
     baseline = [await measured(spawn_only(int(rows[0]["spawned"]), concurrency)) for _ in range(cycles)]
 

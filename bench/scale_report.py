@@ -1,4 +1,5 @@
-"""bench/scale.py's results: the machine, the targets of issue 8, a markdown table, a JSON file and a PNG plot."""
+"""bench/scale.py's results: the machine, the scale targets (bench/README.md), a markdown table, a JSON file and a PNG
+plot."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def _nodes(row: dict[str, Any]) -> int:
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 8's targets, judged at the largest size measured through the farm URL (100k repositories and 3 mirrors
-    in the full run); and, where a row reads node by node, the same bounds for it (issue 19)."""
+    """The scale targets, judged at the largest size measured through the farm URL (100k repositories and 3 mirrors in
+    the full run); and, where a row reads node by node, the same bounds for it (each node's listing is its own walk)."""
     farm_url = [r for r in rows if _nodes(r) == 1]
     found = _farm_url_targets(farm_url) if farm_url else []
     by_node = [r for r in rows if _nodes(r) > 1]

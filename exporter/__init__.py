@@ -1,20 +1,18 @@
 """Prometheus exporter for Atlassian Bitbucket Data Center smart mirrors and mirror farms.
 
-The map (docs/architecture.md tells one poll and one scrape, and how to add a source or a metric):
+The map (docs/architecture.md draws it, with the import rules tests/unit/test_architecture.py checks):
 
-- ``cli`` the command line (run, demo, rules, check-config); ``app`` wires one configuration's pollers, the web
-  server and reloads (``Exporter``, ``Polling``); ``demo`` the exporter against the simulated farm;
-- ``config`` the YAML/environment configuration; ``secret_files`` passwords from files; ``tls`` TLS contexts;
-  ``reloading`` the reload outcome and its gauges; ``logs`` logfmt logging;
-- ``sources`` what every source shares: ``FetchError`` and its reasons, ``SourceState``, ``run_source``, the poll
-  loop, the health self-metrics, freeing replaced values off the event loop;
-- ``state`` what the pollers learned, target by target (``ExporterState``), read by collectors and pages;
-- ``drift`` the pure comparison of a mirror's hashes with the primary's, and lag;
-- ``rest/`` the Bitbucket REST side: ``client`` (HTTP), ``api`` (endpoints, API family), ``models`` and ``listings``
-  (decoding), ``poller`` (a poll per target), ``collector`` (its metrics);
-- ``jmx/`` mirror nodes over JMX, shaped the same way (config, query, reading, poller, collector);
-- ``web/`` the exporter's own HTTP side: ``server`` (routes, start-up), ``auth`` (basic auth), ``config`` (web config),
-  ``landing`` (the ``/`` page), ``runbooks`` (``/runbooks``);
+- the composition root: ``app`` (the one module that knows every source: ``Settings``, ``ExporterState``,
+  ``MirrorFarmCollector``, ``Polling``, ``Exporter``); entry points ``cli``, ``demo`` and ``__main__``;
+- the core, which imports no source: ``config`` (the core's configuration and loading), ``strict`` (the strict
+  configuration base), ``secret_files`` (passwords from files), ``tls`` (TLS contexts), ``reloading`` (the reload
+  outcome and its gauges), ``logs`` (logfmt), ``sources`` (``FetchError``, ``SourceState``, ``run_source``, the poll
+  loop, the freshness rule, the health families), ``supervisor`` (one TaskGroup, fleets of targets), ``state``
+  (the rendering ``Policy``), ``drift`` (the pure comparison and lag), ``urls`` (URL checks), ``node_targets`` (a
+  farm's nodes), ``processes`` (child processes with a time limit), and ``web/`` (the exporter's HTTP side);
+- the sources, each with its config, state, poller(s) and collector: ``rest/`` (Bitbucket's REST API), ``jmx/``
+  (mirror nodes over JMX), ``git/`` (git reference mirrors and verify_refs), ``webhooks/`` (push-to-sync and the CI
+  gate);
 - ``simulator/`` a simulated primary and mirror farm for the demo and the tests.
 """
 

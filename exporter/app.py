@@ -51,7 +51,7 @@ from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
 from exporter.rest.config import LagConfig
 from exporter.rest.polling import RestConfig, RestPolling
 from exporter.rest.state import FarmState, MirrorState, PrimaryState
-from exporter.sources import SourceState, freshness, health_metrics, poll_forever, run_source
+from exporter.sources import SourceState, health_metrics, poll_forever, run_source
 from exporter.state import Policy
 from exporter.supervisor import Supervisor
 from exporter.tls import load_pair
@@ -119,11 +119,12 @@ class Settings(CoreSettings):
     def _git_names(self) -> Self:
         taken = {PRIMARY_TARGET, *(m.name for m in self.mirrors)}
         seen: set[str] = set()
-        for i, git_mirror in enumerate(self.git_mirrors):
+        for index, git_mirror in enumerate(self.git_mirrors):
             # The name is the `target` of the self-metrics too: it must not be a Bitbucket mirror's.
             if git_mirror.name in taken or git_mirror.name in seen:
                 raise ValueError(
-                    f"git_mirrors[{i}].name: {git_mirror.name!r} is taken (the primary, a mirror or another git mirror)"
+                    f"git_mirrors[{index}].name: {git_mirror.name!r} is taken (the primary, a mirror or another git "
+                    "mirror)"
                 )
             seen.add(git_mirror.name)
         return self
@@ -144,12 +145,12 @@ class Settings(CoreSettings):
 
     def warnings(self) -> list[str]:
         found = super().warnings()
-        for i, mirror in enumerate(self.mirrors):
+        for index, mirror in enumerate(self.mirrors):
             credentials = mirror.credentials_or(self.primary)
             if credentials.token is not None or credentials.token_file is not None:
                 inherited = "" if mirror.is_set else " (inherited from primary)"
                 found.append(
-                    f"mirrors[{i}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
+                    f"mirrors[{index}] ({mirror.name}): a token{inherited} cannot read supportInfo, which needs Basic "
                     "auth with an admin account (HTTP access tokens fail on admin endpoints, BSERV-10482)"
                 )
             templates = {"nodes.url_template": mirror.nodes.url_template if mirror.nodes is not None else None}
@@ -157,7 +158,7 @@ class Settings(CoreSettings):
                 templates["jmx.exporter_url_template"] = mirror.jmx.exporter_url_template
                 templates["jmx.mesh_exporter_url_template"] = mirror.jmx.mesh_exporter_url_template
             for key, template in templates.items():
-                found += cluster_port_warning(f"mirrors[{i}].{key}", mirror.name, template)
+                found += cluster_port_warning(f"mirrors[{index}].{key}", mirror.name, template)
         return found
 
 
@@ -178,9 +179,8 @@ class ExporterState(FarmState):
 
     jmx: JmxState = field(default_factory=dict)
     git: GitState = field(default_factory=GitState)
-    # webhooks.statistics_projects: read on its own interval (its freshness: webhooks.statistics_interval_seconds).
+    # webhooks.statistics_projects: read on its own interval (webhooks.statistics_interval_seconds).
     webhook_statistics: SourceState[list[Delivery]] = field(default_factory=lambda: SourceState(on_demand=True))
-    webhook_statistics_stale_after: float = 900.0
 
     @property
     def stale_after(self) -> float:
@@ -229,8 +229,8 @@ class MirrorFarmCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state, now = self._state(), self._clock()
         yield from rest_collector.rest_metrics(state, now)
-        yield from jmx_metrics(state.jmx, now)
-        yield from git_collector.git_metrics(state.git.mirrors, now)
+        yield from jmx_metrics(state.jmx, now, state.policy.stale_after)
+        yield from git_collector.git_metrics(state.git.mirrors, now, state.policy.stale_after)
         yield from git_collector.verified_metrics(state.git.verified, now, state.policy.stale_after)
         yield from health_metrics(state.health())
 
@@ -244,9 +244,7 @@ def build_state(settings: Settings) -> ExporterState:
         primary=PrimaryState(url=settings.primary.url),
         mirrors=[MirrorState(name=m.name, url=m.url) for m in settings.mirrors],
         policy=policy(settings),
-        webhook_statistics_stale_after=freshness(
-            settings.poll.stale_after, settings.webhooks.statistics_interval_seconds
-        ),
+        webhook_statistics=SourceState(on_demand=True, own_interval=settings.webhooks.statistics_interval_seconds),
     )
 
 
@@ -255,9 +253,10 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     (last good values, error counts, drift history, JMX nodes, verify_refs), so a reload does not blank the
     dashboards. Git mirrors are followed by name (``GitMirrors.follow`` keeps a state whose name is still wanted)."""
     new = build_state(settings)
+    statistics_interval = settings.webhooks.statistics_interval_seconds
     if old.primary.url == new.primary.url:
         new.primary = old.primary
-        new.webhook_statistics = old.webhook_statistics
+        new.webhook_statistics, old.webhook_statistics.own_interval = old.webhook_statistics, statistics_interval
     kept = {(m.name, m.url): m for m in old.mirrors if not m.discovered}
     new.mirrors = [kept.get((m.name, m.url), m) for m in new.mirrors]
     names = {m.name for m in new.mirrors if any(m is k for k in kept.values())}
@@ -302,6 +301,7 @@ class Polling:
         # The primary's API of this configuration (the CI gate asks it about commits); None until started.
         self.primary_api: PrimaryApi | None = None
         self.refs_probe: RefsProbe | None = None
+        self.git_mirrors: GitMirrors | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -344,7 +344,7 @@ class Polling:
         self.supervisor.spawn(poll_forever(read, config.statistics_interval_seconds), "webhook statistics")
 
     def _start_git(self) -> None:
-        settings, stale_after = self.settings, self.state.policy.stale_after
+        settings = self.settings
         git = self._git = Git(settings.git_concurrency)  # starts nothing until a git mirror or verify_refs asks
         # The CI gate's refs proof: ls-remote of a mirror (or its nodes), through the same runner and its slots.
         probed: dict[str, tuple[RefsVerification, Credentials]] = {
@@ -355,13 +355,12 @@ class Polling:
         )
         if settings.git_mirrors or settings.git_mirrors_dir is not None:
             found = settings.git_mirrors_dir
-            git_mirrors = GitMirrors(
+            git_mirrors = self.git_mirrors = GitMirrors(
                 settings.git_mirrors,
                 found.found if found is not None else list,
                 self.state.git.mirrors,
                 git,
                 self.supervisor.fleet("git mirror"),
-                stale_after,
             )
             self.supervisor.spawn(git_mirrors.run(), "git mirrors")
         for mirror in settings.mirrors:
@@ -386,7 +385,6 @@ class Polling:
                 rest.first_cycle(mirror.name),
                 self.supervisor.fleet(f"{mirror.name} jmx node"),
                 settings.poll.interval_seconds,
-                freshness(self.state.policy.stale_after, mirror.jmx.interval_seconds),
                 farm=farm_of(mirror_state),
                 nodes=nodes_of(mirror, credentials, mirror_state),
                 fetch_text=self._fetch_text,
@@ -470,28 +468,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(MirrorFarmCollector(lambda: self.state))
         self.registry.register(ReloadCollector(self.reloads))
-        # What the webhooks taught outlives reloads (a reload changes the limits, not the pending pushes).
-        self.webhooks = Receiver(
-            lambda: self.settings.webhooks,
-            Book(settings.webhooks.pending_timeout_seconds, settings.webhooks.max_pending),
-            lambda server_id, name: self.state.mirror_of_server(server_id, name),
-        )
-        self.registry.register(
-            WebhookCollector(
-                lambda: self.settings.webhooks.enabled or bool(self.settings.webhooks.statistics_projects),
-                self.webhooks,
-                lambda: self.state.webhook_statistics.fresh(time.time(), self.state.webhook_statistics_stale_after),
-            )
-        )
-        # The CI gate: commits the webhooks did not bring are looked up on the primary (the current configuration's).
-        self.gate = Gate(
-            lambda: self.state,
-            self.webhooks,
-            lambda: self._polling.primary_api,
-            lambda: (self.settings.lag.page_limit, self.settings.lag.max_pages),
-            refs=lambda: self._polling.refs_probe,
-        )
-        self.registry.register(GateCollector(self.gate))
+        self.webhooks, self.gate = self._webhooks_and_gate()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._served = Served(
@@ -514,9 +491,46 @@ class Exporter:
         self._background = Supervisor()
         self.port = listen.port
 
+    def _webhooks_and_gate(self) -> tuple[Receiver, Gate]:
+        """The webhook receiver and the CI gate, with their collectors. What the webhooks taught outlives reloads (a
+        reload changes the limits, not the pending pushes); the gate asks the current configuration's primary about
+        commits the webhooks did not bring."""
+        config = self.settings.webhooks
+        receiver = Receiver(
+            lambda: self.settings.webhooks,
+            Book(config.pending_timeout_seconds, config.max_pending),
+            lambda server_id, name: self.state.mirror_of_server(server_id, name),
+        )
+        self.registry.register(
+            WebhookCollector(
+                lambda: self.settings.webhooks.enabled or bool(self.settings.webhooks.statistics_projects),
+                receiver,
+                lambda: self.state.webhook_statistics.fresh(time.time(), self.state.policy.stale_after),
+            )
+        )
+        gate = Gate(
+            lambda: self.state,
+            receiver,
+            lambda: self._polling.primary_api,
+            lambda: (self.settings.lag.page_limit, self.settings.lag.max_pages),
+            refs=lambda: self._polling.refs_probe,
+        )
+        self.registry.register(GateCollector(gate))
+        return receiver, gate
+
     @property
     def client(self) -> BitbucketClient | None:
         return self._polling.client
+
+    def rendered_since(self, made: float) -> bool:
+        """Whether /metrics now serves renderings made at or after ``made`` (monotonic)."""
+        exposition = self._server.exposition if self._server is not None else None
+        return exposition is not None and exposition.rendered_since(made)
+
+    @property
+    def polling(self) -> Polling:
+        """The running configuration's pollers (a test steps a git_mirrors_dir scan by hand, or counts tasks)."""
+        return self._polling
 
     @property
     def push_lookups(self) -> int:

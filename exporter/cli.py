@@ -44,7 +44,8 @@ def _listen_address(text: str) -> ListenAddress:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
+    """The options of the commands that load the configuration (run, demo, check-config)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML configuration file (environment overrides it)")
     common.add_argument(
@@ -78,18 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info", help="default info")
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config,wait,webhooks}")
-    commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
-    demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
-    demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
-    rules = commands.add_parser("rules", help="print the Prometheus alert rules, with your own thresholds")
-    rules.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="override a setting"
-    )
-    rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
-    rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    return common
+
+
+def _add_wait(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wait = commands.add_parser(
         "wait",
         help="wait until a commit is on the mirror (a CI step before cloning from it): exit 0 when it is, 1 on "
@@ -105,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                       "BITBUCKET_MIRROR_EXPORTER_WAIT_PASSWORD, never the command line")  # fmt: skip
     wait.add_argument("--password-file", type=Path)
     wait.add_argument("--ca-file", type=Path, help="CA bundle for an exporter served over TLS")
+
+
+def _add_webhooks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hooks = commands.add_parser("webhooks", help="set up Bitbucket's webhooks for the exporter, or read their state")
     hook_commands = hooks.add_subparsers(dest="webhooks_command", metavar="{apply,status}", required=True)
     for name, text in (
@@ -132,6 +128,24 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="requests to Bitbucket per project at most (default webhooks.statistics_max_requests, 200)",
             )
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog=PROG, description="Prometheus exporter for Bitbucket DC smart mirrors.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,rules,check-config,wait,webhooks}")
+    commands.add_parser("run", parents=[common], help="poll the configured Bitbucket (the default)")
+    demo = commands.add_parser("demo", parents=[common], help="run against a built-in simulated mirror farm")
+    demo.add_argument("--demo.interval", dest="demo_interval", type=float, default=5.0, help="poll interval, s")
+    rules = commands.add_parser("rules", help="print the Prometheus alert rules, with your own thresholds")
+    rules.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="override a setting"
+    )
+    rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    _add_wait(commands)
+    _add_webhooks(commands)
     commands.add_parser(
         "check-config",
         parents=[common],

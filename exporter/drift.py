@@ -272,8 +272,8 @@ _SEVERITY = {
 }
 
 
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
+def _earliest(one: float | None, other: float | None) -> float | None:
+    return other if one is None else one if other is None else min(one, other)
 
 
 def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:

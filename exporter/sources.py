@@ -17,9 +17,9 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -89,14 +89,18 @@ class SourceState(Generic[T]):
     errors_total: dict[str, int] = field(default_factory=dict)
     # Asked only when needed (ref change activity), not every cycle: its age says nothing, only a failure does.
     on_demand: bool = False
+    # Polled on an interval of its own (JMX, git mirrors, webhook statistics): served for at least three of them.
+    own_interval: float | None = None
 
     @property
     def polled(self) -> bool:
         return self.success is not None
 
     def fresh(self, now: float, stale_after: float) -> T | None:
-        """The value, if it was learned at most ``stale_after`` seconds before ``now``; else None (not served)."""
-        if self.value is None or self.value_timestamp is None or now - self.value_timestamp > stale_after:
+        """The value while served by the one freshness rule (``freshness``: ``stale_after`` is
+        poll.stale_after_seconds); else None (not served)."""
+        window = freshness(stale_after, self.own_interval)
+        if self.value is None or self.value_timestamp is None or now - self.value_timestamp > window:
             return None
         return self.value
 
@@ -269,6 +273,10 @@ async def poll_forever(
     while True:
         started = time.monotonic()
         await poll()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancellation some await inside the poll dropped (Python 3.11's wait_for, gh-86296): honour it.
+            raise asyncio.CancelledError
         now = time.monotonic()
         wake = next_start(now, interval, anchor) if anchor is not None else started + interval
         if wake <= started:  # a cycle shorter than the clock's resolution: never poll twice in one slot
@@ -297,6 +305,20 @@ class SourceFamilies:
             self.last_success.add_sample(self.last_success.name, labels, source.last_success_timestamp)
         for reason, count in sorted(source.errors_total.items()):
             self.errors.add_sample(self.errors.name + "_total", {**labels, "reason": reason}, count)
+
+
+class GaugeMaker(Protocol):
+    def __call__(self, name: str, doc: str, labels: Sequence[str] = ...) -> GaugeMetricFamily: ...
+
+
+def gauges(note: str, default_labels: Sequence[str]) -> GaugeMaker:
+    """The one way a source's collector declares a gauge family: every HELP text ends with ``note`` (where its values
+    come from and how long they are served), ``default_labels`` unless given."""
+
+    def gauge(name: str, doc: str, labels: Sequence[str] = default_labels) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc + note, labels=list(labels))
+
+    return gauge
 
 
 # A source's labels (target, source and, for a farm node's, node) and its state: what each source package yields for

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Hashable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("exporter.supervisor")
@@ -41,8 +41,7 @@ class Supervisor:
                 self._group = group
                 started.set()
                 await self._stopping.wait()
-                for task in list(self._tasks):
-                    task.cancel()
+                await end(self._tasks)
 
         self._runner = asyncio.create_task(hold())
         await started.wait()
@@ -75,6 +74,17 @@ class Supervisor:
             await self._runner
 
 
+async def end(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that goes on: Python 3.11's
+    ``asyncio.wait_for`` returns a result that arrives with the cancellation and drops the cancellation (gh-86296),
+    and a poll loop that lost it would sleep on forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
 async def _guarded(work: Work, name: str) -> None:
     try:
         await work
@@ -97,11 +107,7 @@ class Fleet(Generic[K]):
         Returns the keys that were stopped. A key that carries what makes a target different (its URL too) restarts
         the target when that changes."""
         gone = [key for key in self._tasks if key not in wanted]
-        stopped = [self._tasks.pop(key) for key in gone]
-        for task in stopped:
-            task.cancel()
-        if stopped:
-            await asyncio.gather(*stopped, return_exceptions=True)
+        await end([self._tasks.pop(key) for key in gone])
         for key, start in wanted.items():
             if key not in self._tasks or self._tasks[key].done():
                 self._tasks[key] = self._supervisor.spawn(start(), f"{self._kind}:{key}")

@@ -4,13 +4,11 @@ screenshot, each from a fresh profile, with the flags this machine's closed netw
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
+from tests.tools import binary
 
 FLAGS = [
     "--headless",
@@ -26,14 +24,8 @@ FLAGS = [
 
 
 def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = "chromium not found: install the Debian package 'chromium' (scripts/bootstrap does on Debian)"
-        # Ubuntu has no chromium deb (only a snap): skipped there with this reason, but never in CI.
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    # Ubuntu has no chromium deb (only a snap): skipped there, but never in CI.
+    return binary("chromium", "chromium", skip_outside_ci=True)
 
 
 async def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:

@@ -69,6 +69,13 @@ class Running:
         self.farm = farm
         self.exporter = exporter
         self.http = http
+        # When the state last changed in a way a test waits for (a poll cycle, readiness): a scrape shows it once the
+        # renderings served (at most a second old in production) are newer.
+        self.settled = 0.0
+
+    def settle(self) -> None:
+        """The state just changed (the test changed it itself): the next ``metrics`` shows the change."""
+        self.settled = time.monotonic()
 
     @property
     def url(self) -> str:
@@ -79,6 +86,14 @@ class Running:
             return resp.status, await resp.text()
 
     async def metrics(self) -> Samples:
+        """A scrape through the production path (renderings up to a second old, lag lines written at the scrape),
+        once the renderings served are newer than the last change the test waited for."""
+
+        async def rendered() -> bool:
+            return self.exporter.rendered_since(self.settled)
+
+        if self.settled:
+            await wait_until(rendered, 5.0, "a rendering newer than the last change")
         status, text = await self.get("/metrics")
         assert status == 200
         return parse_metrics(text)
@@ -96,6 +111,8 @@ class Running:
         return found
 
     async def control(self, path: str, body: dict[str, Any]) -> Any:
+        """Change the simulated farm; what follows from it (a poll, a webhook delivery) is in a later rendering."""
+        self.settle()
         url = self.farm.primary_url + path
         async with self.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             assert resp.status == 200, await resp.text()
@@ -110,6 +127,7 @@ class Running:
             return (await self.get("/-/ready"))[0] == 200
 
         await wait_until(ready, within, "/-/ready")
+        self.settle()
 
     async def next_cycles(self, count: int = 1, within: float = 15.0) -> None:
         """Wait until every target has finished ``count`` more poll cycles."""
@@ -121,6 +139,7 @@ class Running:
             return all(t.cycles >= g for t, g in zip(targets, goal, strict=True))
 
         await wait_until(done, within, f"{count} more poll cycles")
+        self.settle()
 
 
 @asynccontextmanager
@@ -147,14 +166,12 @@ async def running_farm(
         config = farm.exporter_config(interval_seconds=interval, nodes=nodes, **poll)
         if prepare is not None:
             prepare(farm, config)
-        # Every scrape rendered afresh: these tests look at /metrics right after each change they make.
         exporter = Exporter(
             settings_from_mapping(config),
             ListenAddress(LOOPBACK, 0),
             resolver,
             web_config,
             loader,
-            max_rendering_age=0,
             lifecycle=lifecycle,
             http_reload_interval=http_reload_interval,
         )

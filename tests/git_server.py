@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 from aiohttp import web
+
+from tests.tools import binary
 
 HTTP_BACKEND = Path("/usr/lib/git-core/git-http-backend")
 ENV = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
@@ -21,11 +21,9 @@ ENV = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent", "GIT_AUTHOR_NAME": "t
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
-    if shutil.which("git") is None:
-        pytest.fail("git not found: scripts/bootstrap installs it")
     done = subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-        env={**os.environ, **ENV},
+        [binary("git", "git"), "-c", "init.defaultBranch=main", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60, env={**os.environ, **ENV},
     )  # fmt: skip
     assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
     return done.stdout

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-import pytest
+from tests.tools import binary
 
 SOURCE = Path(__file__).parent / "jmx" / "FakeMirrorNode.java"
 INCREMENTAL = "com.atlassian.bitbucket.mirroring:type=Sync,name=IncrementalSyncTime"
@@ -22,10 +21,7 @@ TICKETS = "com.atlassian.bitbucket:type=Tickets,name=scm-hosting"
 
 
 def java_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: install a JDK (scripts/bootstrap installs default-jdk-headless)")
-    return path
+    return binary(name, "default-jdk-headless")
 
 
 def compile_fake_node(into: Path) -> Path:

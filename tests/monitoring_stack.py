@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import time
@@ -22,6 +21,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.tools import binary
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -30,13 +31,6 @@ def free_port() -> int:
         s.bind((LOOPBACK, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def binary(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: install the Debian package {package!r} (scripts/bootstrap does)")
-    return path
 
 
 def _tail(log: Path) -> str:

@@ -1,2 +1,5 @@
-"""Plain git: CI fleets' shared reference mirrors (config, command, refs, poller, collector) and ref-level
-verification of Bitbucket mirrors (verify.py)."""
+"""The git source: CI fleets' shared reference mirrors and ref-level verification of Bitbucket mirrors.
+
+``config`` (git_mirrors, git_mirrors_dir, ``RefsVerification``), ``command`` (the read-only git runner), ``refs``
+(parsing and comparison), ``state`` (``GitState``), ``poller`` (one mirror; ``GitMirrors`` follows the directory),
+``collector`` (its families and health), ``verify`` (verify_refs and the CI gate's ``RefsProbe``)."""

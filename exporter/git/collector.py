@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.git.refs import RefVerdict
 from exporter.git.state import GitMirrorState
-from exporter.sources import SourceState
+from exporter.sources import SourceState, gauges
 
 CHECKED = (
     " Compared in the background every interval_seconds of the git mirror; absent once older than the larger of "
@@ -18,11 +18,10 @@ CHECKED = (
 LABEL = ["git_mirror"]
 
 
-def _gauge(name: str, doc: str, labels: list[str] = LABEL) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc + CHECKED, labels=labels)
+_gauge = gauges(CHECKED, LABEL)
 
 
-def git_metrics(mirrors: Iterable[GitMirrorState], now: float) -> Iterator[Metric]:
+def git_metrics(mirrors: Iterable[GitMirrorState], now: float, stale_after: float) -> Iterator[Metric]:
     refs = _gauge(
         "bitbucket_mirror_git_refs",
         "Refs counted (the git mirror's refs globs, less its exclusions) on the mirror (side=local) and its remote "
@@ -51,7 +50,7 @@ def git_metrics(mirrors: Iterable[GitMirrorState], now: float) -> Iterator[Metri
     for mirror in mirrors:
         if mirror.refs.last_success_timestamp is not None:
             checked.add_metric([mirror.name], mirror.refs.last_success_timestamp)
-        check = mirror.refs.fresh(now, mirror.stale_after_seconds)
+        check = mirror.refs.fresh(now, stale_after)
         if check is None:
             continue
         comparison = check.comparison

@@ -25,9 +25,12 @@ class GitCheck:
 class GitMirrorState:
     name: str
     path: str
-    # The larger of poll.stale_after_seconds and 3 x its interval.
-    stale_after_seconds: float = 180.0
+    # Its interval, so its values are served by the one freshness rule (sources.freshness).
+    interval_seconds: float = 60.0
     refs: SourceState[GitCheck] = field(default_factory=SourceState)
+
+    def __post_init__(self) -> None:
+        self.refs.own_interval = self.interval_seconds
 
 
 @dataclass

@@ -15,7 +15,7 @@ from prometheus_client.core import (
 
 from exporter.jmx.reading import NodeReading
 from exporter.jmx.state import JmxNodeState, JmxState
-from exporter.sources import SourceFamilies
+from exporter.sources import SourceFamilies, gauges
 
 JMX_CACHED = (
     " Read over JMX every jmx.interval_seconds; scrapes read the last reading, absent once older than the larger of "
@@ -25,8 +25,7 @@ NODE = ["mirror", "node"]
 SYNC = [*NODE, "sync"]
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc + JMX_CACHED, labels=labels)
+_gauge = gauges(JMX_CACHED, NODE)
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,10 @@ class Node:
         return [self.mirror, self.name]
 
 
-def jmx_metrics(mirrors: JmxState, now: float) -> Iterator[Metric]:
+def jmx_metrics(mirrors: JmxState, now: float, stale_after: float) -> Iterator[Metric]:
     """Every JMX family, from each mirror's nodes (by mirror name, in the configuration's order)."""
     nodes = [
-        Node(mirror, name, state, state.source.fresh(now, state.stale_after_seconds))
+        Node(mirror, name, state, state.source.fresh(now, stale_after))
         for mirror, jmx_nodes in mirrors.items()
         for name, state in jmx_nodes.items()
     ]

@@ -54,7 +54,6 @@ class JmxPoller:
         wait_for_farm_nodes: Callable[[], Awaitable[None]],
         fleet: Fleet[tuple[str, str]],
         follow_seconds: float,
-        stale_after: float,
         farm: Callable[[], list[NodeTarget]],
         nodes: Callable[[], list[NodeTarget]] | None = None,
         fetch_text: FetchText | None = None,
@@ -66,7 +65,6 @@ class JmxPoller:
         self._farm = farm
         self._targets = nodes or farm
         self._fetch_text = fetch_text
-        self._stale_after = stale_after
         # How often the node list is rebuilt from farmNodes: the mirror's poll interval, not the slower JMX one.
         self._follow_seconds = follow_seconds
         self._fleet = fleet
@@ -147,7 +145,9 @@ class JmxPoller:
             url = " ".join(source.urls)
             current = known.get(name)
             state = updated[name] = (
-                current if current is not None and current.url == url else JmxNodeState(url, self._stale_after)
+                current
+                if current is not None and current.url == url
+                else JmxNodeState(url, self._config.interval_seconds)
             )
             wanted[(name, url)] = partial(self._node_loop, name, state, source)
         for name, _ in await self._fleet.reconcile(wanted):

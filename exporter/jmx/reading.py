@@ -158,7 +158,7 @@ def _timer(object_name: str, values: dict[str, object], attrs: TimerAttributes, 
         value = number(values.get(name))
         return None if value is None or scale is None else value * scale
 
-    quantiles = {q: s for q, name in attrs.quantiles.items() if (s := seconds(name)) is not None}
+    quantiles = {q: scaled for q, name in attrs.quantiles.items() if (scaled := seconds(name)) is not None}
     return TimerReading(
         object_name,
         count=number(values.get(attrs.count)),

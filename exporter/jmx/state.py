@@ -13,9 +13,12 @@ class JmxNodeState:
     """One mirror node's JMX, polled on its own interval (jmx.interval_seconds)."""
 
     url: str
-    # The larger of poll.stale_after_seconds and 3 x jmx.interval_seconds: JMX is polled less often.
-    stale_after_seconds: float = 90.0
+    # Its interval (jmx.interval_seconds), so its values are served by the one freshness rule (sources.freshness).
+    interval_seconds: float = 30.0
     source: SourceState[NodeReading] = field(default_factory=SourceState)
+
+    def __post_init__(self) -> None:
+        self.source.own_interval = self.interval_seconds
 
 
 # Each mirror's JMX nodes by node name, by mirror name.

@@ -1,9 +1,12 @@
-"""The Bitbucket REST side, one module per step of a poll:
+"""The Bitbucket REST source, one module per step of a poll:
 
+- ``config``: its section (``lag``); ``state``: ``FarmState`` (the primary, each mirror and node, source by source);
 - ``client``: ``BitbucketClient``, one aiohttp session with retries, paging, size caps and clock readings;
 - ``api``: ``MirrorApi`` and ``PrimaryApi``, the mirroring endpoints of both API families (8.x nested, 9.x flat);
 - ``models`` and ``listings``: tolerant pydantic models of every answer, and fast msgspec decoders for the two
   listings that grow with the repository count;
-- ``poller``: ``MirrorPoller`` and ``PrimaryPoller``, one poll cycle per target, drift included;
-- ``collector``: ``MirrorFarmCollector``, the metric families rendered from the latest poll.
+- ``poller``: ``MirrorPoller`` and ``PrimaryPoller``, one poll cycle per target, drift included; ``nodes``: each farm
+  node read at its own URL, and the mirror's union; ``push_dating``: each divergence dated from its push;
+  ``polling``: ``RestPolling``, every REST loop of one configuration on one grid, discovery included;
+- ``collector``: the REST families from the latest state; ``landing``: the landing page's rows.
 """

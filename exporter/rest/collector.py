@@ -12,16 +12,16 @@ that fills it; docs/metrics.md documents every one (a test fails otherwise).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import RepoState
+from exporter.drift import DriftReport, RepoState
 from exporter.rest.state import FarmState, MirrorState
-from exporter.sources import SourceState, T
+from exporter.sources import SourceState, T, gauges
 
 CACHED = (
     " Polled in the background every poll.interval_seconds; scrapes read the last poll, absent once older than "
@@ -30,8 +30,7 @@ CACHED = (
 MIRROR = ["mirror"]
 
 
-def _gauge(name: str, doc: str, labels: Iterable[str] = MIRROR) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc + CACHED, labels=list(labels))
+_gauge = gauges(CACHED, MIRROR)
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ def rest_metrics(state: FarmState, now: float) -> Iterator[Metric]:
     """Every REST family, area by area, from the state as it is at ``now``."""
     scrape = Scrape(state, now)
     areas = (
-        status, upstream, farm_nodes, progress, queue, repositories, drift, nodes, delayed_sync, clock_skew,
-        mirror_servers,
+        status, upstream, farm_nodes, progress, queue, repositories, primary_listing, drift_freshness, drift,
+        repository_series, nodes, delayed_sync, clock_skew, mirror_servers,
     )  # fmt: skip
     for area in areas:
         yield from area(scrape)
@@ -163,9 +162,9 @@ def repositories(scrape: Scrape) -> Iterator[Metric]:
     yield from (count, failing, failed, last_sync)
 
 
-def drift(scrape: Scrape) -> Iterator[Metric]:
-    """The primary's ``…/repos`` joined with each mirror's repoSyncStatus (exporter/drift.py)."""
-    state, now, policy = scrape.state, scrape.now, scrape.state.policy
+def primary_listing(scrape: Scrape) -> Iterator[Metric]:
+    """The primary's ``…/repos``: how many it offers, and the content changes between two listings."""
+    state = scrape.state
     primary_repos = _gauge(
         "bitbucket_mirror_primary_repositories",
         "Repositories the primary offers for mirroring (mirroring/latest/repos).",
@@ -180,6 +179,20 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         labels=[],
     )
     changes.add_metric([], state.primary.content_changes)
+    yield from (primary_repos, changes)
+
+
+def fresh_reports(scrape: Scrape) -> Iterator[tuple[MirrorState, DriftReport]]:
+    """Each mirror whose drift report was computed from fresh inputs, with it (the only ones drift is served for)."""
+    for mirror in scrape.state.mirrors:
+        report = mirror.drift
+        if report is not None and report.fresh(scrape.now, scrape.state.policy.stale_after):
+            yield mirror, report
+
+
+def drift_freshness(scrape: Scrape) -> Iterator[Metric]:
+    """Whether each mirror's drift is served, and, where not, which input is stale and why."""
+    state, now, policy = scrape.state, scrape.now, scrape.state.policy
     fresh = _gauge(
         "bitbucket_mirror_drift_fresh",
         "1 when the mirror's drift and lag were computed from fresh inputs (the primary's and the mirror's "
@@ -192,6 +205,25 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "failed poll; only while bitbucket_mirror_drift_fresh is 0.",
         ["mirror", "target", "source", "reason"],
     )
+    served = {mirror.name for mirror, _ in fresh_reports(scrape)}
+    for mirror in state.mirrors:
+        name = mirror.name
+        fresh.add_metric([name], 1.0 if name in served else 0.0)
+        if name in served:
+            continue
+        # Never serve drift computed from stale inputs as current: absent, and these say why.
+        inputs: list[tuple[str, str, SourceState[object]]] = [
+            (PRIMARY_TARGET, "repositories", state.primary.repositories),  # type: ignore[list-item]
+            (name, "repo_sync_status", mirror.repo_sync_status),  # type: ignore[list-item]
+        ]
+        for target, source, input_state in inputs:
+            if input_state.fresh(now, policy.stale_after) is None:
+                stale_input.add_metric([name, target, source, input_state.error_reason or "not_polled_yet"], 1.0)
+    yield from (fresh, stale_input)
+
+
+def drift(scrape: Scrape) -> Iterator[Metric]:
+    """The primary's ``…/repos`` joined with each mirror's repoSyncStatus (exporter/drift.py): counts and lag."""
     in_sync = _gauge("bitbucket_mirror_repositories_in_sync", "Repositories whose content hashes match.")
     out_of_sync = _gauge(
         "bitbucket_mirror_repositories_out_of_sync",
@@ -220,6 +252,24 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "the exporter first saw it (the activity could not be read, or not yet).",
         ["mirror", "source"],
     )
+    for mirror, report in fresh_reports(scrape):
+        name = mirror.name
+        in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
+        out_of_sync.add_metric([name, "content"], report.count(RepoState.CONTENT_DRIFT))
+        out_of_sync.add_metric([name, "metadata"], report.count(RepoState.METADATA_DRIFT))
+        missing.add_metric([name], report.count(RepoState.MISSING))
+        unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
+        extra.add_metric([name], report.count(RepoState.EXTRA))
+        lag.add_metric([name], report.sync_lag_seconds(scrape.now))
+        pushed, first_seen = report.lag_sources()
+        lag_source.add_metric([name, "push"], pushed)
+        lag_source.add_metric([name, "first_seen"], first_seen)
+    yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_source)
+
+
+def repository_series(scrape: Scrape) -> Iterator[Metric]:
+    """Per-repository drift series, for the repositories per_repository_metrics selects (worst first)."""
+    policy = scrape.state.policy
     repo_labels = ["mirror", "project", "repository"]
     repo_lag = _gauge(
         "bitbucket_mirror_repository_sync_lag_seconds",
@@ -242,53 +292,17 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "bitbucket_mirror_repository_series_dropped",
         "Repositories left without per-repository series because of max_repository_series.",
     )
-    for mirror in state.mirrors:
-        name, report = mirror.name, mirror.drift
-        is_fresh = report is not None and report.fresh(now, policy.stale_after)
-        fresh.add_metric([name], 1.0 if is_fresh else 0.0)
-        if report is None or not is_fresh:
-            # Never serve drift computed from stale inputs as current: absent, and these say why.
-            inputs: list[tuple[str, str, SourceState[object]]] = [
-                (PRIMARY_TARGET, "repositories", state.primary.repositories),  # type: ignore[list-item]
-                (name, "repo_sync_status", mirror.repo_sync_status),  # type: ignore[list-item]
-            ]
-            for target, source, st in inputs:
-                if st.fresh(now, policy.stale_after) is None:
-                    stale_input.add_metric([name, target, source, st.error_reason or "not_polled_yet"], 1.0)
-            continue
-        in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
-        out_of_sync.add_metric([name, "content"], report.count(RepoState.CONTENT_DRIFT))
-        out_of_sync.add_metric([name, "metadata"], report.count(RepoState.METADATA_DRIFT))
-        missing.add_metric([name], report.count(RepoState.MISSING))
-        unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
-        extra.add_metric([name], report.count(RepoState.EXTRA))
-        lag.add_metric([name], report.sync_lag_seconds(now))
-        pushed, first_seen = report.lag_sources()
-        lag_source.add_metric([name, "push"], pushed)
-        lag_source.add_metric([name, "first_seen"], first_seen)
+    for mirror, report in fresh_reports(scrape):
+        name = mirror.name
         shown = policy.shown(report.repositories)
         for repo in shown:
             labels = [name, repo.project_key, repo.slug]
-            repo_lag.add_metric(labels, repo.lag_seconds(now))
+            repo_lag.add_metric(labels, repo.lag_seconds(scrape.now))
             repo_failed.add_metric(labels, repo.failed_syncs)
             if mirror.by_node:
                 nodes_behind.add_metric(labels, repo.nodes_behind)
         dropped.add_metric([name], 0 if policy.per_repository == "none" else len(report.repositories) - len(shown))
-    yield from (
-        primary_repos,
-        changes,
-        fresh,
-        stale_input,
-        in_sync,
-        out_of_sync,
-        missing,
-        unknown,
-        extra,
-        lag,
-        lag_source,
-    )
-    yield repo_lag
-    yield from (repo_failed, nodes_behind, dropped)
+    yield from (repo_lag, repo_failed, nodes_behind, dropped)
 
 
 def nodes(scrape: Scrape) -> Iterator[Metric]:

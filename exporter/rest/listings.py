@@ -57,7 +57,7 @@ def sync_seconds(when: datetime | float) -> float:
 
 
 def _numeric_dates_as_seconds(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
-    for i, row in enumerate(rows):
+    for index, row in enumerate(rows):
         for name, field in (("last_sync_date", "lastSyncDate"), ("initial_sync_date", "initialSyncDate")):
             value = getattr(row, name)
             if type(value) is float:
@@ -65,7 +65,7 @@ def _numeric_dates_as_seconds(rows: list[SyncStatusRow]) -> list[SyncStatusRow]:
                     seconds = epoch_number_seconds(value)
                 except ValueError:
                     raise FetchError(INVALID_RESPONSE, f"repoSyncStatus: {field}: a date out of range") from None
-                row = rows[i] = msgspec.structs.replace(row, **{name: seconds})
+                row = rows[index] = msgspec.structs.replace(row, **{name: seconds})
     return rows
 
 

@@ -243,37 +243,37 @@ class MirrorPoller:
         return RefQueue(length=length, items_by_type=by_type)
 
     async def poll_once(self) -> None:
-        s, name, api = self.state, self.state.name, self._api
+        mirror, name, api = self.state, self.state.name, self._api
         cycle_started = time.monotonic()
         read = ListingRead(api)
         # Without nodes, the farm URL's listing: one node's, held by the load balancer's affinity cookie.
         listing = () if self._nodes is not None else (read,)
         await asyncio.gather(
-            run_source(name, "status", s.status, lambda: read_status(api, s.states_seen)),
-            run_source(name, "upstream", s.upstream, api.upstream),
-            run_source(name, "progress", s.progress, api.progress),
-            run_source(name, "farm_nodes", s.farm_nodes, api.farm_nodes),
-            run_source(name, "ref_changes_queue", s.ref_changes_queue, self._ref_changes_queue),
-            run_source(name, "sync_settings", s.sync_settings, api.sync_settings),
-            run_source(name, "delayed_sync", s.delayed_sync, api.delayed_sync),
-            *(run_source(name, "repo_sync_status", s.repo_sync_status, fetch) for fetch in listing),
+            run_source(name, "status", mirror.status, lambda: read_status(api, mirror.states_seen)),
+            run_source(name, "upstream", mirror.upstream, api.upstream),
+            run_source(name, "progress", mirror.progress, api.progress),
+            run_source(name, "farm_nodes", mirror.farm_nodes, api.farm_nodes),
+            run_source(name, "ref_changes_queue", mirror.ref_changes_queue, self._ref_changes_queue),
+            run_source(name, "sync_settings", mirror.sync_settings, api.sync_settings),
+            run_source(name, "delayed_sync", mirror.delayed_sync, api.delayed_sync),
+            *(run_source(name, "repo_sync_status", mirror.repo_sync_status, fetch) for fetch in listing),
         )
         if self._nodes is not None:
             await self._nodes.cycle(cycle_started)
         elif read.ready:  # this cycle's listing failed: the last report rides over until its inputs are stale
-            listing_state = s.repo_sync_status
+            listing_state = mirror.repo_sync_status
             mirror_read, walk_began = listing_state.last_success_timestamp, listing_state.value_started_timestamp
-            scope = scope_of(s.sync_settings.value)
+            scope = scope_of(mirror.sync_settings.value)
             report = await self._drift.run(
-                read.take(), mirror_read, s.drift, scope, cycle_started, api.clock(), walk_began
+                read.take(), mirror_read, mirror.drift, scope, cycle_started, api.clock(), walk_began
             )
             if report is not None:
-                s.drift = report
-        s.api_family = api.family
-        s.clock = api.clock()
-        if s.status.success and s.status.value is not None:
-            s.states_seen.add(s.status.value.state)
-        s.cycles += 1
+                mirror.drift = report
+        mirror.api_family = api.family
+        mirror.clock = api.clock()
+        if mirror.status.success and mirror.status.value is not None:
+            mirror.states_seen.add(mirror.status.value.state)
+        mirror.cycles += 1
         self.first_cycle.set()
 
 
@@ -343,12 +343,16 @@ class PrimaryPoller:
         return repositories
 
     async def poll_once(self) -> None:
-        s = self.state
+        primary = self.state
         await asyncio.gather(
-            run_source(PRIMARY_TARGET, "mirror_servers", s.mirror_servers, self._api.mirror_servers),
+            run_source(PRIMARY_TARGET, "mirror_servers", primary.mirror_servers, self._api.mirror_servers),
             self._published_repositories(),
         )
-        s.clock = self._api.clock()
-        s.cycles += 1
-        if self._on_mirror_servers is not None and s.mirror_servers.success and s.mirror_servers.value is not None:
-            await self._on_mirror_servers(s.mirror_servers.value)
+        primary.clock = self._api.clock()
+        primary.cycles += 1
+        if (
+            self._on_mirror_servers is not None
+            and primary.mirror_servers.success
+            and primary.mirror_servers.value is not None
+        ):
+            await self._on_mirror_servers(primary.mirror_servers.value)

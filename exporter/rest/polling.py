@@ -76,8 +76,9 @@ class RestPolling:
         return poll_forever(poll, interval, self.anchor, first_at)
 
     def start(self) -> None:
-        """The primary's loop and each configured mirror's (at start the state holds the configured ones only)."""
+        """The primary's loop and each configured mirror's (discovered ones are found again by discovery)."""
         self._supervisor.spawn(self.grid_loop(self._primary.poll_once, self._state.primary.cycles > 0), "primary")
+        self._state.mirrors[:] = [m for m in self._state.mirrors if not m.discovered]
         for mirror_state, mirror in zip(self._state.mirrors, self._config.mirrors, strict=True):
             self._start_mirror(mirror_state, mirror.credentials_or(self._config.primary), mirror)
 

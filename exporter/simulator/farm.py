@@ -152,6 +152,8 @@ class Mirror:
     state: str = "SYNCHRONIZED"
     upstream_state: str = "INSTALLED"
     enabled: bool = True
+    # Listed by the primary's mirrorServers; False: an admin removed the mirror from the primary.
+    registered: bool = True
     # A frozen mirror syncs nothing: the primary moves on and drift grows.
     frozen: bool = False
     base_url: str = ""
@@ -654,8 +656,8 @@ class Farm:
     def pushed_since(
         self, mirror: Mirror, classes: dict[str, list[int]], node: FarmNode | None = None
     ) -> dict[int, float]:
-        """Lag dated from the push (issue 20's definition): a repository in content drift diverged at the first push
-        after its copy last synced; one the mirror does not have, at its creation."""
+        """Lag dated from the push (docs/metrics.md's definition): a repository in content drift diverged at the first
+        push after its copy last synced; one the mirror does not have, at its creation."""
         since = self.diverged_since(mirror, classes, node)
         for repo_id in classes["missing"]:
             since[repo_id] = self.repositories[repo_id].created_at

@@ -578,6 +578,7 @@ async def mirror_servers(request: web.Request) -> web.Response:
             "productVersion": "9.6.0" if m.api_family == "9.x" else "8.19.0",
         }
         for m in farm.mirrors.values()
+        if m.registered
     ]
     return paged(request, Listing([encode(v) for v in values]), farm)
 
@@ -739,7 +740,8 @@ async def sim_truth(request: web.Request) -> web.Response:
 
 async def sim_mirror(request: web.Request) -> web.Response:
     """Change one mirror: ``{"faults": {"*": "reset"}, "state": ..., "upstream_state": ..., "nodes": ...,
-    "frozen": ..., "enabled": ..., "diagnostics_enabled": ..., "failing_repositories": [ids],
+    "frozen": ..., "enabled": ..., "registered": ... (listed by the primary), "diagnostics_enabled": ...,
+    "failing_repositories": [ids],
     "missing_repositories": [ids], "selected_projects": [project ids] or null}``. Faults ``{}`` heal it; with
     ``"fault_budget": n`` the faults heal by themselves after n faulty answers (a burst)."""
     farm = _farm(request)
@@ -753,7 +755,8 @@ async def sim_mirror(request: web.Request) -> web.Response:
             return errors(f"unknown faults {bad}; known: {list(FAULTS)}", 400)
         mirror.faults = dict(change["faults"])
         mirror.fault_budget = change.get("fault_budget")
-    for key in ("state", "upstream_state", "nodes", "frozen", "enabled", "diagnostics_enabled", "clock_skew_seconds"):
+    known = ("state", "upstream_state", "nodes", "frozen", "enabled", "registered", "diagnostics_enabled")
+    for key in (*known, "clock_skew_seconds"):
         if key in change:
             setattr(mirror, key, change[key])
     mirror.resize_nodes()

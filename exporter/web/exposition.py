@@ -1,7 +1,7 @@
 """The /metrics body, rendered on the event loop and served from wherever the scrape arrives.
 
 A rendering walks every collector and encodes ~1,250 series at 100k repositories x 3 mirrors x 3 nodes: 7-9 ms of
-CPU. Scrapes must not wait for it, nor for the polls' work on the event loop (bench/README.md, issue 23), so the
+CPU. Scrapes must not wait for it, nor for the polls' work on the event loop (bench/README.md, "Node by node"), so the
 loop keeps a rendering at most a second old (and renders again within ``CHECK_SECONDS`` of a new drift
 report) while anybody scrapes, and the scrape thread (exporter/web/scrape_thread.py) serves it as it is.
 
@@ -142,6 +142,12 @@ class Exposition:
         wanted = dict(self._wanted)
         for content_type, encoder in [(t, wanted[t][0]) for t in list(self._before_ready) if t in wanted]:
             self.render(content_type, encoder)
+
+    def rendered_since(self, made: float) -> bool:
+        """Whether every content type's latest rendering was made at or after ``made`` (monotonic): a scrape now
+        shows what the state held then (a test waits for this instead of rendering every scrape afresh)."""
+        latest = list(self._latest.values())
+        return bool(latest) and all(rendering.made >= made for rendering in latest)
 
     def current(self, content_type: str, encoder: Encoder, young: float) -> Rendering | None:
         """The latest rendering if at most ``young`` seconds old (new drift reports are the loop's to notice:

@@ -1,7 +1,7 @@
 """Scrapes of /metrics served by threads of their own, so they never wait for the event loop.
 
 At 100k repositories x 3 mirrors x 3 nodes the loop is busy for seconds at a time (decoding 900,000 listing rows,
-comparing them), and a scrape queued behind that work waited 40 ms and more (bench/README.md, issue 23). So the
+comparing them), and a scrape queued behind that work waited 40 ms and more (bench/README.md, "Node by node"). So the
 listening sockets are accepted here: a connection whose request is ``GET /metrics`` (with credentials already
 checked once, when basic auth is on) is answered by its own thread from the latest rendering
 (exporter/web/exposition.py); any other request is handed, unread, to the aiohttp server on the event loop, which

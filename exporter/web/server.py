@@ -230,10 +230,11 @@ class Server:
     _runner: web.AppRunner | None = None
     _threads: ScrapeThreads | None = None
     _rendering: asyncio.Task[None] | None = None
+    _exposition: Exposition | None = None
     _adopting: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
-        exposition = exposition_of(self.served)
+        exposition = self._exposition = exposition_of(self.served)
         self._runner = web.AppRunner(
             make_app(self.served, exposition), handle_signals=False, shutdown_timeout=STOP_SECONDS, **self._handling()
         )
@@ -253,6 +254,10 @@ class Server:
         self._threads.start()
         self._rendering = asyncio.create_task(exposition.keep_fresh())
         self.port = self._threads.port
+
+    @property
+    def exposition(self) -> Exposition | None:
+        return self._exposition
 
     @property
     def scrape_threads(self) -> ScrapeThreads | None:

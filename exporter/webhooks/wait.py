@@ -96,9 +96,10 @@ class Waiter:
         return password
 
     def _url(self, since: float) -> str:
-        r = self._request
-        path = f"/api/v1/repositories/{quote(r.project, safe='')}/{quote(r.slug, safe='')}/mirrors"
-        return r.exporter.rstrip("/") + path + "?" + urlencode({"commit": r.commit, "since": f"{since:.3f}"})
+        request = self._request
+        path = f"/api/v1/repositories/{quote(request.project, safe='')}/{quote(request.slug, safe='')}/mirrors"
+        query = urlencode({"commit": request.commit, "since": f"{since:.3f}"})
+        return request.exporter.rstrip("/") + path + "?" + query
 
     def _say(self, what: str, line: str) -> None:
         if self._said.get(what) != line:
@@ -126,21 +127,24 @@ class Waiter:
         return None
 
     def run(self) -> int:
-        r = self._request
+        request = self._request
         since = time.time()
-        deadline = time.monotonic() + r.timeout
+        deadline = time.monotonic() + request.timeout
         while True:
             answer = self._ask(since)
             if answer is not None and answer.get("commit_exists") is False:
-                self._out(f"commit not found on the primary: {r.commit} is in no branch or tag of {r.project}/{r.slug}")
+                self._out(
+                    f"commit not found on the primary: {request.commit} is in no branch or tag of "
+                    f"{request.project}/{request.slug}"
+                )
                 return EXIT_UNKNOWN_COMMIT
             if answer is not None and self._done(answer):
                 return 0
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._out(f"timed out after {r.timeout:g}s: {r.commit} is not on the mirror")
+                self._out(f"timed out after {request.timeout:g}s: {request.commit} is not on the mirror")
                 return 1
-            time.sleep(min(r.interval, remaining))
+            time.sleep(min(request.interval, remaining))
 
     def _done(self, answer: dict[str, Any]) -> bool:
         mirrors = {m["mirror"]: m for m in answer.get("mirrors", []) if isinstance(m, dict) and "mirror" in m}

@@ -4,7 +4,6 @@ see them resolve."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
@@ -88,13 +87,27 @@ DRIFT_ALERTS = {
 }
 
 
-async def firing(prometheus_port: int) -> list[dict[str, Any]]:
+async def firing(prometheus_port: int, state: str = "firing") -> list[dict[str, Any]]:
     async with (
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/alerts", timeout=aiohttp.ClientTimeout(total=5)) as resp,
     ):
         alerts: list[dict[str, Any]] = (await resp.json())["data"]["alerts"]
-    return [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] in DRIFT_ALERTS]
+    return [a for a in alerts if a["state"] == state and a["labels"]["alertname"] in DRIFT_ALERTS]
+
+
+async def evaluated_after(prometheus_port: int, since: float, rounds: int) -> None:
+    """Wait until every rule group has been evaluated ``rounds`` times after ``since`` (1 s apart: the stack's
+    evaluation_interval), read from Prometheus' own record of each group's last evaluation rather than slept."""
+    url = f"http://127.0.0.1:{prometheus_port}/api/v1/rules"
+
+    async def done() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            groups = (await resp.json())["data"]["groups"]
+        last = [datetime.fromisoformat(group["lastEvaluation"].replace("Z", "+00:00")).timestamp() for group in groups]
+        return bool(last) and min(last) >= since + rounds
+
+    await wait_until(done, 30, f"{rounds} rule evaluations after {since:.0f}")
 
 
 def names(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -125,9 +138,11 @@ async def test_one_cause_raises_one_alert_against_a_real_prometheus(tmp_path: Pa
             return seen == expected
 
         await wait_until(settled, 30, f"exactly {expected}")
-        # Stays so: the missing and the failing repository's lag grow, yet no lag or out-of-sync alert joins them.
-        await asyncio.sleep(3)
+        # Stays so: the missing and the failing repository's lag grow, yet no lag or out-of-sync alert joins them,
+        # over three more evaluations of every rule group (and none is pending either).
+        await evaluated_after(port, time.time(), rounds=3)
         assert names(await firing(port)) == expected
+        assert names(await firing(port, state="pending")) == set()
 
         # A silent laggard is what the lag alerts are for.
         await run.control("/sim/mirrors/sydney", {"frozen": True})

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from alerts.rules import RULES_FILE, AlertConfig
-from tests.monitoring_stack import binary as tool
+from tests.tools import binary as tool
 from tests.unit.test_alerts import AM_EXAMPLE, REPO, UNIT_TESTS
 
 

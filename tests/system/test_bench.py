@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,13 @@ def test_git_mirrors_benchmark_runs_and_sees_exactly_the_mirrors_set_back(tmp_pa
     # Four git processes per check: for-each-ref, ls-remote, count-objects and the origin lookup.
     assert figures["cycle"]["spawned"] == 4 * 12
     assert figures["counted_refs_seen"] == [figures["refs_per_mirror"]["counted"]]
+
+
+def test_the_parser_properties_hold_over_a_long_hunt() -> None:
+    # The unit tier runs each property over a few dozen examples; this runs them over 2,000 each.
+    test = Path(__file__).parent.parent / "unit" / "test_parsers_property.py"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)]
+    env = {**os.environ, "PROPERTY_PROFILE": "long"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout

@@ -1,9 +1,10 @@
-"""An oracle we did not write (issue 28): every path the exporter requests of Bitbucket is in the official specs
-(tests/fixtures/openapi/, extracted by scripts/extract-openapi-fixture) or, where the specs have no schema, in
-tests/fixtures/bitbucket/ (transcribed from Atlassian's documentation and public clients' recorded answers); and the
-simulator's answer on each of those paths validates against that oracle. The exporter is run against the simulator
-with every source on (9.x and 8.x mirrors, node by node, jmx_exporter pages, lag from the push, webhook statistics)
-and `webhooks apply|status` at project and repository scope, and the simulator records what it was asked."""
+"""An oracle we did not write, so the simulator and the client cannot share a guess: every path the exporter requests of
+Bitbucket is in the official specs (tests/fixtures/openapi/, extracted by scripts/extract-openapi-fixture) or, where the
+specs have no schema, in tests/fixtures/bitbucket/ (transcribed from Atlassian's documentation and public clients'
+recorded answers); and the simulator's answer on each of those paths validates against that oracle. The exporter is run
+against the simulator with every source on (9.x and 8.x mirrors, node by node, jmx_exporter pages, lag from the push,
+webhook statistics) and `webhooks apply|status` at project and repository scope, and the simulator records what it was
+asked."""
 
 from __future__ import annotations
 

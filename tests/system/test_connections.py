@@ -1,4 +1,4 @@
-"""Connections are bounded (issue 29, point 4): idle keep-alive connections close, a capped number may be open at
+"""Connections are bounded, so memory is: idle keep-alive connections close, a capped number may be open at
 once and idle ones do not stop a scrape, a trickled webhook body is dropped, running out of file descriptors pauses
 accepting instead of spinning, and malformed requests are counted and logged once per change. Raw sockets on
 127.0.0.1; an exporter process under a low descriptor limit."""

@@ -151,12 +151,18 @@ async def test_a_push_shows_within_one_interval_at_every_scrape_even_when_the_pr
     async with running_farm(scenario, ["9.x"], interval=interval, page_limit=100) as run:
         await run.wait_ready()
         await run.control("/sim/mirrors/sydney", {"frozen": True})
-        # Pushes a third of an interval apart: at least one lands early in a cycle, where reading the previous
-        # cycle's primary listing would see it almost two intervals late.
+        # Each push lands as a cycle's primary walk begins: where reading the previous cycle's primary listing
+        # would show it almost two intervals late. Found by the walk's first page arriving, not by sleeping.
         repos = [2, 3, 4]
+        requests = run.farm.farm.primary_requests
         for repo_id in repos:
+            walks_begun = -(-requests.get("repos", 0) // pages)
+
+            async def next_walk_began(begun: int = walks_begun) -> bool:
+                return requests.get("repos", 0) > begun * pages
+
+            await wait_until(next_walk_began, 5 * interval, "the next cycle's primary walk")
             await run.control("/sim/push", {"repository_ids": [repo_id]})
-            await asyncio.sleep(interval / 3)
         # How late a push may show: the rest of the interval it lands in, plus the primary's read of that cycle.
         bound = interval + pages * page_latency + 0.3
         checked = 0

@@ -1,4 +1,4 @@
-"""The CI gate against the simulated farm (issue 30): a commit that exists nowhere is said so at once (and `wait`
+"""The CI gate against the simulated farm: a commit that exists nowhere is said so at once (and `wait`
 exits 3), an abbreviated one is expanded on the primary and dated from its ref change, and the gate counts what it
 answered and how long pipelines waited."""
 
@@ -84,8 +84,8 @@ async def test_a_push_in_the_middle_of_a_walk_never_gets_a_false_yes_with_the_pr
         started = time.monotonic()
         answers: list[tuple[bool, str | None]] = []
         thawed = False
-        while time.monotonic() - started < 60:  # every poll for a minute
-            if not thawed and time.monotonic() - started > 30:
+        while time.monotonic() - started < 20:  # every poll for 20 cycles
+            if not thawed and time.monotonic() - started > 10:  # frozen for 10 cycles after the push
                 await run.control("/sim/mirrors/sydney", {"frozen": False})
                 thawed = True
             _, body = await run.get(gate)

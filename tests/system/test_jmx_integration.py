@@ -22,7 +22,7 @@ from tests.jmx_node import (
     processes_mentioning,
     silent_endpoint,
 )
-from tests.system.test_promtool import lint, undocumented
+from tests.tools import lint, undocumented
 
 SCENARIO = Scenario(repositories=5, mirrors=1)
 PASSWORD = "jmx-pa55-do-not-leak"

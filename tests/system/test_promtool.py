@@ -2,42 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from exporter.simulator import Scenario
 from tests.conftest import running_farm
-
-METRICS_DOC = Path(__file__).parent.parent.parent / "docs" / "metrics.md"
-
-
-def exported_names(text: str) -> set[str]:
-    names = set()
-    for family in text_string_to_metric_families(text):
-        if family.name.startswith("bitbucket_mirror"):
-            names.add(family.name + ("_total" if family.type == "counter" else ""))
-    return names
-
-
-def undocumented(text: str) -> set[str]:
-    """Exported bitbucket_mirror metrics that docs/metrics.md does not name in backticks."""
-    doc = METRICS_DOC.read_text()
-    return {name for name in exported_names(text) if f"`{name}`" not in doc}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: install the Debian package 'prometheus' (scripts/bootstrap does)")
-    return path
-
-
-def lint(text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+from tests.tools import lint, undocumented
 
 
 async def test_promtool_accepts_real_metrics_output() -> None:

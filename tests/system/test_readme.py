@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitoring_stack import binary as tool
+from tests.tools import binary as tool
 
 REPO = Path(__file__).resolve().parent.parent.parent
 README = REPO / "README.md"

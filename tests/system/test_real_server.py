@@ -1,4 +1,4 @@
-"""Where real Bitbucket differs from what a simulator would guess (issue 28; the fact sheet's section 8): credentials
+"""Where real Bitbucket differs from what a simulator would guess (the fact sheet's section 8): credentials
 on ``/status``, the CAPTCHA lock, redirects to the login page, and farmNodes' cluster port. The simulator behaves as
 the real server does by default, so every other test is held to the same behaviour."""
 

@@ -1,4 +1,4 @@
-"""Credentials never leave their host (issue 29, point 2): a server that answers 302 to another host gets neither
+"""Credentials never leave their host: a server that answers 302 to another host gets neither
 git (verify_refs, git mirrors) nor the REST client to take a password or token there. The other host answers 401
 with a Basic challenge, so a client that followed would offer what it holds: it records every request it gets."""
 

@@ -51,7 +51,8 @@ def layers() -> list[tuple[str, list[str], list[str]]]:
     for line in MAP.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0] in ("core", "source", "root", "entry", "simulator"):
-            rows.append((cells[0], re.findall(r"`([\w.]+)`", cells[1]), re.findall(r"`([\w.]+)`|\b(core|anything)\b", cells[2])))
+            allowed = re.findall(r"`([\w.]+)`|\b(core|anything)\b", cells[2])
+            rows.append((cells[0], re.findall(r"`([\w.]+)`", cells[1]), allowed))
     return [(layer, owned, [a or b for a, b in allowed]) for layer, owned, allowed in rows]
 
 
@@ -132,3 +133,13 @@ def test_each_how_to_step_names_files_that_exist() -> None:
         assert len(paths) >= 3, section
         missing = [p for p in paths if not (REPO / p.rstrip("/")).exists()]
         assert not missing, f"{section} names files that do not exist: {missing}"
+
+
+def test_each_package_face_names_every_module_of_its_package() -> None:
+    missing = []
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        members = [p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"]
+        members += [p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()]
+        missing += [f"{init.parent.name}/{m}" for m in members if f"``{m}``" not in doc and f"``{m}/``" not in doc]
+    assert not missing, f"package docstrings that do not name these modules: {missing}"

@@ -1,6 +1,6 @@
-"""The CI gate's proof rules (issue 30): a listing says "on the mirror" only when both walks compared began after the
-push, moved onto the exporter's clock by the primary's offset and rounded up by a second; a sync event that named the
-commit, or a later push of its ref, is proof too; anything else says why not."""
+"""The CI gate's proof rules (a "yes" needs proof): a listing says "on the mirror" only when both walks compared began
+after the push, moved onto the exporter's clock by the primary's offset and rounded up by a second; a sync event that
+named the commit, or a later push of its ref, is proof too; anything else says why not."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""jmxquery's arguments reach java in an argument file (issue 29, point 8): written in java's @file syntax so every
-character survives, readable only by this user, and gone when the JVM is done."""
+"""jmxquery's arguments reach java in an argument file (so no secret is on its command line): written in java's @file
+syntax so every character survives, readable only by this user, and gone when the JVM is done."""
 
 from __future__ import annotations
 

@@ -82,8 +82,11 @@ bodies = (
     | paged_documents.map(_encode).map(lambda b: b[: len(b) // 2])
 )
 
-# PROPERTY_EXAMPLES=5000 for a longer hunt; the default keeps the suite quick on two cores.
-EXAMPLES = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), deadline=None, database=None)
+# Two profiles: "unit" keeps the unit tier at seconds on two cores; "long" hunts (scripts/test bench runs it once, as
+# tests/system/test_bench.py's test_the_parser_properties_hold_over_a_long_hunt).
+settings.register_profile("unit", max_examples=25, deadline=None, database=None)
+settings.register_profile("long", max_examples=2000, deadline=None, database=None)
+EXAMPLES = settings(settings.get_profile(os.environ.get("PROPERTY_PROFILE", "unit")))
 
 BYTE_PARSERS: dict[str, Callable[[bytes], object]] = {
     "parse_json": parse_json,

@@ -1,5 +1,6 @@
-"""Secret files are files (issue 29, point 7): regular files of at most 64 KiB, opened without blocking, read again
-only when they change; a FIFO, a device or a huge file is a clear error, never a hang or an exhausted memory."""
+"""Secret files are files, so a FIFO or a device cannot stall the event loop: regular files of at most 64 KiB, opened
+without blocking, read again only when they change; a FIFO, a device or a huge file is a clear error, never a hang or an
+exhausted memory."""
 
 from __future__ import annotations
 
