@@ -85,7 +85,7 @@ bodies = (
 # Two profiles: "unit" keeps the unit tier at seconds on two cores; "long" hunts (scripts/test bench runs it once, as
 # tests/system/test_bench.py's test_the_parser_properties_hold_over_a_long_hunt).
 settings.register_profile("unit", max_examples=25, deadline=None, database=None)
-settings.register_profile("long", max_examples=2000, deadline=None, database=None)
+settings.register_profile("long", max_examples=1000, deadline=None, database=None)
 EXAMPLES = settings(settings.get_profile(os.environ.get("PROPERTY_PROFILE", "unit")))
 
 BYTE_PARSERS: dict[str, Callable[[bytes], object]] = {
