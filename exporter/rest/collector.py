@@ -55,7 +55,7 @@ def rest_metrics(state: FarmState, now: float) -> Iterator[Metric]:
     scrape = Scrape(state, now)
     areas = (
         status, upstream, farm_nodes, progress, queue, repositories, primary_listing, drift_freshness, drift,
-        repository_series, nodes, delayed_sync, clock_skew, mirror_servers,
+        repository_series, nodes, node_lag_began, delayed_sync, clock_skew, mirror_servers,
     )  # fmt: skip
     for area in areas:
         yield from area(scrape)
@@ -245,6 +245,12 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "repositories in content drift that are neither missing nor failing (those have their own alerts and "
         "per-repository lag); 0 when there is none. Resolution: the poll interval.",
     )
+    lag_began = _gauge(
+        "bitbucket_mirror_sync_lag_first_seen_timestamp_seconds",
+        "When the divergence behind bitbucket_mirror_sync_lag_seconds began, as a Unix timestamp (the push that began "
+        "it, else the exporter's first sight: bitbucket_mirror_sync_lag_source): time() minus it is the lag at query "
+        "time. Absent when nothing lags.",
+    )
     lag_source = _gauge(
         "bitbucket_mirror_sync_lag_source",
         "Repositories whose content diverges (content drift or missing), by how their lag is dated: source=push, "
@@ -261,10 +267,12 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         unknown.add_metric([name], report.count(RepoState.HASH_UNKNOWN))
         extra.add_metric([name], report.count(RepoState.EXTRA))
         lag.add_metric([name], report.sync_lag_seconds(scrape.now))
+        if report.laggard_since is not None:
+            lag_began.add_metric([name], report.laggard_since)
         pushed, first_seen = report.lag_sources()
         lag_source.add_metric([name, "push"], pushed)
         lag_source.add_metric([name, "first_seen"], first_seen)
-    yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_source)
+    yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_began, lag_source)
 
 
 def repository_series(scrape: Scrape) -> Iterator[Metric]:
@@ -275,6 +283,13 @@ def repository_series(scrape: Scrape) -> Iterator[Metric]:
         "bitbucket_mirror_repository_sync_lag_seconds",
         "Time the repository's content has diverged from the primary, as first seen by the exporter; "
         "0 when in sync. Only for repositories selected by per_repository_metrics.",
+        repo_labels,
+    )
+    repo_began = _gauge(
+        "bitbucket_mirror_repository_sync_lag_first_seen_timestamp_seconds",
+        "When the repository's content divergence began, as a Unix timestamp (its push, else the exporter's first "
+        "sight): time() minus it is bitbucket_mirror_repository_sync_lag_seconds at query time. Absent while in "
+        "sync. Only for repositories selected by per_repository_metrics.",
         repo_labels,
     )
     repo_failed = _gauge(
@@ -298,11 +313,13 @@ def repository_series(scrape: Scrape) -> Iterator[Metric]:
         for repo in shown:
             labels = [name, repo.project_key, repo.slug]
             repo_lag.add_metric(labels, repo.lag_seconds(scrape.now))
+            if repo.diverged_since is not None:
+                repo_began.add_metric(labels, repo.diverged_since)
             repo_failed.add_metric(labels, repo.failed_syncs)
             if mirror.by_node:
                 nodes_behind.add_metric(labels, repo.nodes_behind)
         dropped.add_metric([name], 0 if policy.per_repository == "none" else len(report.repositories) - len(shown))
-    yield from (repo_lag, repo_failed, nodes_behind, dropped)
+    yield from (repo_lag, repo_began, repo_failed, nodes_behind, dropped)
 
 
 def nodes(scrape: Scrape) -> Iterator[Metric]:
@@ -363,6 +380,24 @@ def nodes(scrape: Scrape) -> Iterator[Metric]:
             missing.add_metric(labels, report.count(RepoState.MISSING))
             lag.add_metric(labels, report.sync_lag_seconds(now))
     yield from (up, state, out_of_sync, missing, lag, polled)
+
+
+def node_lag_began(scrape: Scrape) -> Iterator[Metric]:
+    """When each node's lag began (its drift, as ``nodes`` serves it)."""
+    began = _gauge(
+        "bitbucket_mirror_node_sync_lag_first_seen_timestamp_seconds",
+        "When the divergence behind bitbucket_mirror_node_sync_lag_seconds began on the node, as a Unix timestamp "
+        "(the push that began it, else the exporter's first sight): time() minus it is the node's lag at query time. "
+        "Absent when nothing lags on the node.",
+        ["mirror", "node"],
+    )
+    for mirror in scrape.state.mirrors:
+        for name, node in sorted(mirror.nodes.items()) if mirror.by_node else ():
+            report = node.drift
+            served = report is not None and report.fresh(scrape.now, scrape.state.policy.stale_after)
+            if served and report is not None and report.laggard_since is not None:
+                began.add_metric([mirror.name, name], report.laggard_since)
+    yield began
 
 
 def delayed_sync(scrape: Scrape) -> Iterator[Metric]:

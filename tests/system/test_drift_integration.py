@@ -129,6 +129,17 @@ async def test_lag_is_within_one_poll_interval_of_the_truth_and_keeps_growing() 
                     repository="repo-2",
                 )
                 assert repo_lag == pytest.approx(exported, abs=0.05)
+                # The timestamp beside it: when the divergence began (the push on the primary), for time() - it.
+                began = value(samples, "bitbucket_mirror_sync_lag_first_seen_timestamp_seconds", mirror=name)
+                assert began is not None and since["2"] - 0.3 <= began <= since["2"] + interval + 0.3, (began, since)
+                repo_began = value(
+                    samples,
+                    "bitbucket_mirror_repository_sync_lag_first_seen_timestamp_seconds",
+                    mirror=name,
+                    project="PRJ2",
+                    repository="repo-2",
+                )
+                assert repo_began == began
                 failing_lag = value(
                     samples,
                     "bitbucket_mirror_repository_sync_lag_seconds",

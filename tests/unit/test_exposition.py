@@ -45,6 +45,22 @@ def test_the_golden_exposition_says_what_the_seeded_state_holds() -> None:
     assert 'bitbucket_mirror_repository_series_dropped{mirror="sydney"} 2.0' in text  # max_repository_series=2
 
 
+def test_each_lag_has_beside_it_the_time_its_divergence_began() -> None:
+    # time() - first_seen is the lag: the same truth, for queries that compute lag at query time.
+    text = exposition()
+    for lag_family, labels in (
+        ("bitbucket_mirror_sync_lag", 'mirror="sydney"'),
+        ("bitbucket_mirror_repository_sync_lag", 'mirror="sydney",project="PRJ",repository="repo-3"'),
+        ("bitbucket_mirror_repository_sync_lag", 'mirror="sydney",project="PRJ",repository="repo-4"'),
+        ("bitbucket_mirror_node_sync_lag", 'mirror="sydney",node="sydney-1"'),
+    ):
+        lag = float(text.split(f"{lag_family}_seconds{{{labels}}} ")[1].split()[0])
+        began = float(text.split(f"{lag_family}_first_seen_timestamp_seconds{{{labels}}} ")[1].split()[0])
+        assert lag > 0 and NOW - began == lag, (lag_family, labels)
+    # Nothing lags on sydney-2: a lag of 0 and no timestamp.
+    assert 'bitbucket_mirror_node_sync_lag_first_seen_timestamp_seconds{mirror="sydney",node="sydney-2"}' not in text
+
+
 def test_a_mirror_read_node_by_node_is_the_union_of_the_nodes_that_answered() -> None:
     text = exposition()
     # The same mirror-level figures as one listing with the same drift (the union of a behind and an in-sync node).
