@@ -44,9 +44,11 @@ def cpu_seconds(pid: int) -> float:
 class Farm:
     """bench/scale_farm.py in its own process; its CPU time is read around each client's run."""
 
-    def __init__(self, repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int = 1) -> None:
+    def __init__(
+        self, repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int = 1, changes: float = 0.0
+    ) -> None:
         args = ["--repositories", str(repositories), "--mirrors", str(mirrors), "--page-cap", str(page_cap)]
-        args += ["--nodes", str(nodes)]
+        args += ["--nodes", str(nodes), "--changes-per-cycle", str(changes)]
         self.process = subprocess.Popen(
             [sys.executable, str(BENCH / "scale_farm.py"), *args, "--drift", str(drift)],
             stdout=subprocess.PIPE,
@@ -146,7 +148,7 @@ async def run_exporter(info: dict[str, Any], cycles: int, scrapers: int, period:
 def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, nodes: int = 1) -> dict[str, Any]:
     """One row. With ``nodes`` above 1 each farm has that many nodes and the exporter (and the floor) read every node's
     listing at its own URL; the naive clients know no nodes and are not run."""
-    farm = Farm(repositories, mirrors, args.page_cap, args.drift, nodes)
+    farm = Farm(repositories, mirrors, args.page_cap, args.drift, nodes, args.changes_per_cycle)
     try:
         info = farm.info
         cycles = str(args.cycles)
@@ -156,6 +158,7 @@ def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, node
             "nodes": nodes,
             "page_cap": args.page_cap,
             "drifting": info["drifting"],
+            "changes_per_cycle": args.changes_per_cycle,
         }
         row["floor"] = farm.measure(lambda: run_client("floor", info, "--cycles", cycles))
         row["exporter"] = farm.measure(
@@ -186,6 +189,14 @@ def main() -> None:
     )
     parser.add_argument("--drift", type=float, default=0.01, help="share of repositories the mirrors lag on")
     parser.add_argument("--page-cap", type=int, default=100, help="the page size the simulated Bitbucket allows")
+    parser.add_argument(
+        "--changes-per-cycle",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of repositories pushed on the primary between any two cycles (synced by the mirrors a cycle "
+        "later), so steady cycles download pages that really change; 0: a quiet farm",
+    )
     parser.add_argument("--cycles", type=int, default=3, help="steady cycles measured per client")
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--scrape-period", type=float, default=1.0, help="seconds between one scraper's scrapes")

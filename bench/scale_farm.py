@@ -2,8 +2,11 @@
 
 Its own process, so that its CPU time is neither counted as the exporter's nor competing with it on the event loop,
 and can be read from /proc on its own. It builds every page of the large listings before it says it is ready, so no
-measured run pays for the first rendering, and nothing changes while it runs: 1% of the repositories (``--drift``)
-were pushed on the primary and their mirrors never catch up.
+measured run pays for the first rendering. 1% of the repositories (``--drift``) were pushed on the primary and their
+mirrors never catch up. Without ``--changes-per-cycle`` nothing else changes while it runs, so every steady cycle
+downloads identical bytes; with it, each time a client's walk of the primary's listing ends, that share of the
+repositories is pushed on the primary, and the mirrors sync the previous batch: between any two cycles pages really
+change, as on a busy estate.
 """
 
 from __future__ import annotations
@@ -72,7 +75,25 @@ async def prerender(farm: SimulatedFarm) -> None:
                     await resp.read()
 
 
-async def serve(repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int) -> None:
+async def change_between_cycles(farm: SimulatedFarm, share: float, steady: set[int]) -> None:
+    """After each walk of the primary's listing: push ``share`` of the repositories (never the drifting ones nor the
+    clients' probes) and let the mirrors sync the batch pushed after the walk before."""
+    walk_pages = -(-farm.scenario.repositories // farm.scenario.page_limit_cap)
+    count = max(1, round(farm.scenario.repositories * share))
+    candidates = sorted(steady)
+    walks_seen, previous = 0, list[int]()
+    while True:
+        walks = farm.farm.primary_requests.get("repos", 0) // walk_pages
+        if walks > walks_seen:
+            walks_seen = walks
+            farm.farm.sync_now(previous)
+            previous = farm.farm.rng.sample(candidates, count)
+            for repo_id in previous:
+                farm.farm.push(repo_id)
+        await asyncio.sleep(0.005)
+
+
+async def serve(repositories: int, mirrors: int, page_cap: int, drift: float, nodes: int, changes: float) -> None:
     farm = SimulatedFarm(scenario(repositories, mirrors, page_cap, nodes), ["9.x"] * mirrors)
     drifting = farm.farm.rng.sample(sorted(farm.farm.repositories), round(repositories * drift))
     for repo_id in drifting:
@@ -88,8 +109,15 @@ async def serve(repositories: int, mirrors: int, page_cap: int, drift: float, no
         gc.freeze()
         # Repositories every mirror has in step: bench/scale_clients.py pushes some to time how soon drift shows.
         in_step = sorted(set(farm.farm.repositories) - set(drifting))[-10:]
-        print(json.dumps({**describe(farm), "drifting": len(drifting), "in_step": in_step}), flush=True)
+        changing = None
+        if changes > 0:
+            steady = set(farm.farm.repositories) - set(drifting) - set(in_step)
+            changing = asyncio.create_task(change_between_cycles(farm, changes, steady))
+        description = {**describe(farm), "drifting": len(drifting), "in_step": in_step, "changes_per_cycle": changes}
+        print(json.dumps(description), flush=True)
         await stop.wait()
+        if changing is not None:
+            changing.cancel()
 
 
 def main() -> None:
@@ -99,8 +127,11 @@ def main() -> None:
     parser.add_argument("--page-cap", type=int, default=100)
     parser.add_argument("--drift", type=float, default=0.01)
     parser.add_argument("--nodes", type=int, default=1, help="nodes per mirror farm; above 1 read node by node")
+    parser.add_argument(
+        "--changes-per-cycle", type=float, default=0.0, help="share of repositories pushed between two cycles"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.repositories, args.mirrors, args.page_cap, args.drift, args.nodes))
+    asyncio.run(serve(args.repositories, args.mirrors, args.page_cap, args.drift, args.nodes, args.changes_per_cycle))
 
 
 if __name__ == "__main__":

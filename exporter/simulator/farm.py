@@ -17,6 +17,7 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,6 +409,25 @@ class Farm:
                 mrepo.diverged_since = when
             mirror.behind.add(repo_id)
             mirror.next_sync_due = min(mirror.next_sync_due, due)
+
+    def sync_now(self, repo_ids: Iterable[int]) -> None:
+        """Every mirror that is not frozen syncs these repositories now, whatever the sync delays (bench/scale.py's
+        changes between cycles: pushed before one cycle, synced before the next)."""
+        for mirror in self.mirrors.values():
+            if mirror.frozen:
+                continue
+            for repo_id in repo_ids:
+                repo, mrepo = self.repositories.get(repo_id), mirror.repositories.get(repo_id)
+                if repo is None or mrepo is None or repo_id in mirror.failing:
+                    continue
+                if mrepo.content_version != repo.content_version:
+                    self._nodes_sync(mirror, repo_id, mrepo, "incremental")
+                    had, mrepo.content_version = mrepo.content_version, repo.content_version
+                    self._synchronized(mirror, repo, had, "incremental")
+                    mrepo.diverged_since = None
+                    mrepo.last_sync_date = self.now
+                mirror.behind.discard(repo_id)
+        self.changed()
 
     def sync_timing_changed(self) -> None:
         """The sync delays or a mirror's failing set changed: every mirror looks at what it is behind on again."""

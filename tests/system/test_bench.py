@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,46 @@ def test_the_parser_properties_hold_over_a_long_hunt() -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_the_scale_farm_changes_the_share_asked_between_two_walks_and_syncs_it_a_walk_later() -> None:
+    # bench/scale.py --changes-per-cycle: pages must really change between cycles, by the share asked, or the figures
+    # for "cost grows with what changed" would measure a quiet farm.
+    farm = subprocess.Popen(
+        [sys.executable, str(BENCH / "scale_farm.py"), "--repositories", "1000", "--mirrors", "1", "--drift", "0",
+         "--changes-per-cycle", "0.05"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert farm.stdout is not None
+        info = json.loads(farm.stdout.readline())
+        auth = "Basic " + base64.b64encode(f"{info['username']}:{info['password']}".encode()).decode()
+
+        def walk(base: str, path: str) -> dict[str, str]:
+            hashes: dict[str, str] = {}
+            for start in range(0, 1000, info["page_cap"]):
+                url = f"{base}/rest/mirroring/latest/{path}?start={start}&limit={info['page_cap']}"
+                request = urllib.request.Request(url, headers={"Authorization": auth})
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    for row in json.load(answer)["values"]:
+                        key = str(row.get("id", row.get("externalRepoId")))
+                        hashes[key] = row["hashes"]["content"] if "hashes" in row else row["properties"]["contentHash"]
+            return hashes
+
+        mirror = next(iter(info["mirrors"].values()))
+        first = walk(info["primary"], "repos")
+        mirror_first = walk(mirror, "supportInfo/repoSyncStatus")
+        # The farm acts once the walk is over: poll for it, boundedly, rather than sleep a guess.
+        deadline = time.monotonic() + 10
+        while (second := walk(info["primary"], "repos")) == first and time.monotonic() < deadline:
+            pass
+        pushed = {k for k in first if first[k] != second[k]}
+        assert len(pushed) == 50, len(pushed)
+        # Before the second walk the mirror had the old content of each; the walk's end synced the batch there.
+        assert all(mirror_first[k] == first[k] for k in pushed)
+        deadline = time.monotonic() + 10
+        while not all(v == second[k] for k, v in walk(mirror, "supportInfo/repoSyncStatus").items() if k in pushed):
+            assert time.monotonic() < deadline, "the mirror never synced the first batch"
+    finally:
+        farm.terminate()
+        farm.wait(timeout=30)
