@@ -350,9 +350,7 @@ class Polling:
         probed: dict[str, tuple[RefsVerification, Credentials]] = {
             m.name: (m, m.credentials_or(settings.primary)) for m in settings.mirrors
         }
-        self.refs_probe = RefsProbe(
-            git, dict[str, tuple[RefsVerification, Credentials]](probed), settings.poll.timeout_seconds
-        )
+        self.refs_probe = RefsProbe(git, probed, settings.poll.timeout_seconds)
         if settings.git_mirrors or settings.git_mirrors_dir is not None:
             found = settings.git_mirrors_dir
             git_mirrors = self.git_mirrors = GitMirrors(
