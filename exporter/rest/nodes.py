@@ -45,8 +45,20 @@ class NodePoller:
     """One node's cycle: its /status and its listing side by side, then its own drift against the primary's listing
     of the same cycle."""
 
-    def __init__(self, mirror: MirrorState, state: NodeState, api: MirrorApi, drift: DriftJob, interval: float) -> None:
+    def __init__(
+        self,
+        mirror: MirrorState,
+        state: NodeState,
+        api: MirrorApi,
+        drift: DriftJob,
+        interval: float,
+        joined: float | None = None,
+    ) -> None:
         self.state = state
+        # The start (monotonic) of the mirror's cycle that found this node: its first cycle, which begins mid-way
+        # (after the mirror's farm-wide sources, perhaps seconds later), counts as that cycle, so it is compared with
+        # the primary's listing of that cycle instead of waiting up to an interval for the next one.
+        self._joined = joined
         self._slack = cycle_slack(interval)
         self.done = CycleHandoff(self._slack)
         # Monotonic starts of the latest cycle whose listing was read, and whose drift was computed.
@@ -63,7 +75,8 @@ class NodePoller:
 
     async def poll_once(self) -> None:
         node, api, target = self.state, self._api, self._target
-        started = time.monotonic()
+        started = time.monotonic() if self._joined is None else self._joined
+        self._joined = None
         listing = ListingRead(api)
 
         async def out_of_sync_repos() -> frozenset[str]:
@@ -122,9 +135,9 @@ class NodeFleet:
         # The nodes a failing farmNodes poll last listed stay until it answers again.
         self.targets: list[NodeTarget] = []
 
-    async def follow(self) -> None:
+    async def follow(self, cycle_started: float | None = None) -> None:
         """Start a poller for each new node (or one that moved), stop those of nodes no longer listed (their series
-        go with them)."""
+        go with them). A node found in the mirror's cycle that began at ``cycle_started`` joins that cycle."""
         farm_nodes = self._mirror.farm_nodes.value or []
         self.targets = node_targets(self._config, self._credentials, farm_nodes)
         pollers: dict[str, NodePoller] = {}
@@ -137,7 +150,7 @@ class NodeFleet:
             kept = self._mirror.nodes.get(target.name)
             state = kept if kept is not None and kept.url == target.url else NodeState(target.name, target.url)
             api = MirrorApi(self._client, target.url, target.credentials, f"{self._mirror.name}/{target.name}")
-            pollers[target.name] = NodePoller(self._mirror, state, api, self._drift, self._interval)
+            pollers[target.name] = NodePoller(self._mirror, state, api, self._drift, self._interval, cycle_started)
             log.info(
                 "mirror node followed", extra={"target": self._mirror.name, "node": target.name, "url": target.url}
             )
@@ -151,7 +164,7 @@ class NodeFleet:
     async def cycle(self, cycle_started: float) -> None:
         """After the mirror's farm-wide sources: follow the node list, wait (at most an interval) for every node's
         cycle, then take the union over the nodes that answered."""
-        await self.follow()
+        await self.follow(cycle_started)
         pollers = self.pollers()
         await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
         answered = [p for p in pollers if p.answered_in(cycle_started)]

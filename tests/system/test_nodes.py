@@ -225,3 +225,16 @@ async def test_when_no_node_answers_the_mirrors_drift_is_unknown_with_the_nodes_
         assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 0.0
         assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0  # the farm URL itself answers
         assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 0.0
+
+
+async def test_nodes_found_in_a_cycle_join_it_even_when_the_mirrors_farm_wide_reads_are_slow() -> None:
+    # Every mirror answer takes 1.3 s: the mirror's farm-wide sources end seconds after the cycle began, and only then
+    # does it learn its nodes. Their first cycle must still use the primary's listing of that cycle; waiting for the
+    # next one would keep the exporter unready for a whole 30 s interval.
+    scenario = Scenario(repositories=4, mirrors=1, mirror_latency_seconds=1.3)
+    async with running_farm(scenario, ["9.x"], interval=30.0, nodes=True, timeout_seconds=10.0) as run:
+        await run.wait_ready(within=15)
+        samples = await run.metrics()
+        for node in (NODE_1, NODE_2):
+            assert node_value(samples, "bitbucket_mirror_node_repositories_missing", node) == 0.0
+        assert value(samples, "bitbucket_mirror_nodes_polled", mirror="sydney") == 2.0
