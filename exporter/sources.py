@@ -202,10 +202,7 @@ async def run_source(
         value = await fetch()
     except FetchError as exc:
         if exc.learned is not None:
-            previous, state.value = state.value, exc.learned
-            free_later(previous)
-            del previous
-            state.value_timestamp = time.time()
+            _replace_value(state, exc.learned, time.time())
         _record_failure(target, name, state, exc.reason, exc.detail)
     except asyncio.CancelledError:
         raise
@@ -216,15 +213,22 @@ async def run_source(
     else:
         if state.success is False:
             log.info("poll recovered", extra={"target": target, "source": name, "after": state.error_reason})
-        previous, state.value = state.value, value
-        free_later(previous)
-        del previous
+        _replace_value(state, value, learned_at() if learned_at is not None else time.time())
         state.success = True
         state.error_reason = None
-        state.last_success_timestamp = state.value_timestamp = learned_at() if learned_at is not None else time.time()
+        state.last_success_timestamp = state.value_timestamp
         state.value_started_timestamp = started_at
     finally:
         state.duration_seconds = time.monotonic() - started
+
+
+def _replace_value(state: SourceState[T], value: T, learned: float) -> None:
+    """``value`` in place of the last one, in one assignment (a scrape sees one or the other), learned at ``learned``;
+    the replaced one is freed off the event loop."""
+    previous, state.value = state.value, value
+    free_later(previous)
+    del previous
+    state.value_timestamp = learned
 
 
 def _record_failure(target: str, name: str, state: SourceState[Any], reason: str, detail: str) -> None:
