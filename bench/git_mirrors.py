@@ -40,6 +40,7 @@ from exporter.git.command import Git  # noqa: E402
 from exporter.git.config import GitMirrorsDirConfig  # noqa: E402
 from exporter.git.poller import GitMirrorPoller  # noqa: E402
 from exporter.git.state import GitMirrorState  # noqa: E402
+from exporter.sources import SourceState  # noqa: E402
 
 INTERVAL = 60.0
 IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
@@ -131,7 +132,7 @@ async def measure(mirrors: int, cycles: int, concurrency: int, branches: int, ta
     directory = make_mirrors(work, remote, mirrors, behind)
     found = GitMirrorsDirConfig(glob=f"{directory}/*.git").found()
     runner = Git(concurrency)
-    states = [GitMirrorState(c.name, str(c.path)) for c in found]
+    states = [GitMirrorState(c.name, str(c.path), SourceState(own_interval=c.interval_seconds)) for c in found]
     pollers = [GitMirrorPoller(s, c, runner) for s, c in zip(states, found, strict=True)]
     rows = []
     for _ in range(cycles):

@@ -20,7 +20,7 @@ from exporter.git.command import GIT_FAILED, Git
 from exporter.git.config import GitMirrorConfig, check_remote
 from exporter.git.refs import compare, objects_bytes, parse_refs
 from exporter.git.state import GitCheck, GitMirrorState
-from exporter.sources import FetchError, poll_forever, run_source
+from exporter.sources import FetchError, SourceState, poll_forever, run_source
 from exporter.supervisor import Fleet
 
 log = logging.getLogger("exporter.git")
@@ -91,7 +91,7 @@ class GitMirrors:
         wanted = {c.name: c for c in [*self._configured, *self._find()]}
         kept = {s.name: s for s in self._states}
         states = [
-            kept.get(name) or GitMirrorState(name, str(config.path), config.interval_seconds)
+            kept.get(name) or GitMirrorState(name, str(config.path), SourceState(own_interval=config.interval_seconds))
             for name, config in wanted.items()
         ]
         loops = {

@@ -25,12 +25,8 @@ class GitCheck:
 class GitMirrorState:
     name: str
     path: str
-    # Its interval, so its values are served by the one freshness rule (sources.freshness).
-    interval_seconds: float = 60.0
+    # Created with own_interval = its interval_seconds: served by the one freshness rule (sources.freshness).
     refs: SourceState[GitCheck] = field(default_factory=SourceState)
-
-    def __post_init__(self) -> None:
-        self.refs.own_interval = self.interval_seconds
 
 
 @dataclass

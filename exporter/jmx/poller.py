@@ -22,7 +22,7 @@ from exporter.jmx.reading import NodeReading, read_node
 from exporter.jmx.state import JmxNodeState, JmxState
 from exporter.node_targets import NodeTarget
 from exporter.secret_files import prepare
-from exporter.sources import poll_forever, run_source
+from exporter.sources import SourceState, poll_forever, run_source
 from exporter.supervisor import Fleet
 from exporter.urls import host_for_url
 
@@ -147,7 +147,7 @@ class JmxPoller:
             state = updated[name] = (
                 current
                 if current is not None and current.url == url
-                else JmxNodeState(url, self._config.interval_seconds)
+                else JmxNodeState(url, SourceState(own_interval=self._config.interval_seconds))
             )
             wanted[(name, url)] = partial(self._node_loop, name, state, source)
         for name, _ in await self._fleet.reconcile(wanted):

@@ -13,12 +13,8 @@ class JmxNodeState:
     """One mirror node's JMX, polled on its own interval (jmx.interval_seconds)."""
 
     url: str
-    # Its interval (jmx.interval_seconds), so its values are served by the one freshness rule (sources.freshness).
-    interval_seconds: float = 30.0
+    # Created with own_interval = jmx.interval_seconds: served by the one freshness rule (sources.freshness).
     source: SourceState[NodeReading] = field(default_factory=SourceState)
-
-    def __post_init__(self) -> None:
-        self.source.own_interval = self.interval_seconds
 
 
 # Each mirror's JMX nodes by node name, by mirror name.

@@ -136,9 +136,9 @@ def seeded_state() -> ExporterState:
                          quantiles={"0.5": 0.2, "0.99": 1.5}, mean=0.3, max=2.0, min=0.1, stddev=0.2)  # fmt: skip
     reading = NodeReading(beans=3, timers={"incremental": timer}, tickets=[
         TicketReading("com.atlassian:name=scm-hosting", "scm-hosting", "Available", 8)])  # fmt: skip
-    node = JmxNodeState("service:jmx:rmi:///jndi/rmi://sydney-1:3333/jmxrmi", interval_seconds=60)
+    node = JmxNodeState("service:jmx:rmi:///jndi/rmi://sydney-1:3333/jmxrmi")
     node.source = fresh(reading, age=20, duration=0.8)  # type: ignore[assignment]
-    node.source.own_interval = node.interval_seconds
+    node.source.own_interval = 60.0  # jmx.interval_seconds
     by_node(sydney)
     state = ExporterState(primary=primary, mirrors=[sydney, frankfurt], policy=Policy("unhealthy", 2, 90.0))
     state.jmx = {"sydney": {"sydney-1": node}}
@@ -153,9 +153,9 @@ def git_mirror() -> GitMirrorState:
     """A CI reference mirror two refs behind its remote for 10 minutes, with an extra ref the remote deleted."""
     behind = (Difference("refs/heads/main", "1" * 40, "2" * 40), Difference("refs/tags/v2", None, "3" * 40))
     extra = (Difference("refs/heads/old", "4" * 40, None),)
-    mirror = GitMirrorState("ci-reference", "/mirrors/app.git", interval_seconds=60.0)
+    mirror = GitMirrorState("ci-reference", "/mirrors/app.git")
     remote = "https://bitbucket.example.com/scm/prj/app.git"
     check = GitCheck(Comparison(41, 42, behind, extra), NOW - 900, 123_456_789, remote, behind_since=NOW - 600)
     mirror.refs = fresh(check, age=30, duration=0.4)  # type: ignore[assignment]
-    mirror.refs.own_interval = mirror.interval_seconds
+    mirror.refs.own_interval = 60.0  # the git mirror's interval_seconds
     return mirror
