@@ -51,7 +51,7 @@ from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
 from exporter.rest.config import LagConfig
 from exporter.rest.polling import RestConfig, RestPolling
 from exporter.rest.state import FarmState, MirrorState, PrimaryState
-from exporter.sources import SourceState, health_metrics, poll_forever, run_source
+from exporter.sources import Health, SourceState, health_metrics, poll_forever, run_source
 from exporter.state import Policy
 from exporter.supervisor import Supervisor
 from exporter.tls import load_pair
@@ -195,7 +195,7 @@ class ExporterState(FarmState):
             extra[PRIMARY_TARGET] = {"webhook_statistics": self.webhook_statistics}
         return extra
 
-    def health(self) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+    def health(self) -> Health:
         """Every source's health, in the order the families list them."""
         yield from rest_collector.health(self, self._extra_sources())
         yield from git_collector.health(self.git.mirrors)

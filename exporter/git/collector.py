@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.git.refs import RefVerdict
 from exporter.git.state import GitMirrorState
-from exporter.sources import SourceState, gauges
+from exporter.sources import Health, SourceState, gauges
 
 CHECKED = (
     " Compared in the background every interval_seconds of the git mirror; absent once older than the larger of "
@@ -70,7 +69,7 @@ def git_metrics(mirrors: Iterable[GitMirrorState], now: float, stale_after: floa
 Verified = Mapping[str, SourceState[list[RefVerdict]]]
 
 
-def health(mirrors: Iterable[GitMirrorState]) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+def health(mirrors: Iterable[GitMirrorState]) -> Health:
     """Each git mirror's comparison, for the exporter's poll health families (verify_refs go with their mirror's
     REST sources)."""
     for mirror in mirrors:

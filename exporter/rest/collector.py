@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import DriftReport, RepoState
 from exporter.rest.state import FarmState, MirrorState
-from exporter.sources import SourceState, T, gauges
+from exporter.sources import Health, SourceState, T, gauges
 
 CACHED = (
     " Polled in the background every poll.interval_seconds; scrapes read the last poll, absent once older than "
@@ -468,9 +468,7 @@ def mirror_servers(scrape: Scrape) -> Iterator[Metric]:
     yield from (enabled, last_seen, info)
 
 
-def health(
-    state: FarmState, extra: Mapping[str, Mapping[str, SourceState[Any]]]
-) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+def health(state: FarmState, extra: Mapping[str, Mapping[str, SourceState[Any]]]) -> Health:
     """Each REST source's labels and state, for the exporter's poll health families (exporter/sources.py): the
     primary's, then each mirror's farm-wide ones, each followed by ``extra`` sources other packages poll for it (by
     target name). A farm's nodes come apart (``node_health``): the git mirrors are listed between them."""
@@ -480,7 +478,7 @@ def health(
             yield {"target": target, "source": name}, source
 
 
-def node_health(state: FarmState) -> Iterator[tuple[dict[str, str], SourceState[Any]]]:
+def node_health(state: FarmState) -> Health:
     for mirror in state.mirrors:
         for node_name, node in sorted(mirror.nodes.items()):
             for source, node_source in node.sources().items():
