@@ -372,14 +372,22 @@ def nodes(scrape: Scrape) -> Iterator[Metric]:
             if (current := scrape.fresh(node.status)) is not None:
                 for seen in sorted(node.states_seen):
                     state.add_metric([*labels, seen], 1.0 if seen == current.state else 0.0)
-            report = node.drift
-            if report is None or not report.fresh(now, stale_after):
-                continue  # a node that stopped answering: no drift series once its listing is stale
-            out_of_sync.add_metric([*labels, "content"], report.count(RepoState.CONTENT_DRIFT))
-            out_of_sync.add_metric([*labels, "metadata"], report.count(RepoState.METADATA_DRIFT))
-            missing.add_metric(labels, report.count(RepoState.MISSING))
-            lag.add_metric(labels, report.sync_lag_seconds(now))
+    for labels, report in fresh_node_reports(scrape):
+        out_of_sync.add_metric([*labels, "content"], report.count(RepoState.CONTENT_DRIFT))
+        out_of_sync.add_metric([*labels, "metadata"], report.count(RepoState.METADATA_DRIFT))
+        missing.add_metric(labels, report.count(RepoState.MISSING))
+        lag.add_metric(labels, report.sync_lag_seconds(now))
     yield from (up, state, out_of_sync, missing, lag, polled)
+
+
+def fresh_node_reports(scrape: Scrape) -> Iterator[tuple[list[str], DriftReport]]:
+    """([mirror, node], report) for each node read one by one whose drift report is fresh: a node that stopped
+    answering has no drift series once its listing is stale."""
+    for mirror in scrape.state.mirrors:
+        for name, node in sorted(mirror.nodes.items()) if mirror.by_node else ():
+            report = node.drift
+            if report is not None and report.fresh(scrape.now, scrape.state.policy.stale_after):
+                yield [mirror.name, name], report
 
 
 def node_lag_began(scrape: Scrape) -> Iterator[Metric]:
@@ -391,12 +399,9 @@ def node_lag_began(scrape: Scrape) -> Iterator[Metric]:
         "Absent when nothing lags on the node.",
         ["mirror", "node"],
     )
-    for mirror in scrape.state.mirrors:
-        for name, node in sorted(mirror.nodes.items()) if mirror.by_node else ():
-            report = node.drift
-            served = report is not None and report.fresh(scrape.now, scrape.state.policy.stale_after)
-            if served and report is not None and report.laggard_since is not None:
-                began.add_metric([mirror.name, name], report.laggard_since)
+    for labels, report in fresh_node_reports(scrape):
+        if report.laggard_since is not None:
+            began.add_metric(labels, report.laggard_since)
     yield began
 
 
