@@ -86,7 +86,7 @@ class Running:
             return resp.status, await resp.text()
 
     async def metrics(self) -> Samples:
-        """A scrape through the production path (renderings up to a second old, lag lines written at the scrape),
+        """A scrape through the production path (renderings up to a second old),
         once the renderings served are newer than the last change the test waited for."""
 
         async def rendered() -> bool:

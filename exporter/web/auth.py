@@ -130,15 +130,6 @@ class BasicAuth:
         hashed = self._users.get(user)
         return hashed, hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
 
-    def remembers(self, header: str) -> bool:
-        """Whether these credentials were checked and found good lately; never runs bcrypt, so any thread may ask
-        (the scrape threads: exporter/web/scrape_thread.py)."""
-        credentials = parse_basic(header)
-        if credentials is None:
-            return False
-        hashed, key = self._key(*credentials)
-        return hashed is not None and key in self._good
-
     async def allows(self, header: str | None) -> bool:
         return (await self.check(header, None)).allowed
 

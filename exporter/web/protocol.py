@@ -14,6 +14,7 @@ changes them fails there, not in production.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -25,13 +26,27 @@ HEAD_SECONDS = 10.0
 
 
 class BoundedRequestHandler(RequestHandler):
-    __slots__ = ("_head_seconds", "_head_timer", "_refusals")
+    """``open_connections`` holds every handler from its creation (asyncio creates a batch of connections before any is
+    connected, so aiohttp's own list of connections lags behind the accepts) until its connection is lost, or until
+    it is garbage when it never connected (a failed TLS handshake): the connection cap counts it."""
 
-    def __init__(self, manager: web.Server, *, refusals: Refusals, head_seconds: float, **kwargs: Any) -> None:
+    __slots__ = ("__weakref__", "_head_seconds", "_head_timer", "_open", "_refusals")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        refusals: Refusals,
+        head_seconds: float,
+        open_connections: weakref.WeakSet[BoundedRequestHandler],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusals = refusals
         self._head_seconds = head_seconds
+        self._open = open_connections
+        open_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count
@@ -56,4 +71,5 @@ class BoundedRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
+        self._open.discard(self)
         super().connection_lost(exc)

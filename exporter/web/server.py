@@ -1,15 +1,22 @@
 """HTTP endpoints: /metrics, /-/healthy, /-/ready, POST /-/reload and a small landing page; basic auth on all but
-the health endpoints when the web config has users. None of them waits on Bitbucket."""
+the health endpoints when the web config has users. None of them waits on Bitbucket.
+
+aiohttp alone parses HTTP, on the event loop, over plain TCP or TLS alike: the loop only moves bytes (the listings'
+decoding and comparison run in worker processes, exporter/workers.py), so a scrape is answered from the latest
+rendering (exporter/web/exposition.py) without waiting. The connection cap and the pause when the process runs out
+of descriptors are asyncio's and aiohttp's own accept path, counted as refusals here."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import re
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,13 +27,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter.web.auth import BasicAuth, retry_after_header
-from exporter.web.exposition import MAX_AGE_SECONDS, SHARED_SECONDS, Exposition
+from exporter.web.exposition import MAX_AGE_SECONDS, Exposition
 from exporter.web.landing import Landing
 from exporter.web.landing import render as render_landing
 from exporter.web.protocol import HEAD_SECONDS, BoundedRequestHandler
-from exporter.web.refusals import Refusals
+from exporter.web.refusals import OUT_OF_FILE_DESCRIPTORS, TOO_MANY_CONNECTIONS, Refusals
 from exporter.web.runbooks import page as runbook_page
-from exporter.web.scrape_thread import KEEP_ALIVE_SECONDS, ConnectionLimits, ScrapeThreads, listening_sockets
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
@@ -34,6 +40,7 @@ CHALLENGE = 'Basic realm="bitbucket-mirror-exporter", charset="UTF-8"'
 
 
 DEFAULT_MAX_CONNECTIONS = 1000
+KEEP_ALIVE_SECONDS = 75.0
 
 
 class Pages(Protocol):
@@ -74,10 +81,7 @@ class Served:
     webhook: Callable[[web.Request], Awaitable[web.Response]] | None = None
     # The CI gate: (project key, slug, commit, since) -> the JSON answer, None for an unknown repository.
     gate: Callable[[str, str, str, float | None], Awaitable[dict[str, Any] | None]] | None = None
-    # The collectors' clock: the growing lag lines are written with it at each scrape (exporter/web/exposition.py).
-    clock: Callable[[], float] = time.time
-    # How old a rendering a scrape thread may serve; 0: every scrape waits for the event loop to render (the system
-    # tests, which look at /metrics right after each change they make).
+    # How old a rendering a scrape may be served (exporter/web/exposition.py).
     max_rendering_age: float = MAX_AGE_SECONDS
     # POST /-/reload is served only with --web.enable-lifecycle (as Prometheus): otherwise 403, and SIGHUP reloads.
     lifecycle: bool = True
@@ -97,20 +101,14 @@ EXPOSITION_KEY = web.AppKey("exposition", Exposition)
 
 def exposition_of(served: Served) -> Exposition:
     return Exposition(
-        served.registry,
-        lambda: served.state().analyses(),
-        served.clock,
-        lambda: served.state().ready,
-        served.max_rendering_age,
+        served.registry, lambda: served.state().analyses(), lambda: served.state().ready, served.max_rendering_age
     )
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """A scrape the scrape threads handed over (with TLS, HEAD, the first check of credentials, ...)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    exposition = request.app[EXPOSITION_KEY]
-    rendering = exposition.on_loop(content_type, encoder, SHARED_SECONDS)
-    return web.Response(body=rendering.body(exposition.now()), headers={"Content-Type": content_type})
+    rendering = request.app[EXPOSITION_KEY].serve(content_type, encoder)
+    return web.Response(body=rendering.body, headers={"Content-Type": content_type})
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -215,23 +213,59 @@ def make_app(served: Served, exposition: Exposition | None = None) -> web.Applic
 
 # How long a stop waits for requests in flight to /metrics: SIGTERM must end the process within seconds.
 STOP_SECONDS = 2.0
+# asyncio's message when accept() fails for want of descriptors or memory; it then stops accepting on that socket for
+# a second (asyncio's ACCEPT_RETRY_DELAY) rather than spinning.
+OUT_OF_RESOURCES = "socket.accept() out of system resource"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound and listening sockets for every address of ``host``, as asyncio's create_server makes them (with port
+    0, every address on the port the first one got)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made, before a byte is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 @dataclass
 class Server:
     """The exporter's HTTP server on one address, over TLS when the web config asks for it; ``port`` is the bound
-    port (useful with port 0). Scrapes of /metrics are served by threads of their own (exporter/web/scrape_thread.py);
-    aiohttp on the event loop serves everything else."""
+    port (useful with port 0)."""
 
     served: Served
     host: str
     port: int
     tls: ssl.SSLContext | None = None
     _runner: web.AppRunner | None = None
-    _threads: ScrapeThreads | None = None
+    _listeners: list[asyncio.Server] = field(default_factory=list)
     _rendering: asyncio.Task[None] | None = None
     _exposition: Exposition | None = None
-    _adopting: set[asyncio.Task[None]] = field(default_factory=set)
+    _previous_handler: Any = None
+    # Connections accepted and not yet lost (exporter/web/protocol.py).
+    _open: weakref.WeakSet[BoundedRequestHandler] = field(default_factory=weakref.WeakSet)
 
     async def start(self) -> None:
         exposition = self._exposition = exposition_of(self.served)
@@ -239,46 +273,54 @@ class Server:
             make_app(self.served, exposition), handle_signals=False, shutdown_timeout=STOP_SECONDS, **self._handling()
         )
         await self._runner.setup()
-        sockets = listening_sockets(self.host, self.port)
         loop = asyncio.get_running_loop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
+        sockets = listening_sockets(self.host, self.port)
+        try:
+            for sock in sockets:
+                self._listeners.append(await loop.create_server(self._connection, sock=sock, ssl=self.tls))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        self.port = sockets[0].getsockname()[1]
         exposition.start()
-        self._threads = ScrapeThreads(
-            sockets,
-            exposition,
-            lambda: self.served.auth,
-            loop,
-            self._adopt,
-            self.tls,
-            limits=ConnectionLimits(self.served.max_connections, self._loop_connections, self.served.refusals),
-        )
-        self._threads.start()
         self._rendering = asyncio.create_task(exposition.keep_fresh())
-        self.port = self._threads.port
 
     @property
     def exposition(self) -> Exposition | None:
         return self._exposition
 
-    @property
-    def scrape_threads(self) -> ScrapeThreads | None:
-        return self._threads
-
-    def _loop_connections(self) -> int:
-        """Connections aiohttp holds now (any thread may ask: a length read is atomic)."""
+    def _connection(self) -> asyncio.Protocol:
+        """A new connection's protocol: aiohttp's handler, or a refusal past the connection cap."""
         server = self._runner.server if self._runner is not None else None
-        return len(server.connections) if server is not None else 0
+        served = self.served
+        if server is None:
+            return Refused()
+        if len(self._open) >= served.max_connections:
+            served.refusals.count(TOO_MANY_CONNECTIONS, f"{served.max_connections} open")
+            return Refused()
+        return BoundedRequestHandler(
+            server,
+            loop=asyncio.get_running_loop(),
+            refusals=served.refusals,
+            head_seconds=served.head_seconds,
+            open_connections=self._open,
+            **self._handling(),
+        )
 
-    def _adopt(self, conn: socket.socket) -> None:
-        """On the event loop: serve a connection the scrape threads handed over with aiohttp."""
-        if self._runner is None or self._runner.server is None:
-            conn.close()
-            if self._threads is not None:
-                self._threads.adopted()
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of descriptors while accepting: counted and logged once per change of state (asyncio itself pauses
+        accepting); anything else goes where it went before."""
+        error = context.get("exception")
+        if context.get("message") == OUT_OF_RESOURCES and isinstance(error, OSError) and error.errno in _EXHAUSTED:
+            self.served.refusals.count(OUT_OF_FILE_DESCRIPTORS, error.strerror or "")
             return
-        loop = asyncio.get_running_loop()
-        task = asyncio.create_task(self._connect(loop, self._runner.server, conn))
-        self._adopting.add(task)
-        task.add_done_callback(self._adopting.discard)
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     def _handling(self) -> dict[str, Any]:
         """How aiohttp handles each connection."""
@@ -290,29 +332,18 @@ class Server:
             "logger": self.served.refusals.logger,
         }
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, server: web.Server, conn: socket.socket) -> None:
-        def handler() -> BoundedRequestHandler:
-            refusals, head_seconds = self.served.refusals, self.served.head_seconds
-            return BoundedRequestHandler(
-                server, loop=loop, refusals=refusals, head_seconds=head_seconds, **self._handling()
-            )
-
-        try:
-            await loop.connect_accepted_socket(handler, conn, ssl=self.tls)
-        except OSError:  # a client that left, or failed the TLS handshake (SSLError and timeouts are OSErrors)
-            conn.close()
-        finally:
-            if self._threads is not None:
-                self._threads.adopted()
-
     async def stop(self) -> None:
-        if self._threads is not None:
-            await asyncio.to_thread(self._threads.stop)
+        for listener in self._listeners:
+            listener.close()
         if self._rendering is not None:
             self._rendering.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rendering
-        for task in list(self._adopting):
-            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners = []
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() == self._loop_exception:
+            loop.set_exception_handler(self._previous_handler)

@@ -86,7 +86,7 @@ async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
     await exporter.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
-        # The landing page: served by aiohttp (not a scrape thread), which keeps the connection alive afterwards.
+        # The landing page: aiohttp keeps the connection alive afterwards.
         await landing_page(reader, writer)
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the exporter
