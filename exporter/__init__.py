@@ -7,9 +7,10 @@ The map (docs/architecture.md draws it, with the import rules tests/unit/test_ar
 - the core, which imports no source: ``config`` (the core's configuration and loading), ``strict`` (the strict
   configuration base), ``secret_files`` (passwords from files), ``tls`` (TLS contexts), ``reloading`` (the reload
   outcome and its gauges), ``logs`` (logfmt), ``sources`` (``FetchError``, ``SourceState``, ``run_source``, the poll
-  loop, the freshness rule, the health families), ``supervisor`` (one TaskGroup, fleets of targets), ``state``
-  (the rendering ``Policy``), ``drift`` (the pure comparison and lag), ``urls`` (URL checks), ``node_targets`` (a
-  farm's nodes), ``processes`` (child processes with a time limit), and ``web/`` (the exporter's HTTP side);
+  loop, the freshness rule, the health families), ``supervisor`` (one TaskGroup, fleets of targets), ``workers``
+  (worker processes for CPU-bound work), ``state`` (the rendering ``Policy``), ``drift`` (the pure comparison and
+  lag), ``urls`` (URL checks), ``node_targets`` (a farm's nodes), ``processes`` (child processes with a time limit),
+  and ``web/`` (the exporter's HTTP side);
 - the sources, each with its config, state, poller(s) and collector: ``rest/`` (Bitbucket's REST API), ``jmx/``
   (mirror nodes over JMX), ``git/`` (git reference mirrors and verify_refs), ``webhooks/`` (push-to-sync and the CI
   gate);

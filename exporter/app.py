@@ -67,6 +67,7 @@ from exporter.webhooks.gate import Gate
 from exporter.webhooks.matching import Book
 from exporter.webhooks.receiver import Receiver
 from exporter.webhooks.setup import Delivery, Webhooks
+from exporter.workers import WorkerPool
 
 log = logging.getLogger("exporter")
 
@@ -265,6 +266,10 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
     return new
 
 
+# What the worker processes import before they are forked (exporter/workers.py): the REST listings' work.
+WORKER_PRELOAD = ("exporter.rest.listing_work",)
+
+
 # --- Polling: one configuration's pollers under one supervisor ----------------------------------------------------
 
 
@@ -287,11 +292,13 @@ class Polling:
         settings: Settings,
         state: ExporterState,
         resolver: AbstractResolver | None,
+        workers: WorkerPool,
         resume_anchor: float | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self._resolver = resolver
+        self._workers = workers
         self._resume_anchor = resume_anchor
         self.supervisor = Supervisor()
         self._session: aiohttp.ClientSession | None = None
@@ -321,7 +328,9 @@ class Polling:
             settings.primary, list(settings.mirrors), settings.poll.interval_seconds, settings.lag,
             settings.discover_mirrors,
         )  # fmt: skip
-        rest = self.rest = RestPolling(rest_config, self.state, client, self.supervisor, self._resume_anchor)
+        rest = self.rest = RestPolling(
+            rest_config, self.state, client, self.supervisor, self._workers, self._resume_anchor
+        )
         self.primary_api = rest.primary_api
         rest.start()
         self._start_webhook_statistics(client)
@@ -445,6 +454,7 @@ class Exporter:
         lifecycle: bool = False,
         http_reload_interval: float = HTTP_RELOAD_SECONDS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        worker_processes: int | None = None,
     ) -> None:
         self.settings = settings
         self.listen = listen
@@ -482,7 +492,10 @@ class Exporter:
             max_connections=max_connections,
         )
         self.registry.register(self._served.refusals)
-        self._polling = Polling(settings, self.state, resolver)
+        # Outlive reloads: a reload changes what they are sent, not the processes.
+        self.workers = WorkerPool(WORKER_PRELOAD, worker_processes)
+        self.registry.register(self.workers)
+        self._polling = Polling(settings, self.state, resolver, self.workers)
         self._web_tls: ssl.SSLContext | None = None
         self._server: Server | None = None
         # What outlives reloads: the expiry of unconfirmed pushes.
@@ -612,7 +625,9 @@ class Exporter:
         # Checks already made stay remembered (their key holds the hash), and so do the addresses that kept failing.
         self._served.auth = BasicAuth(web_config.basic_auth_users, previous=self._served.auth)
         same_interval = settings.poll.interval_seconds == self._polling.settings.poll.interval_seconds
-        self._polling = Polling(settings, self.state, self._resolver, self._polling.anchor if same_interval else None)
+        self._polling = Polling(
+            settings, self.state, self._resolver, self.workers, self._polling.anchor if same_interval else None
+        )
         await self._polling.start()
 
     async def _expire_pushes(self) -> None:
@@ -632,6 +647,7 @@ class Exporter:
             await asyncio.gather(self._next_http_reload, return_exceptions=True)
         await self._background.stop()
         await self._polling.stop()
+        await self.workers.stop()
         if self._server is not None:
             await self._server.stop()
         log.info("exporter stopped")

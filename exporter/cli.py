@@ -37,6 +37,17 @@ EXIT_CONFIG = 2
 log = logging.getLogger("exporter")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the flag and exits with 2 otherwise)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def _listen_address(text: str) -> ListenAddress:
     try:
         return ListenAddress.parse(text)
@@ -70,6 +81,14 @@ def _common_options() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="connections open at once at most; more are closed as they are accepted (default 1000)",
+    )
+    common.add_argument(
+        "--workers.processes",
+        dest="worker_processes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes that decode and compare the listings (default: the usable cores less one, at least 1)",
     )
     common.add_argument(
         "--web.enable-lifecycle",
@@ -206,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         loader=lambda: load_configs(args),
         lifecycle=args.lifecycle,
         max_connections=args.max_connections,
+        worker_processes=args.worker_processes,
     )
     try:
         asyncio.run(_serve(exporter))

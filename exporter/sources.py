@@ -70,6 +70,11 @@ class FetchError(Exception):
         # What the failed answer still told, kept as the source's value (run_source): a starting mirror's state.
         self.learned = learned
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by its fields (a worker process raises it; exporter/workers.py): the default would rebuild it from
+        its message alone."""
+        return (type(self), (self.reason, self.detail, self.status, self.body, self.learned))
+
 
 @dataclass
 class SourceState(Generic[T]):

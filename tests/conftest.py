@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,13 @@ import pytest
 from aiohttp.abc import AbstractResolver
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import Exporter, ListenAddress, Settings, settings_from_mapping
+from exporter.app import WORKER_PRELOAD, Exporter, ListenAddress, Settings, settings_from_mapping
 from exporter.reloading import ConfigLoader
+from exporter.rest import listing_work
 from exporter.rest.state import MirrorState, PrimaryState
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.web.config import WebConfig
+from exporter.workers import InlineWorker, WorkerPool
 from tests.jmx_node import compile_fake_node
 
 LOOPBACK = "127.0.0.1"
@@ -187,3 +189,12 @@ async def running_farm(
 def fake_node_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/jmx/FakeMirrorNode.java, compiled once per run with the JDK's javac."""
     return compile_fake_node(tmp_path_factory.mktemp("fake-node"))
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerPool]:
+    """For the unit tests that drive pollers by hand: the listings' work done in this process, on a store of the
+    test's own (an exporter starts worker processes of its own)."""
+    kept, listing_work.STORE = listing_work.STORE, listing_work.Store()
+    yield WorkerPool(WORKER_PRELOAD, 1, InlineWorker)
+    listing_work.STORE = kept

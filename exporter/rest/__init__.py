@@ -5,6 +5,8 @@
 - ``api``: ``MirrorApi`` and ``PrimaryApi``, the mirroring endpoints of both API families (8.x nested, 9.x flat);
 - ``models`` and ``listings``: tolerant pydantic models of every answer, and fast msgspec decoders for the two
   listings that grow with the repository count;
+- ``feed`` and ``listing_work``: a listing's page bytes on their way to a worker process, and what the worker does
+  with them (decode and keep by page, compare with the primary's, the farm's union);
 - ``poller``: ``MirrorPoller`` and ``PrimaryPoller``, one poll cycle per target, drift included; ``nodes``: each farm
   node read at its own URL, and the mirror's union; ``push_dating``: each divergence dated from its push;
   ``polling``: ``RestPolling``, every REST loop of one configuration on one grid, discovery included;

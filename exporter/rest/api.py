@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, as_int, parse_page
+from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, Page, as_int, parse_page
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -249,6 +249,11 @@ class MirrorApi:
         url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
         return self._client.pages(url, self._credentials, decode_sync_status_page, affinity=self._affinity)
 
+    def repo_sync_status_raw_pages(self) -> AsyncIterator[Page[bytes]]:
+        """The same pages as bytes, for a worker process to decode (exporter/rest/listing_work.py)."""
+        url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
+        return self._client.raw_pages(url, self._credentials, affinity=self._affinity)
+
 
 NEWEST_FIRST, OLDEST_FIRST, UNKNOWN_ORDER = "newest_first", "oldest_first", "unknown"
 
@@ -295,6 +300,11 @@ class PrimaryApi:
         """The primary's repositories with content and metadata hashes, a page at a time."""
         url = rest_url(self._base_url, "repos")
         return self._client.pages(url, self._credentials, decode_repository_page)
+
+    def repository_raw_pages(self) -> AsyncIterator[Page[bytes]]:
+        """The same pages as bytes: decoded here and by the worker processes."""
+        url = rest_url(self._base_url, "repos")
+        return self._client.raw_pages(url, self._credentials)
 
     async def ref_change_activities(self, project_key: str, slug: str, limit: int, max_pages: int = 1) -> ActivityPage:
         """A repository's ref changes (REPO_ADMIN): when each push reached the primary. One page of ``limit`` when

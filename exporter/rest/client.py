@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 
 import aiohttp
+import msgspec
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
@@ -114,12 +115,43 @@ def decode_body(content_type: str, body: bytes, decode: Callable[[bytes], T]) ->
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
-    """One page of a Bitbucket paged resource; the paging fields exactly as sent, judged by ``pages``."""
+    """One page of a Bitbucket paged resource; the paging fields exactly as sent, judged by ``walk``. A page read as
+    bytes (``decode_envelope``) has no ``values``: its ``body`` and the number of its ``row_count``."""
 
     values: list[T]
     is_last_page: Any = True
     next_page_start: Any = None
     limit: Any = None
+    body: bytes = b""
+    row_count: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.values) if self.row_count is None else self.row_count
+
+
+class _Envelope(msgspec.Struct, rename="camel"):
+    values: list[msgspec.Raw]
+    is_last_page: Any = True
+    next_page_start: Any = None
+    limit: Any = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def decode_envelope(body: bytes) -> Page[bytes]:
+    """A page's paging fields and row count, its rows left as bytes for a worker process (msgspec skips over them
+    without building them); a page whose shape is not the usual one is read by ``parse_page``."""
+    try:
+        envelope = _envelope.decode(body)
+        rows = len(envelope.values)
+        return Page([], envelope.is_last_page, envelope.next_page_start, envelope.limit, body, rows)
+    except msgspec.ValidationError:
+        page = parse_page(body)
+        return Page([], page.is_last_page, page.next_page_start, page.limit, body, len(page.values))
+    except msgspec.DecodeError:
+        raise FetchError(INVALID_JSON, "response is not valid JSON") from None
 
 
 def parse_page(body: bytes) -> Page[Any]:
@@ -384,7 +416,26 @@ class BitbucketClient:
         affinity: Affinity | None = None,
     ) -> AsyncIterator[list[T]]:
         """Yield the values of each page of a Bitbucket paged resource, decoded by ``decode`` (``parse_page`` for
-        plain JSON values).
+        plain JSON values)."""
+        async for page in self.walk(url, credentials, decode, params, affinity):
+            yield page.values
+
+    def raw_pages(
+        self, url: URL, credentials: Credentials, affinity: Affinity | None = None
+    ) -> AsyncIterator[Page[bytes]]:
+        """Each page of a paged resource as its bytes (``Page.body``), for a worker process to decode: only the
+        paging fields are read here (``decode_envelope``)."""
+        return self.walk(url, credentials, decode_envelope, None, affinity)
+
+    async def walk(
+        self,
+        url: URL,
+        credentials: Credentials,
+        decode: Callable[[bytes], Page[T]],
+        params: Mapping[str, str | int] | None = None,
+        affinity: Affinity | None = None,
+    ) -> AsyncIterator[Page[T]]:
+        """Yield each page of a Bitbucket paged resource, decoded by ``decode``.
 
         Asks for ``poll.page_limit`` items, then for whatever ``limit`` the server says it applied; follows
         ``nextPageStart`` (never computes it) and stops with an error on a page loop or past ``poll.max_pages``.
@@ -396,10 +447,10 @@ class BitbucketClient:
             page = await self.get(
                 url, credentials, _bounded(decode, limit), {**(params or {}), "start": start, "limit": limit}, affinity
             )
-            rows += len(page.values)
+            rows += page.rows
             if rows > max_rows:
                 raise FetchError(TOO_MANY_ROWS, f"the listing has more than poll.max_rows={max_rows} rows")
-            yield page.values
+            yield page
             if page.is_last_page is True:  # also when absent: Page's default
                 return
             next_start = as_int(page.next_page_start)

@@ -13,15 +13,18 @@ cycle whatever the number of nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from functools import partial
 
 from exporter.config import Credentials, NodesConfig
-from exporter.drift import union
+from exporter.drift import DriftReport
 from exporter.node_targets import NodeTarget, node_targets
 from exporter.rest.api import OUT_OF_SYNC_REPOS, MirrorApi
 from exporter.rest.client import BitbucketClient
+from exporter.rest.feed import ListingFeed
+from exporter.rest.listing_work import MIRROR, union_of
 from exporter.rest.poller import (
     CycleHandoff,
     DriftJob,
@@ -39,6 +42,11 @@ log = logging.getLogger("exporter.poller")
 
 # The reason a node-by-node mirror's listing fails with when its nodes failed without one (none was listed).
 NO_NODE_ANSWERED = "no_node_answered"
+
+
+def pushed(report: DriftReport) -> dict[str, float]:
+    """The divergences of a node's report that push dating dated (the worker holds the report as it compared it)."""
+    return {r.repo_id: r.diverged_since for r in report.repositories if r.from_push and r.diverged_since is not None}
 
 
 class NodePoller:
@@ -68,6 +76,8 @@ class NodePoller:
         self._api = api
         self._drift = drift
         self._target = f"{mirror.name}/{state.name}"
+        # In the farm's worker, beside the farm's other nodes: their union is taken there.
+        self.listing = ListingFeed(drift.workers.worker(mirror.name), self._target, MIRROR)
 
     def answered_in(self, cycle_started: float) -> bool:
         """Whether this node's listing was read in the cycle that began at ``cycle_started``."""
@@ -77,7 +87,7 @@ class NodePoller:
         node, api, target = self.state, self._api, self._target
         started = time.monotonic() if self._joined is None else self._joined
         self._joined = None
-        listing = ListingRead(api)
+        listing = ListingRead(api, self.listing)
 
         async def out_of_sync_repos() -> frozenset[str]:
             return frozenset(await api.out_of_sync_repositories())
@@ -154,6 +164,9 @@ class NodeFleet:
             log.info(
                 "mirror node followed", extra={"target": self._mirror.name, "node": target.name, "url": target.url}
             )
+        for name, gone in self._pollers.items():
+            if pollers.get(name) is not gone:
+                await gone.listing.forget()
         self._pollers = pollers
         loops = {(name, p.state.url): partial(self._loop, p.poll_once, False) for name, p in pollers.items()}
         for name, _ in await self._fleet.reconcile(loops):
@@ -188,9 +201,15 @@ class NodeFleet:
 
         if pollers:
             await run_source(mirror.name, "repo_sync_status", mirror.repo_sync_status, listing_union, oldest_read)
-        reports = [p.state.drift for p in answered if p.analysed == p.answered and p.state.drift is not None]
-        if reports:
-            mirror.drift = union(reports, self._drift.policy.keep_all)
+        analysed = [p for p in answered if p.analysed == p.answered and p.state.drift is not None]
+        if not analysed:
+            return
+        nodes = [(p.listing.target, pushed(p.state.drift)) for p in analysed if p.state.drift is not None]
+        # In the farm's worker, which holds every node's report (a restart since: the union waits for the next cycle).
+        workers = {p.listing.worker for p in analysed}
+        if len(workers) == 1 and all(p.listing.compared_generation == p.listing.worker.generation for p in analysed):
+            with contextlib.suppress(FetchError):
+                mirror.drift = await workers.pop().call(union_of, nodes, self._drift.policy.keep_all)
 
     def pollers(self) -> list[NodePoller]:
         return list(self._pollers.values())

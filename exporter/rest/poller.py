@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
-from sys import intern
 from typing import Any, Protocol
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo
+from exporter.drift import DriftReport, PrimaryRepo
 from exporter.rest.api import MirrorApi, PrimaryApi
 from exporter.rest.client import ClockReading
-from exporter.rest.listings import sync_seconds
+from exporter.rest.feed import ListingFeed, digest
+from exporter.rest.listing_work import MIRROR, PRIMARY, CompareJob, Projects, compare, primary_rows
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
 from exporter.rest.push_dating import PushDating
 from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
-from exporter.sources import FetchError, FirstCycle, free_later, run_source
+from exporter.sources import UNEXPECTED, FetchError, FirstCycle, run_source
 from exporter.state import Policy
+from exporter.workers import Worker, WorkerPool
+
+log = logging.getLogger("exporter.poller")
+
+# The primary's listing, by name in the workers (a mirror may not be named so: "(" is not in a target name).
+PRIMARY_LISTING = "(primary)"
 
 # A poll loop on the REST grid: ``loop(poll, polled_before)`` (exporter/rest/polling.py), so node loops started by a
 # mirror's cycle meet the primary's cycles as the mirrors' own loops do.
@@ -39,10 +45,6 @@ class NodeCycle(Protocol):
     sources, follow the node list and take the union of the nodes' cycles."""
 
     async def cycle(self, cycle_started: float) -> None: ...
-
-
-# Repositories classified between two yields to the event loop: about a millisecond of work.
-ANALYSIS_CHUNK = 1000
 
 
 class CycleHandoff:
@@ -94,64 +96,39 @@ async def read_status(api: MirrorApi, states_seen: set[str]) -> MirrorStatus:
         raise
 
 
-async def read_repo_sync_status(api: MirrorApi) -> tuple[RepoSyncSummary, dict[str, MirrorRepo]]:
-    """The summary for the state, and the hashes for this cycle's drift analysis (the bulk of the memory, held only
-    until the analysis has read them).
-
-    Ids and hashes are interned, as the primary's are: the copies of an in-step farm (every node of every mirror,
-    read side by side) then hold one string per repository and hash between them, not one each."""
-    failed_by_repo: dict[str, int] = {}
-    # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
-    newest: datetime | None = None
-    newest_number: float | None = None
-    rows: dict[str, MirrorRepo] = {}
-    async for page in api.repo_sync_status_pages():
-        for repo in page:
-            if repo.failed_sync_count > 0:
-                failed_by_repo[repo.external_repo_id] = repo.failed_sync_count
-            when = repo.last_sync_date
-            if type(when) is float:
-                if newest_number is None or when > newest_number:
-                    newest_number = when
-            elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
-                newest = when  # type: ignore[assignment]
-            hashes = repo.hashes
-            content = intern(hashes.content) if hashes and hashes.content is not None else None
-            metadata = intern(hashes.metadata) if hashes and hashes.metadata is not None else None
-            rows[intern(repo.external_repo_id)] = MirrorRepo(
-                content, metadata, repo.failed_sync_count, repo.synced_at()
-            )
-    newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
-    summary = RepoSyncSummary(
-        len(rows), len(failed_by_repo), sum(failed_by_repo.values()), newest_seconds, failed_by_repo
-    )
-    return summary, rows
-
-
 class ListingRead:
-    """One cycle's read of a mirror's (or node's) listing, as a source: calling it returns the summary for the state
-    and keeps the rows for this cycle's drift analysis, which takes them (``take``)."""
+    """One cycle's read of a mirror's (or node's) listing, as a source: its pages go to the target's worker process
+    as they come (exporter/rest/feed.py); calling it returns the listing's summary from the worker, which keeps the
+    rows for this cycle's drift analysis (``take``: the listing's feed, to compare there)."""
 
-    def __init__(self, api: MirrorApi) -> None:
+    def __init__(self, api: MirrorApi, listing: ListingFeed) -> None:
         self._api = api
-        self._rows: dict[str, MirrorRepo] | None = None
+        self._listing = listing
+        self._read = False
 
     async def __call__(self) -> RepoSyncSummary:
-        summary, self._rows = await read_repo_sync_status(self._api)
+        walk = self._listing.start()
+        try:
+            async for page in self._api.repo_sync_status_raw_pages():
+                await walk.add(page.body)
+        except BaseException:
+            walk.abandon()
+            raise
+        summary = await walk.finish()
+        if not isinstance(summary, RepoSyncSummary):
+            raise FetchError(UNEXPECTED, "the worker answered a listing's summary with something else")
+        self._read = True
         return summary
 
     @property
     def ready(self) -> bool:
-        """Whether this cycle's read succeeded and its rows are still here to take."""
-        return self._rows is not None
+        """Whether this cycle's read succeeded, so the worker holds this cycle's rows."""
+        return self._read
 
-    def take(self) -> dict[str, MirrorRepo]:
-        """The rows (only when ``ready``); the reader keeps no reference. Pass them straight on: the analysis frees
-        them off the event loop, which it cannot do while a caller still holds them."""
-        rows, self._rows = self._rows, None
-        if rows is None:
-            raise RuntimeError("no rows to take: the read failed or they were taken")
-        return rows
+    def take(self) -> ListingFeed:
+        if not self._read:
+            raise RuntimeError("no rows to compare: the read failed")
+        return self._listing
 
 
 def scope_of(settings: SyncSettings | None) -> frozenset[str] | None:
@@ -163,7 +140,8 @@ def scope_of(settings: SyncSettings | None) -> frozenset[str] | None:
 
 @dataclass(frozen=True)
 class DriftJob:
-    """One drift analysis: a mirror's (or one node's) hashes of this cycle against the primary's of this cycle."""
+    """One drift analysis: a mirror's (or one node's) listing of this cycle against the primary's of this cycle,
+    compared in the listing's worker process (exporter/rest/listing_work.py)."""
 
     primary: PrimaryPoller
     policy: Policy
@@ -172,9 +150,13 @@ class DriftJob:
     # Dates each divergence from its push (lag.from_push); None: lag from first sight only.
     dating: PushDating | None = None
 
+    @property
+    def workers(self) -> WorkerPool:
+        return self.primary.workers
+
     async def run(
         self,
-        rows: dict[str, MirrorRepo],
+        listing: ListingFeed,
         mirror_read: float | None,
         previous: DriftReport | None,
         scope: frozenset[str] | None,
@@ -183,30 +165,44 @@ class DriftJob:
         mirror_started: float | None = None,
     ) -> DriftReport | None:
         """The report, or None when there is no fresh primary listing to compare with (docs/metrics.md,
-        "Freshness"): drift then stays unknown, never computed from old data."""
+        "Freshness"), or the worker lost it: drift then stays unknown, never computed from old data."""
         # Bounded: a primary slower than an interval leaves this cycle with the latest listing, if still fresh.
         await self.primary.listings.wait_for_cycle(cycle_started, self.interval)
-        listing = self.primary.state.repositories
-        primary, primary_read = listing.value, listing.last_success_timestamp
-        primary_started = listing.value_started_timestamp
-        if primary is None or primary_read is None or mirror_read is None:
+        state = self.primary.state.repositories
+        primary_read, primary_started = state.last_success_timestamp, state.value_started_timestamp
+        primary_walk = self.primary.walk_in(listing.worker)
+        if state.value is None or primary_read is None or mirror_read is None or primary_walk is None:
             return None
         if time.time() - primary_read > self.policy.stale_after:
             return None
-        since = previous.diverged_since if previous is not None else {}
-        # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
-        seen_at = max(primary_read, mirror_read)
-        analysis = Analysis(primary, scope, rows, since, seen_at, self.policy.keep_all, self.per_node)
-        del rows, primary  # the analysis holds them now, and is freed off the event loop
-        # Let scrapes in between chunks: a large primary takes tens of milliseconds per mirror.
-        while not analysis.step(ANALYSIS_CHUNK):  # noqa: ASYNC110 (yielding, not waiting for a condition)
-            await asyncio.sleep(0)
+        # A worker that restarted since the previous report lost its first-seen times: they travel once.
+        previous_since = None
+        if previous is not None and listing.compared_generation != listing.worker.generation:
+            previous_since = dict(previous.diverged_since)
         rows_from = 0.0  # when both walks began; unknown: nothing is proven by this report
         if primary_started is not None and mirror_started is not None:
             rows_from = min(primary_started, mirror_started)
-        report = analysis.report(inputs_at=min(primary_read, mirror_read), rows_from=rows_from)
-        free_later(analysis)
-        del analysis
+        job = CompareJob(
+            listing.target,
+            PRIMARY_LISTING,
+            primary_walk,
+            scope,
+            # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
+            max(primary_read, mirror_read),
+            min(primary_read, mirror_read),
+            rows_from,
+            self.policy.keep_all,
+            self.per_node,
+            previous_since,
+        )
+        generation = listing.worker.generation
+        try:
+            report = await listing.worker.call(compare, job)
+        except FetchError as exc:
+            self.primary.compared(listing.target, exc)
+            return None
+        self.primary.compared(listing.target, None)
+        listing.compared_generation = generation
         if self.dating is not None and (listing_now := self.primary.state.repositories.value) is not None:
             report = await self.dating.date(report, listing_now, mirror_clock)
         return report
@@ -227,6 +223,8 @@ class MirrorPoller:
         self.first_cycle = FirstCycle(interval)
         self._api = api
         self._drift = DriftJob(primary, policy, interval, dating=dating)
+        # A farm's listings (its own, its nodes') all go to one worker: the farm's union is taken there.
+        self.listing = ListingFeed(primary.workers.worker(state.name), state.name, MIRROR)
         self._interval = interval
         # With nodes configured, the node-local listing is read at each node (rest/nodes.py), not at the farm URL.
         self._nodes = nodes
@@ -245,7 +243,7 @@ class MirrorPoller:
     async def poll_once(self) -> None:
         mirror, name, api = self.state, self.state.name, self._api
         cycle_started = time.monotonic()
-        read = ListingRead(api)
+        read = ListingRead(api, self.listing)
         # Without nodes, the farm URL's listing: one node's, held by the load balancer's affinity cookie.
         listing = () if self._nodes is not None else (read,)
         await asyncio.gather(
@@ -283,13 +281,31 @@ class PrimaryPoller:
         state: PrimaryState,
         api: PrimaryApi,
         interval: float,
+        workers: WorkerPool,
         on_mirror_servers: Callable[[list[MirrorServer]], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
         self._api = api
+        self.workers = workers
+        # The primary's listing goes to every worker: each compares its farms' listings with it.
+        self._listings = [ListingFeed(worker, PRIMARY_LISTING, PRIMARY) for worker in workers.workers()]
         # A mirror waits for this cycle's listing; cycles start together within a fraction of the interval.
         self.listings = CycleHandoff(cycle_slack(interval))
         self._on_mirror_servers = on_mirror_servers
+        # Why each target's latest comparison failed (None: it did not), so a failure is logged once per change.
+        self._compare_failures: dict[str, str | None] = {}
+
+    def walk_in(self, worker: Worker) -> int | None:
+        """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
+        return next((listing.held_walk() for listing in self._listings if listing.worker is worker), None)
+
+    def compared(self, target: str, failure: FetchError | None) -> None:
+        reason = failure.reason if failure is not None else None
+        if self._compare_failures.get(target) != reason:
+            if failure is not None:
+                log.warning("drift comparison failed", extra={"target": target, "reason": reason,
+                                                              "detail": failure.detail})  # fmt: skip
+            self._compare_failures[target] = reason
 
     async def _published_repositories(self) -> None:
         started = time.monotonic()
@@ -299,44 +315,35 @@ class PrimaryPoller:
             self.listings.publish(started)
 
     async def _repositories(self) -> dict[str, PrimaryRepo]:
+        """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go
+        to every worker."""
         repositories: dict[str, PrimaryRepo] = {}
         # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most of their
         # memory while this one is built (at 100,000 repositories, tens of MB).
         previous = self.state.repositories.value or {}
-        # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
-        projects: dict[tuple[int | None, str], tuple[str | None, str]] = {}
+        projects: Projects = {}
         changed = 0
-        async for page in self._api.repository_pages():
-            for repo in page:
-                hashes = repo.properties
-                project = (repo.project.id, repo.project.key)
-                if project not in projects:
-                    projects[project] = (str(project[0]) if project[0] is not None else None, project[1])
-                project_id, project_key = projects[project]
-                repo_id = intern(str(repo.id))
-                content = hashes.content_hash if hashes else None
-                metadata = hashes.metadata_hash if hashes else None
-                old = previous.get(repo_id)
-                if old is not None and (old.content, old.metadata, old.slug, old.project_id, old.project_key) == (
-                    content,
-                    metadata,
-                    repo.slug,
-                    project_id,
-                    project_key,
-                ):
-                    row = old
-                else:
-                    # Interned like the mirrors' hashes: a mirror in step shares these strings.
-                    row = PrimaryRepo(
-                        project_id,
-                        project_key,
-                        repo.slug,
-                        intern(content) if content is not None else None,
-                        intern(metadata) if metadata is not None else None,
-                    )
-                    if old is not None and old.content != content:
+        walks = [listing.start() for listing in self._listings]
+        try:
+            async for raw in self._api.repository_raw_pages():
+                page_digest = digest(raw.body)
+                for walk in walks:
+                    await walk.add(raw.body, page_digest)
+                for repo_id, row in primary_rows(raw.body, projects):
+                    old = previous.get(repo_id)
+                    if old is not None and old == row:
+                        row = old
+                    elif old is not None and old.content != row.content:
                         changed += 1
-                repositories[repo_id] = row
+                    repositories[repo_id] = row
+        except BaseException:
+            for walk in walks:
+                walk.abandon()
+            raise
+        for walk in walks:
+            # A worker that could not take the listing compares nothing with it this cycle (walk_in says so).
+            with contextlib.suppress(FetchError):
+                await walk.finish()
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
         self.state.content_changes += changed

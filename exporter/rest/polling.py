@@ -26,6 +26,7 @@ from exporter.rest.push_dating import PushDating
 from exporter.rest.state import FarmState, MirrorState
 from exporter.sources import next_start, poll_forever
 from exporter.supervisor import Supervisor, Work
+from exporter.workers import WorkerPool
 
 log = logging.getLogger("exporter")
 
@@ -50,6 +51,7 @@ class RestPolling:
         state: FarmState,
         client: BitbucketClient,
         supervisor: Supervisor,
+        workers: WorkerPool,
         resume_anchor: float | None = None,
     ) -> None:
         self._config = config
@@ -61,7 +63,7 @@ class RestPolling:
         self.anchor = resume_anchor if resume_anchor is not None else time.monotonic()
         self.primary_api = PrimaryApi(client, config.primary.url, config.primary)
         discover = self._discover if config.discover_mirrors else None
-        self._primary = PrimaryPoller(state.primary, self.primary_api, config.interval, on_mirror_servers=discover)
+        self._primary = PrimaryPoller(state.primary, self.primary_api, config.interval, workers, discover)
         # One for every mirror and node: the activity pages are the primary's, whoever diverges.
         self.dating = PushDating(self.primary_api, state.primary, config.lag)
         self._mirrors: dict[str, MirrorPoller] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import signal
 import sys
@@ -48,6 +49,13 @@ class ExporterProcess:
     async def metrics(self) -> Samples:
         async with self.http.get(self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
             return parse_metrics(await resp.text())
+
+    async def wait_ready(self) -> None:
+        async def ready() -> bool:
+            async with self.http.get(self.url + "/-/ready") as resp:
+                return resp.status == 200
+
+        await wait_until(ready, 30, "ready")
 
     async def post_reload(self) -> tuple[int, str]:
         async with self.http.post(self.url + "/-/reload", timeout=aiohttp.ClientTimeout(total=10)) as resp:
@@ -159,12 +167,7 @@ async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: P
     async with SimulatedFarm(Scenario(repositories=4)) as farm:
         _write(config, farm, ["sydney", "frankfurt"])
         async with exporter_process(config) as exporter:
-
-            async def ready() -> bool:
-                async with exporter.http.get(exporter.url + "/-/ready") as resp:
-                    return resp.status == 200
-
-            await wait_until(ready, 30, "ready")
+            await exporter.wait_ready()
             # Every sydney request now hangs for 30 s (the poll timeout here): polls are in flight at SIGTERM.
             sydney = farm.farm.mirrors["sydney"]
             before = sum(sydney.requests.values())
@@ -179,6 +182,56 @@ async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: P
             code = await asyncio.wait_for(exporter.process.wait(), 10)
             assert code == 0, exporter.log[-5:]
             print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
+        assert any('msg="exporter stopped"' in line for line in exporter.log)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of each of its threads, and theirs), from /proc."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # the process or thread ended meanwhile
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_sigterm_ends_every_worker_process_even_a_stopped_one_and_leaves_no_child(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    async with SimulatedFarm(Scenario(repositories=4)) as farm:
+        _write(config, farm, ["sydney", "frankfurt"])
+        async with exporter_process(config) as exporter:
+            await exporter.wait_ready()
+            children = descendants(exporter.process.pid)
+            # The fork server and at least one worker (the first cycle compared the listings in one).
+            assert len(children) >= 2, children
+            # A worker that cannot even take SIGTERM (stopped, as if hung in C): the exporter must kill it.
+            worker = max(children)
+            os.kill(worker, signal.SIGSTOP)
+            sent = time.monotonic()
+            exporter.process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(exporter.process.wait(), 10)
+            stopped = time.monotonic() - sent
+            assert code == 0, exporter.log[-5:]
+
+            async def no_child_left() -> bool:
+                return not any(alive(pid) for pid in children)
+
+            await wait_until(no_child_left, 5, "no process of the exporter's left")
+            print(f"exporter and its {len(children)} children gone {stopped:.2f}s after SIGTERM")
         assert any('msg="exporter stopped"' in line for line in exporter.log)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 from exporter.config import Credentials, NodesConfig
@@ -15,6 +16,7 @@ from exporter.rest.state import MirrorState, NodeState
 from exporter.sources import SourceState
 from exporter.state import Policy
 from exporter.supervisor import Supervisor
+from exporter.workers import WorkerPool
 
 
 def farm_nodes(*names: str) -> SourceState[list[ClusterNode]]:
@@ -24,18 +26,19 @@ def farm_nodes(*names: str) -> SourceState[list[ClusterNode]]:
     return SourceState(value=nodes, success=True, value_timestamp=0.0)
 
 
-def fleet(mirror: MirrorState, spawned: list[Any], supervisor: Supervisor) -> NodeFleet:
+def fleet(mirror: MirrorState, spawned: list[Any], supervisor: Supervisor, workers: WorkerPool) -> NodeFleet:
     def loop(poll: Any, polled_before: bool) -> Coroutine[Any, Any, None]:
         spawned.append(poll)  # a loop is made when its node is started
         return asyncio.sleep(3600)
 
-    drift = DriftJob(None, Policy(), 30.0)  # type: ignore[arg-type]
+    primary = SimpleNamespace(workers=workers)  # the one part of the primary's poller a fleet reads
+    drift = DriftJob(primary, Policy(), 30.0)  # type: ignore[arg-type]
     config = NodesConfig(url_template="http://{address}:7990")
     nodes = supervisor.fleet("node")
     return NodeFleet(mirror, config, Credentials(), None, drift, 30.0, nodes, loop)  # type: ignore[arg-type]
 
 
-async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes() -> None:
+async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes(workers: WorkerPool) -> None:
     mirror = MirrorState("sydney", "https://farm.example.com")
     mirror.farm_nodes = farm_nodes("a", "b")
     learned = NodeState("a", "http://10.0.0.0:7990", drift=DriftReport({}, {"7": 100.0}, []))
@@ -44,7 +47,7 @@ async def test_a_reload_keeps_each_nodes_state_and_a_node_that_leaves_goes() -> 
     spawned: list[Any] = []
     supervisor = Supervisor()
     await supervisor.start()
-    reloaded = fleet(mirror, spawned, supervisor)
+    reloaded = fleet(mirror, spawned, supervisor, workers)
     await reloaded.follow()
     assert mirror.nodes["a"] is learned
     assert mirror.nodes["b"] is not moved and mirror.nodes["b"].url == "http://10.0.0.1:7990"

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from yarl import URL
 
@@ -29,6 +30,7 @@ from exporter.rest.poller import MirrorPoller, PrimaryPoller
 from exporter.rest.state import MirrorState, PrimaryState
 from exporter.sources import FetchError, run_source
 from exporter.state import Policy
+from exporter.workers import WorkerPool
 
 A, B = "a" * 64, "b" * 64
 
@@ -51,6 +53,9 @@ class FakePrimary(PrimaryApi):
 
     def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
         return self._pages()
+
+    def repository_raw_pages(self) -> AsyncIterator[Page[bytes]]:
+        return as_bytes(self._pages())
 
 
 class FakeMirror(MirrorApi):
@@ -101,15 +106,24 @@ class FakeMirror(MirrorApi):
     def repo_sync_status_pages(self) -> AsyncIterator[list[SyncStatusRow]]:
         return self._pages()
 
+    def repo_sync_status_raw_pages(self) -> AsyncIterator[Page[bytes]]:
+        return as_bytes(self._pages())
 
-def pollers(primary: FakePrimary, mirror: FakeMirror) -> tuple[PrimaryPoller, MirrorPoller]:
-    primary_poller = PrimaryPoller(PrimaryState(url="https://b.example.com"), primary, interval=30)
+
+async def as_bytes(pages: AsyncIterator[list[Any]]) -> AsyncIterator[Page[bytes]]:
+    """Each page as Bitbucket sends it (the decoders' field names), for the worker process to decode."""
+    async for rows in pages:
+        yield Page([], True, body=msgspec.json.encode({"values": rows, "isLastPage": True}), row_count=len(rows))
+
+
+def pollers(primary: FakePrimary, mirror: FakeMirror, workers: WorkerPool) -> tuple[PrimaryPoller, MirrorPoller]:
+    primary_poller = PrimaryPoller(PrimaryState(url="https://b.example.com"), primary, 30, workers)
     state = MirrorState(name="sydney", url="https://sydney.example.com")
     return primary_poller, MirrorPoller(state, mirror, primary_poller, Policy(), interval=30)
 
 
-async def test_one_cycle_records_every_source_and_the_drift_of_this_cycles_listings() -> None:
-    primary, mirror = pollers(FakePrimary({1: A, 2: B, 3: A}), FakeMirror({1: A, 2: A}))
+async def test_one_cycle_records_every_source_and_the_drift_of_this_cycles_listings(workers: WorkerPool) -> None:
+    primary, mirror = pollers(FakePrimary({1: A, 2: B, 3: A}), FakeMirror({1: A, 2: A}), workers)
     await asyncio.gather(primary.poll_once(), mirror.poll_once())
     state = mirror.state
     assert all(source.success for source in state.sources().values())
@@ -129,9 +143,9 @@ async def test_one_cycle_records_every_source_and_the_drift_of_this_cycles_listi
     assert state.api_family is ApiFamily.V9 and state.cycles == 1 and "SYNCHRONIZED" in state.states_seen
 
 
-async def test_a_failed_listing_keeps_the_last_report_and_counts_its_reason() -> None:
+async def test_a_failed_listing_keeps_the_last_report_and_counts_its_reason(workers: WorkerPool) -> None:
     fake = FakeMirror({1: A})
-    primary, mirror = pollers(FakePrimary({1: A}), fake)
+    primary, mirror = pollers(FakePrimary({1: A}), fake, workers)
     await asyncio.gather(primary.poll_once(), mirror.poll_once())
     first = mirror.state.drift
     fake.fail["repo_sync_status"] = FetchError("http_401", "HTTP 401", status=401)

@@ -1,0 +1,261 @@
+"""The listings' work, done in a worker process (exporter/workers.py): decoding the pages of the primary's ``repos``
+and of each mirror's (or node's) ``repoSyncStatus``, keeping them by page, comparing a mirror's with the primary's,
+and the union over a farm's nodes. The event loop sends page bytes and names (exporter/rest/feed.py) and gets back
+small answers: a listing's summary, a drift report.
+
+Cost grows with what changed: a page whose bytes hash (SHA-256, on the loop) as the same page of the target's
+previous walk is not even sent; its decoded rows are reused. A comparison whose two listings are both unchanged since
+the target's previous comparison (every page the same) is not done again: its report is reused with the new read
+times. A repository inserted at the head of a listing shifts every page after it: those pages differ and are
+decoded again, so the counts stay true (tests/unit/test_listing_work.py).
+
+State lives in module globals of the worker process, one ``Store``; the process keeps it between calls. When a
+worker dies its state goes with it: the loop sees the worker's ``generation`` change and sends everything again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from sys import intern
+
+from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo, union
+from exporter.rest.listings import decode_repository_page, decode_sync_status_page, sync_seconds
+from exporter.rest.state import RepoSyncSummary
+from exporter.sources import INVALID_RESPONSE, FetchError
+
+PRIMARY = "primary"
+MIRROR = "mirror"
+
+
+@dataclass
+class StoredPage:
+    """One decoded page: its rows, and (mirror pages) what the listing's summary needs of it."""
+
+    digest: bytes
+    rows: list[tuple[str, MirrorRepo]] | list[tuple[str, PrimaryRepo]]
+    failed: dict[str, int] = field(default_factory=dict)
+    newest: float | None = None
+
+
+@dataclass
+class Listing:
+    kind: str
+    pages: list[StoredPage]
+    # The loop's walk number that made it; ``version`` grows only when a page changed (or the page count).
+    walk: int
+    version: int
+    # The primary's rows by id, built once per version (every comparison reads them).
+    by_id: dict[str, PrimaryRepo] | None = None
+
+
+@dataclass
+class Walk:
+    kind: str
+    walk: int
+    pages: list[StoredPage] = field(default_factory=list)
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """One comparison: a mirror's (or node's) listing ``target`` against the primary's walk ``primary_walk``."""
+
+    target: str
+    primary: str
+    primary_walk: int
+    scope: frozenset[str] | None
+    seen_at: float
+    inputs_at: float
+    rows_from: float
+    keep_all: bool
+    per_node: bool
+    # The first-seen times to carry over; None: the ones this worker kept from the target's previous comparison
+    # (the loop sends them only to a worker that has not got them: a new one).
+    previous_since: dict[str, float] | None = None
+
+
+@dataclass
+class Compared:
+    key: tuple[object, ...]
+    report: DriftReport
+
+
+@dataclass
+class Store:
+    listings: dict[str, Listing] = field(default_factory=dict)
+    walks: dict[str, Walk] = field(default_factory=dict)
+    compared: dict[str, Compared] = field(default_factory=dict)
+
+
+STORE = Store()
+
+
+def _mirror_page(digest: bytes, body: bytes) -> StoredPage:
+    rows: list[tuple[str, MirrorRepo]] = []
+    failed: dict[str, int] = {}
+    # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
+    newest: datetime | None = None
+    newest_number: float | None = None
+    for repo in decode_sync_status_page(body).values:
+        if repo.failed_sync_count > 0:
+            failed[repo.external_repo_id] = repo.failed_sync_count
+        when = repo.last_sync_date
+        if type(when) is float:
+            if newest_number is None or when > newest_number:
+                newest_number = when
+        elif when is not None and (newest is None or when > newest):  # type: ignore[operator]
+            newest = when  # type: ignore[assignment]
+        hashes = repo.hashes
+        # Interned as the primary's are: the copies of an in-step farm (every node of every mirror) then hold one
+        # string per repository and hash between them, not one each.
+        content = intern(hashes.content) if hashes and hashes.content is not None else None
+        metadata = intern(hashes.metadata) if hashes and hashes.metadata is not None else None
+        rows.append(
+            (intern(repo.external_repo_id), MirrorRepo(content, metadata, repo.failed_sync_count, repo.synced_at()))
+        )
+    newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
+    return StoredPage(digest, rows, failed, newest_seconds)
+
+
+# One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
+Projects = dict[tuple[int | None, str], tuple[str | None, str]]
+
+
+def primary_rows(body: bytes, projects: Projects) -> list[tuple[str, PrimaryRepo]]:
+    """A page of the primary's ``repos`` as rows (decoded on the loop as well as here: the CI gate, push dating and
+    the landing page read the listing)."""
+    rows: list[tuple[str, PrimaryRepo]] = []
+    for repo in decode_repository_page(body).values:
+        hashes = repo.properties
+        project = (repo.project.id, repo.project.key)
+        if project not in projects:
+            projects[project] = (str(project[0]) if project[0] is not None else None, project[1])
+        project_id, project_key = projects[project]
+        content = hashes.content_hash if hashes else None
+        metadata = hashes.metadata_hash if hashes else None
+        # Interned like the mirrors' hashes: a mirror in step shares these strings.
+        row = PrimaryRepo(
+            project_id,
+            project_key,
+            repo.slug,
+            intern(content) if content is not None else None,
+            intern(metadata) if metadata is not None else None,
+        )
+        rows.append((intern(str(repo.id)), row))
+    return rows
+
+
+_PROJECTS: Projects = {}
+
+
+def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes | None]]) -> None:
+    """Pages ``(index, digest, body)`` of walk ``walk`` of ``target``; a body of None: the same bytes as page
+    ``index`` of the target's current listing (the loop knows its digests). A new walk number starts the walk
+    over."""
+    store = STORE
+    current = store.walks.get(target)
+    if current is None or current.walk != walk:
+        current = store.walks[target] = Walk(kind, walk)
+    previous = store.listings.get(target)
+    for index, digest, body in pages:
+        if index != len(current.pages):
+            raise FetchError(INVALID_RESPONSE, f"page {index} of a walk at page {len(current.pages)}")
+        if body is None:
+            kept = previous.pages[index] if previous is not None and index < len(previous.pages) else None
+            if kept is None or kept.digest != digest:
+                raise FetchError(INVALID_RESPONSE, f"page {index} is not in the worker: send it whole")
+            current.pages.append(kept)
+            continue
+        stored = _mirror_page(digest, body) if kind == MIRROR else StoredPage(digest, primary_rows(body, _PROJECTS))
+        current.pages.append(stored)
+        current.changed = True
+
+
+def finish(target: str, walk: int) -> RepoSyncSummary | int:
+    """The walk ``walk`` of ``target`` is whole: it becomes the target's listing. A mirror's summary, or the primary's
+    repository count."""
+    store = STORE
+    current = store.walks.pop(target, None)
+    if current is None or current.walk != walk:
+        raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
+    previous = store.listings.get(target)
+    changed = current.changed or previous is None or len(previous.pages) != len(current.pages)
+    version = (previous.version + 1 if changed else previous.version) if previous is not None else 0
+    listing = Listing(current.kind, current.pages, walk, version)
+    if not changed and previous is not None:
+        listing.by_id = previous.by_id
+    store.listings[target] = listing
+    if current.kind == PRIMARY:
+        return len(_primary_rows(listing))
+    return _summary(current.pages)
+
+
+def _summary(pages: Iterable[StoredPage]) -> RepoSyncSummary:
+    failed: dict[str, int] = {}
+    newest: float | None = None
+    seen: set[str] = set()
+    for page in pages:
+        failed.update(page.failed)
+        if page.newest is not None and (newest is None or page.newest > newest):
+            newest = page.newest
+        seen.update(repo_id for repo_id, _ in page.rows)
+    return RepoSyncSummary(len(seen), len(failed), sum(failed.values()), newest, failed)
+
+
+def _primary_rows(listing: Listing) -> dict[str, PrimaryRepo]:
+    if listing.by_id is None:
+        rows: dict[str, PrimaryRepo] = {}
+        for page in listing.pages:
+            rows.update(page.rows)  # type: ignore[arg-type]
+        listing.by_id = rows
+    return listing.by_id
+
+
+def forget(targets: Iterable[str]) -> None:
+    """Targets the loop no longer polls (a node or mirror gone): their listings and reports go."""
+    for target in targets:
+        STORE.listings.pop(target, None)
+        STORE.walks.pop(target, None)
+        STORE.compared.pop(target, None)
+
+
+def compare(job: CompareJob) -> DriftReport:
+    """The target's listing against the primary's (``analyse`` by chunks, in one go here: this process has nothing
+    else to do meanwhile)."""
+    store = STORE
+    primary = store.listings.get(job.primary)
+    mirror = store.listings.get(job.target)
+    if primary is None or primary.walk != job.primary_walk:
+        raise FetchError(INVALID_RESPONSE, "this cycle's primary listing is not in the worker")
+    if mirror is None:
+        raise FetchError(INVALID_RESPONSE, f"the listing of {job.target} is not in the worker")
+    key = (primary.version, mirror.version, job.scope, job.keep_all, job.per_node)
+    last = store.compared.get(job.target)
+    if last is not None and last.key == key and job.previous_since is None:
+        # Neither listing changed: the same rows give the same report, read later.
+        report = replace(last.report, inputs_at=job.inputs_at, rows_from=job.rows_from)
+        last.report = report
+        return report
+    since = job.previous_since if job.previous_since is not None else (last.report.diverged_since if last else {})
+    rows: dict[str, MirrorRepo] = {}
+    for page in mirror.pages:
+        rows.update(page.rows)  # type: ignore[arg-type]
+    analysis = Analysis(_primary_rows(primary), job.scope, rows, since, job.seen_at, job.keep_all, job.per_node)
+    analysis.step(len(primary.by_id or ()) + 1)
+    report = analysis.report(inputs_at=job.inputs_at, rows_from=job.rows_from)
+    store.compared[job.target] = Compared(key, report)
+    return report
+
+
+def union_of(nodes: list[tuple[str, dict[str, float]]], keep_all: bool) -> DriftReport:
+    """The farm's report from the latest reports of its nodes (drift.union): ``(target, starts)``, where ``starts``
+    are the divergences the loop dated from their pushes on that node's report (exporter/rest/push_dating.py)."""
+    reports: list[DriftReport] = []
+    for target, starts in nodes:
+        compared = STORE.compared.get(target)
+        if compared is None:
+            raise FetchError(INVALID_RESPONSE, f"the report of {target} is not in the worker")
+        reports.append(compared.report.dated(starts))
+    return union(reports, keep_all)

@@ -1,0 +1,218 @@
+"""Worker processes for the sources' CPU-bound work, so the event loop only moves bytes.
+
+At 100,000 repositories x 3 mirrors x 3 nodes, decoding the listings and comparing them is seconds of CPU per cycle;
+on the event loop it delayed every scrape and every other poll. A source hands that work to a ``Worker``: one
+process of ``concurrent.futures.ProcessPoolExecutor`` (the standard library's pool, one process each, so that a
+key's state stays in one process: ``WorkerPool.worker(key)`` always answers the same worker for the same key).
+
+Processes start from a fork server that has imported the work's modules once (``preload``), so they share those
+pages and a new one starts in milliseconds; they never receive a secret (only page bytes and the names of
+listings).
+
+A worker that dies (killed, out of memory) breaks its executor: the call in flight fails with ``WorkerLost`` (a
+FetchError, so the source's poll fails and its values go stale, never wrong), the executor is replaced by a new
+process, ``generation`` grows (the work's state died with the process: callers send everything again) and
+``bitbucket_mirror_exporter_worker_restarts_total`` counts it. ``stop`` ends every process within ``STOP_SECONDS``
+(terminate, then kill), leaving no child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.sources import FetchError
+
+log = logging.getLogger("exporter")
+
+T = TypeVar("T")
+
+# The reason a poll fails with when its worker died under it.
+WORKER_LOST = "worker_lost"
+STOP_SECONDS = 2.0
+
+
+class WorkerLost(FetchError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(WORKER_LOST, detail)
+
+
+def _start_worker() -> None:
+    """In a worker, first: Ctrl-C reaches the whole process group, but only the exporter decides when a worker ends;
+    and when the exporter itself is gone (killed, crashed) the worker ends too, rather than live on as an orphan
+    holding its pipes (a worker's task queue holds both of its own ends, so it would never read an end of file)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_end_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
+
+
+def _end_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
+
+
+_context_lock = threading.Lock()
+_contexts: dict[tuple[str, ...], multiprocessing.context.BaseContext] = {}
+
+
+def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    """The fork server context (one fork server per process, started with the first worker): a worker forked from
+    it shares the preloaded modules' pages and none of the exporter's threads, sockets or secrets."""
+    with _context_lock:
+        context = _contexts.get(tuple(preload))
+        if context is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(list(preload))
+            _contexts[tuple(preload)] = context
+        return context
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_size() -> int:
+    """One core for the event loop, the rest for workers; at least one worker."""
+    return max(1, usable_cores() - 1)
+
+
+class Worker:
+    """One worker process, started at the first call."""
+
+    def __init__(self, name: str, preload: Sequence[str], on_restart: Callable[[], None]) -> None:
+        self.name = name
+        self._preload = preload
+        self._on_restart = on_restart
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        # Grows at each restart: whatever a caller left in the process before is gone.
+        self.generation = 0
+        self._stopped = False
+
+    def _ensure(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=_context(self._preload), initializer=_start_worker
+            )
+        return self._executor
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in the worker process; WorkerLost when the process died meanwhile (it is replaced for
+        the next call)."""
+        if self._stopped:
+            raise WorkerLost("the exporter is stopping")
+        executor = self._ensure()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        except BrokenProcessPool:
+            self._replace(executor)
+            raise WorkerLost(f"worker {self.name} died; restarted") from None
+
+    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        if self._executor is not broken:
+            return  # another call saw the same death first
+        self._executor = None
+        _end(broken)
+        self.generation += 1
+        self._on_restart()
+        log.warning("worker process died; restarted", extra={"worker": self.name})
+
+    def pids(self) -> list[int]:
+        executor = self._executor
+        processes = getattr(executor, "_processes", None) or {}
+        return [process.pid for process in list(processes.values()) if process.pid is not None]
+
+    def stop(self) -> None:
+        self._stopped = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            _end(executor)
+
+
+class InlineWorker(Worker):
+    """Runs each call in this process, on the event loop: for tests that drive pollers by hand without processes
+    (tests/unit), where the work's module state is this process's own."""
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return function(*args)
+
+
+def _end(executor: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop ``executor`` without waiting for its work: terminate its process, kill it after STOP_SECONDS."""
+    # ProcessPoolExecutor has no public way to end a process that is busy: its processes are read from the executor.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS / 2
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(STOP_SECONDS / 2)
+
+
+class WorkerPool:
+    """``size`` workers; ``worker(key)`` gives each key (a mirror farm) a worker of its own for its whole life, in
+    turn, so keys spread evenly."""
+
+    def __init__(self, preload: Sequence[str], size: int | None = None, kind: type[Worker] = Worker) -> None:
+        self.size = max(1, size if size is not None else default_size())
+        self.restarts = 0
+        self._workers = [kind(f"{index}", preload, self._count_restart) for index in range(self.size)]
+        self._assigned: dict[str, Worker] = {}
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
+
+    def worker(self, key: str) -> Worker:
+        assigned = self._assigned.get(key)
+        if assigned is None:
+            assigned = self._assigned[key] = self._workers[len(self._assigned) % self.size]
+        return assigned
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers)
+
+    def pids(self) -> list[int]:
+        return [pid for worker in self._workers for pid in worker.pids()]
+
+    async def stop(self) -> None:
+        """Every process ended, within STOP_SECONDS (off the event loop: joining blocks)."""
+        await asyncio.to_thread(self.stop_now)
+
+    def stop_now(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+
+    def collect(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "bitbucket_mirror_exporter_worker_restarts",
+            "Worker processes (which decode and compare the listings) that died and were restarted; a restarted "
+            "worker's mirrors show no drift until their next cycle.",
+            labels=[],
+        )
+        restarts.add_metric([], self.restarts)
+        size = GaugeMetricFamily(
+            "bitbucket_mirror_exporter_worker_processes",
+            "Worker processes the exporter runs for the listings' decoding and comparison (poll.worker_processes).",
+        )
+        size.add_metric([], self.size)
+        yield from (restarts, size)

@@ -1,0 +1,156 @@
+"""The listings' work as a worker process does it (exporter/rest/listing_work.py), called in this process: pages
+reused by digest, comparisons reused when nothing changed, and every count the same as a comparison from scratch,
+whatever moves between two walks (insertions at the head shift every page boundary)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.drift import RepoState, analyse
+from exporter.rest import listing_work
+from exporter.rest.feed import digest
+from exporter.rest.listing_work import MIRROR, PRIMARY, CompareJob, Projects, Store, compare, feed, finish, primary_rows
+from exporter.rest.state import RepoSyncSummary
+from exporter.sources import FetchError
+
+PRIMARY_NAME = "(primary)"
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def store() -> Iterator[Store]:
+    fresh = Store()
+    previous, listing_work.STORE = listing_work.STORE, fresh
+    yield fresh
+    listing_work.STORE = previous
+
+
+def primary_page(rows: list[tuple[int, str]]) -> bytes:
+    values = [
+        {"id": repo_id, "slug": f"r{repo_id}", "project": {"key": "PRJ", "id": 1}, "properties": {"contentHash": h}}
+        for repo_id, h in rows
+    ]
+    return msgspec.json.encode({"values": values, "isLastPage": False})
+
+
+def mirror_page(rows: list[tuple[int, str]]) -> bytes:
+    values = [{"externalRepoId": str(repo_id), "hashes": {"content": h}} for repo_id, h in rows]
+    return msgspec.json.encode({"values": values, "isLastPage": False})
+
+
+class Loop:
+    """The loop's side, as rest/feed.py does it: digests remembered, a page whose digest is unchanged goes without
+    its bytes. Counts the pages sent whole."""
+
+    def __init__(self, target: str, kind: str) -> None:
+        self.target, self.kind = target, kind
+        self.digests: list[bytes] = []
+        self.walks = 0
+        self.sent_whole = 0
+
+    def walk(self, pages: list[bytes]) -> object:
+        self.walks += 1
+        batch: list[tuple[int, bytes, bytes | None]] = []
+        digests = [digest(body) for body in pages]
+        for index, (body, page_digest) in enumerate(zip(pages, digests, strict=True)):
+            same = index < len(self.digests) and self.digests[index] == page_digest
+            batch.append((index, page_digest, None if same else body))
+            self.sent_whole += 0 if same else 1
+        feed(self.target, self.kind, self.walks, batch)
+        summary = finish(self.target, self.walks)
+        self.digests = digests
+        return summary
+
+
+def paged(rows: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)] or [[]]
+
+
+def job(target: str, walk: int, seen_at: float = NOW) -> CompareJob:
+    return CompareJob(target, PRIMARY_NAME, walk, None, seen_at, seen_at, seen_at, False, False)
+
+
+def from_scratch(primary: list[tuple[int, str]], mirror: list[tuple[int, str]]) -> dict[RepoState, int]:
+    projects: Projects = {}
+    primary_rows_by_id = dict(primary_rows(primary_page(primary), projects))
+    listing_work.STORE, kept = Store(), listing_work.STORE
+    try:
+        feed("scratch", MIRROR, 1, [(0, b"x", mirror_page(mirror))])
+        finish("scratch", 1)
+        mirror_rows = dict(listing_work.STORE.listings["scratch"].pages[0].rows)
+    finally:
+        listing_work.STORE = kept
+    return analyse(primary_rows_by_id, None, mirror_rows, {}, NOW).counts  # type: ignore[arg-type]
+
+
+def test_a_repository_inserted_at_the_head_of_a_100_page_listing_keeps_every_count_true(store: Store) -> None:
+    rows = [(i, f"{i:040x}") for i in range(1, 1001)]
+    primary, mirror = Loop(PRIMARY_NAME, PRIMARY), Loop("sydney", MIRROR)
+    primary.walk([primary_page(p) for p in paged(rows, 10)])
+    mirror.walk([mirror_page(p) for p in paged(rows, 10)])
+    first = compare(job("sydney", primary.walks))
+    assert first.counts == {RepoState.IN_SYNC: 1000}
+    # A quiet cycle: nothing sent whole, the comparison reused.
+    primary.walk([primary_page(p) for p in paged(rows, 10)])
+    mirror.walk([mirror_page(p) for p in paged(rows, 10)])
+    assert (primary.sent_whole, mirror.sent_whole) == (100, 100), "only the first walks' pages"
+    assert compare(job("sydney", primary.walks, NOW + 30)).repositories is first.repositories
+    # A repository created at the head of the primary's listing (not yet on the mirror): every page boundary moves.
+    inserted = [(0, "f" * 40), *rows]
+    primary.walk([primary_page(p) for p in paged(inserted, 10)])
+    mirror.walk([mirror_page(p) for p in paged(rows, 10)])
+    assert primary.sent_whole == 100 + 101, "every page of the primary changed"
+    report = compare(job("sydney", primary.walks, NOW + 60))
+    assert report.counts == {RepoState.IN_SYNC: 1000, RepoState.MISSING: 1}
+    assert report.diverged_since == {"0": NOW + 60}
+    # The mirror syncs it: its listing shifts the same way; and one more repository is on the mirror only.
+    mirror_rows = [*inserted, (5000, "e" * 40)]
+    summary = mirror.walk([mirror_page(p) for p in paged(mirror_rows, 10)])
+    assert isinstance(summary, RepoSyncSummary) and summary.repositories == 1002
+    primary.walk([primary_page(p) for p in paged(inserted, 10)])
+    report = compare(job("sydney", primary.walks, NOW + 90))
+    assert report.counts == {RepoState.IN_SYNC: 1001, RepoState.EXTRA: 1} == from_scratch(inserted, mirror_rows)
+
+
+def test_a_page_the_worker_does_not_hold_is_refused_not_guessed() -> None:
+    loop = Loop("sydney", MIRROR)
+    loop.digests = [digest(b"a page this worker never saw")]  # as after a worker's restart the loop did not notice
+    with pytest.raises(FetchError, match="not in the worker"):
+        loop.walk([b"a page this worker never saw"])
+
+
+def test_a_comparison_with_another_walk_of_the_primary_than_the_worker_holds_is_refused() -> None:
+    rows = [(1, "a" * 40)]
+    primary, mirror = Loop(PRIMARY_NAME, PRIMARY), Loop("sydney", MIRROR)
+    primary.walk([primary_page(rows)])
+    mirror.walk([mirror_page(rows)])
+    with pytest.raises(FetchError, match="primary listing is not in the worker"):
+        compare(job("sydney", primary.walks + 1))
+
+
+HASHES = st.sampled_from(["a" * 40, "b" * 40, "c" * 40, "0" * 40])
+LISTING = st.dictionaries(st.integers(1, 60), HASHES, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    cycles=st.lists(st.tuples(LISTING, LISTING), min_size=1, max_size=4),
+    page_size=st.integers(1, 7),
+)
+def test_reused_pages_and_comparisons_give_the_counts_of_a_comparison_from_scratch(
+    cycles: list[tuple[dict[int, str], dict[int, str]]], page_size: int
+) -> None:
+    listing_work.STORE = Store()
+    primary, mirror = Loop(PRIMARY_NAME, PRIMARY), Loop("sydney", MIRROR)
+    for primary_listing, mirror_listing in [*cycles, cycles[-1]]:  # the last twice: a quiet cycle
+        primary_rows_ = sorted(primary_listing.items())
+        mirror_rows_ = sorted(mirror_listing.items())
+        primary.walk([primary_page(p) for p in paged(primary_rows_, page_size)])
+        mirror.walk([mirror_page(p) for p in paged(mirror_rows_, page_size)])
+        report = compare(job("sydney", primary.walks))
+        assert report.counts == from_scratch(primary_rows_, mirror_rows_)
