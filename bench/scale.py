@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import math
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -82,21 +84,30 @@ def run_client(client: str, info: dict[str, Any], *extra: str) -> dict[str, Any]
 
 
 async def scrape_while(
-    port: int, scrapers: int, period: float, running: asyncio.Event, finished: asyncio.Event
+    started: dict[str, Any], scrapers: int, period: float, running: asyncio.Event, finished: asyncio.Event
 ) -> list[float]:
     """``scrapers`` clients, each scraping /metrics every ``period`` seconds, all at the same instants (the worst
-    case: a burst of simultaneous scrapes), until ``running`` is cleared. Returns latencies in seconds."""
+    case: a burst of simultaneous scrapes), until ``running`` is cleared. Returns latencies in seconds. Over TLS with
+    basic auth when the exporter said so (``ca_file``): each scraper keeps its connection, as Prometheus does."""
     latencies: list[float] = []
-    url = f"http://127.0.0.1:{port}/metrics"
+    tls = "ca_file" in started
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{started['port']}/metrics"
     timeout = aiohttp.ClientTimeout(total=30)
+    credentials = f"{started.get('username')}:{started.get('password')}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()} if tls else {}
+    trust = ssl.create_default_context(cafile=started["ca_file"]) if tls else None
 
     async def scraper(http: aiohttp.ClientSession) -> None:
+        # One scrape first, not timed: the connection (its TLS handshake) and the first check of the credentials
+        # (bcrypt) are paid once per Prometheus server, not per scrape.
+        async with http.get(url, headers=headers) as resp:
+            await resp.read()
         start = time.monotonic()
         tick = 0
         while running.is_set():
             began = time.perf_counter()
             try:
-                async with http.get(url) as resp:
+                async with http.get(url, headers=headers) as resp:
                     await resp.read()
                     resp.raise_for_status()
             except aiohttp.ClientConnectionError:
@@ -111,22 +122,25 @@ async def scrape_while(
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * period - time.monotonic()))
 
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
+    connector = aiohttp.TCPConnector(limit=0, ssl=trust if trust is not None else True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         await asyncio.gather(*(scraper(http) for _ in range(scrapers)))
     return latencies
 
 
-async def run_exporter(info: dict[str, Any], cycles: int, scrapers: int, period: float) -> dict[str, Any]:
+async def run_exporter(
+    info: dict[str, Any], cycles: int, scrapers: int, period: float, web: str = "plain"
+) -> dict[str, Any]:
     command = [sys.executable, str(BENCH / "scale_clients.py"), "exporter", "--farm", json.dumps(info)]
     child = await asyncio.create_subprocess_exec(
-        *command, "--cycles", str(cycles), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *command, "--cycles", str(cycles), "--web", web, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     assert child.stdout is not None and child.stderr is not None
     async with asyncio.timeout(1800):
-        port = json.loads(await child.stdout.readline())["port"]
+        started = json.loads(await child.stdout.readline())
         running, finished = asyncio.Event(), asyncio.Event()
         running.set()
-        scraping = asyncio.create_task(scrape_while(port, scrapers, period, running, finished))
+        scraping = asyncio.create_task(scrape_while(started, scrapers, period, running, finished))
         line = await child.stdout.readline()
         running.clear()
         finished.set()
@@ -164,6 +178,12 @@ def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, node
         row["exporter"] = farm.measure(
             lambda: asyncio.run(run_exporter(info, args.cycles, args.scrapers, args.scrape_period))
         )
+        if nodes > 1 or args.tls:
+            # The same run with /metrics over TLS and basic auth: scrapes pay the handshake once per connection and
+            # a remembered credential check per request.
+            row["exporter_tls"] = farm.measure(
+                lambda: asyncio.run(run_exporter(info, args.cycles, args.scrapers, args.scrape_period, "tls"))
+            )
         if nodes == 1:
             row["sync"] = farm.measure(lambda: run_client("sync", info))
         if nodes == 1 and repositories <= PER_REPOSITORY_MAX:
@@ -198,6 +218,9 @@ def main() -> None:
         "later), so steady cycles download pages that really change; 0: a quiet farm",
     )
     parser.add_argument("--cycles", type=int, default=3, help="steady cycles measured per client")
+    parser.add_argument(
+        "--tls", action="store_true", help="every row also over TLS with basic auth (default: the node-by-node rows)"
+    )
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--scrape-period", type=float, default=1.0, help="seconds between one scraper's scrapes")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where scale.md/.json/.png go")

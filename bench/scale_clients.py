@@ -21,9 +21,12 @@ import asyncio
 import base64
 import json
 import math
+import os
 import resource
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bcrypt
 import requests
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -41,7 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from exporter.app import Exporter, ListenAddress, settings_from_mapping, settle_heap
 from exporter.config import PollConfig
 from exporter.drift import RepoState
+from exporter.processes import descendants
 from exporter.rest.poller import MirrorPoller
+from exporter.web.config import WebConfig, load_web_config
+from exporter.workers import main_module_by_name
+from tests.certs import TestAuthority
 
 REST = "/rest/mirroring/latest"
 POLL = PollConfig()
@@ -253,29 +262,117 @@ def exporter_config(info: dict[str, Any], interval: float) -> dict[str, Any]:
     }
 
 
-async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> dict[str, Any]:
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+# The stall probe's step: a 1 ms sleep, so its lateness is how long the event loop was held (by a callback, or by
+# another thread holding the GIL) when it should have run.
+PROBE_SECONDS = 0.001
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # gone
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (the fork server's preloaded modules) split between the sharers."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Instruments:
+    """What the exporter costs beyond its own process, and how long its event loop is ever held: the workers' CPU,
+    the peak of the summed PSS of the exporter and every process below it (sampled by a thread every 0.2 s), and the
+    lateness of a 1 ms sleep on the loop."""
+
+    def __init__(self) -> None:
+        self.peak_pss = 0
+        self.stalls: list[float] = []
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._probe: asyncio.Task[None] | None = None
+        self.measuring = False
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.2):
+            self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in (me, *descendants(me))))
+
+    async def _stall_probe(self) -> None:
+        while True:
+            began = time.perf_counter()
+            await asyncio.sleep(PROBE_SECONDS)
+            if self.measuring:
+                self.stalls.append(time.perf_counter() - began - PROBE_SECONDS)
+
+    def start(self) -> None:
+        self._sampler.start()
+        self._probe = asyncio.create_task(self._stall_probe())
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._probe is not None:
+            self._probe.cancel()
+        ordered = sorted(self.stalls)
+        return {
+            "peak_pss_bytes": self.peak_pss,
+            "loop_stall_max_ms": 1000 * ordered[-1] if ordered else None,
+            "loop_stall_p99_ms": 1000 * ordered[int(len(ordered) * 0.99)] if ordered else None,
+            "loop_stalls_over_20ms": sum(1 for s in ordered if s > 0.020),
+        }
+
+
+def workers_cpu_seconds(app: Exporter) -> float:
+    return sum(process_cpu_seconds(pid) for pid in app.workers.pids())
+
+
+async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float, web: str) -> dict[str, Any]:
     # One scheduled cycle, then the ones this run triggers: nothing else polls while they are measured.
-    app = Exporter(settings_from_mapping(exporter_config(info, 86400)), ListenAddress("127.0.0.1", 0))
+    web_config, scraping = bench_web_config(web)
+    app = Exporter(
+        settings_from_mapping(exporter_config(info, 86400)), ListenAddress("127.0.0.1", 0), web_config=web_config
+    )
+    instruments = Instruments()
     cold = Cycle()
     await app.start()
     settle_heap()  # as the command line does once the exporter has started
-    print(json.dumps({"port": app.port}), flush=True)
+    instruments.start()
+    print(json.dumps({"port": app.port, **scraping}), flush=True)
     assert app.client is not None
     async with asyncio.timeout(limit_seconds):
         await first_cycle(app)
     cold_wall = time.perf_counter() - cold.started
     steady = []
     cold_lookups = app.push_lookups
+    instruments.measuring = True
     for _ in range(cycles):
         before_requests, before_bytes = dict(app.client.stats.requests), dict(app.client.stats.response_bytes)
         before_lookups = app.push_lookups
+        before_workers = workers_cpu_seconds(app)
         cycle = Cycle()
         await app.poll_once()
         for host, count in app.client.stats.requests.items():
             cycle.requests[host] = count - before_requests.get(host, 0)
             cycle.response_bytes[host] = app.client.stats.response_bytes[host] - before_bytes.get(host, 0)
-        steady.append(cycle.result(info, push_lookups=app.push_lookups - before_lookups))
+        result = cycle.result(info, push_lookups=app.push_lookups - before_lookups)
+        # A worker restarted meanwhile would count from 0: its CPU is then left out rather than made negative.
+        result["exporter_process_cpu_seconds"] = result["cpu_seconds"]
+        result["worker_cpu_seconds"] = max(0.0, workers_cpu_seconds(app) - before_workers)
+        result["cpu_seconds"] += result["worker_cpu_seconds"]
+        steady.append(result)
+    instruments.measuring = False
     result = median_cycle(steady, cold_wall_seconds=cold_wall, cold_push_lookups=cold_lookups)
+    for part in ("exporter_process_cpu_seconds", "worker_cpu_seconds"):
+        result[part] = statistics.median(c[part] for c in steady)
+    result["workers"] = app.workers.size
+    result["worker_restarts"] = app.workers.restarts
     result["push_lookups_per_cycle"] = [c["push_lookups"] for c in steady]
     # Rendered here rather than scraped: a scrape may share the rendering of the scrapers' latest burst.
     exposition = generate_latest(app.registry).decode()
@@ -286,7 +383,26 @@ async def exporter(info: dict[str, Any], cycles: int, limit_seconds: float) -> d
         m.name: m.drift.count(RepoState.CONTENT_DRIFT) if m.drift is not None else None for m in app.state.mirrors
     }
     await app.stop()
+    result |= instruments.stop()
     return result
+
+
+def bench_web_config(web: str) -> tuple[WebConfig | None, dict[str, Any]]:
+    """``plain``: no web config. ``tls``: TLS with a certificate of a throwaway authority and basic auth (bcrypt cost
+    10, as an admin's hash would be); what a scraper needs is printed beside the port."""
+    if web == "plain":
+        return None, {}
+    directory = Path(tempfile.mkdtemp(prefix="bench-web-"))
+    authority = TestAuthority(directory)
+    pair = authority.issue("exporter")
+    password = "bench-scrape-password"
+    document = {
+        "tls_server_config": {"cert_file": str(pair.cert), "key_file": str(pair.key)},
+        "basic_auth_users": {"prometheus": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()},
+    }
+    path = directory / "web.yml"
+    path.write_text(yaml.safe_dump(document))
+    return load_web_config(path), {"ca_file": str(authority.ca_file), "username": "prometheus", "password": password}
 
 
 # --- how soon drift shows ------------------------------------------------------------------------------------------
@@ -358,6 +474,7 @@ async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_
 
 
 def main() -> None:
+    main_module_by_name()  # the exporter's workers import none of this script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("client", choices=("exporter", "floor", "sync", "per-repo", "drift-found"))
     parser.add_argument("--farm", required=True, help="the JSON line bench/scale_farm.py printed")
@@ -367,10 +484,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the exporter's first cycle may take")
     parser.add_argument("--interval", type=float, default=5.0, help="drift-found: the exporter's poll interval")
     parser.add_argument("--pushes", type=int, default=3, help="drift-found: pushes timed")
+    parser.add_argument(
+        "--web", choices=("plain", "tls"), default="plain", help="exporter: plain HTTP, or TLS with basic auth"
+    )
     args = parser.parse_args()
     info = json.loads(args.farm)
     if args.client == "exporter":
-        result = asyncio.run(exporter(info, args.cycles, args.timeout))
+        result = asyncio.run(exporter(info, args.cycles, args.timeout, args.web))
     elif args.client == "drift-found":
         result = asyncio.run(drift_found(info, args.interval, args.pushes, args.timeout))
     elif args.client == "floor":

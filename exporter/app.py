@@ -554,6 +554,7 @@ class Exporter:
         self._server = Server(self._served, self.listen.host, self.listen.port, self._web_tls)
         await self._server.start()
         self.port = self._server.port
+        await self.workers.start()
         await self._polling.start()
         await self._background.start()
         self._background.spawn(self._expire_pushes(), "expire pushes")

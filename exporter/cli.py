@@ -29,6 +29,7 @@ from exporter.sources import FetchError
 from exporter.web.config import WebConfig, load_web_config
 from exporter.webhooks.setup import SetupError, Webhooks
 from exporter.webhooks.wait import Request, UsageError, Waiter, seconds
+from exporter.workers import main_module_by_name
 
 PROG = "bitbucket-mirror-exporter"
 COMMANDS = ("run", "demo", "rules", "check-config", "wait", "webhooks")
@@ -347,6 +348,7 @@ def _webhooks(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    main_module_by_name()
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     if args.command == "webhooks":
         setup_logging(getattr(args, "log_level", "info"))

@@ -1,5 +1,6 @@
 """Running a child process from the event loop with a hard time limit: in its own process group, killed with all
-its children when the limit passes, and reaped. Shared by the JMX queries (a JVM) and the git commands."""
+its children when the limit passes, and reaped. Shared by the JMX queries (a JVM) and the git commands. And
+``descendants``: every process below one (the worker processes and their fork server, for a test or the bench)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class Timeout(Exception):
@@ -51,3 +53,19 @@ async def run(command: list[str], time_limit: float, env: Mapping[str, str] | No
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.communicate(), 5)
     return Finished(process.returncode or 0, out, err)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the children of each of its threads, and theirs), from /proc (Linux)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # the process or thread ended meanwhile
+                continue
+            found += children
+            pending += children
+    return found

@@ -231,7 +231,8 @@ def _replace_value(state: SourceState[T], value: T, learned: float) -> None:
     """``value`` in place of the last one, in one assignment (a scrape sees one or the other), learned at ``learned``;
     the replaced one is freed off the event loop."""
     previous, state.value = state.value, value
-    free_later(previous)
+    if previous is not value:
+        free_later(previous)
     del previous
     state.value_timestamp = learned
 

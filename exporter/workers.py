@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +45,7 @@ T = TypeVar("T")
 # The reason a poll fails with when its worker died under it.
 WORKER_LOST = "worker_lost"
 STOP_SECONDS = 2.0
+WORKER_NICENESS = 10
 
 
 class WorkerLost(FetchError):
@@ -55,6 +58,9 @@ def _start_worker() -> None:
     and when the exporter itself is gone (killed, crashed) the worker ends too, rather than live on as an orphan
     holding its pipes (a worker's task queue holds both of its own ends, so it would never read an end of file)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The event loop answers scrapes and moves bytes: where the two contend for a core, it goes first, and a
+    # worker takes what is left (a cycle's work waits a little; a scrape does not).
+    os.nice(WORKER_NICENESS)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_end_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
@@ -81,6 +87,17 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
         return context
 
 
+def main_module_by_name(name: str = "exporter.__main__") -> None:
+    """For an entry point started as a script (the console script ``bitbucket-mirror-exporter``, a bench client):
+    multiprocessing runs a main module given by its path again in every worker before the first task, which would
+    import the whole command line into each of them. The workers need none of it (their work is imported by name,
+    ``preload``), so the main module is named as ``python -m exporter`` names it, which multiprocessing leaves
+    alone."""
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.util.find_spec(name)
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -104,20 +121,35 @@ class Worker:
         # Grows at each restart: whatever a caller left in the process before is gone.
         self.generation = 0
         self._stopped = False
+        self._starting = asyncio.Lock()
 
-    def _ensure(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=_context(self._preload), initializer=_start_worker
-            )
-        return self._executor
+    def _started(self) -> concurrent.futures.ProcessPoolExecutor:
+        """A new executor with its process running (blocking: starting a process, and the fork server the first
+        time, takes up to a second, so this runs on a thread)."""
+        executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=_context(self._preload), initializer=_start_worker
+        )
+        executor.submit(os.getpid).result(timeout=60)
+        return executor
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in the worker process; WorkerLost when the process died meanwhile (it is replaced for
         the next call)."""
         if self._stopped:
             raise WorkerLost("the exporter is stopping")
-        executor = self._ensure()
+        async with self._starting:
+            if self._executor is None:
+                try:
+                    started = await asyncio.to_thread(self._started)
+                except (BrokenProcessPool, OSError, concurrent.futures.TimeoutError) as exc:
+                    raise WorkerLost(f"worker {self.name} could not start: {type(exc).__name__}") from None
+                if self._stopped:  # stopped while it started: it must not outlive the stop
+                    await asyncio.to_thread(_end, started)
+                    raise WorkerLost("the exporter is stopping")
+                self._executor = started
+        executor = self._executor
+        if executor is None:
+            raise WorkerLost("the exporter is stopping")
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
         except BrokenProcessPool:
@@ -193,6 +225,11 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         return [pid for worker in self._workers for pid in worker.pids()]
+
+    async def start(self) -> None:
+        """Every worker started now (the first one starts the fork server, which imports the work's modules), so the
+        first poll cycle does not wait for that."""
+        await asyncio.gather(*(worker.call(os.getpid) for worker in self._workers), return_exceptions=True)
 
     async def stop(self) -> None:
         """Every process ended, within STOP_SECONDS (off the event loop: joining blocks)."""

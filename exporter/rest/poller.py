@@ -294,6 +294,8 @@ class PrimaryPoller:
         self._on_mirror_servers = on_mirror_servers
         # Why each target's latest comparison failed (None: it did not), so a failure is logged once per change.
         self._compare_failures: dict[str, str | None] = {}
+        # The previous successful walk's pages, digest and rows: an unchanged page is not decoded again.
+        self._pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
 
     def walk_in(self, worker: Worker) -> int | None:
         """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
@@ -316,26 +318,25 @@ class PrimaryPoller:
 
     async def _repositories(self) -> dict[str, PrimaryRepo]:
         """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go
-        to every worker."""
-        repositories: dict[str, PrimaryRepo] = {}
-        # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most of their
-        # memory while this one is built (at 100,000 repositories, tens of MB).
-        previous = self.state.repositories.value or {}
+        to every worker. A page whose digest is the same page's of the previous walk is not decoded again; when no
+        page changed, the previous snapshot itself is the new one."""
+        previous = self.state.repositories.value
         projects: Projects = {}
-        changed = 0
+        pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
+        decoded: list[int] = []  # the pages decoded this walk, by index
         walks = [listing.start() for listing in self._listings]
         try:
             async for raw in self._api.repository_raw_pages():
                 page_digest = digest(raw.body)
                 for walk in walks:
                     await walk.add(raw.body, page_digest)
-                for repo_id, row in primary_rows(raw.body, projects):
-                    old = previous.get(repo_id)
-                    if old is not None and old == row:
-                        row = old
-                    elif old is not None and old.content != row.content:
-                        changed += 1
-                    repositories[repo_id] = row
+                index = len(pages)
+                kept = self._pages[index] if index < len(self._pages) else None
+                if kept is not None and kept[0] == page_digest:
+                    pages.append(kept)
+                else:
+                    pages.append((page_digest, primary_rows(raw.body, projects)))
+                    decoded.append(index)
         except BaseException:
             for walk in walks:
                 walk.abandon()
@@ -344,6 +345,35 @@ class PrimaryPoller:
             # A worker that could not take the listing compares nothing with it this cycle (walk_in says so).
             with contextlib.suppress(FetchError):
                 await walk.finish()
+        unchanged = previous is not None and not decoded and len(pages) == len(self._pages)
+        self._pages = pages
+        if unchanged and previous is not None:
+            return previous
+        return await self._snapshot(pages, set(decoded), previous or {})
+
+    async def _snapshot(
+        self,
+        pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]],
+        decoded: set[int],
+        previous: dict[str, PrimaryRepo],
+    ) -> dict[str, PrimaryRepo]:
+        repositories: dict[str, PrimaryRepo] = {}
+        changed = 0
+        for index, (_, rows) in enumerate(pages):
+            if index not in decoded:
+                repositories.update(rows)  # the previous walk's rows, as they were
+                continue
+            for repo_id, row in rows:
+                # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most
+                # of their memory while this one is built (at 100,000 repositories, tens of MB).
+                old = previous.get(repo_id)
+                if old is not None and old == row:
+                    row = old
+                elif old is not None and old.content != row.content:
+                    changed += 1
+                repositories[repo_id] = row
+            if index % 64 == 63:
+                await asyncio.sleep(0)  # a few milliseconds at most between two yields
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
         self.state.content_changes += changed

@@ -107,7 +107,7 @@ def exposition_of(served: Served) -> Exposition:
 
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    rendering = request.app[EXPOSITION_KEY].serve(content_type, encoder)
+    rendering = await request.app[EXPOSITION_KEY].serve(content_type, encoder)
     return web.Response(body=rendering.body, headers={"Content-Type": content_type})
 
 
@@ -117,7 +117,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     if request.app[SERVED_KEY].state().ready:
-        request.app[EXPOSITION_KEY].show_ready()
+        await request.app[EXPOSITION_KEY].show_ready()
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: waiting for the first poll of every target\n")
 
@@ -285,7 +285,7 @@ class Server:
                 sock.close()
             raise
         self.port = sockets[0].getsockname()[1]
-        exposition.start()
+        await exposition.start()
         self._rendering = asyncio.create_task(exposition.keep_fresh())
 
     @property

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
+from exporter.processes import descendants
 from exporter.simulator import Scenario, SimulatedFarm
 from tests.conftest import LOOPBACK, Samples, parse_metrics, running_farm, value, wait_until
 
@@ -183,22 +184,6 @@ async def test_sigterm_stops_within_seconds_even_with_a_poll_hanging(tmp_path: P
             assert code == 0, exporter.log[-5:]
             print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
         assert any('msg="exporter stopped"' in line for line in exporter.log)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children of each of its threads, and theirs), from /proc."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:  # the process or thread ended meanwhile
-                continue
-            found += children
-            pending += children
-    return found
 
 
 def alive(pid: int) -> bool:
