@@ -63,7 +63,9 @@ class ListingFeed:
         held = self._held if self._held is not None and self._held.generation == self.worker.generation else None
         return Walk(self, held)
 
-    def took(self, held: Held) -> None:
+    def took(self, held: Held | None) -> None:
+        """What the worker holds after a walk: the walk, or (a walk that failed) nothing the loop may count on, so
+        the next walk sends every page whole."""
         self._held = held
 
     async def forget(self) -> None:
@@ -114,15 +116,19 @@ class Walk:
                 await self._in_flight.pop(0)
             listing = self._listing
             summary = await listing.worker.call(finish, listing.target, self._number)
-        finally:
+        except BaseException:
             self.abandon()
+            raise
         if self._listing.worker.generation != self._generation:
             raise WorkerLost("the worker restarted during the walk")
         self._listing.took(Held(self._generation, self._number, tuple(self._digests)))
         return summary
 
     def abandon(self) -> None:
-        """The walk failed (or finished): batches still in flight are let go; their errors are not news."""
+        """The walk failed: batches still in flight are let go (their errors are not news), and the next walk sends
+        every page whole (the worker may hold less than before: listing_work.finish drops a listing it cannot
+        trust)."""
+        self._listing.took(None)
         for future in self._in_flight:
             future.cancel()
             future.add_done_callback(_retrieve)

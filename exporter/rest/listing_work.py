@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from sys import intern
+from typing import cast
 
 from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo, union
 from exporter.rest.listings import decode_repository_page, decode_sync_status_page, sync_seconds
@@ -29,12 +30,16 @@ PRIMARY = "primary"
 MIRROR = "mirror"
 
 
+Row = MirrorRepo | PrimaryRepo
+
+
 @dataclass
 class StoredPage:
-    """One decoded page: its rows, and (mirror pages) what the listing's summary needs of it."""
+    """One page as the worker keeps it: its digest, the ids it lists (their rows are in the listing's ``rows``), and
+    (mirror pages) what the listing's summary needs of it."""
 
     digest: bytes
-    rows: list[tuple[str, MirrorRepo]] | list[tuple[str, PrimaryRepo]]
+    ids: list[str]
     failed: dict[str, int] = field(default_factory=dict)
     newest: float | None = None
 
@@ -43,11 +48,11 @@ class StoredPage:
 class Listing:
     kind: str
     pages: list[StoredPage]
+    # Every row by id: kept from walk to walk, only the rows of changed pages replaced.
+    rows: dict[str, Row]
     # The loop's walk number that made it; ``version`` grows only when a page changed (or the page count).
     walk: int
     version: int
-    # The primary's rows by id, built once per version (every comparison reads them).
-    by_id: dict[str, PrimaryRepo] | None = None
 
 
 @dataclass
@@ -55,7 +60,8 @@ class Walk:
     kind: str
     walk: int
     pages: list[StoredPage] = field(default_factory=list)
-    changed: bool = False
+    # The rows of the pages that changed, by page index, until the walk is whole.
+    changed: dict[int, list[tuple[str, Row]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,8 @@ class Store:
 STORE = Store()
 
 
-def _mirror_page(digest: bytes, body: bytes) -> StoredPage:
-    rows: list[tuple[str, MirrorRepo]] = []
+def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, list[tuple[str, Row]]]:
+    rows: list[tuple[str, Row]] = []
     failed: dict[str, int] = {}
     # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
     newest: datetime | None = None
@@ -112,11 +118,14 @@ def _mirror_page(digest: bytes, body: bytes) -> StoredPage:
         # string per repository and hash between them, not one each.
         content = intern(hashes.content) if hashes and hashes.content is not None else None
         metadata = intern(hashes.metadata) if hashes and hashes.metadata is not None else None
+        synced = repo.synced_at()
+        # Seconds, not the decoded datetime: a float is half its size, in a row kept for every repository and node.
+        synced_seconds = sync_seconds(synced) if synced is not None else None
         rows.append(
-            (intern(repo.external_repo_id), MirrorRepo(content, metadata, repo.failed_sync_count, repo.synced_at()))
+            (intern(repo.external_repo_id), MirrorRepo(content, metadata, repo.failed_sync_count, synced_seconds))
         )
     newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
-    return StoredPage(digest, rows, failed, newest_seconds)
+    return StoredPage(digest, [repo_id for repo_id, _ in rows], failed, newest_seconds), rows
 
 
 # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
@@ -168,49 +177,54 @@ def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes 
                 raise FetchError(INVALID_RESPONSE, f"page {index} is not in the worker: send it whole")
             current.pages.append(kept)
             continue
-        stored = _mirror_page(digest, body) if kind == MIRROR else StoredPage(digest, primary_rows(body, _PROJECTS))
+        if kind == MIRROR:
+            stored, rows = _mirror_page(digest, body)
+        else:
+            rows = list(primary_rows(body, _PROJECTS))
+            stored = StoredPage(digest, [repo_id for repo_id, _ in rows])
         current.pages.append(stored)
-        current.changed = True
+        current.changed[index] = rows
 
 
 def finish(target: str, walk: int) -> RepoSyncSummary | int:
-    """The walk ``walk`` of ``target`` is whole: it becomes the target's listing. A mirror's summary, or the primary's
-    repository count."""
+    """The walk ``walk`` of ``target`` is whole: it becomes the target's listing, the rows of its changed pages
+    replacing those of the same pages before. A mirror's summary, or the primary's repository count."""
     store = STORE
     current = store.walks.pop(target, None)
     if current is None or current.walk != walk:
         raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
-    previous = store.listings.get(target)
-    changed = current.changed or previous is None or len(previous.pages) != len(current.pages)
+    previous = store.listings.pop(target, None)
+    if previous is None or len(current.changed) == len(current.pages):
+        rows: dict[str, Row] = {}  # every page new: nothing kept
+    else:
+        rows = previous.rows
+        for index, page in enumerate(previous.pages):
+            if index in current.changed or index >= len(current.pages):
+                for repo_id in page.ids:
+                    rows.pop(repo_id, None)
+    for new_rows in current.changed.values():
+        rows.update(new_rows)
+    listed = sum(len(page.ids) for page in current.pages)
+    if len(rows) != listed and len(current.changed) < len(current.pages):
+        # An id listed on two pages (Bitbucket lists each once): the kept rows cannot be trusted, so the next walk
+        # sends every page whole (the listing is dropped; the loop's digests no longer match anything).
+        raise FetchError(INVALID_RESPONSE, f"{listed - len(rows)} ids listed twice: the listing is read again whole")
+    changed = previous is None or bool(current.changed) or len(previous.pages) != len(current.pages)
     version = (previous.version + 1 if changed else previous.version) if previous is not None else 0
-    listing = Listing(current.kind, current.pages, walk, version)
-    if not changed and previous is not None:
-        listing.by_id = previous.by_id
-    store.listings[target] = listing
+    store.listings[target] = Listing(current.kind, current.pages, rows, walk, version)
     if current.kind == PRIMARY:
-        return len(_primary_rows(listing))
-    return _summary(current.pages)
+        return len(rows)
+    return _summary(current.pages, len(rows))
 
 
-def _summary(pages: Iterable[StoredPage]) -> RepoSyncSummary:
+def _summary(pages: Iterable[StoredPage], repositories: int) -> RepoSyncSummary:
     failed: dict[str, int] = {}
     newest: float | None = None
-    seen: set[str] = set()
     for page in pages:
         failed.update(page.failed)
         if page.newest is not None and (newest is None or page.newest > newest):
             newest = page.newest
-        seen.update(repo_id for repo_id, _ in page.rows)
-    return RepoSyncSummary(len(seen), len(failed), sum(failed.values()), newest, failed)
-
-
-def _primary_rows(listing: Listing) -> dict[str, PrimaryRepo]:
-    if listing.by_id is None:
-        rows: dict[str, PrimaryRepo] = {}
-        for page in listing.pages:
-            rows.update(page.rows)  # type: ignore[arg-type]
-        listing.by_id = rows
-    return listing.by_id
+    return RepoSyncSummary(repositories, len(failed), sum(failed.values()), newest, failed)
 
 
 def forget(targets: Iterable[str]) -> None:
@@ -239,11 +253,10 @@ def compare(job: CompareJob) -> DriftReport:
         last.report = report
         return report
     since = job.previous_since if job.previous_since is not None else (last.report.diverged_since if last else {})
-    rows: dict[str, MirrorRepo] = {}
-    for page in mirror.pages:
-        rows.update(page.rows)  # type: ignore[arg-type]
-    analysis = Analysis(_primary_rows(primary), job.scope, rows, since, job.seen_at, job.keep_all, job.per_node)
-    analysis.step(len(primary.by_id or ()) + 1)
+    primary_rows_by_id = cast(dict[str, PrimaryRepo], primary.rows)
+    mirror_rows = cast(dict[str, MirrorRepo], mirror.rows)
+    analysis = Analysis(primary_rows_by_id, job.scope, mirror_rows, since, job.seen_at, job.keep_all, job.per_node)
+    analysis.step(len(primary_rows_by_id) + 1)
     report = analysis.report(inputs_at=job.inputs_at, rows_from=job.rows_from)
     store.compared[job.target] = Compared(key, report)
     return report
