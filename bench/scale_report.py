@@ -294,8 +294,11 @@ def model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     design = np.array([[1.0, r["repositories"], r["repositories"] * r["mirrors"] * _nodes(r)] for r in fitted])
     figures = {
         "cpu_seconds": [r["exporter"]["cpu_seconds"] for r in fitted],
-        "peak_rss_mb": [r["exporter"]["peak_rss_bytes"] / MB for r in fitted],
+        "peak_rss_mb": [_peak_memory(r["exporter"]) / MB for r in fitted],
     }
+    # The exporter's own process (the event loop: one core at most) apart from its workers, where measured.
+    if all("exporter_process_cpu_seconds" in r["exporter"] for r in fitted):
+        figures["loop_cpu_seconds"] = [r["exporter"]["exporter_process_cpu_seconds"] for r in fitted]
     result: dict[str, Any] = {"fitted_rows": len(fitted), "terms": ["1", "repositories", "listing rows"]}
     for name, observed in figures.items():
         # Weighted by 1/observed: relative errors count, so the 10k rows are not lost beside the 100k ones.
@@ -308,10 +311,7 @@ def model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "repositories": n,
             "mirrors": m,
             "nodes": k,
-            **{
-                name: float(np.dot(result[name]["coefficients"], [1.0, n, n * m * k]))
-                for name in ("cpu_seconds", "peak_rss_mb")
-            },
+            **{name: float(np.dot(result[name]["coefficients"], [1.0, n, n * m * k])) for name in figures},
         }
         for n, m, k in PREDICTED
     ]
@@ -321,7 +321,7 @@ def model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "mirrors": r["mirrors"],
             "nodes": _nodes(r),
             "cpu_seconds": r["exporter"]["cpu_seconds"],
-            "peak_rss_mb": r["exporter"]["peak_rss_bytes"] / MB,
+            "peak_rss_mb": _peak_memory(r["exporter"]) / MB,
             **{
                 f"predicted_{name}": float(
                     np.dot(
@@ -338,6 +338,24 @@ def model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return result
 
 
+def _peak_memory(exporter: dict[str, Any]) -> float:
+    """The exporter's and its workers' summed PSS where measured, else the exporter's own peak RSS."""
+    return float(exporter.get("peak_pss_bytes") or exporter["peak_rss_bytes"])
+
+
+def _loop_share(predicted: dict[str, Any]) -> str:
+    loop = predicted.get("loop_cpu_seconds")
+    return f"{loop:.1f}" if loop is not None else "-"
+
+
+def _cores(predicted: dict[str, Any], interval: float = 30.0) -> str:
+    loop = predicted.get("loop_cpu_seconds")
+    if loop is None:
+        return f"{predicted['cpu_seconds'] / interval:.1f}"
+    workers = max(0.0, predicted["cpu_seconds"] - loop)
+    return f"{loop / interval:.1f} loop + {workers / interval:.1f} workers"
+
+
 def model_text(fit: dict[str, Any] | None) -> list[str]:
     if fit is None:
         return []
@@ -348,17 +366,22 @@ def model_text(fit: dict[str, Any] | None) -> list[str]:
         f"Fitted to the {fit['fitted_rows']} rows of {MODEL_FROM:,} to {MODEL_TO:,} repositories: per cycle, CPU "
         f"seconds = {cpu['coefficients'][0]:.3f} + {cpu['coefficients'][1] * 1e6:.3f} per million repositories + "
         f"{cpu['coefficients'][2] * 1e6:.3f} per million listing rows (repositories x mirrors x nodes), worst fit "
-        f"error {cpu['worst_fit_error']:.0%}; peak RSS MB = {rss['coefficients'][0]:.0f} + "
+        f"error {cpu['worst_fit_error']:.0%}; peak memory MB (the exporter's and its workers' summed PSS) = "
+        f"{rss['coefficients'][0]:.0f} + "
         f"{rss['coefficients'][1] * 1e6:.0f} per million repositories + {rss['coefficients'][2] * 1e6:.0f} per "
         f"million listing rows, worst fit error {rss['worst_fit_error']:.0%}.",
         "",
-        "| repositories | mirrors | nodes | predicted CPU s per cycle | predicted peak RSS MB |",
-        "|---:|---:|---:|---:|---:|",
+        "| repositories | mirrors | nodes | predicted CPU s per cycle | of which the event loop | cores at a 30 s "
+        "interval | predicted peak memory MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {p['repositories']:,} | {p['mirrors']} | {p['nodes']} | {p['cpu_seconds']:.1f} | "
-            f"{p['peak_rss_mb']:.0f} |"
+            f"{_loop_share(p)} | {_cores(p)} | {p['peak_rss_mb']:.0f} |"
             for p in fit["predicted"]
         ),
+        "",
+        "Cores: the event loop is one thread (it can use one core at most: above 30 s of loop CPU a cycle outlasts a "
+        "30 s interval whatever the workers); the workers' share spreads over `--workers.processes`.",
         "",
         *(
             f"Checked at {c['repositories']:,} x {c['mirrors']} x {c['nodes']}: measured {c['cpu_seconds']:.1f} s CPU "

@@ -14,8 +14,9 @@ Classification of a repository the mirror is meant to carry (its sync settings' 
 
 ``extra`` counts repositories on the mirror whose id the primary no longer lists.
 
-The analysis runs in steps (``Analysis.step``, a chunk of the primary's repositories at a time) so that the poller can
-let scrapes in between at 100,000 repositories; ``analyse`` does it in one go.
+The analysis can run in steps (``Analysis.step``, a chunk of the primary's repositories at a time); the worker process
+that compares the listings (exporter/rest/listing_work.py) has nothing else to do and runs it in one go, as
+``analyse`` does.
 
 Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time since the exporter first saw
 the current divergence (``seen_at``: when the later of the two listings that show it was read); it resets when the

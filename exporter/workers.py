@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib.util
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
@@ -32,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -98,11 +101,24 @@ def main_module_by_name(name: str = "exporter.__main__") -> None:
         main.__spec__ = importlib.util.find_spec(name)
 
 
-def usable_cores() -> int:
+# cgroup v2's CPU limit ("max 100000", or "200000 100000" for two cores): a container sees every core of its node in
+# its affinity, and the limit only here.
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its affinity, bounded by its cgroup's CPU limit (a Kubernetes CPU limit)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: the affinity stands
+    return cores
 
 
 def default_size() -> int:
@@ -223,13 +239,18 @@ class WorkerPool:
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
+    def assigned(self) -> list[Worker]:
+        """The workers that have at least one key (the others are never started)."""
+        return [worker for worker in self._workers if worker in self._assigned.values()]
+
     def pids(self) -> list[int]:
         return [pid for worker in self._workers for pid in worker.pids()]
 
     async def start(self) -> None:
-        """Every worker started now (the first one starts the fork server, which imports the work's modules), so the
-        first poll cycle does not wait for that."""
-        await asyncio.gather(*(worker.call(os.getpid) for worker in self._workers), return_exceptions=True)
+        """The first worker started now (and with it the fork server, which imports the work's modules: the slow
+        part), so the first poll cycle does not wait for that; the others start when a key first needs them."""
+        with contextlib.suppress(WorkerLost):
+            await self._workers[0].call(os.getpid)
 
     async def stop(self) -> None:
         """Every process ended, within STOP_SECONDS (off the event loop: joining blocks)."""

@@ -287,8 +287,8 @@ class PrimaryPoller:
         self.state = state
         self._api = api
         self.workers = workers
-        # The primary's listing goes to every worker: each compares its farms' listings with it.
-        self._listings = [ListingFeed(worker, PRIMARY_LISTING, PRIMARY) for worker in workers.workers()]
+        # The primary's listing goes to every worker that has a farm: each compares its farms' listings with it.
+        self._listings: dict[Worker, ListingFeed] = {}
         # A mirror waits for this cycle's listing; cycles start together within a fraction of the interval.
         self.listings = CycleHandoff(cycle_slack(interval))
         self._on_mirror_servers = on_mirror_servers
@@ -299,7 +299,8 @@ class PrimaryPoller:
 
     def walk_in(self, worker: Worker) -> int | None:
         """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
-        return next((listing.held_walk() for listing in self._listings if listing.worker is worker), None)
+        listing = self._listings.get(worker)
+        return listing.held_walk() if listing is not None else None
 
     def compared(self, target: str, failure: FetchError | None) -> None:
         reason = failure.reason if failure is not None else None
@@ -324,7 +325,10 @@ class PrimaryPoller:
         projects: Projects = {}
         pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
         decoded: list[int] = []  # the pages decoded this walk, by index
-        walks = [listing.start() for listing in self._listings]
+        for worker in self.workers.assigned():
+            if worker not in self._listings:  # a farm was given a worker of its own since (discovery, a reload)
+                self._listings[worker] = ListingFeed(worker, PRIMARY_LISTING, PRIMARY)
+        walks = [listing.start() for listing in self._listings.values()]
         try:
             async for raw in self._api.repository_raw_pages():
                 page_digest = digest(raw.body)
