@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ready import wait_ready  # noqa: E402
 from bench.scale_report import machine  # noqa: E402
+from exporter.processes import descendants  # noqa: E402
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 from exporter.simulator.farm import Farm  # noqa: E402
 
@@ -66,10 +67,15 @@ class Sample:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The resident memory of the exporter and every process below it (its fork server and worker processes)."""
+    total = 0.0
+    for process in (pid, *descendants(pid)):
+        try:
+            lines = Path(f"/proc/{process}/status").read_text().splitlines()
+        except OSError:  # ended meanwhile
+            continue
+        total += next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
+    return total
 
 
 async def scrape(http: aiohttp.ClientSession, url: str, into: Latencies) -> str:
@@ -232,7 +238,7 @@ Machine: {result["machine"]}. Settings: {result["settings"]}.
 Scrapes (2 scrapers, 1/s): {soak["scrapes"]}, errors {soak["errors"]}, p50 {soak["p50_ms"]} ms, p99 {soak["p99_ms"]} ms,
 max {soak["max_ms"]} ms. Exporter poll errors: {soak["poll_errors"]:g}.
 
-RSS: first fifth median {soak["rss_first_fifth_median_mb"]} MB, last fifth median {soak["rss_last_fifth_median_mb"]}
+RSS (the exporter's and its worker processes', summed): first fifth median {soak["rss_first_fifth_median_mb"]} MB, last fifth median {soak["rss_last_fifth_median_mb"]}
 MB ({soak["rss_growth_percent"]:+}%), max {soak["rss_max_mb"]} MB.
 
 At the end: repositories on the mirrors {soak["repositories_on_mirrors_truth"]} (farm) vs

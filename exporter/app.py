@@ -31,7 +31,15 @@ from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
 from exporter import __version__, config
-from exporter.config import PRIMARY_TARGET, ConfigError, CoreSettings, Credentials, MirrorTarget, cluster_port_warning
+from exporter.config import (
+    PRIMARY_TARGET,
+    ConfigError,
+    CoreSettings,
+    Credentials,
+    MirrorTarget,
+    PollConfig,
+    cluster_port_warning,
+)
 from exporter.git import collector as git_collector
 from exporter.git.command import Git
 from exporter.git.config import GitMirrorConfig, GitMirrorsDirConfig, RefsVerification
@@ -283,6 +291,18 @@ def farm_of(state: MirrorState) -> Callable[[], list[NodeTarget]]:
     return lambda: node_targets(None, Credentials(), state.farm_nodes.value or [])
 
 
+def max_rows(poll: PollConfig, primary_repositories: int | None) -> int:
+    """Rows one listing walk may bring: poll.max_rows, else 10 x the primary's repository count (a mirror lists no
+    more than the primary has), at least DEFAULT_MAX_ROWS. Before the primary's count is known (its first listing),
+    only the walk's own bound (poll.max_pages pages of poll.page_limit rows): a fixed cap then would refuse, for ever,
+    the very listing that makes the count known on an estate larger than the cap."""
+    if poll.max_rows is not None:
+        return poll.max_rows
+    if primary_repositories is None:
+        return poll.max_pages * poll.page_limit
+    return max(DEFAULT_MAX_ROWS, 10 * primary_repositories)
+
+
 class Polling:
     """Everything one configuration polls: a client session, every source's pollers and one supervisor of their
     tasks. A reload replaces it."""
@@ -418,12 +438,8 @@ class Polling:
         return self.rest.dating.lookups if self.rest is not None else 0
 
     def _max_rows(self) -> int:
-        """poll.max_rows, else 10 x the primary's repository count (a mirror lists no more than the primary has),
-        at least DEFAULT_MAX_ROWS."""
-        if self.settings.poll.max_rows is not None:
-            return self.settings.poll.max_rows
         known = self.state.primary.repositories.value
-        return max(DEFAULT_MAX_ROWS, 10 * len(known or ()))
+        return max_rows(self.settings.poll, len(known) if known is not None else None)
 
     async def stop(self) -> None:
         await self.supervisor.stop()

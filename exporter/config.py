@@ -147,7 +147,8 @@ class PollConfig(StrictModel):
     page_limit: int = Field(default=1000, ge=1, le=100000)
     max_pages: int = Field(default=10000, ge=1)
     # Rows one listing walk may bring: none by default, which means 10 x the primary's repository count, at least
-    # 100,000 (a mirror lists no more repositories than the primary has; a runaway answer is refused, not held).
+    # 100,000 (a mirror lists no more repositories than the primary has; a runaway answer is refused, not held);
+    # until the primary's first listing is read, max_pages x page_limit.
     max_rows: int | None = Field(default=None, ge=1000)
     # One response body; a page of 1000 repositories is well under 1 MiB, so 32 MiB only stops a runaway answer
     # (reason too_large) before it takes the exporter's memory.
