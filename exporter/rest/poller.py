@@ -319,8 +319,8 @@ class PrimaryPoller:
 
     async def _repositories(self) -> dict[str, PrimaryRepo]:
         """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go
-        to every worker. A page whose digest is the same page's of the previous walk is not decoded again; when no
-        page changed, the previous snapshot itself is the new one."""
+        to every worker that has a farm. A page whose digest is the same page's of the previous walk is not decoded
+        again; when no page changed, the previous snapshot itself is the new one."""
         previous = self.state.repositories.value
         projects: Projects = {}
         pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
@@ -332,8 +332,14 @@ class PrimaryPoller:
         try:
             async for raw in self._api.repository_raw_pages():
                 page_digest = digest(raw.body)
-                for walk in walks:
-                    await walk.add(raw.body, page_digest)
+                for walk in list(walks):
+                    try:
+                        await walk.add(raw.body, page_digest)
+                    except FetchError:
+                        # That worker died or refused a page: it compares nothing this cycle (walk_in says so),
+                        # and the primary's own listing, read here, goes on.
+                        walk.abandon()
+                        walks.remove(walk)
                 index = len(pages)
                 kept = self._pages[index] if index < len(self._pages) else None
                 if kept is not None and kept[0] == page_digest:

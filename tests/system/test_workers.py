@@ -1,5 +1,6 @@
 """The worker processes (exporter/workers.py) under a real exporter and farm: a worker killed mid-run is replaced
-and counted, its farm's listing poll fails with worker_lost meanwhile, and no count served is ever wrong."""
+and counted, its farm's listing poll fails with worker_lost meanwhile (the primary's own listing does not), and no
+count served is ever wrong."""
 
 from __future__ import annotations
 
@@ -55,4 +56,6 @@ async def test_a_killed_worker_is_restarted_and_counted_and_no_count_served_mean
         samples = await run.metrics()
         lost = sum(v for (name, labels), v in samples.items() if name == ERRORS and ("reason", "worker_lost") in labels)
         assert lost >= 1, "the walk the worker died under failed as worker_lost"
+        primary_lost = value(samples, ERRORS, target="primary", source="repositories", reason="worker_lost")
+        assert primary_lost is None, "the primary's own listing is read on the loop: a worker's death is not its"
         assert set(run.exporter.workers.pids()).isdisjoint(pids), "new processes"
