@@ -121,8 +121,9 @@ async def test_the_primary_is_read_once_per_cycle_whatever_the_number_of_nodes()
         await run.next_cycles(4)
         after = (await run.truth())["primary_requests"].get("repos", 0)
         done = run.exporter.state.primary.cycles - cycles
-        # One page of repositories per cycle; the request in flight may be counted or not.
-        assert done <= after - before <= done + 1
+        # One page of repositories per cycle. A cycle in flight at either end of the window may have its request on
+        # one side and its end on the other (the end comes after the worker takes the listing): one either way.
+        assert done - 1 <= after - before <= done + 1
         for mirror in ("sydney", "frankfurt"):
             assert len(run.exporter.state.mirrors[0 if mirror == "sydney" else 1].nodes) == 2
 
