@@ -87,7 +87,8 @@ class Families:
 class Rendering:
     """One encoding of the registry."""
 
-    made: float  # the monotonic clock when rendered
+    # The monotonic clock when the rendering began: it shows the state as it was then, or later.
+    made: float
     reports: tuple[int, ...]  # the analyses it shows (a new one asks for a new rendering)
     body: bytes
 
@@ -125,8 +126,17 @@ class Exposition:
             pending.add_done_callback(lambda _: self._rendering.pop(content_type, None))
         return await asyncio.shield(pending)
 
+    async def render_begun_now(self, content_type: str, encoder: Encoder) -> Rendering:
+        """A rendering begun after this call: one already under way began earlier and may miss what changed since
+        (a new drift report, the polls that made the exporter ready)."""
+        asked = self._monotonic()
+        rendering = await self.render(content_type, encoder)
+        if rendering.made < asked:
+            rendering = await self.render(content_type, encoder)
+        return rendering
+
     async def _render(self, content_type: str, encoder: Encoder) -> Rendering:
-        reports, ready = self._reports(), self._ready()
+        began, reports, ready = self._monotonic(), self._reports(), self._ready()
         parts: list[bytes] = []
         step_began = time.perf_counter()
         for family in self._registry.collect():
@@ -140,7 +150,7 @@ class Exposition:
         body = b"".join(part.removesuffix(OPENMETRICS_END) for part in parts) + (
             OPENMETRICS_END if parts and parts[-1].endswith(OPENMETRICS_END) else b""
         )
-        rendering = Rendering(self._monotonic(), reports, body)
+        rendering = Rendering(began, reports, body)
         self._latest[content_type] = rendering
         (self._before_ready.discard if ready else self._before_ready.add)(content_type)
         return rendering
@@ -150,7 +160,7 @@ class Exposition:
         rendering up to a second older."""
         wanted = dict(self._wanted)
         for content_type, encoder in [(t, wanted[t][0]) for t in list(self._before_ready) if t in wanted]:
-            await self.render(content_type, encoder)
+            await self.render_begun_now(content_type, encoder)
 
     def rendered_since(self, made: float) -> bool:
         """Whether every content type's latest rendering was made at or after ``made`` (monotonic): a scrape now
@@ -164,7 +174,7 @@ class Exposition:
         self._wanted[content_type] = (encoder, self._monotonic())
         latest = self._latest.get(content_type)
         if latest is None or self._monotonic() - latest.made > self._max_age or latest.reports != self._reports():
-            latest = await self.render(content_type, encoder)
+            latest = await self.render_begun_now(content_type, encoder)
         return latest
 
     async def start(self) -> None:

@@ -4,10 +4,13 @@ fact."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.app import MirrorFarmCollector
@@ -90,3 +93,29 @@ async def test_a_rendering_made_a_few_families_at_a_time_is_the_encoders_own_bod
     rendering = await Exposition(registry, lambda: ()).render("any", encoder)
     assert rendering.body == encoder(registry)
     assert rendering.body.count(b"# EOF") == (1 if encoder is generate_openmetrics else 0)
+
+
+async def test_a_scrape_never_gets_a_rendering_begun_before_a_new_drift_report(
+    monotonic: Monotonic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rendering under way when a report lands shows the state before it: the scrape waits for one begun after."""
+    monkeypatch.setattr(exposition_module, "STEP_SECONDS", 0.0)
+    reports = [(1,)]
+    registry = registry_at(lambda: NOW)
+    begun = asyncio.Event()
+
+    class Watched:
+        """The registry, saying when a rendering has begun reading it."""
+
+        def collect(self) -> Iterator[Metric]:
+            begun.set()
+            yield from registry.collect()
+
+    exposition = Exposition(cast(CollectorRegistry, Watched()), lambda: reports[-1], monotonic=monotonic)
+    under_way = asyncio.ensure_future(exposition.render("text/plain", generate_latest))
+    await asyncio.wait_for(begun.wait(), 5)
+    monotonic.now += 0.5
+    reports.append((2,))
+    served = await exposition.serve("text/plain", generate_latest)
+    assert (await under_way).reports == (1,)
+    assert served.reports == (2,) and served.made >= monotonic.now
