@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -169,22 +170,22 @@ class Worker:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
         except BrokenProcessPool:
-            self._replace(executor)
+            await self._replace(executor)
             raise WorkerLost(f"worker {self.name} died; restarted") from None
 
-    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+    async def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
         if self._executor is not broken:
             return  # another call saw the same death first
         self._executor = None
-        _end(broken)
         self.generation += 1
         self._on_restart()
         log.warning("worker process died; restarted", extra={"worker": self.name})
+        await asyncio.to_thread(_end, broken)  # joining blocks: off the event loop
 
     def pids(self) -> list[int]:
-        executor = self._executor
-        processes = getattr(executor, "_processes", None) or {}
-        return [process.pid for process in list(processes.values()) if process.pid is not None]
+        if self._executor is None:
+            return []
+        return [process.pid for process in _processes(self._executor) if process.pid is not None]
 
     def stop(self) -> None:
         self._stopped = True
@@ -201,10 +202,15 @@ class InlineWorker(Worker):
         return function(*args)
 
 
+def _processes(executor: concurrent.futures.ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """The executor's processes. ProcessPoolExecutor has no public way to name them (or to end one that is busy):
+    they are read from the executor."""
+    return list((getattr(executor, "_processes", None) or {}).values())
+
+
 def _end(executor: concurrent.futures.ProcessPoolExecutor) -> None:
     """Stop ``executor`` without waiting for its work: terminate its process, kill it after STOP_SECONDS."""
-    # ProcessPoolExecutor has no public way to end a process that is busy: its processes are read from the executor.
-    processes = list((getattr(executor, "_processes", None) or {}).values())
+    processes = _processes(executor)
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
@@ -235,9 +241,6 @@ class WorkerPool:
         if assigned is None:
             assigned = self._assigned[key] = self._workers[len(self._assigned) % self.size]
         return assigned
-
-    def workers(self) -> list[Worker]:
-        return list(self._workers)
 
     def assigned(self) -> list[Worker]:
         """The workers that have at least one key (the others are never started)."""

@@ -54,14 +54,17 @@ class ListingFeed:
         # The worker generation that made the target's latest drift report (listing_work keeps its first-seen times).
         self.compared_generation: int | None = None
 
-    def held_walk(self) -> int | None:
-        """The walk the worker holds now, if it still does (it may have restarted since)."""
+    def _still_held(self) -> Held | None:
+        """What the worker holds of this listing, if it still does (it may have restarted since)."""
         held = self._held
-        return held.walk if held is not None and held.generation == self.worker.generation else None
+        return held if held is not None and held.generation == self.worker.generation else None
+
+    def held_walk(self) -> int | None:
+        held = self._still_held()
+        return held.walk if held is not None else None
 
     def start(self) -> Walk:
-        held = self._held if self._held is not None and self._held.generation == self.worker.generation else None
-        return Walk(self, held)
+        return Walk(self, self._still_held())
 
     def took(self, held: Held | None) -> None:
         """What the worker holds after a walk: the walk, or (a walk that failed) nothing the loop may count on, so

@@ -180,7 +180,7 @@ def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes 
         if kind == MIRROR:
             stored, rows = _mirror_page(digest, body)
         else:
-            rows = list(primary_rows(body, _PROJECTS))
+            rows = list[tuple[str, Row]](primary_rows(body, _PROJECTS))
             stored = StoredPage(digest, [repo_id for repo_id, _ in rows])
         current.pages.append(stored)
         current.changed[index] = rows

@@ -201,15 +201,15 @@ class NodeFleet:
 
         if pollers:
             await run_source(mirror.name, "repo_sync_status", mirror.repo_sync_status, listing_union, oldest_read)
-        analysed = [p for p in answered if p.analysed == p.answered and p.state.drift is not None]
+        analysed = [(p, p.state.drift) for p in answered if p.analysed == p.answered and p.state.drift is not None]
         if not analysed:
             return
-        nodes = [(p.listing.target, pushed(p.state.drift)) for p in analysed if p.state.drift is not None]
         # In the farm's worker, which holds every node's report (a restart since: the union waits for the next cycle).
-        workers = {p.listing.worker for p in analysed}
-        if len(workers) == 1 and all(p.listing.compared_generation == p.listing.worker.generation for p in analysed):
+        worker = self._drift.workers.worker(mirror.name)
+        if all(p.listing.compared_generation == worker.generation for p, _ in analysed):
+            nodes = [(p.listing.target, pushed(report)) for p, report in analysed]
             with contextlib.suppress(FetchError):
-                mirror.drift = await workers.pop().call(union_of, nodes, self._drift.policy.keep_all)
+                mirror.drift = await worker.call(union_of, nodes, self._drift.policy.keep_all)
 
     def pollers(self) -> list[NodePoller]:
         return list(self._pollers.values())

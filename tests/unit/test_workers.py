@@ -31,5 +31,5 @@ def test_each_farm_keeps_its_worker_and_farms_spread_over_the_pool() -> None:
     sydney, frankfurt, saopaulo = pool.worker("sydney"), pool.worker("frankfurt"), pool.worker("saopaulo")
     assert sydney is not frankfurt and saopaulo is sydney
     assert pool.worker("frankfurt") is frankfurt, "pinned for good: its kept pages are there"
-    assert pool.assigned() == pool.workers()
+    assert pool.assigned() == [sydney, frankfurt], "both workers have a farm"
     assert WorkerPool((), 3, InlineWorker).assigned() == [], "no farm yet: no worker is started"
