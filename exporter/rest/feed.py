@@ -14,11 +14,14 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from exporter.rest.listing_work import feed, finish, forget
 from exporter.workers import Worker, WorkerLost
+
+T = TypeVar("T")
 
 BATCH_BYTES = 1 << 20
 BATCH_PAGES = 256
@@ -108,30 +111,38 @@ class Walk:
         call = listing.worker.call(feed, listing.target, listing.kind, self._number, batch)
         self._in_flight.append(asyncio.ensure_future(call))
         if len(self._in_flight) >= IN_FLIGHT:
-            await self._in_flight.pop(0)
+            await self._worker_answer(self._in_flight.pop(0))
+
+    async def _worker_answer(self, answer: Awaitable[T]) -> T:
+        """What the worker answered; when it refused (or died), the next walk sends every page whole: what the loop
+        held may no longer be what the worker holds (listing_work.finish drops a listing it cannot trust)."""
+        try:
+            return await answer
+        except BaseException:
+            self._listing.took(None)
+            raise
 
     async def finish(self) -> Any:
         """The worker's summary of the whole walk (listing_work.finish); WorkerLost when the worker restarted
         during it."""
+        listing = self._listing
         try:
             await self._send()
             while self._in_flight:
-                await self._in_flight.pop(0)
-            listing = self._listing
-            summary = await listing.worker.call(finish, listing.target, self._number)
+                await self._worker_answer(self._in_flight.pop(0))
         except BaseException:
             self.abandon()
             raise
+        summary = await self._worker_answer(listing.worker.call(finish, listing.target, self._number))
         if self._listing.worker.generation != self._generation:
             raise WorkerLost("the worker restarted during the walk")
         self._listing.took(Held(self._generation, self._number, tuple(self._digests)))
         return summary
 
     def abandon(self) -> None:
-        """The walk failed: batches still in flight are let go (their errors are not news), and the next walk sends
-        every page whole (the worker may hold less than before: listing_work.finish drops a listing it cannot
-        trust)."""
-        self._listing.took(None)
+        """The walk failed before it was whole: batches still in flight are let go (their errors are not news). The
+        worker's listing is the previous walk's still (only ``finish`` replaces it), so what the loop held stays
+        true: drift rides over a failed read against it, as against any last good value while fresh."""
         for future in self._in_flight:
             future.cancel()
             future.add_done_callback(_retrieve)

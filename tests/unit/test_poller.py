@@ -38,6 +38,7 @@ A, B = "a" * 64, "b" * 64
 class FakePrimary(PrimaryApi):
     def __init__(self, repositories: dict[int, str]) -> None:
         self.repositories = repositories
+        self.fail: FetchError | None = None
 
     def clock(self) -> ClockReading | None:
         return ClockReading(0.0, 0.0)
@@ -46,6 +47,8 @@ class FakePrimary(PrimaryApi):
         return [MirrorServer(id="1", name="sydney", baseUrl="https://sydney.example.com", enabled=True)]
 
     async def _pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
+        if self.fail is not None:
+            raise self.fail
         yield [
             PrimaryRepositoryRow(i, f"r{i}", ProjectRow("PRJ", 1), RepositoryHashes(h, "m"))
             for i, h in self.repositories.items()
@@ -153,6 +156,24 @@ async def test_a_failed_listing_keeps_the_last_report_and_counts_its_reason(work
     assert mirror.state.drift is first  # rides over; the collector ages it out by its inputs' time
     assert mirror.state.repo_sync_status.errors_total == {"http_401": 1}
     assert mirror.state.repo_sync_status.success is False
+
+
+async def test_a_failed_primary_walk_leaves_drift_compared_with_its_last_listing_while_fresh(
+    workers: WorkerPool,
+) -> None:
+    """The primary's last good listing rides over a failed read, in the worker too: the mirror's next cycle is still
+    compared with it (never with nothing, never called fresh past stale_after)."""
+    fake = FakePrimary({1: A, 2: B})
+    primary, mirror = pollers(fake, FakeMirror({1: A, 2: A}), workers)
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    first = mirror.state.drift
+    fake.fail = FetchError("timeout", "the primary did not answer")
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    assert primary.state.repositories.success is False
+    report = mirror.state.drift
+    assert report is not None and report is not first, "compared again this cycle"
+    assert report.count(RepoState.CONTENT_DRIFT) == 1
+    assert report.inputs_at == primary.state.repositories.last_success_timestamp, "as old as the listing it used"
 
 
 async def test_run_source_logs_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
