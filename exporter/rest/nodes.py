@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from functools import partial
 
@@ -72,6 +73,8 @@ class NodePoller:
         # Monotonic starts of the latest cycle whose listing was read, and whose drift was computed.
         self.answered: float = -1e18
         self.analysed: float = -1e18
+        # The start of the cycle under way, None between cycles.
+        self.running: float | None = None
         self._mirror = mirror
         self._api = api
         self._drift = drift
@@ -83,10 +86,16 @@ class NodePoller:
         """Whether this node's listing was read in the cycle that began at ``cycle_started``."""
         return self.answered >= cycle_started - self._slack
 
+    def busy_with(self, cycle_started: float) -> bool:
+        """Whether this node is still in the cycle that began at ``cycle_started``: begun, not yet finished."""
+        running = self.running
+        return running is not None and running >= cycle_started - self._slack and not self.done.of_cycle(cycle_started)
+
     async def poll_once(self) -> None:
         node, api, target = self.state, self._api, self._target
         started = time.monotonic() if self._joined is None else self._joined
         self._joined = None
+        self.running = started
         listing = ListingRead(api, self.listing)
 
         async def out_of_sync_repos() -> frozenset[str]:
@@ -115,6 +124,7 @@ class NodePoller:
                 node.drift = report
                 self.analysed = started
         finally:
+            self.running = None
             self.done.publish(started)
 
 
@@ -179,7 +189,7 @@ class NodeFleet:
         cycle, then take the union over the nodes that answered."""
         await self.follow(cycle_started)
         pollers = self.pollers()
-        await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
+        await self._wait_for_nodes(pollers, cycle_started)
         answered = [p for p in pollers if p.answered_in(cycle_started)]
         mirror = self._mirror
         mirror.nodes_polled = len(answered)
@@ -210,6 +220,29 @@ class NodeFleet:
             nodes = [(p.listing.target, pushed(report)) for p, report in analysed]
             with contextlib.suppress(FetchError):
                 mirror.drift = await worker.call(union_of, nodes, self._drift.policy.keep_all)
+
+    async def _wait_for_nodes(self, pollers: list[NodePoller], cycle_started: float) -> None:
+        """Wait at most an interval for every node's cycle, so a hung node holds up neither the union nor the next
+        cycle; then on for the nodes that are merely slow: those whose listing was read and whose drift is being
+        computed (bounded by the primary's wait and the worker), and, when no node's listing has been read yet, the
+        first node still reading. Without that, a cycle longer than the interval (a first cycle of a large estate)
+        took the union over nobody: ``no_node_answered`` logged and drift unknown for an interval, of nodes that
+        were answering."""
+        await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
+        while True:
+            busy = [p for p in pollers if p.busy_with(cycle_started)]
+            analysing = [p for p in busy if p.answered_in(cycle_started)]
+            if analysing:
+                await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, math.inf) for p in analysing))
+            elif busy and not any(p.answered_in(cycle_started) for p in pollers):
+                waits = [asyncio.ensure_future(p.done.wait_for_cycle(cycle_started, math.inf)) for p in busy]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+            else:
+                return
 
     def pollers(self) -> list[NodePoller]:
         return list(self._pollers.values())

@@ -76,7 +76,7 @@ class CycleHandoff:
         deadline = time.monotonic() + at_most
         while not self.of_cycle(cycle_started) and (remaining := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), timeout=remaining)
+                await asyncio.wait_for(self._finished.wait(), timeout=None if math.isinf(remaining) else remaining)
 
 
 def cycle_slack(interval: float) -> float:

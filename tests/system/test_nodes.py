@@ -215,6 +215,26 @@ async def test_a_hung_node_delays_neither_its_peers_nor_scrapes() -> None:
         assert node_value(samples, "bitbucket_mirror_node_up", NODE_1) == 1.0
 
 
+async def test_nodes_slower_than_the_interval_are_waited_for_not_failed() -> None:
+    # Every mirror answer takes 1.5 s and the interval is 1 s: the nodes' first cycle (begun after the farm-wide reads
+    # that name them) ends after the interval the mirror waits at most for a hung node. Slow nodes are still answering:
+    # the mirror's cycle waits for them, so its listing does not fail (no_node_answered) and its drift is known from
+    # its first cycle, not an interval later.
+    scenario = Scenario(repositories=4, mirrors=1, mirror_latency_seconds=1.5)
+    async with running_farm(
+        scenario, ["9.x"], interval=1.0, nodes=True, timeout_seconds=10.0, stale_after_seconds=30.0
+    ) as run:
+        mirror = run.exporter.state.mirrors[0]
+
+        async def first_cycle_done() -> bool:
+            return mirror.cycles >= 1
+
+        await wait_until(first_cycle_done, 20.0, "the mirror's first cycle")
+        assert mirror.repo_sync_status.errors_total == {}
+        assert mirror.nodes_polled == 2
+        assert mirror.drift is not None
+
+
 async def test_when_no_node_answers_the_mirrors_drift_is_unknown_with_the_nodes_reason() -> None:
     async with running_farm(Scenario(repositories=6, mirrors=1), ["9.x"], interval=INTERVAL, nodes=True) as run:
         await run.wait_ready()
