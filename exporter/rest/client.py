@@ -249,6 +249,10 @@ class BitbucketClient:
         self._poll = poll
         self._rng = rng or random.Random()
         self._host_limits: dict[str, asyncio.Semaphore] = {}
+        # One for every request: built once (a request on the hot path of a listing walk builds nothing it can share).
+        self._timeout = aiohttp.ClientTimeout(
+            total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
+        )
         self.stats = TrafficStats()
         # Origin -> the clock reading of its latest answer (no extra requests: answers carry a Date header anyway).
         self._clocks: dict[str, ClockReading] = {}
@@ -259,8 +263,7 @@ class BitbucketClient:
         """The clock reading of the latest answer from ``base_url``'s host, if any."""
         return self._clocks.get(origin(base_url))
 
-    def _limit_for(self, url: URL) -> asyncio.Semaphore:
-        host = origin(url)
+    def _limit_for(self, host: str) -> asyncio.Semaphore:
         if host not in self._host_limits:
             self._host_limits[host] = asyncio.Semaphore(self._poll.concurrency_per_host)
         return self._host_limits[host]
@@ -273,21 +276,18 @@ class BitbucketClient:
     async def _attempt(
         self, url: URL, headers: Mapping[str, str], affinity: Affinity | None
     ) -> tuple[int, str, bytes, str | None]:
-        poll = self._poll
-        timeout = aiohttp.ClientTimeout(
-            total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
-        )
-        async with self._limit_for(url):
+        host = origin(url)
+        async with self._limit_for(host):
             sent = time.time()
             if affinity is not None:
                 headers = {**headers, **affinity.header(anonymous="Authorization" not in headers)}
-            async with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
+            async with self._session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False) as resp:
                 received = time.time()
                 if affinity is not None:
                     affinity.update(resp)
                 offset = clock_offset(resp.headers.get("Date"), sent, received)
                 if offset is not None:
-                    self._clocks[origin(url)] = ClockReading(offset, received)
+                    self._clocks[host] = ClockReading(offset, received)
                 if 300 <= resp.status < 400:
                     # Never followed (allow_redirects=False): a redirect's target is not the configured host.
                     self.stats.add(f"{url.host}:{url.port}", 0)
@@ -300,9 +300,12 @@ class BitbucketClient:
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self._poll.max_response_bytes
-        too_large = FetchError(TOO_LARGE, f"response body larger than poll.max_response_bytes={cap}")
+
+        def too_large() -> FetchError:
+            return FetchError(TOO_LARGE, f"response body larger than poll.max_response_bytes={cap}")
+
         if resp.content_length is not None and resp.content_length > cap:
-            raise too_large
+            raise too_large()
         if resp.content_length is not None and resp.headers.get("Content-Encoding", "identity") == "identity":
             # Known, allowed and not compressed (a compressed body may inflate past the cap): read in one call.
             return await resp.read()
@@ -311,7 +314,7 @@ class BitbucketClient:
             body += chunk
             if len(body) > cap:
                 # Leaving the response unread closes the connection: the rest is never downloaded.
-                raise too_large
+                raise too_large()
         return bytes(body)
 
     async def get_json(
@@ -334,10 +337,23 @@ class BitbucketClient:
     ) -> T:
         """GET and decode a 2xx body with ``decode``, retrying timeouts, connection errors, 429 and 5xx; with an
         ``affinity``, its cookies go along and the answer's replace them."""
+        return await self._get(url, await self._headers(credentials), decode, params, affinity)
+
+    @staticmethod
+    async def _headers(credentials: Credentials) -> dict[str, str]:
+        await prepare(credentials.password_file, credentials.token_file)  # file reads off the event loop
+        return {"Accept": "application/json", **auth_headers(credentials)}
+
+    async def _get(
+        self,
+        url: URL,
+        headers: Mapping[str, str],
+        decode: Callable[[bytes], T],
+        params: Mapping[str, str | int] | None,
+        affinity: Affinity | None,
+    ) -> T:
         if params:
             url = url.update_query({k: str(v) for k, v in params.items()})
-        await prepare(credentials.password_file, credentials.token_file)  # file reads off the event loop
-        headers = {"Accept": "application/json", **auth_headers(credentials)}
         attempts = self._poll.retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -443,9 +459,11 @@ class BitbucketClient:
         start = 0
         limit = self._poll.page_limit
         rows, max_rows = 0, self.max_rows()
+        # The credentials as one walk's pages all send them (a changed secret file is read for the next walk).
+        headers = await self._headers(credentials)
         for _ in range(self._poll.max_pages):
-            page = await self.get(
-                url, credentials, _bounded(decode, limit), {**(params or {}), "start": start, "limit": limit}, affinity
+            page = await self._get(
+                url, headers, _bounded(decode, limit), {**(params or {}), "start": start, "limit": limit}, affinity
             )
             rows += page.rows
             if rows > max_rows:
