@@ -88,6 +88,13 @@ def _tag_keys(object_name: str) -> int:
     return sum(1 for m in _KEY_PROPERTY.finditer(properties) if m.group(1).strip().lower().startswith(("tag.", "tag_")))
 
 
+def _untagged(object_name: str) -> tuple[str, frozenset[str]]:
+    """The name with its ``tag.*`` keys left out: the timer a tagged bean is a slice of."""
+    domain, _, properties = object_name.partition(":")
+    keys = (m.group(0).strip() for m in _KEY_PROPERTY.finditer(properties))
+    return domain, frozenset(k for k in keys if not k.lower().startswith(("tag.", "tag_")))
+
+
 def _ticket(object_name: str, attribute: str) -> tuple[str, str]:
     """(resource, attribute) of a ticket figure. The Mesh sidecar's beans
     (``metrics:section=tickets,throttledResource=scm-hosting,name=available``, attribute ``Value``) name the resource
@@ -174,7 +181,8 @@ def _timer(object_name: str, values: dict[str, object], attrs: TimerAttributes, 
 def read_node(rows: Iterable[JmxRow], match: JmxMatch, attrs: TimerAttributes) -> NodeReading:
     """Classify the returned MBeans: a timer whose ObjectName matches a sync kind's expression becomes that kind (the
     bean with the fewest ``tag.*`` keys wins, then the first in name order; the others are reported as ambiguous, with
-    the ObjectName chosen), other beans matching ``tickets`` give their numeric attributes as ticket figures."""
+    the ObjectName chosen, unless they are slices of it: its name with tags), other beans matching ``tickets`` give
+    their numeric attributes as ticket figures."""
     beans = _group(rows)
     kinds = {kind: re.compile(getattr(match, kind)) for kind in TIMER_KINDS}
     tickets_re = re.compile(match.tickets)
@@ -189,7 +197,11 @@ def read_node(rows: Iterable[JmxRow], match: JmxMatch, attrs: TimerAttributes) -
             if kind is None:
                 continue
             if kind in timers:
-                warnings.append(f"{object_name} also matches {kind}; using {timers[kind].object_name}")
+                chosen = timers[kind].object_name
+                # A slice of the chosen timer (the same name with tags: Bitbucket's timers come per tag as well as
+                # whole) is expected; another timer matching the same expression is a question for the admin.
+                if _untagged(object_name) != _untagged(chosen):
+                    warnings.append(f"{object_name} also matches {kind}; using {chosen}")
                 continue
             timers[kind] = _timer(object_name, values, attrs, warnings)
         elif tickets_re.search(object_name):
