@@ -55,6 +55,7 @@ from exporter.reloading import ConfigLoader, ReloadCollector, ReloadStatus
 from exporter.rest import collector as rest_collector
 from exporter.rest import landing as rest_landing
 from exporter.rest.api import PrimaryApi
+from exporter.rest.behind import behind as most_behind
 from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
 from exporter.rest.config import LagConfig
 from exporter.rest.polling import RestConfig, RestPolling
@@ -225,6 +226,9 @@ class ExporterState(FarmState):
 
     def refs(self, now: float) -> list[dict[str, object]]:
         return git_collector.verified_refs(self.git.verified, now, self.policy.stale_after)
+
+    def behind(self, now: float, limit: int, mirror: str | None) -> dict[str, object] | None:
+        return most_behind(self, now, limit, mirror)
 
 
 class MirrorFarmCollector(Collector):

@@ -104,6 +104,10 @@ class RepoHealth:
     synced_at: float | None = None
     # Whether ``diverged_since`` is the push that began the divergence (else when the exporter first saw it).
     from_push: bool = False
+    # The content hashes compared: the primary's and the copy's (None: not listed, or the hash unknown). A farm's is
+    # the copy of the node whose divergence began first (its worst).
+    primary_content: str | None = None
+    mirror_content: str | None = None
 
     def lag_seconds(self, now: float) -> float:
         return max(0.0, now - self.diverged_since) if self.diverged_since is not None else 0.0
@@ -241,8 +245,19 @@ class Analysis:
                     self._laggard_since = diverged if since is None or diverged < since else since
             if keep_all or state in UNHEALTHY or failed > 0 or (self._per_node and state is RepoState.HASH_UNKNOWN):
                 synced = _seconds(local.synced_at) if local is not None else None
+                copy = local.content if local is not None else None
                 self._kept.append(
-                    RepoHealth(repo_id, upstream.project_key, upstream.slug, state, failed, diverged, 0, synced)
+                    RepoHealth(
+                        repo_id,
+                        upstream.project_key,
+                        upstream.slug,
+                        state,
+                        failed,
+                        diverged,
+                        synced_at=synced,
+                        primary_content=upstream.content,
+                        mirror_content=copy,
+                    )
                 )
         return done < count
 
@@ -292,13 +307,24 @@ def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
             if seen is None:
                 merged[repo.repo_id] = repo
                 continue
-            worse = repo.state if _SEVERITY[repo.state] > _SEVERITY[seen.state] else seen.state
-            # The earliest divergence over the nodes, and whether that one was dated from the push.
-            dated = [(r.diverged_since, r.from_push) for r in (seen, repo) if r.diverged_since is not None]
-            since, pushed = min(dated) if dated and worse in DIVERGED else (None, False)
+            worst = repo if _SEVERITY[repo.state] > _SEVERITY[seen.state] else seen
+            worse = worst.state
+            # The earliest divergence over the nodes, whether that one was dated from the push, and its copy's hash.
+            dated = [r for r in (seen, repo) if r.diverged_since is not None]
+            first = min(dated, key=lambda r: (r.diverged_since, r.from_push)) if dated and worse in DIVERGED else None
+            since, pushed = (first.diverged_since, first.from_push) if first is not None else (None, False)
+            copy = (first or worst).mirror_content
             failed = max(seen.failed_syncs, repo.failed_syncs)
             merged[repo.repo_id] = RepoHealth(
-                repo.repo_id, repo.project_key, repo.slug, worse, failed, since, from_push=pushed
+                repo.repo_id,
+                repo.project_key,
+                repo.slug,
+                worse,
+                failed,
+                since,
+                from_push=pushed,
+                primary_content=repo.primary_content,
+                mirror_content=copy,
             )
     counts: dict[RepoState, int] = {}
     kept: list[RepoHealth] = []
@@ -321,6 +347,8 @@ def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
                     repo.diverged_since,
                     behind.get(repo_id, 0),
                     from_push=repo.from_push,
+                    primary_content=repo.primary_content,
+                    mirror_content=repo.mirror_content,
                 )
             )
     in_scope = max((sum(c for s, c in r.counts.items() if s is not RepoState.EXTRA) for r in nodes), default=0)

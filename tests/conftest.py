@@ -120,6 +120,11 @@ class Running:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
+    async def leave_behind(self, mirror: str, repository_ids: list[int]) -> None:
+        """``mirror`` stops syncing and the primary gets a push to each of ``repository_ids``: behind for good."""
+        await self.control(f"/sim/mirrors/{mirror}", {"frozen": True})
+        await self.control("/sim/push", {"repository_ids": repository_ids})
+
     async def truth(self) -> Any:
         async with self.http.get(self.farm.primary_url + "/sim/truth") as resp:
             return await resp.json()

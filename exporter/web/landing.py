@@ -107,7 +107,8 @@ def render(page: Landing, now: float, stale_after: float) -> str:
 <body>
 <h1>Bitbucket Mirror Exporter</h1>
 <p>Version {html.escape(__version__)}. <a href="metrics">Metrics</a> · <a href="runbooks">Runbooks</a> ·
-<a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a>.
+<a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a> ·
+<a href="api/v1/behind">Most behind (JSON)</a>.
 Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.</p>
 <table id="targets">
 {header}

@@ -62,6 +62,10 @@ class Pages(Protocol):
         """``/api/v1/refs``: the refs verify_refs found different, with both hashes."""
         ...
 
+    def behind(self, now: float, limit: int, mirror: str | None) -> dict[str, object] | None:
+        """``/api/v1/behind``: the repositories with the longest content lag; None: no such mirror."""
+        ...
+
     @property
     def stale_after(self) -> float: ...
 
@@ -170,6 +174,25 @@ async def refs(request: web.Request) -> web.Response:
     return web.json_response({"repositories": request.app[SERVED_KEY].state().refs(time.time())})
 
 
+# /api/v1/behind's default and largest ``limit``.
+BEHIND_LIMIT, BEHIND_MAX_LIMIT = 100, 1000
+
+
+async def behind(request: web.Request) -> web.Response:
+    """``GET /api/v1/behind?limit=N[&mirror=M]``: the repositories whose content lags longest, longest first."""
+    try:
+        limit = int(request.query.get("limit", BEHIND_LIMIT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= BEHIND_MAX_LIMIT:
+        return web.json_response({"error": f"limit must be a whole number from 1 to {BEHIND_MAX_LIMIT}"}, status=400)
+    mirror = request.query.get("mirror")
+    found = request.app[SERVED_KEY].state().behind(time.time(), limit, mirror)
+    if found is None:
+        return web.json_response({"error": f"the exporter knows no mirror {mirror!r}"}, status=404)
+    return web.json_response(found)
+
+
 async def webhook(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.webhook is None or request.path != served.webhook_path():
@@ -206,6 +229,7 @@ def make_app(served: Served, exposition: Exposition | None = None) -> web.Applic
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/api/v1/repositories/{key}/{slug}/mirrors", gate)
     app.router.add_get("/api/v1/refs", refs)
+    app.router.add_get("/api/v1/behind", behind)
     # Any other POST: the webhook path is configurable and may change with a reload.
     app.router.add_post("/{path:.*}", webhook)
     return app

@@ -29,8 +29,7 @@ async def test_the_landing_page_in_a_browser_tells_the_truth_while_a_source_fail
     scenario = Scenario(repositories=6)
     async with running_farm(scenario, ["9.x", "8.x"], interval=INTERVAL, stale_after_seconds=2.0) as run:
         await run.wait_ready()
-        await run.control("/sim/mirrors/sydney", {"frozen": True})
-        await run.control("/sim/push", {"repository_ids": [2]})
+        await run.leave_behind("sydney", [2])
         await run.next_cycles(2)
         healthy = rows_by_first_cell(await dom(run.url + "/", tmp_path), "targets")
         assert set(healthy) == {"primary", "sydney", "frankfurt"}

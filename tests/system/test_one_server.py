@@ -56,6 +56,9 @@ class NoState:
     def refs(self, now: float) -> list[dict[str, object]]:
         return []
 
+    def behind(self, now: float, limit: int, mirror: str | None) -> dict[str, object] | None:
+        return None
+
 
 class Reloads:
     def __init__(self) -> None:

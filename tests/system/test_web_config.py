@@ -65,6 +65,8 @@ async def test_pages_need_basic_auth_over_tls_and_health_endpoints_stay_open(tmp
                     assert resp.headers["WWW-Authenticate"].startswith('Basic realm="bitbucket-mirror-exporter"')
                 return resp.status
 
+        assert await status("/api/v1/behind") == 401
+        assert await status("/api/v1/behind", basic(USER, PASSWORD)) == 200
         for path in ("/metrics", "/"):
             assert await status(path) == 401
             assert await status(path, basic(USER, "wrong")) == 401
