@@ -57,8 +57,9 @@ from exporter.rest import landing as rest_landing
 from exporter.rest.api import PrimaryApi
 from exporter.rest.behind import behind as most_behind
 from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
-from exporter.rest.config import LagConfig
+from exporter.rest.config import LagConfig, ProbeConfig
 from exporter.rest.polling import RestConfig, RestPolling
+from exporter.rest.probe import node_verdict
 from exporter.rest.state import FarmState, MirrorState, PrimaryState
 from exporter.sources import Health, SourceState, health_metrics, poll_forever, run_source
 from exporter.state import Policy
@@ -69,6 +70,7 @@ from exporter.web.config import FLAG as WEB_FLAG
 from exporter.web.config import WebConfig
 from exporter.web.exposition import MAX_AGE_SECONDS
 from exporter.web.landing import Landing
+from exporter.web.probe import ProbePolicy
 from exporter.web.server import DEFAULT_MAX_CONNECTIONS, Served, Server
 from exporter.webhooks.collector import GateCollector, WebhookCollector
 from exporter.webhooks.config import WebhooksConfig
@@ -112,6 +114,8 @@ class Settings(CoreSettings):
 
     mirrors: list[MirrorConfig] = Field(default_factory=list)
     lag: LagConfig = Field(default_factory=LagConfig)
+    # A node health check for load balancers, /probe/node (docs/nodes-behind-a-load-balancer.md); off unless enabled.
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     # Bitbucket's webhooks: push-to-mirror latency and the CI gate (docs/webhooks.md); off unless a secret is set.
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     # Also monitor every mirror the primary lists (mirrorServers), by its base URL with the primary's credentials.
@@ -229,6 +233,10 @@ class ExporterState(FarmState):
 
     def behind(self, now: float, limit: int, mirror: str | None) -> dict[str, object] | None:
         return most_behind(self, now, limit, mirror)
+
+    def probe_node(self, mirror: str, node: str, now: float, max_lag: float) -> tuple[bool, str] | None:
+        verdict = node_verdict(self, mirror, node, now, max_lag)
+        return (verdict.healthy, verdict.reason) if verdict is not None else None
 
 
 class MirrorFarmCollector(Collector):
@@ -510,6 +518,7 @@ class Exporter:
             max_rendering_age=max_rendering_age,
             lifecycle=lifecycle,
             max_connections=max_connections,
+            probe=lambda: ProbePolicy(**self.settings.probe.model_dump()),
         )
         self.registry.register(self._served.refusals)
         # Outlive reloads: a reload changes what they are sent, not the processes.

@@ -18,7 +18,8 @@ def binary(name: str, package: str, skip_outside_ci: bool = False) -> str:
     """The program's path; else the test fails naming the Debian package that brings it (scripts/bootstrap installs
     every one). ``skip_outside_ci``: a program a distribution may lack as a deb (Ubuntu's chromium is a snap) skips
     the test on a workstation, never in CI."""
-    path = shutil.which(name)
+    # Daemons' programs (haproxy) are in sbin, on root's PATH but not always a user's.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         message = f"{name} not found: install the Debian package {package!r} (scripts/bootstrap does)"
         if skip_outside_ci and not os.environ.get("CI"):

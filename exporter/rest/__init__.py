@@ -11,5 +11,6 @@
   node read at its own URL, and the mirror's union; ``push_dating``: each divergence dated from its push;
   ``polling``: ``RestPolling``, every REST loop of one configuration on one grid, discovery included;
 - ``collector``: the REST families from the latest state; ``landing``: the landing page's rows; ``behind``: the
-  repositories whose content lags longest (``/api/v1/behind``).
+  repositories whose content lags longest (``/api/v1/behind``); ``probe``: a node's verdict for a load balancer
+  (``/probe/node``).
 """

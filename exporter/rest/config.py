@@ -1,5 +1,6 @@
-"""The REST source's own configuration section: ``lag`` (dating divergences from the push). The primary, the mirrors'
-URLs and credentials and ``poll`` are the core's (exporter/config.py): every source reads them."""
+"""The REST source's own configuration sections: ``lag`` (dating divergences from the push) and ``probe`` (a node
+health check for load balancers). The primary, the mirrors' URLs and credentials and ``poll`` are the core's
+(exporter/config.py): every source reads them."""
 
 from __future__ import annotations
 
@@ -26,3 +27,22 @@ class LagConfig(StrictModel):
     # After a failed lookup (no REPO_ADMIN, 404, an error), cycles before the repository is asked again unless its
     # content changes first.
     failure_backoff_cycles: int = Field(default=10, ge=1, le=10000)
+
+
+class ProbeConfig(StrictModel):
+    """``GET /probe/node?mirror=M&node=N`` for a load balancer's health check in front of a farm's nodes (read node
+    by node: ``nodes``): 200 while the node is up, SYNCHRONIZED and no repository in its mirror's scope has been
+    behind on it (content drift or missing) longer than ``max_lag_seconds``; 503 with the reason otherwise, and 503
+    "unknown" when what it would be judged on is stale (docs/nodes-behind-a-load-balancer.md). Off unless enabled."""
+
+    enabled: bool = False
+    # A repository behind (or missing) on the node for longer than this takes the node out. A new repository is
+    # missing everywhere until its first sync: its lag counts from its creation (lag.from_push), so it takes no node
+    # out unless its sync is this late.
+    max_lag_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
+    # Load balancers probe without credentials: true serves the probe without basic auth even when the web config
+    # has users (the answer names repositories: project keys and slugs).
+    unauthenticated: bool = False
+    # Probes answered per second over all callers, at most; more get 429 (a load balancer probes each node every
+    # few seconds: this bounds what a misconfigured one, or anyone, costs).
+    max_requests_per_second: float = Field(default=50.0, gt=0, le=10000)

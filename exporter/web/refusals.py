@@ -22,6 +22,7 @@ TOO_MANY_CONNECTIONS = "too_many_connections"
 OUT_OF_FILE_DESCRIPTORS = "out_of_file_descriptors"
 HEAD_TIMEOUT = "head_timeout"
 BODY_TIMEOUT = "body_timeout"
+PROBE_RATE_LIMITED = "probe_rate_limited"
 ERROR = "error"
 
 

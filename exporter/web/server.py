@@ -30,8 +30,9 @@ from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, Exposition
 from exporter.web.landing import Landing
 from exporter.web.landing import render as render_landing
+from exporter.web.probe import ProbePolicy, RateLimit
 from exporter.web.protocol import HEAD_SECONDS, BoundedRequestHandler
-from exporter.web.refusals import OUT_OF_FILE_DESCRIPTORS, TOO_MANY_CONNECTIONS, Refusals
+from exporter.web.refusals import OUT_OF_FILE_DESCRIPTORS, PROBE_RATE_LIMITED, TOO_MANY_CONNECTIONS, Refusals
 from exporter.web.runbooks import page as runbook_page
 
 # Health endpoints stay open with basic auth on: kubelets and load balancers probe them without credentials.
@@ -66,6 +67,10 @@ class Pages(Protocol):
         """``/api/v1/behind``: the repositories with the longest content lag; None: no such mirror."""
         ...
 
+    def probe_node(self, mirror: str, node: str, now: float, max_lag: float) -> tuple[bool, str] | None:
+        """``/probe/node``: (healthy, a one-line reason); None: no such node read node by node."""
+        ...
+
     @property
     def stale_after(self) -> float: ...
 
@@ -97,6 +102,9 @@ class Served:
     keep_alive_seconds: float = KEEP_ALIVE_SECONDS
     # A request head must arrive whole within this long of its first byte (exporter/web/protocol.py).
     head_seconds: float = HEAD_SECONDS
+    # /probe/node's settings (``probe``), read on every probe: a reload changes them.
+    probe: Callable[[], ProbePolicy] = ProbePolicy
+    probe_rate: RateLimit = field(default_factory=RateLimit)
 
 
 SERVED_KEY = web.AppKey("served", Served)
@@ -193,6 +201,29 @@ async def behind(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+PROBE_PATH = "/probe/node"
+
+
+async def probe_node(request: web.Request) -> web.Response:
+    """``GET /probe/node?mirror=M&node=N``: 200 while the node may serve clones, 503 with the reason otherwise
+    (exporter/rest/probe.py); a load balancer's health check."""
+    served = request.app[SERVED_KEY]
+    policy = served.probe()
+    if not policy.enabled:
+        return web.Response(status=404, text="the node probe is off (probe.enabled)\n")
+    if not served.probe_rate.allow(policy.max_requests_per_second):
+        served.refusals.count(PROBE_RATE_LIMITED, f"over {policy.max_requests_per_second:g} probes a second")
+        return web.Response(status=429, text="too many probes\n", headers={"Retry-After": "1"})
+    mirror, node = request.query.get("mirror", ""), request.query.get("node", "")
+    if not mirror or not node:
+        return web.Response(status=400, text="mirror and node are both needed\n")
+    verdict = served.state().probe_node(mirror, node, time.time(), policy.max_lag_seconds)
+    if verdict is None:
+        return web.Response(status=404, text="the exporter reads no such node (nodes, node by node)\n")
+    healthy, reason = verdict
+    return web.Response(status=200 if healthy else 503, text=reason + "\n", headers={"Cache-Control": "no-store"})
+
+
 async def webhook(request: web.Request) -> web.Response:
     served = request.app[SERVED_KEY]
     if served.webhook is None or request.path != served.webhook_path():
@@ -205,7 +236,12 @@ async def basic_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     served = request.app[SERVED_KEY]
     auth = served.auth
     # Bitbucket signs its webhook deliveries (X-Hub-Signature) and sends no credentials: the receiver checks them.
-    open_path = request.path in OPEN_PATHS or (request.method == "POST" and request.path == served.webhook_path())
+    open_path = (
+        request.path in OPEN_PATHS
+        or (request.method == "POST" and request.path == served.webhook_path())
+        # Load balancers probe without credentials; opened only where the admin said so.
+        or (request.path == PROBE_PATH and served.probe().unauthenticated)
+    )
     if auth.enabled and not open_path:
         verdict = await auth.check(request.headers.get("Authorization"), request.remote)
         if verdict.retry_after is not None:
@@ -230,6 +266,7 @@ def make_app(served: Served, exposition: Exposition | None = None) -> web.Applic
     app.router.add_get("/api/v1/repositories/{key}/{slug}/mirrors", gate)
     app.router.add_get("/api/v1/refs", refs)
     app.router.add_get("/api/v1/behind", behind)
+    app.router.add_get(PROBE_PATH, probe_node)
     # Any other POST: the webhook path is configurable and may change with a reload.
     app.router.add_post("/{path:.*}", webhook)
     return app

@@ -59,6 +59,9 @@ class NoState:
     def behind(self, now: float, limit: int, mirror: str | None) -> dict[str, object] | None:
         return None
 
+    def probe_node(self, mirror: str, node: str, now: float, max_lag: float) -> tuple[bool, str] | None:
+        return None
+
 
 class Reloads:
     def __init__(self) -> None:
