@@ -31,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
 from exporter import __version__, config
+from exporter import external_url as external_urls
 from exporter.config import (
     PRIMARY_TARGET,
     ConfigError,
@@ -483,9 +484,12 @@ class Exporter:
         http_reload_interval: float = HTTP_RELOAD_SECONDS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         worker_processes: int | None = None,
+        external_url: str | None = None,
     ) -> None:
         self.settings = settings
         self.listen = listen
+        # --web.external-url, else this machine's name and the port (resolved at start, when the port is bound).
+        self._external_url = external_url
         # aiohttp's default (the system's getaddrinfo, cached 10 s) unless given: a given resolver is asked at every
         # new connection (tests resolve names from a table they change).
         self._resolver = resolver
@@ -519,6 +523,7 @@ class Exporter:
             lifecycle=lifecycle,
             max_connections=max_connections,
             probe=lambda: ProbePolicy(**self.settings.probe.model_dump()),
+            external_url=lambda: self.external_url,
         )
         self.registry.register(self._served.refusals)
         # Outlive reloads: a reload changes what they are sent, not the processes.
@@ -559,6 +564,13 @@ class Exporter:
         return receiver, gate
 
     @property
+    def external_url(self) -> str:
+        """Where people reach this exporter: the base of the links it writes (``exporter/external_url.py``)."""
+        if self._external_url is not None:
+            return self._external_url
+        return external_urls.default(self.listen.host, self.port, self._web_config.tls_server_config is not None)
+
+    @property
     def client(self) -> BitbucketClient | None:
         return self._polling.client
 
@@ -592,6 +604,7 @@ class Exporter:
             extra={
                 "version": __version__,
                 "address": f"{self.listen.host}:{self.port}",
+                "external_url": self.external_url,
                 "tls": self._web_tls is not None,
                 "basic_auth": self._served.auth.enabled,
                 "mirrors": len(self.settings.mirrors),

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from exporter import __version__
+from exporter import external_url as external_urls
 from exporter.app import (
     DEFAULT_PORT,
     Exporter,
@@ -54,6 +55,25 @@ def _listen_address(text: str) -> ListenAddress:
         return ListenAddress.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _external_url(value: str) -> str:
+    try:
+        return external_urls.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_external_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.external-url",
+        dest="external_url",
+        type=_external_url,
+        default=None,
+        metavar="URL",
+        help="the URL people reach the exporter by (as Prometheus' flag): the base of the alerts' runbook_url "
+        "(URL/runbooks) and of the links the exporter writes; default http://<this host's name>:<port>",
+    )
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -98,7 +118,7 @@ def _common_options() -> argparse.ArgumentParser:
         help="serve POST /-/reload (at most one reload every 10 s); SIGHUP always reloads",
     )
     common.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info", help="default info")
-
+    _add_external_url(common)
     return common
 
 
@@ -164,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
     rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    _add_external_url(rules)
     _add_wait(commands)
     _add_webhooks(commands)
     commands.add_parser(
@@ -227,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         lifecycle=args.lifecycle,
         max_connections=args.max_connections,
         worker_processes=args.worker_processes,
+        external_url=args.external_url,
     )
     try:
         asyncio.run(_serve(exporter))
@@ -244,7 +266,7 @@ def _demo(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     try:
-        asyncio.run(run_demo(args.listen, args.demo_interval, web_config))
+        asyncio.run(run_demo(args.listen, args.demo_interval, web_config, args.external_url))
     except OSError as exc:
         log.error("cannot serve", extra={"address": f"{args.listen.host}:{args.listen.port}", "err": exc.strerror})
         return 1
@@ -261,11 +283,17 @@ def _rules(args: argparse.Namespace) -> int:
         for name, default in asdict(AlertConfig()).items():
             print(f"{name}={default}  ({kinds[name]})")
         return 0
+    overrides = list(args.overrides)
+    if args.external_url is not None and not any(o.startswith("runbook_url=") for o in overrides):
+        overrides.insert(0, f"runbook_url={external_urls.runbooks(args.external_url)}")  # a --set still wins
     try:
-        config = AlertConfig.from_settings(args.overrides)
+        config = AlertConfig.from_settings(overrides)
     except ValueError as exc:
         print(f"{PROG} rules: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    warning = external_urls.loopback_warning(config.runbook_url, "runbook_url")
+    if warning is not None:
+        print(f"{PROG} rules: {warning}", file=sys.stderr)
     text = render(config)
     if args.output is None:
         sys.stdout.write(text)
@@ -280,11 +308,17 @@ def _check_config(args: argparse.Namespace) -> int:
         settings, web_config = load_configs(args)
     except ConfigError as exc:
         return _config_error(exc)
+    tls = web_config.tls_server_config is not None
     print(
         f"{PROG}: config OK: primary {settings.primary.url}, {len(settings.mirrors)} mirror(s), "
-        f"poll every {settings.poll.interval_seconds:g}s"
-        + (", web config with TLS" if web_config.tls_server_config is not None else "")
+        f"poll every {settings.poll.interval_seconds:g}s" + (", web config with TLS" if tls else "")
     )
+    external = args.external_url or external_urls.default(args.listen.host, args.listen.port, tls)
+    runbooks = external_urls.runbooks(external)
+    print(f"{PROG}: alerts generated with --web.external-url={external} link to runbooks at {runbooks}")
+    warning = external_urls.loopback_warning(runbooks, "the runbook base")
+    if warning is not None:
+        print(f"{PROG}: {warning}", file=sys.stderr)
     return 0
 
 

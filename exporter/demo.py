@@ -34,14 +34,19 @@ DEMO_SCENARIO = Scenario(
 DEMO_HELD_ON_ONE_NODE = (5, 17, 29)
 
 
-async def run_demo(listen: ListenAddress, interval_seconds: float, web_config: WebConfig | None = None) -> None:
+async def run_demo(
+    listen: ListenAddress,
+    interval_seconds: float,
+    web_config: WebConfig | None = None,
+    external_url: str | None = None,
+) -> None:
     stop = stop_on_signals()
     # The simulated primary signs its webhooks with a secret of the demo's own, in a file as a deployment keeps it.
     secret = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="bitbucket-mirror-demo-") as work:
         secret_file = Path(work) / "webhook-secret"
         secret_file.write_text(secret)
-        await _demo(listen, interval_seconds, web_config, stop, secret, secret_file)
+        await _demo(listen, interval_seconds, web_config, stop, secret, secret_file, external_url)
     log.info("demo stopped")
 
 
@@ -52,6 +57,7 @@ async def _demo(
     stop: asyncio.Event,
     secret: str,
     secret_file: Path,
+    external_url: str | None,
 ) -> None:
     async with SimulatedFarm(DEMO_SCENARIO) as farm:
         # One node of sydney stuck on a few repositories its peers sync: what BitbucketMirrorNodeBehind is for.
@@ -66,7 +72,7 @@ async def _demo(
             }
         config["webhooks"] = {"secret_file": str(secret_file)}
         settings = settings_from_mapping(config)
-        exporter = Exporter(settings, listen, web_config=web_config)
+        exporter = Exporter(settings, listen, web_config=web_config, external_url=external_url)
         await exporter.start()
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
         scheme = "https" if web_config is not None and web_config.tls_server_config is not None else "http"

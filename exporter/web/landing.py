@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__
+from exporter.external_url import runbooks as runbooks_at
 from exporter.sources import SourceState
 
 STYLE = """
@@ -81,7 +82,15 @@ class Landing:
     differing_refs: list[tuple[str, str, str, str, str]]
 
 
-def render(page: Landing, now: float, stale_after: float) -> str:
+def _runbook_base(external_url: str) -> str:
+    """Where alerts generated with the same --web.external-url send people, to check it from a browser."""
+    if not external_url:
+        return ""
+    runbooks = html.escape(runbooks_at(external_url))
+    return f'\nAlerts link to runbooks at <a id="runbook-base" href="{runbooks}">{runbooks}</a> (--web.external-url).'
+
+
+def render(page: Landing, now: float, stale_after: float, external_url: str = "") -> str:
     header = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in page.columns) + "</tr>"
     body = "\n".join("<tr>" + "".join(cell.render() for cell in row) + "</tr>" for row in page.rows)
     details = [(target, *found) for target, sources in page.sources for found in problems(sources, now, stale_after)]
@@ -109,7 +118,7 @@ def render(page: Landing, now: float, stale_after: float) -> str:
 <p>Version {html.escape(__version__)}. <a href="metrics">Metrics</a> · <a href="runbooks">Runbooks</a> ·
 <a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a> ·
 <a href="api/v1/behind">Most behind (JSON)</a>.
-Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.</p>
+Values older than {stale_after:g}s (poll.stale_after_seconds) are not shown.{_runbook_base(external_url)}</p>
 <table id="targets">
 {header}
 {body}

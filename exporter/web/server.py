@@ -104,6 +104,8 @@ class Served:
     head_seconds: float = HEAD_SECONDS
     # /probe/node's settings (``probe``), read on every probe: a reload changes them.
     probe: Callable[[], ProbePolicy] = ProbePolicy
+    # --web.external-url (or what stands for it): the base of the links the pages write.
+    external_url: Callable[[], str] = lambda: ""
     probe_rate: RateLimit = field(default_factory=RateLimit)
 
 
@@ -136,7 +138,8 @@ async def ready(request: web.Request) -> web.Response:
 
 async def landing(request: web.Request) -> web.Response:
     state, now = request.app[SERVED_KEY].state(), time.time()
-    return web.Response(text=render_landing(state.landing(now), now, state.stale_after), content_type="text/html")
+    page = render_landing(state.landing(now), now, state.stale_after, request.app[SERVED_KEY].external_url())
+    return web.Response(text=page, content_type="text/html")
 
 
 async def runbooks(request: web.Request) -> web.Response:

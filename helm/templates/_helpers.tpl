@@ -83,9 +83,14 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- $text -}}
 {{- end -}}
 
-{{/* The alerts' runbook base: prometheusRule.runbookUrl, else the exporter's own /runbooks in the cluster. */}}
+{{/* Where people reach the exporter (--web.external-url): webExternalUrl, else its Service in the cluster. */}}
+{{- define "bme.externalUrl" -}}
+{{- .Values.webExternalUrl | default (printf "http://%s.%s.svc:%v" (include "bme.fullname" .) .Release.Namespace .Values.service.port) | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* The alerts' runbook base: prometheusRule.runbookUrl, else the exporter's own /runbooks at its external URL. */}}
 {{- define "bme.runbookUrl" -}}
-{{- .Values.prometheusRule.runbookUrl | default (printf "http://%s.%s.svc:%v/runbooks" (include "bme.fullname" .) .Release.Namespace .Values.service.port) -}}
+{{- .Values.prometheusRule.runbookUrl | default (printf "%s/runbooks" (include "bme.externalUrl" .)) -}}
 {{- end -}}
 
 {{- define "bme.caDir" -}}/etc/bitbucket-mirror-exporter/ca{{- end -}}

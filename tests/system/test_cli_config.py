@@ -110,3 +110,34 @@ def test_check_config_exits_0_for_a_valid_file_and_2_naming_the_key_otherwise(pa
     else:
         assert result.returncode == 2
         assert f"config error: {expected_key(path)}:" in result.stderr
+
+
+def test_check_config_names_the_runbook_base_and_warns_when_a_phone_cannot_reach_it() -> None:
+    valid = str(FIXTURES / "valid" / "full.yml")
+    local = _cli(["check-config", "--config", valid], {})  # it listens on 127.0.0.1 here: a loopback default
+    assert local.returncode == 0
+    assert "link to runbooks at http://127.0.0.1:0/runbooks" in local.stdout
+    assert "loopback address" in local.stderr
+    reachable = _cli(["check-config", "--config", valid, "--web.external-url", "https://bme.example.com/"], {})
+    assert reachable.returncode == 0 and "loopback" not in reachable.stderr
+    assert "link to runbooks at https://bme.example.com/runbooks" in reachable.stdout
+    secret = _cli(["check-config", "--config", valid, "--web.external-url", "https://bme:s3cret@bme.example.com"], {})
+    assert secret.returncode == 2 and "--web.external-url" in secret.stderr and "s3cret" not in secret.stderr
+
+
+def _rules(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "rules", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_rules_take_the_runbook_base_from_the_external_url_and_warn_on_loopback() -> None:
+    default = _rules()
+    assert default.returncode == 0 and "runbook_url: http://localhost:9879/runbooks#" in default.stdout
+    assert "loopback address" in default.stderr
+    external = _rules("--web.external-url", "https://bme.example.com")
+    assert external.returncode == 0 and external.stderr == ""
+    assert "runbook_url: https://bme.example.com/runbooks#bitbucketmirrordown" in external.stdout
+    assert "localhost" not in external.stdout
+    chosen = _rules("--web.external-url", "https://bme.example.com", "--set", "runbook_url=https://wiki.example.com/b")
+    assert "runbook_url: https://wiki.example.com/b#bitbucketmirrordown" in chosen.stdout

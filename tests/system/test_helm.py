@@ -316,6 +316,30 @@ def test_runbooks_default_to_the_exporters_own_page_in_the_cluster() -> None:
     assert all(r["annotations"]["runbook_url"] == base + r["alert"].lower() for r in rules)
 
 
+def test_the_external_url_is_the_exporters_flag_and_the_runbooks_base() -> None:
+    def external_url_flag(manifests: list[dict[str, Any]]) -> list[str]:
+        [deployment] = of_kind(manifests, "Deployment")
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return [a for a in args if a.startswith("--web.external-url=")]
+
+    in_cluster = render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true")
+    assert external_url_flag(in_cluster) == [
+        "--web.external-url=http://mirrors-bitbucket-mirror-exporter.bitbucket.svc:9879"
+    ]
+    ingress = render(
+        CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true", "webExternalUrl=https://bme.example.com/"
+    )
+    assert external_url_flag(ingress) == ["--web.external-url=https://bme.example.com"]
+    rules = rules_of(ingress)
+    assert len(rules) > 10
+    assert all(
+        r["annotations"]["runbook_url"] == f"https://bme.example.com/runbooks#{r['alert'].lower()}" for r in rules
+    )
+    bad = helm("template", "mirrors", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
+               "--set", "webExternalUrl=bme.example.com", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "/webExternalUrl" in bad.stderr, bad.stderr
+
+
 def test_the_image_repository_is_an_explicit_choice() -> None:
     result = helm("template", "mirrors", str(CHART), "--set", "config.primary.url=https://b.example.com", check=False)
     assert result.returncode != 0

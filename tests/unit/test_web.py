@@ -123,3 +123,13 @@ def test_the_landing_page_shows_the_refs_that_differ_with_both_commits() -> None
     page = render(state.landing(NOW), NOW, 90.0)
     refs = page.split('<table id="refs">')[1]
     assert "PRJ/repo-2" in refs and "refs/heads/main" in refs and "5" * 40 in refs and "6" * 40 in refs
+
+
+def test_the_landing_page_shows_where_alerts_send_people_escaped() -> None:
+    from exporter.web.landing import render
+    from tests.unit.scenario import NOW, seeded_state
+
+    landing = seeded_state().landing(NOW)
+    page = render(landing, NOW, 90.0, "https://bme.example.com/a&b")
+    assert '<a id="runbook-base" href="https://bme.example.com/a&amp;b/runbooks">' in page
+    assert 'id="runbook-base"' not in render(landing, NOW, 90.0)
