@@ -304,6 +304,13 @@ def dashboard() -> g.Dashboard:
                 ],
                 "short",
             ),
+            timeseries(
+                "Clock skew",
+                "Each mirror's clock minus the primary's, from the Date headers of their answers. The primary refuses "
+                "a mirror's JWT beyond 30 s; BitbucketMirrorClockSkew warns well before.",
+                [Query(mirror_sel("bitbucket_mirror_clock_skew_seconds"), "{{mirror}}")],
+                "s",
+            ),
         ],
         height=7,
     )

@@ -128,7 +128,8 @@ def dashboard() -> g.Dashboard:
             ),
             stat(
                 "Missing",
-                "Repositories in a mirror's scope that the mirror does not have.",
+                "Repositories in a mirror's scope that the mirror does not have; BitbucketMirrorRepositoriesMissing "
+                "once that lasts.",
                 Query(f"sum({mirror_sel('bitbucket_mirror_repositories_missing')})"),
                 "short",
                 ZERO_IS_GOOD,

@@ -162,6 +162,21 @@ def dashboard() -> g.Dashboard:
                 ],
                 "s",
             ),
+            timeseries(
+                "Webhooks received",
+                "Bitbucket's webhook deliveries the exporter received per second, by event and outcome: push times "
+                "and the CI gate's sync events come from them. None while the primary shows pushes is "
+                "BitbucketMirrorWebhooksSilent; Bitbucket's own delivery statistics "
+                "(bitbucket_mirror_webhook_deliveries, webhooks.statistics_projects) showing only failures is "
+                "BitbucketMirrorWebhookDeliveriesFailing.",
+                [
+                    Query(
+                        f"sum by (event, outcome) ({rate(sel('bitbucket_mirror_webhook_requests_total'))})",
+                        "{{event}} {{outcome}}",
+                    )
+                ],
+                "reqps",
+            ),
         ],
         height=8,
     )

@@ -291,9 +291,10 @@ def _rules(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{PROG} rules: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    warning = external_urls.loopback_warning(config.runbook_url, "runbook_url")
-    if warning is not None:
-        print(f"{PROG} rules: {warning}", file=sys.stderr)
+    for setting, url in (("runbook_url", config.runbook_url), ("grafana_url", config.grafana_url)):
+        warning = external_urls.loopback_warning(url, setting)
+        if warning is not None:
+            print(f"{PROG} rules: {warning}", file=sys.stderr)
     text = render(config)
     if args.output is None:
         sys.stdout.write(text)

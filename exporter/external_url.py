@@ -52,6 +52,6 @@ def loopback_warning(url: str, what: str) -> str | None:
     if not is_loopback(url):
         return None
     return (
-        f"warning: {what} {url} is a loopback address: a runbook opened from a page on a phone or another machine "
-        "cannot reach it; set --web.external-url to the address your team reaches the exporter by"
+        f"warning: {what} {url} is a loopback address: a link opened from a page on a phone or another machine "
+        "cannot reach it; set the address your team reaches it by"
     )

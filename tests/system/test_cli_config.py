@@ -134,9 +134,13 @@ def _rules(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_take_the_runbook_base_from_the_external_url_and_warn_on_loopback() -> None:
     default = _rules()
     assert default.returncode == 0 and "runbook_url: http://localhost:9879/runbooks#" in default.stdout
-    assert "loopback address" in default.stderr
-    external = _rules("--web.external-url", "https://bme.example.com")
+    assert "runbook_url http://localhost:9879/runbooks is a loopback address" in default.stderr
+    assert "grafana_url http://localhost:3000 is a loopback address" in default.stderr
+    external = _rules(
+        "--web.external-url", "https://bme.example.com", "--set", "grafana_url=https://grafana.example.com"
+    )
     assert external.returncode == 0 and external.stderr == ""
+    assert "dashboard_url: https://grafana.example.com/d/bbmirror-overview?viewPanel=" in external.stdout
     assert "runbook_url: https://bme.example.com/runbooks#bitbucketmirrordown" in external.stdout
     assert "localhost" not in external.stdout
     chosen = _rules("--web.external-url", "https://bme.example.com", "--set", "runbook_url=https://wiki.example.com/b")

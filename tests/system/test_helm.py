@@ -276,7 +276,8 @@ def rules_of(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_charts_default_rules_are_exactly_the_generated_ones() -> None:
     manifests = render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true",
-                       f"prometheusRule.runbookUrl={AlertConfig().runbook_url}")  # fmt: skip
+                       f"prometheusRule.runbookUrl={AlertConfig().runbook_url}",
+                       f"grafana.url={AlertConfig().grafana_url}")  # fmt: skip
     [rule] = of_kind(manifests, "PrometheusRule")
     assert rule["spec"] == rule_groups()
 
@@ -338,6 +339,14 @@ def test_the_external_url_is_the_exporters_flag_and_the_runbooks_base() -> None:
     bad = helm("template", "mirrors", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
                "--set", "webExternalUrl=bme.example.com", check=False)  # fmt: skip
     assert bad.returncode != 0 and "/webExternalUrl" in bad.stderr, bad.stderr
+
+
+def test_alerts_link_their_panel_in_grafana_only_where_grafana_is_named() -> None:
+    unnamed = rules_of(render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true"))
+    assert len(unnamed) > 10 and not any("dashboard_url" in r["annotations"] for r in unnamed)
+    named = rules_of(render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true",
+                            "grafana.url=https://grafana.example.com/"))  # fmt: skip
+    assert all(r["annotations"]["dashboard_url"].startswith("https://grafana.example.com/d/bbmirror-") for r in named)
 
 
 def test_the_image_repository_is_an_explicit_choice() -> None:

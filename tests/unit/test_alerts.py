@@ -3,7 +3,9 @@ overrides, and the example Alertmanager configuration."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,25 @@ def test_metadata_drift_never_pages() -> None:
     assert metadata_rules, "no rule reads metadata drift: the check below would pass on nothing"
     for rule in metadata_rules:
         assert rule["labels"]["severity"] != "critical"
+
+
+def test_every_alert_links_the_panel_that_shows_it() -> None:
+    dashboards = {
+        d["uid"]: d for d in (json.loads(p.read_text()) for p in (REPO / "dashboards/generated").glob("*.json"))
+    }
+
+    def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels", []))
+
+    rules = all_rules()
+    assert {r["alert"] for r in rules} == set(alert_names())
+    for rule in rules:
+        url = rule["annotations"]["dashboard_url"]
+        found = re.fullmatch(r"http://localhost:3000/d/([\w-]+)\?viewPanel=(\d+)", url)
+        assert found, url
+        uid, panel_id = found.group(1), int(found.group(2))
+        [panel] = [p for p in panels(dashboards[uid]["panels"]) if p["id"] == panel_id]
+        # The panel names the alert: the one that carries its runbook link.
+        assert re.search(rf"\b{rule['alert']}\b", panel["description"]), (rule["alert"], panel["title"])
