@@ -137,6 +137,17 @@ def _checked(name: str, text: str, is_int: bool) -> int | str:
     return text
 
 
+# Recorded per mirror (Prometheus' level:metric:operations names): what the dashboards aggregate over a farm's nodes,
+# evaluated once per rule evaluation instead of at every dashboard refresh. Every other label (cluster, job,
+# instance, mirror, hash) is kept, so the dashboards' variables select them as they select the raw series.
+NODES_UP = "mirror:bitbucket_mirror_node_up:sum"
+NODES_DOWN = "mirror:bitbucket_mirror_nodes_down:count"
+BEST_NODE_DRIFT = "mirror:bitbucket_mirror_node_repositories_out_of_sync:min"
+NODES_BEHIND_PEERS = "mirror:bitbucket_mirror_nodes_behind_peers:count"
+JMX_NODES_DOWN = "mirror:bitbucket_mirror_jmx_nodes_down:count"
+RECORDING_GROUP = "bitbucket-mirror-recording"
+
+
 class _Rules:
     def __init__(self, config: AlertConfig, panels: Mapping[str, tuple[str, int]]) -> None:
         self.config = config
@@ -172,6 +183,23 @@ class _Rules:
             uid, panel = self.panels[name]
             rule["annotations"]["dashboard_url"] = f"{self.config.grafana_url}/d/{uid}?viewPanel={panel}"
         return rule
+
+    def recording(self) -> list[dict[str, Any]]:
+        """The node aggregates the dashboards draw (docs/metrics.md, "Recording rules"). A node behind its peers has
+        more repositories in content drift than the best node of its mirror (BitbucketMirrorNodeBehind's measure)."""
+        selected = self.selected
+        up = selected("bitbucket_mirror_node_up")
+        drift = selected("bitbucket_mirror_node_repositories_out_of_sync")
+        return [
+            {"record": NODES_UP, "expr": f"sum without (node) ({up})"},
+            {"record": NODES_DOWN, "expr": f"count without (node) ({up} == 0)"},
+            {"record": BEST_NODE_DRIFT, "expr": f"min without (node) ({drift})"},
+            {
+                "record": NODES_BEHIND_PEERS,
+                "expr": f"count without (node) ({drift} - ignoring (node) group_left {selected(BEST_NODE_DRIFT)} > 0)",
+            },
+            {"record": JMX_NODES_DOWN, "expr": f"count without (node) ({selected('bitbucket_mirror_jmx_up')} == 0)"},
+        ]
 
     def exporter(self) -> list[dict[str, Any]]:
         config, selected = self.config, self.selected
@@ -551,6 +579,7 @@ def rule_groups(
     rules = _Rules(config or AlertConfig(), PANELS if panels is None else panels)
     return {
         "groups": [
+            {"name": RECORDING_GROUP, "rules": rules.recording()},
             {"name": "bitbucket-mirror-exporter", "rules": rules.exporter()},
             {"name": "bitbucket-mirror", "rules": rules.mirrors()},
             {"name": "bitbucket-mirror-nodes", "rules": rules.nodes()},
@@ -574,4 +603,4 @@ def render_template(panels: Mapping[str, tuple[str, int]] | None = None) -> str:
 
 
 def alert_names(config: AlertConfig | None = None) -> list[str]:
-    return sorted({r["alert"] for g in rule_groups(config)["groups"] for r in g["rules"]})
+    return sorted({r["alert"] for g in rule_groups(config)["groups"] for r in g["rules"] if "alert" in r})

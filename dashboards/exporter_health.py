@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
+from alerts.rules import JMX_NODES_DOWN
 from dashboards.common import EXPORTER_HEALTH_UID
 from dashboards.common import dashboard as make_dashboard
 from dashboards.panels import (
@@ -89,7 +90,7 @@ def dashboard() -> g.Dashboard:
             stat(
                 "JMX nodes down",
                 "Mirror nodes whose last JMX poll failed (BitbucketMirrorJmxDown).",
-                Query(f"count({mirror_sel('bitbucket_mirror_jmx_up')} == 0) or vector(0)"),
+                Query(f"sum({mirror_sel(JMX_NODES_DOWN)}) or vector(0)"),
                 "short",
                 ZERO_IS_GOOD,
             ),

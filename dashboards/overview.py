@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
+from alerts.rules import NODES_BEHIND_PEERS, NODES_DOWN, NODES_UP
 from dashboards import thresholds as t
 from dashboards.common import OVERVIEW_UID, REPOSITORY_DRIFT_UID
 from dashboards.common import dashboard as make_dashboard
@@ -20,7 +21,6 @@ from dashboards.panels import (
     Grid,
     Query,
     mirror_sel,
-    nodes_ahead_of_peers,
     push_to_sync_quantiles,
     sel,
     stat,
@@ -50,13 +50,12 @@ def in_scope() -> str:
 
 
 def nodes_up() -> str:
-    return f"sum by (mirror) ({mirror_sel('bitbucket_mirror_node_up')})"
+    return f"sum by (mirror) ({mirror_sel(NODES_UP)})"
 
 
 def nodes_behind() -> str:
     """Nodes with content drift their best peer does not have; 0 for a mirror read node by node with none."""
-    ahead = nodes_ahead_of_peers(mirror_sel("bitbucket_mirror_node_repositories_out_of_sync", CONTENT))
-    return f"count by (mirror) ({ahead} > 0) or 0 * {nodes_up()}"
+    return f"sum by (mirror) ({mirror_sel(NODES_BEHIND_PEERS, CONTENT)}) or 0 * {nodes_up()}"
 
 
 def mirrors_table() -> g.Table:
@@ -169,7 +168,7 @@ def dashboard() -> g.Dashboard:
                 "Nodes down",
                 "Mirror nodes (of the mirrors read node by node) whose own /status does not answer: the mirror's "
                 "drift is the union over the others (BitbucketMirrorExporterPollFailing names the node).",
-                Query(f"count({mirror_sel('bitbucket_mirror_node_up')} == 0) or vector(0)"),
+                Query(f"sum({mirror_sel(NODES_DOWN)}) or vector(0)"),
                 "short",
                 ZERO_IS_GOOD,
             ),

@@ -42,10 +42,10 @@ def node_sel(metric: str, *matchers: str) -> str:
     return mirror_sel(metric, NODE, *matchers)
 
 
-def nodes_ahead_of_peers(selector: str) -> str:
-    """Per node, how many more repositories it has in content drift than the best node of its mirror: what
-    BitbucketMirrorNodeBehind alerts on (0 for the best node)."""
-    return f"{selector} - on (mirror) group_left min by (mirror) ({selector})"
+def nodes_ahead_of_peers(selector: str, best: str) -> str:
+    """Per node, how many more repositories it has in content drift than the best node of its mirror (``best``, the
+    recorded minimum): what BitbucketMirrorNodeBehind alerts on (0 for the best node)."""
+    return f"{selector} - ignoring (node) group_left {best}"
 
 
 PUSH_TO_SYNC_NOTE = (

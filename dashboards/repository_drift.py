@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
+from alerts.rules import BEST_NODE_DRIFT
 from dashboards import thresholds as t
 from dashboards import variables
 from dashboards.common import REPOSITORY_DRIFT_UID
@@ -51,7 +52,14 @@ def nodes_table() -> g.Table:
             Column(VALUE, "Content drift", "short", ZERO_IS_GOOD),
         ),
         (
-            Query(per_node(nodes_ahead_of_peers(node_sel("bitbucket_mirror_node_repositories_out_of_sync", content)))),
+            Query(
+                per_node(
+                    nodes_ahead_of_peers(
+                        node_sel("bitbucket_mirror_node_repositories_out_of_sync", content),
+                        mirror_sel(BEST_NODE_DRIFT, content),
+                    )
+                )
+            ),
             Column(VALUE, "More than best peer", "short", ZERO_IS_GOOD),
         ),
         (

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from alerts.rules import RULES_FILE
 from dashboards.preview import draw_all
 from exporter.simulator import Scenario, SimulatedFarm
 from exporter.simulator.webhook_target import WebhookTarget
@@ -22,6 +23,7 @@ from tests.jmx_node import FARM_VET, INCREMENTAL, SNAPSHOT, TICKETS, Timer, fake
 from tests.monitoring_stack import LOOPBACK, free_port, prometheus
 
 JOB = "bitbucket-mirror-exporter"
+RULES = Path(__file__).parent.parent.parent / RULES_FILE
 # What Grafana puts in for the variables: a multi-value selection becomes a regex alternation, and
 # $__rate_interval is four scrape intervals (Prometheus scrapes every second here).
 VARIABLES = {
@@ -130,7 +132,8 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             running_farm(
                 SCENARIO, ["9.x", "8.x"], interval=0.5, prepare=with_jmx(node.url, secret_file, git_mirror), nodes=True
             ) as run,
-            prometheus(tmp_path, run.exporter.port) as port,
+            # With the committed rules: the dashboards read the node aggregates from the recording rules.
+            prometheus(tmp_path, run.exporter.port, rules=RULES) as port,
         ):
             await run.wait_ready()
             # The webhooks: every push timed to every mirror that syncs it (frankfurt does; sydney is frozen).

@@ -214,7 +214,8 @@ def test_prometheus_operator_resources(tmp_path: Path) -> None:
         [binary("promtool", "prometheus"), "check", "rules", str(rules_file)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    annotations = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    annotations = [r["annotations"]["runbook_url"] for r in alerts]
     assert annotations and all(a.startswith("https://wiki.example.com/bitbucket/mirror-runbooks#") for a in annotations)
 
     dashboards = [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["labels"].get("grafana_dashboard")]
@@ -271,7 +272,7 @@ def test_the_kubernetes_validation_notices_a_misspelt_field() -> None:
 
 def rules_of(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     [rule] = of_kind(manifests, "PrometheusRule")
-    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
 
 
 def test_the_charts_default_rules_are_exactly_the_generated_ones() -> None:

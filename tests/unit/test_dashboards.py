@@ -107,7 +107,9 @@ def test_every_query_is_scoped_by_the_job_and_mirror_variables() -> None:
         found = selectors(query.expr)
         assert found, str(query)
         # Every metric name is followed by a selector, so none escapes the variables.
-        bare = re.findall(r"\b(?:bitbucket_mirror_\w+|process_\w+|up|scrape_\w+)\b(?!\{)", query.expr)
+        # Recorded series (level:metric:operations) count as one name.
+        name = r"(?<![\w:])(?:\w+:)?(?:bitbucket_mirror_\w+|process_\w+|up|scrape_\w+)(?::\w+)?(?![\w:{])"
+        bare = re.findall(name, query.expr)
         assert not bare, f"{query}: {bare} without a selector"
         for metric, matchers in found:
             assert 'job=~"$job"' in matchers, f"{query}: {metric}"
@@ -230,3 +232,23 @@ def test_the_overview_shows_mirrors_down_in_red_failing_sources_and_firing_alert
     alerts = overview["Firing alerts"]
     assert alerts["type"] == "alertlist"
     assert alerts["options"]["alertInstanceLabelFilter"] == '{alertname=~"BitbucketMirror.*"}'
+
+
+# Series with a node label: an aggregation that drops it runs over every node of every farm at each refresh.
+PER_NODE = re.compile(r"^(bitbucket_mirror_node_\w+|bitbucket_mirror_jmx_\w+|bitbucket_mirror_exporter_jmx_\w+)\{")
+AGGREGATION = re.compile(r"\b(sum|count|min|max|avg|stddev|quantile|group)\s*(?:(by|without)\s*\(([^)]*)\))?\s*\(")
+
+
+def test_no_dashboard_query_aggregates_over_nodes_itself() -> None:
+    # The recording rules (alerts/rules.py, "recording") do it once per evaluation; the dashboards read them.
+    offending = []
+    for query in queries():
+        for found in AGGREGATION.finditer(query.expr):
+            argument = query.expr[found.end() :].lstrip()
+            argument = argument.removeprefix("rate(").removeprefix("increase(").lstrip()
+            keeps_node = (found.group(2) == "by" and "node" in found.group(3)) or (
+                found.group(2) == "without" and "node" not in found.group(3)
+            )
+            if PER_NODE.match(argument) and not keeps_node:
+                offending.append(str(query))
+    assert offending == []
