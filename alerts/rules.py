@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from alerts.panels import PANELS
+from exporter.rest.collector import LAGGING_OVER_SECONDS
+from exporter.webhooks.matching import BUCKETS as PUSH_TO_SYNC_BUCKETS
 
 # A Prometheus duration as `for` takes it: 30s, 5m, 1h30m, 0s.
 DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
@@ -91,6 +93,16 @@ class AlertConfig:
     incremental_sync_slow_seconds: int = 60
     snapshot_sync_slow_seconds: int = 900
     sync_slow_for: str = "15m"
+    # The freshness SLOs (docs/slo.md): the share of (mirror, repository) pairs in scope whose content lag is under
+    # slo_freshness_threshold_seconds (one of bitbucket_mirror_repositories_lagging's `over` values), and the share
+    # of pushes synced within slo_push_sync_threshold_seconds (a bucket of bitbucket_mirror_push_to_sync_seconds).
+    # Burn-rate alerts as in the Google SRE workbook: page at 14.4x over 1h and 5m, ticket at 6x over 6h and 30m.
+    slo_freshness_objective: str = "0.99"
+    slo_freshness_threshold_seconds: int = 300
+    slo_push_sync_objective: str = "0.99"
+    slo_push_sync_threshold_seconds: int = 120
+    slo_page_for: str = "2m"
+    slo_ticket_for: str = "15m"
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, str]) -> AlertConfig:
@@ -121,7 +133,17 @@ class AlertConfig:
 def _kind(name: str, is_int: bool) -> str:
     if is_int:
         return "count"
+    if name.endswith("_objective"):
+        return "ratio"
     return "duration" if name.endswith(("_for", "_window")) else "text"
+
+
+# What the exporter serves an SLO threshold from: bitbucket_mirror_repositories_lagging's `over` values and
+# bitbucket_mirror_push_to_sync_seconds' buckets.
+SLO_THRESHOLDS = {
+    "slo_freshness_threshold_seconds": LAGGING_OVER_SECONDS,
+    "slo_push_sync_threshold_seconds": tuple(int(bound) for bound in PUSH_TO_SYNC_BUCKETS),
+}
 
 
 def _checked(name: str, text: str, is_int: bool) -> int | str:
@@ -129,7 +151,14 @@ def _checked(name: str, text: str, is_int: bool) -> int | str:
     if kind == "count":
         if not re.fullmatch(r"[0-9]+", text.strip()):
             raise ValueError(f"{name}: {text!r} is not a whole number of at least 0")
+        if name in SLO_THRESHOLDS and int(text) not in SLO_THRESHOLDS[name]:
+            allowed = ", ".join(str(v) for v in SLO_THRESHOLDS[name])
+            raise ValueError(f"{name}: {text!r} is not one the exporter serves ({allowed})")
         return int(text)
+    if kind == "ratio":
+        if not re.fullmatch(r"0?\.[0-9]*[1-9][0-9]*", text.strip()):
+            raise ValueError(f"{name}: {text!r} is not an objective between 0 and 1 (like 0.99)")
+        return text.strip()
     if kind == "duration" and not DURATION.match(text):
         raise ValueError(f"{name}: {text!r} is not a Prometheus duration (like 30s, 15m, 1h30m)")
     if not text.strip():
@@ -146,6 +175,20 @@ BEST_NODE_DRIFT = "mirror:bitbucket_mirror_node_repositories_out_of_sync:min"
 NODES_BEHIND_PEERS = "mirror:bitbucket_mirror_nodes_behind_peers:count"
 JMX_NODES_DOWN = "mirror:bitbucket_mirror_jmx_nodes_down:count"
 RECORDING_GROUP = "bitbucket-mirror-recording"
+# The SLIs' error ratios (docs/slo.md), per mirror: now, and over each burn-rate window.
+FRESHNESS_ERRORS = "mirror:bitbucket_mirror_freshness_errors:ratio"
+PUSH_SYNC_ERRORS = "mirror:bitbucket_mirror_push_sync_errors:ratio_rate"
+SLO_WINDOWS = ("5m", "30m", "1h", "6h")
+# (severity, long window, short window, burn rate, `for` setting): the SRE workbook's two pairs.
+BURN_ALERTS = (("critical", "1h", "5m", "14.4", "slo_page_for"), ("warning", "6h", "30m", "6", "slo_ticket_for"))
+
+
+def freshness_errors(window: str) -> str:
+    return f"{FRESHNESS_ERRORS}_avg{window}"
+
+
+def push_sync_errors(window: str) -> str:
+    return f"{PUSH_SYNC_ERRORS}{window}"
 
 
 class _Rules:
@@ -200,6 +243,68 @@ class _Rules:
             },
             {"record": JMX_NODES_DOWN, "expr": f"count without (node) ({selected('bitbucket_mirror_jmx_up')} == 0)"},
         ]
+
+    def slo(self) -> list[dict[str, Any]]:
+        """The freshness SLOs (docs/slo.md): each SLI's error ratio recorded over the burn-rate windows, and the
+        multi-window, multi-burn-rate alerts on them."""
+        config, selected = self.config, self.selected
+        lagging = selected("bitbucket_mirror_repositories_lagging", f'over="{config.slo_freshness_threshold_seconds}"')
+        in_scope = selected("bitbucket_mirror_repositories_in_scope")
+        # prometheus_client writes a bucket's bound as a float (le="120.0"); the chart fills in a whole number.
+        synced = selected(
+            "bitbucket_mirror_push_to_sync_seconds_bucket", f"le=~`{config.slo_push_sync_threshold_seconds}(\\.0)?`"
+        )
+        pushes = selected("bitbucket_mirror_push_to_sync_seconds_count")
+        rules: list[dict[str, Any]] = [
+            {"record": FRESHNESS_ERRORS, "expr": f"sum without (over) ({lagging}) / ({in_scope} > 0)"},
+            *(
+                {"record": freshness_errors(w), "expr": f"avg_over_time({selected(FRESHNESS_ERRORS)}[{w}])"}
+                for w in SLO_WINDOWS
+            ),
+            *(
+                {
+                    "record": push_sync_errors(w),
+                    "expr": f"1 - sum without (le, sync) (rate({synced}[{w}])) "
+                    f"/ sum without (sync) (rate({pushes}[{w}]) > 0)",
+                }
+                for w in SLO_WINDOWS
+            ),
+        ]
+        slos = (
+            (
+                "BitbucketMirrorFreshnessBudgetBurn",
+                freshness_errors,
+                config.slo_freshness_objective,
+                "Repositories on a Bitbucket mirror stay behind the primary faster than the freshness SLO allows.",
+                f"repositories of mirror {{{{ $labels.mirror }}}} behind for over "
+                f"{config.slo_freshness_threshold_seconds}s",
+            ),
+            (
+                "BitbucketMirrorPushSyncBudgetBurn",
+                push_sync_errors,
+                config.slo_push_sync_objective,
+                "Pushes reach a Bitbucket mirror late faster than the push-sync SLO allows.",
+                f"pushes reaching mirror {{{{ $labels.mirror }}}} in over {config.slo_push_sync_threshold_seconds}s",
+            ),
+        )
+        for name, errors, objective, summary, bad in slos:
+            for severity, long, short, rate, for_setting in BURN_ALERTS:
+                budget = f"{rate} * (1 - {objective})"
+                rule = self.alert(
+                    name=name,
+                    expr=f"{selected(errors(long))} > {budget} and {selected(errors(short))} > {budget}",
+                    for_=getattr(config, for_setting),
+                    severity=severity,
+                    summary=summary,
+                    description=(
+                        f"Over the last {long} (and {short}) the share of {bad} burns the error budget of a "
+                        f"{objective} objective {rate} times as fast as it may (a 30-day budget gone in "
+                        f"{round(720 / float(rate))} hours at this pace); now {{{{ $value | humanizePercentage }}}}."
+                    ),
+                )
+                rule["labels"]["slo_window"] = long
+                rules.append(rule)
+        return rules
 
     def exporter(self) -> list[dict[str, Any]]:
         config, selected = self.config, self.selected
@@ -580,6 +685,7 @@ def rule_groups(
     return {
         "groups": [
             {"name": RECORDING_GROUP, "rules": rules.recording()},
+            {"name": "bitbucket-mirror-slo", "rules": rules.slo()},
             {"name": "bitbucket-mirror-exporter", "rules": rules.exporter()},
             {"name": "bitbucket-mirror", "rules": rules.mirrors()},
             {"name": "bitbucket-mirror-nodes", "rules": rules.nodes()},

@@ -13,7 +13,7 @@ from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
 from alerts.rules import alert_names
-from dashboards import exporter_health, git_mirrors, overview, repository_drift, sync_performance
+from dashboards import exporter_health, git_mirrors, overview, repository_drift, slo, sync_performance
 from dashboards.variables import RUNBOOKS
 
 GENERATED = Path(__file__).parent / "generated"
@@ -94,6 +94,7 @@ def all_dashboards() -> dict[str, Callable[[], g.Dashboard]]:
         "sync-performance.json": sync_performance.dashboard,
         "exporter-health.json": exporter_health.dashboard,
         "git-mirrors.json": git_mirrors.dashboard,
+        "freshness-slo.json": slo.dashboard,
     }
 
 

@@ -15,6 +15,7 @@ REPOSITORY_DRIFT_UID = "bbmirror-repository-drift"
 SYNC_PERFORMANCE_UID = "bbmirror-sync-performance"
 EXPORTER_HEALTH_UID = "bbmirror-exporter-health"
 GIT_MIRRORS_UID = "bbmirror-git-mirrors"
+SLO_UID = "bbmirror-slo"
 
 TAG = "bitbucket-mirror"
 TAGS = ["bitbucket", TAG]

@@ -73,3 +73,10 @@ def runbooks() -> g.Template:
         query=AlertConfig().runbook_url,
         default=AlertConfig().runbook_url,
     )
+
+
+def objective(name: str, default: str) -> g.Template:
+    """An SLO's objective, as the rules have it (slo_*_objective): the budget panels divide by 1 minus it."""
+    return g.Template(
+        name=name, label=name.replace("_", " ").capitalize(), type="textbox", query=default, default=default
+    )

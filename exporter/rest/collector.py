@@ -12,6 +12,7 @@ that fills it; docs/metrics.md documents every one (a test fails otherwise).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import DriftReport, RepoState
+from exporter.drift import DIVERGED, DriftReport, RepoState
 from exporter.rest.state import FarmState, MirrorState
 from exporter.sources import Health, SourceState, T, gauges
 
@@ -28,6 +29,9 @@ CACHED = (
     "poll.stale_after_seconds."
 )
 MIRROR = ["mirror"]
+# The lag bounds bitbucket_mirror_repositories_lagging counts over: the freshness SLI's threshold is one of them
+# (alerts/rules.py checks it), so a few series per mirror serve any objective.
+LAGGING_OVER_SECONDS = (60, 120, 300, 600, 900, 1800, 3600)
 
 
 _gauge = gauges(CACHED, MIRROR)
@@ -258,8 +262,24 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         "the exporter first saw it (the activity could not be read, or not yet).",
         ["mirror", "source"],
     )
+    in_scope = _gauge(
+        "bitbucket_mirror_repositories_in_scope",
+        "Repositories in the mirror's scope (its sync settings): in sync, out of sync, missing or hash unknown. The "
+        "freshness SLI's total (docs/slo.md).",
+    )
+    lagging = _gauge(
+        "bitbucket_mirror_repositories_lagging",
+        "Repositories in the mirror's scope whose content has differed from the primary's (content drift or "
+        "missing) for longer than `over` seconds, lag dated as bitbucket_mirror_sync_lag_seconds: the freshness "
+        "SLI's bad events (docs/slo.md).",
+        ["mirror", "over"],
+    )
     for mirror, report in fresh_reports(scrape):
         name = mirror.name
+        in_scope.add_metric([name], sum(n for state, n in report.counts.items() if state is not RepoState.EXTRA))
+        lags = sorted(r.lag_seconds(scrape.now) for r in report.repositories if r.state in DIVERGED)
+        for over in LAGGING_OVER_SECONDS:
+            lagging.add_metric([name, str(over)], len(lags) - bisect.bisect_right(lags, over))
         in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
         out_of_sync.add_metric([name, "content"], report.count(RepoState.CONTENT_DRIFT))
         out_of_sync.add_metric([name, "metadata"], report.count(RepoState.METADATA_DRIFT))
@@ -272,7 +292,7 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         pushed, first_seen = report.lag_sources()
         lag_source.add_metric([name, "push"], pushed)
         lag_source.add_metric([name, "first_seen"], first_seen)
-    yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_began, lag_source)
+    yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_began, lag_source, in_scope, lagging)
 
 
 def repository_series(scrape: Scrape) -> Iterator[Metric]:

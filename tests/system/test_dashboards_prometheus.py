@@ -33,6 +33,8 @@ VARIABLES = {
     "node": "(node-a|node-b|sydney-node-1|sydney-node-2|frankfurt-node-1|frankfurt-node-2)",
     "git_mirror": "(ci)",
     "__rate_interval": "4s",
+    "freshness_objective": "0.99",
+    "push_sync_objective": "0.99",
 }
 RANGE_SECONDS = 10
 SECRET = "dashboard-webhooks"
@@ -138,6 +140,8 @@ async def test_every_panel_query_evaluates_and_returns_data(fake_node_classes: P
             await run.wait_ready()
             # The webhooks: every push timed to every mirror that syncs it (frankfurt does; sydney is frozen).
             run.farm.add_webhook(WebhookTarget(run.url + "/webhooks/bitbucket", SECRET))
+            # Pushes all along, as in life: the push-sync SLO has a value only over windows with pushes in them.
+            await run.control("/sim/scenario", {"push_rate": 2.0})
             # Drift of every kind, a failing endpoint for the error panels, Bitbucket's own delayed list on both.
             await run.control("/sim/mirrors/sydney", {"frozen": True})
             await run.control("/sim/mirrors/frankfurt", {"faults": {"progress": "error"}, "diagnostics_enabled": True})

@@ -253,6 +253,8 @@ def test_the_rule_selector_can_be_changed() -> None:
         ("prometheusRule.config.lag_for=banana", "at '/prometheusRule/config/lag_for'"),
         ("prometheusRule.config.failed_syncs=-1", "at '/prometheusRule/config/failed_syncs'"),
         ("prometheusRule.config.lag_fore=5m", "additional properties 'lag_fore' not allowed"),
+        ("prometheusRule.slo.freshness_threshold_seconds=301", "at '/prometheusRule/slo/freshness_threshold_seconds'"),
+        ("prometheusRule.slo.freshness_objective=1.5", "at '/prometheusRule/slo/freshness_objective'"),
         ("prometheusRule.disabled.BitbucketMirrorDwn=true", "additional properties 'BitbucketMirrorDwn' not allowed"),
     ],
 )
@@ -340,6 +342,18 @@ def test_the_external_url_is_the_exporters_flag_and_the_runbooks_base() -> None:
     bad = helm("template", "mirrors", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
                "--set", "webExternalUrl=bme.example.com", check=False)  # fmt: skip
     assert bad.returncode != 0 and "/webExternalUrl" in bad.stderr, bad.stderr
+
+
+def test_the_slo_values_reach_the_burn_rate_rules() -> None:
+    manifests = render(CHART / "ci/minimal-values.yaml", "prometheusRule.enabled=true",
+                       "prometheusRule.slo.push_sync_objective=0.995",
+                       "prometheusRule.slo.push_sync_threshold_seconds=300")  # fmt: skip
+    [rule] = of_kind(manifests, "PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    burns = [r for r in rules if r.get("alert") == "BitbucketMirrorPushSyncBudgetBurn"]
+    assert len(burns) == 2 and all("(1 - 0.995)" in r["expr"] for r in burns)
+    records = [r for r in rules if r.get("record", "").startswith("mirror:bitbucket_mirror_push_sync_errors")]
+    assert len(records) == 4 and all("le=~`300(\\.0)?`" in r["expr"] for r in records)
 
 
 def test_alerts_link_their_panel_in_grafana_only_where_grafana_is_named() -> None:

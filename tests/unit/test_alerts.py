@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.rules import RULES_FILE, alert_names, render, rule_groups
+from alerts.rules import RULES_FILE, AlertConfig, alert_names, render, rule_groups
 
 REPO = Path(__file__).parent.parent.parent
 UNIT_TESTS = REPO / "tests" / "alerts" / "bitbucket-mirror.test.yml"
@@ -98,3 +98,27 @@ def test_every_alert_links_the_panel_that_shows_it() -> None:
         [panel] = [p for p in panels(dashboards[uid]["panels"]) if p["id"] == panel_id]
         # The panel names the alert: the one that carries its runbook link.
         assert re.search(rf"\b{rule['alert']}\b", panel["description"]), (rule["alert"], panel["title"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("slo_freshness_threshold_seconds=301", "not one the exporter serves (60, 120, 300, 600, 900, 1800, 3600)"),
+        ("slo_push_sync_threshold_seconds=100", "not one the exporter serves"),
+        ("slo_freshness_objective=1.5", "not an objective between 0 and 1"),
+        ("slo_push_sync_objective=99%", "not an objective between 0 and 1"),
+    ],
+)
+def test_an_slo_setting_the_exporter_cannot_serve_is_refused(setting: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AlertConfig.from_settings([setting])
+
+
+def test_the_slo_settings_reach_the_burn_rate_rules() -> None:
+    config = AlertConfig.from_settings(["slo_freshness_objective=0.995", "slo_freshness_threshold_seconds=600"])
+    rules = [r for g in rule_groups(config)["groups"] for r in g["rules"]]
+    [errors] = [r for r in rules if r.get("record") == "mirror:bitbucket_mirror_freshness_errors:ratio"]
+    assert 'over="600"' in errors["expr"]
+    burns = [r for r in rules if r.get("alert") == "BitbucketMirrorFreshnessBudgetBurn"]
+    assert sorted(r["labels"]["severity"] for r in burns) == ["critical", "warning"]
+    assert all("(1 - 0.995)" in r["expr"] for r in burns)

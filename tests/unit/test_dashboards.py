@@ -32,6 +32,7 @@ UIDS = {
     "sync-performance.json": "bbmirror-sync-performance",
     "exporter-health.json": "bbmirror-exporter-health",
     "git-mirrors.json": "bbmirror-git-mirrors",
+    "freshness-slo.json": "bbmirror-slo",
 }
 DASHBOARDS = generated()
 
