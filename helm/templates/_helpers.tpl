@@ -83,9 +83,16 @@ app.kubernetes.io/part-of: bitbucket-mirror-exporter
 {{- $text -}}
 {{- end -}}
 
-{{/* Where people reach the exporter (--web.external-url): webExternalUrl, else its Service in the cluster. */}}
+{{/* Where people reach the exporter (--web.external-url): webExternalUrl, else the Ingress host, else its Service
+in the cluster. */}}
 {{- define "bme.externalUrl" -}}
-{{- .Values.webExternalUrl | default (printf "http://%s.%s.svc:%v" (include "bme.fullname" .) .Release.Namespace .Values.service.port) | trimSuffix "/" -}}
+{{- if .Values.webExternalUrl -}}
+{{- .Values.webExternalUrl | trimSuffix "/" -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.host -}}
+{{- printf "%s://%s" (ternary "https" "http" (not (empty .Values.ingress.tlsSecretName))) .Values.ingress.host -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%v" (include "bme.fullname" .) .Release.Namespace .Values.service.port -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The alerts' runbook base: prometheusRule.runbookUrl, else the exporter's own /runbooks at its external URL. */}}

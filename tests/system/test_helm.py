@@ -342,6 +342,16 @@ def test_the_external_url_is_the_exporters_flag_and_the_runbooks_base() -> None:
     bad = helm("template", "mirrors", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
                "--set", "webExternalUrl=bme.example.com", check=False)  # fmt: skip
     assert bad.returncode != 0 and "/webExternalUrl" in bad.stderr, bad.stderr
+    # With an Ingress, its host (https with a TLS Secret), unless webExternalUrl says otherwise.
+    on_ingress = render(CHART / "ci/real-install-values.yaml", "prometheusRule.enabled=true")
+    [resource] = of_kind(on_ingress, "Ingress")
+    host = "bitbucket-mirror-exporter.internal.example.com"
+    assert resource["spec"]["rules"][0]["host"] == host and resource["spec"]["tls"][0]["hosts"] == [host]
+    assert external_url_flag(on_ingress) == [f"--web.external-url=https://{host}"]
+    assert all(r["annotations"]["runbook_url"].startswith(f"https://{host}/runbooks#") for r in rules_of(on_ingress))
+    hostless = helm("template", "mirrors", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
+                    "--set", "ingress.enabled=true", check=False)  # fmt: skip
+    assert hostless.returncode != 0 and "ingress.host" in hostless.stderr, hostless.stderr
 
 
 def test_the_slo_values_reach_the_burn_rate_rules() -> None:
