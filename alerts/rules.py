@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from alerts.panels import PANELS
-from exporter.rest.collector import LAGGING_OVER_SECONDS
+from exporter.drift import LAGGING_OVER_SECONDS
 from exporter.webhooks.matching import BUCKETS as PUSH_TO_SYNC_BUCKETS
 
 # A Prometheus duration as `for` takes it: 30s, 5m, 1h30m, 0s.

@@ -28,6 +28,7 @@ repositories have alerts of their own and keep their per-repository lag, so one 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -161,6 +162,23 @@ class DriftReport:
         ]
         repositories.sort(key=_worst_first)
         return replace(self, repositories=repositories, laggard_since=silent_laggard_since(repositories))
+
+
+# The lag bounds the freshness SLO is judged at (bitbucket_mirror_repositories_lagging's `over`; docs/slo.md): its
+# threshold is one of them, so a few series per mirror serve any objective.
+LAGGING_OVER_SECONDS = (60, 120, 300, 600, 900, 1800, 3600)
+
+
+def in_scope(report: DriftReport) -> int:
+    """Repositories in the mirror's scope: every class but the extra ones."""
+    return sum(count for state, count in report.counts.items() if state is not RepoState.EXTRA)
+
+
+def lagging(report: DriftReport, now: float) -> dict[int, int]:
+    """For each bound of LAGGING_OVER_SECONDS, the repositories whose content has diverged (content drift or missing)
+    for longer than it."""
+    lags = sorted(r.lag_seconds(now) for r in report.repositories if r.state in DIVERGED)
+    return {over: len(lags) - bisect.bisect_right(lags, over) for over in LAGGING_OVER_SECONDS}
 
 
 def silent_laggard_since(repositories: list[RepoHealth]) -> float | None:

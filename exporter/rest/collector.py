@@ -12,7 +12,6 @@ that fills it; docs/metrics.md documents every one (a test fails otherwise).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import DIVERGED, DriftReport, RepoState
+from exporter.drift import LAGGING_OVER_SECONDS, DriftReport, RepoState
+from exporter.drift import in_scope as repositories_in_scope
+from exporter.drift import lagging as repositories_lagging
 from exporter.rest.state import FarmState, MirrorState
 from exporter.sources import Health, SourceState, T, gauges
 
@@ -29,9 +30,6 @@ CACHED = (
     "poll.stale_after_seconds."
 )
 MIRROR = ["mirror"]
-# The lag bounds bitbucket_mirror_repositories_lagging counts over: the freshness SLI's threshold is one of them
-# (alerts/rules.py checks it), so a few series per mirror serve any objective.
-LAGGING_OVER_SECONDS = (60, 120, 300, 600, 900, 1800, 3600)
 
 
 _gauge = gauges(CACHED, MIRROR)
@@ -59,7 +57,7 @@ def rest_metrics(state: FarmState, now: float) -> Iterator[Metric]:
     scrape = Scrape(state, now)
     areas = (
         status, upstream, farm_nodes, progress, queue, repositories, primary_listing, drift_freshness, drift,
-        repository_series, nodes, node_lag_began, delayed_sync, clock_skew, mirror_servers,
+        repository_checks, repository_series, nodes, node_lag_began, delayed_sync, clock_skew, mirror_servers,
     )  # fmt: skip
     for area in areas:
         yield from area(scrape)
@@ -276,10 +274,9 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
     )
     for mirror, report in fresh_reports(scrape):
         name = mirror.name
-        in_scope.add_metric([name], sum(n for state, n in report.counts.items() if state is not RepoState.EXTRA))
-        lags = sorted(r.lag_seconds(scrape.now) for r in report.repositories if r.state in DIVERGED)
-        for over in LAGGING_OVER_SECONDS:
-            lagging.add_metric([name, str(over)], len(lags) - bisect.bisect_right(lags, over))
+        in_scope.add_metric([name], repositories_in_scope(report))
+        for over, count in repositories_lagging(report, scrape.now).items():
+            lagging.add_metric([name, str(over)], count)
         in_sync.add_metric([name], report.count(RepoState.IN_SYNC))
         out_of_sync.add_metric([name, "content"], report.count(RepoState.CONTENT_DRIFT))
         out_of_sync.add_metric([name, "metadata"], report.count(RepoState.METADATA_DRIFT))
@@ -293,6 +290,27 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         lag_source.add_metric([name, "push"], pushed)
         lag_source.add_metric([name, "first_seen"], first_seen)
     yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_began, lag_source, in_scope, lagging)
+
+
+def repository_checks(scrape: Scrape) -> Iterator[Metric]:
+    """The freshness SLO's events as counters (docs/slo.md): for SLO tools that take events (pyrra, sloth)."""
+    checks = CounterMetricFamily(
+        "bitbucket_mirror_repository_checks",
+        "Repositories in the mirror's scope compared with the primary, summed over the drift analyses since the "
+        "exporter started (one per cycle): the freshness SLO's total events (docs/slo.md).",
+        labels=MIRROR,
+    )
+    late = CounterMetricFamily(
+        "bitbucket_mirror_repository_checks_late",
+        "Of bitbucket_mirror_repository_checks_total, those that found the repository's content behind the "
+        "primary's for longer than `over` seconds: the freshness SLO's bad events.",
+        labels=["mirror", "over"],
+    )
+    for mirror in scrape.state.mirrors:
+        checks.add_metric([mirror.name], mirror.repository_checks)
+        for over in LAGGING_OVER_SECONDS:
+            late.add_metric([mirror.name, str(over)], mirror.late_repository_checks.get(over, 0))
+    yield from (checks, late)
 
 
 def repository_series(scrape: Scrape) -> Iterator[Metric]:

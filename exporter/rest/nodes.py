@@ -219,7 +219,7 @@ class NodeFleet:
         if all(p.listing.compared_generation == worker.generation for p, _ in analysed):
             nodes = [(p.listing.target, pushed(report)) for p, report in analysed]
             with contextlib.suppress(FetchError):
-                mirror.drift = await worker.call(union_of, nodes, self._drift.policy.keep_all)
+                mirror.take_report(await worker.call(union_of, nodes, self._drift.policy.keep_all), time.time())
 
     async def _wait_for_nodes(self, pollers: list[NodePoller], cycle_started: float) -> None:
         """Wait at most an interval for every node's cycle, so a hung node holds up neither the union nor the next

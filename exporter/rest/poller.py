@@ -266,7 +266,7 @@ class MirrorPoller:
                 read.take(), mirror_read, mirror.drift, scope, cycle_started, api.clock(), walk_began
             )
             if report is not None:
-                mirror.drift = report
+                mirror.take_report(report, time.time())
         mirror.api_family = api.family
         mirror.clock = api.clock()
         if mirror.status.success and mirror.status.value is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.drift import DriftReport, PrimaryRepo
+from exporter.drift import DriftReport, PrimaryRepo, in_scope, lagging
 from exporter.rest.api import OUT_OF_SYNC_REPOS, ActivityPage, ApiFamily, DelayedSync, normalize_url
 from exporter.rest.client import ClockReading
 from exporter.rest.models import ClusterNode, MirrorServer, MirrorStatus, SyncProgress, SyncSettings, UpstreamServer
@@ -96,6 +96,17 @@ class MirrorState:
     nodes_polled_at: float | None = None
     discovered: bool = False
     cycles: int = 0
+    # The freshness SLO's events (docs/slo.md), counted as each drift report arrives: its repositories in scope, and
+    # per lag bound those behind longer. Counters, for SLO tools that take events (pyrra, sloth).
+    repository_checks: int = 0
+    late_repository_checks: dict[int, int] = field(default_factory=dict)
+
+    def take_report(self, report: DriftReport, now: float) -> None:
+        """The mirror's new drift report (of a cycle that read both listings), counted for the freshness SLO."""
+        self.drift = report
+        self.repository_checks += in_scope(report)
+        for over, count in lagging(report, now).items():
+            self.late_repository_checks[over] = self.late_repository_checks.get(over, 0) + count
 
     def delayed(self, now: float, stale_after: float) -> DelayedSync | None:
         """Bitbucket's own list of delayed repositories while fresh. Where it is out-of-sync-repos (8.x to 9.4,

@@ -82,8 +82,9 @@ def mirror(name: str, family: ApiFamily, kind: str) -> MirrorState:
     state.delayed_sync = fresh(DelayedSync(True, "delayed-sync", 1 if kind == "behind" else 0))  # type: ignore[assignment]
     previous = {"2": NOW - 600, "3": NOW - 3600, "4": NOW - 1800} if kind == "behind" else {}
     report = analyse(primary_repositories(), None, rows, previous, NOW - 10)
-    state.drift = type(report)(
-        report.counts, report.diverged_since, report.repositories, report.laggard_since, NOW - 10
+    # Taken as a poll takes it: counted once among the freshness SLO's events.
+    state.take_report(
+        type(report)(report.counts, report.diverged_since, report.repositories, report.laggard_since, NOW - 10), NOW
     )
     state.clock = ClockReading(offset_seconds=21.4 if kind == "behind" else 0.2, at=NOW - 5)
     state.cycles = 12

@@ -111,3 +111,28 @@ def test_a_mirror_lag_counts_only_silent_laggards_not_missing_or_failing_reposit
     assert lags == {"1": 100.0, "2": 90.0, "3": 60.0}
     alone = analyse(up, None, {"1": mirror(failed=2), "3": mirror(content=B), "4": mirror()}, {}, now=100.0)
     assert alone.sync_lag_seconds(now=500.0) == 0.0  # missing and failing alone: no mirror lag
+
+
+def test_each_report_a_mirror_takes_counts_its_checks_for_the_freshness_slo() -> None:
+    from exporter.drift import DriftReport, RepoHealth, RepoState
+    from exporter.rest.state import MirrorState
+
+    now = 10_000.0
+    behind = [
+        RepoHealth("1", "P", "a", RepoState.CONTENT_DRIFT, 0, now - 400),  # late past 60, 120 and 300
+        RepoHealth("2", "P", "b", RepoState.MISSING, 0, now - 100),  # late past 60 only
+        RepoHealth("3", "P", "c", RepoState.METADATA_DRIFT, 0, now - 5000),  # content in step: never late
+    ]
+    counts = {RepoState.IN_SYNC: 7, RepoState.CONTENT_DRIFT: 1, RepoState.MISSING: 1, RepoState.METADATA_DRIFT: 1}
+    report = DriftReport({**counts, RepoState.EXTRA: 4}, {}, behind)
+    mirror = MirrorState("sydney", "https://sydney")
+    mirror.take_report(report, now)
+    mirror.take_report(report, now)
+    assert mirror.drift is report
+    assert mirror.repository_checks == 2 * 10  # extra repositories are not in scope
+    assert {over: mirror.late_repository_checks[over] for over in (60, 120, 300, 600)} == {
+        60: 4,
+        120: 2,
+        300: 2,
+        600: 0,
+    }
