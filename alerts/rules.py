@@ -191,14 +191,18 @@ def push_sync_errors(window: str) -> str:
     return f"{PUSH_SYNC_ERRORS}{window}"
 
 
+def selected(config: AlertConfig, metric: str, matchers: str = "") -> str:
+    """A selector for one of the exporter's metrics, scoped to the configured job."""
+    return f"{metric}{{{config.selector}{',' + matchers if matchers else ''}}}"
+
+
 class _Rules:
     def __init__(self, config: AlertConfig, panels: Mapping[str, tuple[str, int]]) -> None:
         self.config = config
         self.panels = panels
 
     def selected(self, metric: str, matchers: str = "") -> str:
-        """A selector for one of the exporter's metrics, scoped to the configured job."""
-        return f"{metric}{{{self.config.selector}{',' + matchers if matchers else ''}}}"
+        return selected(self.config, metric, matchers)
 
     def alert(
         self,

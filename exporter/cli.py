@@ -184,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rules.add_argument("--output", type=Path, help="write to this file instead of standard output")
     rules.add_argument("--list", action="store_true", help="list the settings with their defaults and exit")
+    rules.add_argument(
+        "--format",
+        choices=("prometheus", "sloth", "pyrra"),
+        default="prometheus",
+        help="prometheus: the rules file (default); sloth or pyrra: the freshness SLOs as that tool's spec "
+        "(docs/slo.md)",
+    )
     _add_external_url(rules)
     _add_wait(commands)
     _add_webhooks(commands)
@@ -277,6 +284,7 @@ def _rules(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from alerts.rules import AlertConfig, render
+    from alerts.slo_specs import render as render_slo_spec
 
     if args.list:
         kinds = AlertConfig.kinds()
@@ -295,7 +303,7 @@ def _rules(args: argparse.Namespace) -> int:
         warning = external_urls.loopback_warning(url, setting)
         if warning is not None:
             print(f"{PROG} rules: {warning}", file=sys.stderr)
-    text = render(config)
+    text = render(config) if args.format == "prometheus" else render_slo_spec(args.format, config)
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -145,3 +145,17 @@ def test_rules_take_the_runbook_base_from_the_external_url_and_warn_on_loopback(
     assert "localhost" not in external.stdout
     chosen = _rules("--web.external-url", "https://bme.example.com", "--set", "runbook_url=https://wiki.example.com/b")
     assert "runbook_url: https://wiki.example.com/b#bitbucketmirrordown" in chosen.stdout
+
+
+def test_rules_print_the_slos_for_sloth_and_pyrra(tmp_path: Path) -> None:
+    import yaml
+
+    for tool, kind in (("sloth", "prometheus/v1"), ("pyrra", "ServiceLevelObjective")):
+        out = tmp_path / f"{tool}.yml"
+        result = _rules("--format", tool, "--web.external-url", "https://bme.example.com", "--output", str(out))
+        assert result.returncode == 0, result.stderr
+        documents = list(yaml.safe_load_all(out.read_text()))
+        assert kind in (documents[0].get("version"), documents[0].get("kind"))
+        # Sloth's alerts carry annotations, the runbook links among them; pyrra's CRD has no place for any.
+        runbook = "https://bme.example.com/runbooks#bitbucketmirrorfreshnessbudgetburn"
+        assert (runbook in out.read_text()) == (tool == "sloth")
