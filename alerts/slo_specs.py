@@ -1,6 +1,6 @@
 """The freshness SLOs (docs/slo.md) as specs for two SLO tools, for teams that generate their SLO rules with them:
 sloth (its ``prometheus/v1`` spec) and pyrra (its ``ServiceLevelObjective``). Both count events: the freshness SLO
-from the exporter's repository checks (``bitbucket_mirror_repository_checks_total``, ``..._late_total``), the
+from the exporter's repository checks (``bitbucket_mirror_repositories_checked_total``, ``..._late_total``), the
 push-sync SLO from ``bitbucket_mirror_push_to_sync_seconds``. The same objectives, thresholds, names and severities
 as alerts/rules.py's own rules, with a 30-day window; the tools derive their own burn-rate windows."""
 
@@ -30,8 +30,8 @@ def _queries(config: AlertConfig) -> dict[str, dict[str, str]]:
     within = f'le="{config.slo_push_sync_threshold_seconds}"'
     return {
         "freshness": {
-            "errors": selected(config, "bitbucket_mirror_repository_checks_late_total", late),
-            "total": selected(config, "bitbucket_mirror_repository_checks_total"),
+            "errors": selected(config, "bitbucket_mirror_repositories_checked_late_total", late),
+            "total": selected(config, "bitbucket_mirror_repositories_checked_total"),
         },
         "push-sync": {
             "success": selected(config, "bitbucket_mirror_push_to_sync_seconds_bucket", within),

@@ -295,14 +295,14 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
 def repository_checks(scrape: Scrape) -> Iterator[Metric]:
     """The freshness SLO's events as counters (docs/slo.md): for SLO tools that take events (pyrra, sloth)."""
     checks = CounterMetricFamily(
-        "bitbucket_mirror_repository_checks",
+        "bitbucket_mirror_repositories_checked",
         "Repositories in the mirror's scope compared with the primary, summed over the drift analyses since the "
         "exporter started (one per cycle): the freshness SLO's total events (docs/slo.md).",
         labels=MIRROR,
     )
     late = CounterMetricFamily(
-        "bitbucket_mirror_repository_checks_late",
-        "Of bitbucket_mirror_repository_checks_total, those that found the repository's content behind the "
+        "bitbucket_mirror_repositories_checked_late",
+        "Of bitbucket_mirror_repositories_checked_total, those that found the repository's content behind the "
         "primary's for longer than `over` seconds: the freshness SLO's bad events.",
         labels=["mirror", "over"],
     )

@@ -23,6 +23,9 @@ DRIFT_SERIES = (
     "bitbucket_mirror_repositories_extra",
     "bitbucket_mirror_sync_lag_seconds",
     "bitbucket_mirror_repository_series_dropped",
+    # The freshness SLI's gauges (the SLO's counters stay: they count checks that happened).
+    "bitbucket_mirror_repositories_in_scope",
+    "bitbucket_mirror_repositories_lagging",
 )
 
 

@@ -94,9 +94,9 @@ def test_the_specs_indicators_give_the_same_error_ratio_as_our_rules(tmp_path: P
                 "input_series": [
                     {"series": f"bitbucket_mirror_repositories_in_scope{{{SERIES}}}", "values": "100x30"},
                     {"series": f'bitbucket_mirror_repositories_lagging{{{SERIES},over="300"}}', "values": "20x30"},
-                    {"series": f"bitbucket_mirror_repository_checks_total{{{SERIES}}}", "values": "0+100x30"},
+                    {"series": f"bitbucket_mirror_repositories_checked_total{{{SERIES}}}", "values": "0+100x30"},
                     {
-                        "series": f'bitbucket_mirror_repository_checks_late_total{{{SERIES},over="300"}}',
+                        "series": f'bitbucket_mirror_repositories_checked_late_total{{{SERIES},over="300"}}',
                         "values": "0+20x30",
                     },
                     {
