@@ -29,6 +29,7 @@ repositories have alerts of their own and keep their per-repository lag, so one 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -145,6 +146,14 @@ class DriftReport:
     def fresh(self, now: float, stale_after: float) -> bool:
         return now - self.inputs_at <= stale_after
 
+    @functools.cached_property
+    def diverged_starts(self) -> list[float]:
+        """When each diverging repository's divergence began, ascending: how many are late at any moment is a
+        bisection (``lagging``), not a pass over every row (with per_repository_metrics: all, every repository)."""
+        return sorted(
+            r.diverged_since for r in self.repositories if r.state in DIVERGED and r.diverged_since is not None
+        )
+
     def lag_sources(self) -> tuple[int, int]:
         """Diverging repositories whose lag is dated from the push, and from the exporter's first sight."""
         diverging = [r for r in self.repositories if r.state in DIVERGED]
@@ -164,6 +173,10 @@ class DriftReport:
         return replace(self, repositories=repositories, laggard_since=silent_laggard_since(repositories))
 
 
+# How a divergence's lag is dated: from its push on the primary, or from the exporter's first sight of it (the
+# ``source`` of bitbucket_mirror_sync_lag_source, and /api/v1/behind's ``lag_source``).
+FROM_PUSH, FROM_FIRST_SEEN = "push", "first_seen"
+
 # The lag bounds the freshness SLO is judged at (bitbucket_mirror_repositories_lagging's `over`; docs/slo.md): its
 # threshold is one of them, so a few series per mirror serve any objective.
 LAGGING_OVER_SECONDS = (60, 120, 300, 600, 900, 1800, 3600)
@@ -174,11 +187,18 @@ def in_scope(report: DriftReport) -> int:
     return sum(count for state, count in report.counts.items() if state is not RepoState.EXTRA)
 
 
+def late(report: DriftReport, now: float, bound: float) -> list[RepoHealth]:
+    """The repositories whose content has diverged (content drift or missing) for longer than ``bound`` seconds,
+    longest first."""
+    found = [r for r in report.repositories if r.state in DIVERGED and r.lag_seconds(now) > bound]
+    return sorted(found, key=lambda r: r.diverged_since or 0.0)
+
+
 def lagging(report: DriftReport, now: float) -> dict[int, int]:
-    """For each bound of LAGGING_OVER_SECONDS, the repositories whose content has diverged (content drift or missing)
-    for longer than it."""
-    lags = sorted(r.lag_seconds(now) for r in report.repositories if r.state in DIVERGED)
-    return {over: len(lags) - bisect.bisect_right(lags, over) for over in LAGGING_OVER_SECONDS}
+    """For each bound of LAGGING_OVER_SECONDS, how many of ``late`` there are: a divergence that began before
+    ``now - bound``."""
+    starts = report.diverged_starts
+    return {over: bisect.bisect_left(starts, now - over) for over in LAGGING_OVER_SECONDS}
 
 
 def silent_laggard_since(repositories: list[RepoHealth]) -> float | None:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from exporter.drift import DIVERGED, DriftReport, RepoHealth, RepoState
+from exporter.drift import DIVERGED, FROM_FIRST_SEEN, FROM_PUSH, DriftReport, RepoHealth, RepoState
 from exporter.rest.state import FarmState, MirrorState
-
-# How a row's lag was dated (the same words as bitbucket_mirror_repositories_lag_sources' ``source`` label).
-FROM_PUSH, FROM_FIRST_SEEN = "push", "first_seen"
 
 
 def _reports(mirror: MirrorState) -> Iterator[tuple[str | None, DriftReport | None]]:

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter.config import PRIMARY_TARGET
-from exporter.drift import LAGGING_OVER_SECONDS, DriftReport, RepoState
+from exporter.drift import FROM_FIRST_SEEN, FROM_PUSH, LAGGING_OVER_SECONDS, DriftReport, RepoState
 from exporter.drift import in_scope as repositories_in_scope
 from exporter.drift import lagging as repositories_lagging
 from exporter.rest.state import FarmState, MirrorState
@@ -287,8 +287,8 @@ def drift(scrape: Scrape) -> Iterator[Metric]:
         if report.laggard_since is not None:
             lag_began.add_metric([name], report.laggard_since)
         pushed, first_seen = report.lag_sources()
-        lag_source.add_metric([name, "push"], pushed)
-        lag_source.add_metric([name, "first_seen"], first_seen)
+        lag_source.add_metric([name, FROM_PUSH], pushed)
+        lag_source.add_metric([name, FROM_FIRST_SEEN], first_seen)
     yield from (in_sync, out_of_sync, missing, unknown, extra, lag, lag_began, lag_source, in_scope, lagging)
 
 

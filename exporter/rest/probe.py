@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.drift import DIVERGED, RepoState
+from exporter.drift import RepoState, late
 from exporter.rest.state import FarmState
 
 SYNCHRONIZED = "SYNCHRONIZED"
@@ -47,17 +47,13 @@ def node_verdict(state: FarmState, mirror: str, node: str, now: float, max_lag: 
         return Verdict(False, "unknown: the node's repositories were not compared with the primary's yet")
     if not report.fresh(now, stale_after):
         return Verdict(False, f"unknown: the node's drift is stale (inputs {_age(now - report.inputs_at)} old)")
-    late = [
-        repo
-        for repo in report.repositories
-        if repo.state in DIVERGED and repo.diverged_since is not None and repo.lag_seconds(now) > max_lag
-    ]
-    if late:
-        missing = sum(1 for repo in late if repo.state is RepoState.MISSING)
-        worst = late[0]  # the report's repositories come longest lag first
+    behind = late(report, now, max_lag)
+    if behind:
+        missing = sum(1 for repo in behind if repo.state is RepoState.MISSING)
+        worst = behind[0]
         return Verdict(
             False,
-            f"behind: {len(late)} repositories behind for over {_age(max_lag)} ({missing} missing); worst "
+            f"behind: {len(behind)} repositories behind for over {_age(max_lag)} ({missing} missing); worst "
             f"{worst.project_key}/{worst.slug}, {_age(worst.lag_seconds(now))}",
         )
     return Verdict(True, f"ok: {SYNCHRONIZED}, no repository behind for over {_age(max_lag)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class RateLimit:
     clock: Callable[[], float] = time.monotonic
     _tokens: float = 0.0
     _at: float | None = None
-    _rate: float = field(default=0.0)
+    _rate: float = 0.0
 
     def allow(self, rate: float) -> bool:
         now = self.clock()

@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from exporter.external_url import RUNBOOKS_PATH
 from exporter.web.auth import BasicAuth, retry_after_header
 from exporter.web.exposition import MAX_AGE_SECONDS, Exposition
 from exporter.web.landing import Landing
@@ -264,7 +265,7 @@ def make_app(served: Served, exposition: Exposition | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
-    app.router.add_get("/runbooks", runbooks)
+    app.router.add_get(RUNBOOKS_PATH, runbooks)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/api/v1/repositories/{key}/{slug}/mirrors", gate)
     app.router.add_get("/api/v1/refs", refs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from exporter.drift import MirrorRepo, PrimaryRepo, RepoState, analyse, classify, hash_known
 
@@ -136,3 +138,23 @@ def test_each_report_a_mirror_takes_counts_its_checks_for_the_freshness_slo() ->
         300: 2,
         600: 0,
     }
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(list(RepoState)), st.one_of(st.none(), st.floats(0, 20_000))), max_size=40),
+    st.sampled_from([60.0, 300.0, 3600.0]),
+)
+# Behind for exactly the bound is not late.
+@example([(RepoState.CONTENT_DRIFT, 19_940.0), (RepoState.MISSING, 19_000.0)], 60.0)
+def test_the_late_counts_by_bisection_are_the_late_repositories(
+    rows: list[tuple[RepoState, float | None]], bound: float
+) -> None:
+    # lagging counts from the report's sorted divergence starts; late lists the repositories: the same definition.
+    from exporter.drift import DriftReport, RepoHealth, lagging, late
+
+    now = 20_000.0
+    report = DriftReport({}, {}, [RepoHealth(str(i), "P", f"r{i}", s, 0, t) for i, (s, t) in enumerate(rows)])
+    listed = late(report, now, bound)
+    assert lagging(report, now)[int(bound)] == len(listed)
+    starts = [r.diverged_since or 0.0 for r in listed]
+    assert starts == sorted(starts)
