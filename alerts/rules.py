@@ -196,6 +196,16 @@ def selected(config: AlertConfig, metric: str, matchers: str = "") -> str:
     return f"{metric}{{{config.selector}{',' + matchers if matchers else ''}}}"
 
 
+def links(config: AlertConfig, alert: str, panels: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """An alert's runbook_url and, once a panel shows it, its dashboard_url (every alert has one:
+    tests/unit/test_alerts.py; a new one gets it once drawn)."""
+    found = {"runbook_url": f"{config.runbook_url}#{alert.lower()}"}
+    if alert in panels:
+        uid, panel = panels[alert]
+        found["dashboard_url"] = f"{config.grafana_url}/d/{uid}?viewPanel={panel}"
+    return found
+
+
 class _Rules:
     def __init__(self, config: AlertConfig, panels: Mapping[str, tuple[str, int]]) -> None:
         self.config = config
@@ -221,14 +231,7 @@ class _Rules:
         if keep_firing_for not in ("", "0s"):
             rule["keep_firing_for"] = keep_firing_for
         rule["labels"] = {"severity": severity}
-        rule["annotations"] = {
-            "summary": summary,
-            "description": description,
-            "runbook_url": f"{self.config.runbook_url}#{name.lower()}",
-        }
-        if name in self.panels:  # every alert has one (tests/unit/test_alerts.py); a new one gets it once drawn
-            uid, panel = self.panels[name]
-            rule["annotations"]["dashboard_url"] = f"{self.config.grafana_url}/d/{uid}?viewPanel={panel}"
+        rule["annotations"] = {"summary": summary, "description": description, **links(self.config, name, self.panels)}
         return rule
 
     def recording(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from alerts.panels import PANELS
-from alerts.rules import AlertConfig, selected
+from alerts.rules import AlertConfig, links, selected
 
 SERVICE = "bitbucket-mirror"
 WINDOW = "30d"
@@ -40,15 +40,6 @@ def _queries(config: AlertConfig) -> dict[str, dict[str, str]]:
     }
 
 
-def _annotations(config: AlertConfig, alert: str) -> dict[str, str]:
-    """As the project's own alerts carry them."""
-    uid, panel = PANELS[alert]
-    return {
-        "runbook_url": f"{config.runbook_url}#{alert.lower()}",
-        "dashboard_url": f"{config.grafana_url}/d/{uid}?viewPanel={panel}",
-    }
-
-
 def sloth(config: AlertConfig | None = None) -> dict[str, Any]:
     config = config or AlertConfig()
     queries = _queries(config)
@@ -60,7 +51,7 @@ def sloth(config: AlertConfig | None = None) -> dict[str, Any]:
     def alerting(name: str) -> dict[str, Any]:
         return {
             "name": name,
-            "annotations": _annotations(config, name),
+            "annotations": links(config, name, PANELS),
             "page_alert": {"labels": {"severity": "critical"}},
             "ticket_alert": {"labels": {"severity": "warning"}},
         }
