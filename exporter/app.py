@@ -57,7 +57,7 @@ from exporter.rest import collector as rest_collector
 from exporter.rest import landing as rest_landing
 from exporter.rest.api import PrimaryApi
 from exporter.rest.behind import behind as most_behind
-from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient
+from exporter.rest.client import DEFAULT_MAX_ROWS, BitbucketClient, HttpSetup, http_session
 from exporter.rest.config import LagConfig, ProbeConfig
 from exporter.rest.polling import RestConfig, RestPolling
 from exporter.rest.probe import node_verdict
@@ -288,7 +288,7 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
 
 
 # What the worker processes import before they are forked (exporter/workers.py): the REST listings' work.
-WORKER_PRELOAD = ("exporter.rest.listing_work",)
+WORKER_PRELOAD = ("exporter.workers", "exporter.rest.listing_work")
 
 
 # --- Polling: one configuration's pollers under one supervisor ----------------------------------------------------
@@ -345,17 +345,12 @@ class Polling:
 
     async def start(self) -> None:
         settings = self.settings
-        connector = aiohttp.TCPConnector(
-            ssl=settings.tls.context(), limit=0, resolver=self._resolver, use_dns_cache=self._resolver is None
-        )
-        # No shared cookie jar: each mirror keeps its load balancer's affinity cookie itself (rest/client.py).
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": f"bitbucket-mirror-exporter/{__version__}"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        setup = HttpSetup(settings.poll, settings.tls)
+        self._session = http_session(setup, self._resolver)
         client = self.client = BitbucketClient(self._session, settings.poll)
         client.max_rows = self._max_rows
+        # The mirrors' listings are walked in the worker processes, unless names resolve through a resolver given here.
+        client.worker_http = setup if self._resolver is None else None
         await self.supervisor.start()
         rest_config = RestConfig(
             settings.primary, list(settings.mirrors), settings.poll.interval_seconds, settings.lag,

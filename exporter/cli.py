@@ -10,8 +10,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
-
 from exporter import __version__
 from exporter import external_url as external_urls
 from exporter.app import (
@@ -25,7 +23,7 @@ from exporter.app import (
 )
 from exporter.config import ConfigError
 from exporter.logs import LEVELS, setup_logging
-from exporter.rest.client import BitbucketClient
+from exporter.rest.client import BitbucketClient, HttpSetup, http_session
 from exporter.sources import FetchError
 from exporter.web.config import WebConfig, load_web_config
 from exporter.webhooks.setup import SetupError, Webhooks
@@ -363,8 +361,8 @@ def _webhooks(args: argparse.Namespace) -> int:
         return _config_error(exc)
 
     async def run() -> None:
-        connector = aiohttp.TCPConnector(ssl=settings.tls.context())
-        async with aiohttp.ClientSession(connector=connector) as session:
+        setup = HttpSetup(settings.poll, settings.tls)
+        async with http_session(setup) as session:
             budget = getattr(args, "max_requests", None)
             if budget is not None and budget < 1:
                 raise SetupError("--max-requests: a positive number")

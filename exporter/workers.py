@@ -1,27 +1,32 @@
 """Worker processes for the sources' CPU-bound work, so the event loop only moves bytes.
 
-At 100,000 repositories x 3 mirrors x 3 nodes, decoding the listings and comparing them is seconds of CPU per cycle;
-on the event loop it delayed every scrape and every other poll. A source hands that work to a ``Worker``: one
-process of ``concurrent.futures.ProcessPoolExecutor`` (the standard library's pool, one process each, so that a
-key's state stays in one process: ``WorkerPool.worker(key)`` always answers the same worker for the same key).
+At 100,000 repositories x 3 mirrors x 3 nodes, reading the node listings (the HTTP exchange itself), decoding and
+comparing them is seconds of CPU per cycle; on the event loop it delayed every scrape and every other poll. A source
+hands that work to a ``Worker``: one process with an asyncio loop of its own, which runs many calls at once (the
+listing walks of a farm's nodes side by side, each waiting on its network), so that a key's state stays in one
+process (``WorkerPool.worker(key)`` always answers the same worker for the same key).
+
+The standard library has no tool for concurrent calls into one stateful process (``ProcessPoolExecutor`` runs one
+call at a time per process and cannot pin state), so the channel is written here, in the fewest parts: a Unix socket
+pair; each message a header (call id, length) and a pickle of ``(function, args)``, or of the answer; asyncio's
+streams read and write it at both ends; ``function`` a coroutine function runs as a task in the worker (a cancel
+message cancels it), a plain one runs to its end at once, in the order sent. docs/architecture.md, "Processes".
 
 Processes start from a fork server that has imported the work's modules once (``preload``), so they share those
-pages and a new one starts in milliseconds; they never receive a secret (only page bytes and the names of
-listings).
-
-A worker that dies (killed, out of memory) breaks its executor: the call in flight fails with ``WorkerLost`` (a
-FetchError, so the source's poll fails and its values go stale, never wrong), the executor is replaced by a new
-process, ``generation`` grows (the work's state died with the process: callers send everything again) and
-``bitbucket_mirror_exporter_worker_restarts_total`` counts it. ``stop`` ends every process within ``STOP_SECONDS``
-(terminate, then kill), leaving no child.
+pages and a new one starts in milliseconds. A worker that dies (killed, out of memory) ends its socket: the calls in
+flight fail with ``WorkerLost`` (a FetchError, so the source's poll fails and its values go stale, never wrong), the
+next call starts a new process, ``generation`` grows (the work's state died with the process: callers send
+everything again) and ``bitbucket_mirror_exporter_worker_restarts_total`` counts it. ``stop`` ends every process
+within ``STOP_SECONDS`` (terminate, then kill), leaving no child.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import importlib.util
+import inspect
+import itertools
 import logging
 import math
 import multiprocessing
@@ -29,18 +34,20 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.process
 import os
+import pickle
 import signal
+import socket
+import struct
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.sources import FetchError
+from exporter.sources import UNEXPECTED, FetchError
 
 log = logging.getLogger("exporter")
 
@@ -50,6 +57,10 @@ T = TypeVar("T")
 WORKER_LOST = "worker_lost"
 STOP_SECONDS = 2.0
 WORKER_NICENESS = 10
+# A message's header: the call's id and the length of the pickle that follows.
+HEADER = struct.Struct("!QQ")
+# The function of a message that cancels the call of the same id (a running coroutine).
+CANCEL = None
 
 
 class WorkerLost(FetchError):
@@ -76,16 +87,16 @@ def _end_with(sentinel: int) -> None:
 
 
 _context_lock = threading.Lock()
-_contexts: dict[tuple[str, ...], multiprocessing.context.BaseContext] = {}
+_contexts: dict[tuple[str, ...], multiprocessing.context.ForkServerContext] = {}
 
 
-def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+def _context(preload: Sequence[str]) -> multiprocessing.context.ForkServerContext:
     """The fork server context (one fork server per process, started with the first worker): a worker forked from
     it shares the preloaded modules' pages and none of the exporter's threads, sockets or secrets."""
     with _context_lock:
         context = _contexts.get(tuple(preload))
         if context is None:
-            context = multiprocessing.get_context("forkserver")
+            context = multiprocessing.context.ForkServerContext()
             context.set_forkserver_preload(list(preload))
             _contexts[tuple(preload)] = context
         return context
@@ -127,6 +138,16 @@ def default_size() -> int:
     return max(1, usable_cores() - 1)
 
 
+@dataclass
+class _Channel:
+    """A running worker process and the loop's end of its socket."""
+
+    process: multiprocessing.process.BaseProcess
+    writer: asyncio.StreamWriter
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    reading: asyncio.Task[None] | None = None
+
+
 class Worker:
     """One worker process, started at the first call."""
 
@@ -134,93 +155,209 @@ class Worker:
         self.name = name
         self._preload = preload
         self._on_restart = on_restart
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._channel: _Channel | None = None
         # Grows at each restart: whatever a caller left in the process before is gone.
         self.generation = 0
         self._stopped = False
         self._starting = asyncio.Lock()
+        self._call_ids = itertools.count(1)
 
-    def _started(self) -> concurrent.futures.ProcessPoolExecutor:
-        """A new executor with its process running (blocking: starting a process, and the fork server the first
+    def _spawn(self) -> tuple[multiprocessing.process.BaseProcess, socket.socket]:
+        """A new process with its end of a socket pair (blocking: starting a process, and the fork server the first
         time, takes up to a second, so this runs on a thread)."""
-        executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=_context(self._preload), initializer=_start_worker
-        )
-        executor.submit(os.getpid).result(timeout=60)
-        return executor
+        mine, theirs = socket.socketpair()
+        try:
+            process = _context(self._preload).Process(
+                target=serve, args=(theirs,), name=f"bitbucket-mirror-exporter worker {self.name}", daemon=True
+            )
+            process.start()
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return process, mine
 
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` in the worker process; WorkerLost when the process died meanwhile (it is replaced for
-        the next call)."""
+    async def _open(self) -> _Channel:
+        async with self._starting:
+            if self._channel is not None:
+                return self._channel
+            try:
+                process, mine = await asyncio.to_thread(self._spawn)
+            except OSError as exc:
+                raise WorkerLost(f"worker {self.name} could not start: {type(exc).__name__}") from None
+            if self._stopped:  # stopped while it started: it must not outlive the stop
+                mine.close()
+                await asyncio.to_thread(_end, process)
+                raise WorkerLost("the exporter is stopping")
+            reader, writer = await asyncio.open_unix_connection(sock=mine)
+            channel = self._channel = _Channel(process, writer)
+            channel.reading = asyncio.create_task(self._read_answers(channel, reader), name=f"worker {self.name}")
+            return channel
+
+    @overload
+    async def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+    @overload
+    async def call(self, function: Callable[..., T], *args: Any) -> T: ...
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in the worker process (awaited there when it is a coroutine function); WorkerLost
+        when the process died meanwhile (a new one starts at the next call)."""
         if self._stopped:
             raise WorkerLost("the exporter is stopping")
-        async with self._starting:
-            if self._executor is None:
-                try:
-                    started = await asyncio.to_thread(self._started)
-                except (BrokenProcessPool, OSError, concurrent.futures.TimeoutError) as exc:
-                    raise WorkerLost(f"worker {self.name} could not start: {type(exc).__name__}") from None
-                if self._stopped:  # stopped while it started: it must not outlive the stop
-                    await asyncio.to_thread(_end, started)
-                    raise WorkerLost("the exporter is stopping")
-                self._executor = started
-        executor = self._executor
-        if executor is None:
-            raise WorkerLost("the exporter is stopping")
+        channel = await self._open()
+        call_id = next(self._call_ids)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        channel.pending[call_id] = answer
+        message = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
-        except BrokenProcessPool:
-            await self._replace(executor)
-            raise WorkerLost(f"worker {self.name} died; restarted") from None
+            channel.writer.write(HEADER.pack(call_id, len(message)))
+            channel.writer.write(message)
+            await channel.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the process is gone: the reading task fails the answer with WorkerLost
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            channel.pending.pop(call_id, None)
+            if not channel.writer.is_closing():
+                cancel = pickle.dumps((CANCEL, ()))
+                channel.writer.write(HEADER.pack(call_id, len(cancel)) + cancel)
+            raise
 
-    async def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        if self._executor is not broken:
-            return  # another call saw the same death first
-        self._executor = None
-        self.generation += 1
-        self._on_restart()
-        log.warning("worker process died; restarted", extra={"worker": self.name})
-        await asyncio.to_thread(_end, broken)  # joining blocks: off the event loop
+    async def _read_answers(self, channel: _Channel, reader: asyncio.StreamReader) -> None:
+        """Each answer to its call, until the process ends its socket (it died, or was stopped)."""
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, OSError):
+            while True:
+                call_id, size = HEADER.unpack(await reader.readexactly(HEADER.size))
+                message = await reader.readexactly(size)
+                answer = channel.pending.pop(call_id, None)
+                if answer is None or answer.done():
+                    continue  # a call cancelled meanwhile
+                try:
+                    succeeded, value = pickle.loads(message)
+                except Exception as exc:  # an answer this process cannot read fails that call only
+                    answer.set_exception(FetchError(UNEXPECTED, f"unreadable answer: {type(exc).__name__}"))
+                    continue
+                if succeeded:
+                    answer.set_result(value)
+                else:
+                    answer.set_exception(value)
+        await self._lost(channel)
+
+    async def _lost(self, channel: _Channel) -> None:
+        if self._channel is channel:
+            self._channel = None
+        channel.writer.close()
+        stopping = self._stopped
+        if not stopping:
+            self.generation += 1
+            self._on_restart()
+            log.warning("worker process died; restarted", extra={"worker": self.name})
+        detail = "the exporter is stopping" if stopping else f"worker {self.name} died; restarted"
+        for answer in channel.pending.values():
+            if not answer.done():
+                answer.set_exception(WorkerLost(detail))
+        channel.pending.clear()
+        await asyncio.to_thread(_end, channel.process)  # joining blocks: off the event loop
+
+    def reading(self) -> asyncio.Task[None] | None:
+        """The loop's task reading the process's answers, while one runs."""
+        channel = self._channel
+        return channel.reading if channel is not None else None
 
     def pids(self) -> list[int]:
-        if self._executor is None:
-            return []
-        return [process.pid for process in _processes(self._executor) if process.pid is not None]
+        channel = self._channel
+        pid = channel.process.pid if channel is not None else None
+        return [pid] if pid is not None else []
 
     def stop(self) -> None:
+        """The process ended (from any thread): its socket then ends, and the loop's reading task with it."""
         self._stopped = True
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            _end(executor)
+        channel = self._channel
+        if channel is not None:
+            _end(channel.process)
 
 
 class InlineWorker(Worker):
     """Runs each call in this process, on the event loop: for tests that drive pollers by hand without processes
     (tests/unit), where the work's module state is this process's own."""
 
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        return function(*args)
+    @overload
+    async def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+    @overload
+    async def call(self, function: Callable[..., T], *args: Any) -> T: ...
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        result = function(*args)
+        return await result if inspect.isawaitable(result) else result
 
 
-def _processes(executor: concurrent.futures.ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
-    """The executor's processes. ProcessPoolExecutor has no public way to name them (or to end one that is busy):
-    they are read from the executor."""
-    return list((getattr(executor, "_processes", None) or {}).values())
+def _end(process: multiprocessing.process.BaseProcess) -> None:
+    """Stop ``process`` without waiting for its work: terminate it, kill it after STOP_SECONDS / 2."""
+    if process.is_alive():
+        process.terminate()
+    process.join(STOP_SECONDS / 2)
+    if process.is_alive():
+        process.kill()
+        process.join(STOP_SECONDS / 2)
 
 
-def _end(executor: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Stop ``executor`` without waiting for its work: terminate its process, kill it after STOP_SECONDS."""
-    processes = _processes(executor)
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + STOP_SECONDS / 2
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join(STOP_SECONDS / 2)
+def serve(sock: socket.socket) -> None:
+    """A worker process's life: answer the loop's calls until it closes its end."""
+    _start_worker()
+    asyncio.run(_serve(sock))
+
+
+async def _serve(sock: socket.socket) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    running: dict[int, asyncio.Task[None]] = {}
+
+    def answer(call_id: int, succeeded: bool, value: Any) -> None:
+        try:
+            message = pickle.dumps((succeeded, value), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an answer that cannot cross fails its call, not the worker
+            error = FetchError(UNEXPECTED, f"an answer that cannot be sent: {type(exc).__name__}")
+            message = pickle.dumps((False, error))
+        writer.write(HEADER.pack(call_id, len(message)))
+        writer.write(message)
+
+    async def run(call_id: int, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            value = await function(*args)
+        except asyncio.CancelledError:
+            return  # the loop gave up on this call: nobody waits for its answer
+        except Exception as exc:  # the caller's error, sent to it
+            answer(call_id, False, exc)
+        else:
+            answer(call_id, True, value)
+        finally:
+            running.pop(call_id, None)
+        await writer.drain()
+
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            call_id, size = HEADER.unpack(await reader.readexactly(HEADER.size))
+            message = await reader.readexactly(size)
+            try:
+                function, args = pickle.loads(message)
+            except Exception as exc:  # a call this process cannot read fails alone
+                answer(call_id, False, FetchError(UNEXPECTED, f"unreadable call: {type(exc).__name__}"))
+                continue
+            if function is CANCEL:
+                task = running.get(call_id)
+                if task is not None:
+                    task.cancel()
+            elif inspect.iscoroutinefunction(function):
+                running[call_id] = asyncio.create_task(run(call_id, function, args))
+            else:
+                try:
+                    answer(call_id, True, function(*args))
+                except Exception as exc:  # the caller's error, sent to it
+                    answer(call_id, False, exc)
+                await writer.drain()
 
 
 class WorkerPool:
@@ -256,8 +393,13 @@ class WorkerPool:
             await self._workers[0].call(os.getpid)
 
     async def stop(self) -> None:
-        """Every process ended, within STOP_SECONDS (off the event loop: joining blocks)."""
+        """Every process ended, within STOP_SECONDS (off the event loop: joining blocks), and the loop's reading
+        of each one's socket with it."""
+        reading = [worker.reading() for worker in self._workers]
         await asyncio.to_thread(self.stop_now)
+        waits = [task for task in reading if task is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=STOP_SECONDS)
 
     def stop_now(self) -> None:
         for worker in self._workers:

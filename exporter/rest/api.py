@@ -18,7 +18,16 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.rest.client import ANONYMOUS, Affinity, BitbucketClient, ClockReading, Page, as_int, parse_page
+from exporter.rest.client import (
+    ANONYMOUS,
+    Affinity,
+    BitbucketClient,
+    ClockReading,
+    HttpSetup,
+    Page,
+    as_int,
+    parse_page,
+)
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
     ClusterNode,
@@ -251,8 +260,21 @@ class MirrorApi:
 
     def repo_sync_status_raw_pages(self) -> AsyncIterator[Page[bytes]]:
         """The same pages as bytes, for a worker process to decode (exporter/rest/listing_work.py)."""
-        url = rest_url(self._base_url, "supportInfo", "repoSyncStatus")
-        return self._client.raw_pages(url, self._credentials, affinity=self._affinity)
+        url, credentials, affinity = self.repo_sync_status_location()
+        return self._client.raw_pages(url, credentials, affinity=affinity)
+
+    def repo_sync_status_location(self) -> tuple[URL, Credentials, Affinity]:
+        """Where the node-local listing is read, with which credentials, and the affinity its walk keeps: for a
+        worker process that walks it (exporter/rest/listing_work.py ``walk_listing``)."""
+        return rest_url(self._base_url, "supportInfo", "repoSyncStatus"), self._credentials, self._affinity
+
+    @property
+    def client(self) -> BitbucketClient:
+        return self._client
+
+    def worker_http(self) -> HttpSetup | None:
+        """How a worker process builds its session to walk the listing; None: the loop walks it."""
+        return self._client.worker_http
 
 
 NEWEST_FIRST, OLDEST_FIRST, UNKNOWN_ORDER = "newest_first", "oldest_first", "unknown"

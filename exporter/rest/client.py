@@ -22,7 +22,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from exporter.config import Credentials, PollConfig
+from exporter import __version__
+from exporter.config import Credentials, PollConfig, TlsConfig
 from exporter.secret_files import prepare
 from exporter.sources import (
     CAPTCHA,
@@ -238,6 +239,27 @@ class TrafficStats:
         self.response_bytes[host] = self.response_bytes.get(host, 0) + size
 
 
+@dataclass(frozen=True)
+class HttpSetup:
+    """What an HTTP session towards Bitbucket is built from, so a worker process builds the one the event loop's
+    client has (exporter/rest/listing_work.py walks listings there)."""
+
+    poll: PollConfig
+    tls: TlsConfig
+    user_agent: str = f"bitbucket-mirror-exporter/{__version__}"
+
+
+def http_session(setup: HttpSetup, resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """The session every request to Bitbucket goes through (in a running event loop). No shared cookie jar: each
+    mirror keeps its load balancer's affinity cookie itself (``Affinity``)."""
+    connector = aiohttp.TCPConnector(
+        ssl=setup.tls.context(), limit=0, resolver=resolver, use_dns_cache=resolver is None
+    )
+    return aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": setup.user_agent}, cookie_jar=aiohttp.DummyCookieJar()
+    )
+
+
 class BitbucketClient:
     def __init__(
         self,
@@ -258,6 +280,19 @@ class BitbucketClient:
         self._clocks: dict[str, ClockReading] = {}
         # Rows one listing walk may bring (poll.max_rows, or what the exporter derives from the primary's count).
         self.max_rows: Callable[[], int] = lambda: poll.max_rows or DEFAULT_MAX_ROWS
+        # How a worker process builds a session of its own to walk the mirrors' listings; None: they are walked here
+        # (a resolver given in this process, as tests give, cannot cross into a worker).
+        self.worker_http: HttpSetup | None = None
+
+    def absorb(self, traffic: TrafficStats, base_url: str, clock: ClockReading | None) -> None:
+        """What a worker's walk of a listing at ``base_url`` saw: its requests and bytes, the host's clock."""
+        for host, count in traffic.requests.items():
+            self.stats.requests[host] = self.stats.requests.get(host, 0) + count
+            self.stats.response_bytes[host] = self.stats.response_bytes.get(host, 0) + traffic.response_bytes[host]
+        host = origin(base_url)
+        latest = self._clocks.get(host)
+        if clock is not None and (latest is None or clock.at >= latest.at):
+            self._clocks[host] = clock
 
     def clock(self, base_url: str) -> ClockReading | None:
         """The clock reading of the latest answer from ``base_url``'s host, if any."""

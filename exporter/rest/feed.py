@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from exporter.rest.listing_work import feed, finish, forget
+from exporter.rest.listing_work import digest, feed, finish, forget
 from exporter.workers import Worker, WorkerLost
 
 T = TypeVar("T")
@@ -29,11 +28,6 @@ IN_FLIGHT = 4
 
 # Walk numbers, unique in the process: a worker tells this walk's pages from an abandoned one's.
 _walk_numbers = itertools.count(1)
-
-
-def digest(body: bytes) -> bytes:
-    """A strong hash of a page (hashlib lets go of the GIL on large buffers)."""
-    return hashlib.sha256(body).digest()
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,21 @@ worker dies its state goes with it: the loop sees the worker's ``generation`` ch
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from sys import intern
-from typing import cast
+from typing import Any, cast
 
+import aiohttp
+from yarl import URL
+
+from exporter.config import Credentials
 from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo, union
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, TrafficStats, http_session
 from exporter.rest.listings import decode_repository_page, decode_sync_status_page, sync_seconds
 from exporter.rest.state import RepoSyncSummary
 from exporter.sources import INVALID_RESPONSE, FetchError
@@ -42,6 +50,9 @@ class StoredPage:
     ids: list[str]
     failed: dict[str, int] = field(default_factory=dict)
     newest: float | None = None
+    # The page's paging fields as sent (isLastPage, nextPageStart, limit): a walk in the worker follows an unchanged
+    # page without reading it again.
+    paging: tuple[Any, Any, Any] = (True, None, None)
 
 
 @dataclass
@@ -104,7 +115,8 @@ def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, list[tuple[str
     # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
     newest: datetime | None = None
     newest_number: float | None = None
-    for repo in decode_sync_status_page(body).values:
+    page = decode_sync_status_page(body)
+    for repo in page.values:
         if repo.failed_sync_count > 0:
             failed[repo.external_repo_id] = repo.failed_sync_count
         when = repo.last_sync_date
@@ -125,7 +137,8 @@ def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, list[tuple[str
             (intern(repo.external_repo_id), MirrorRepo(content, metadata, repo.failed_sync_count, synced_seconds))
         )
     newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
-    return StoredPage(digest, [repo_id for repo_id, _ in rows], failed, newest_seconds), rows
+    paging = (page.is_last_page, page.next_page_start, page.limit)
+    return StoredPage(digest, [repo_id for repo_id, _ in rows], failed, newest_seconds, paging), rows
 
 
 # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
@@ -272,3 +285,92 @@ def union_of(nodes: list[tuple[str, dict[str, float]]], keep_all: bool) -> Drift
             raise FetchError(INVALID_RESPONSE, f"the report of {target} is not in the worker")
         reports.append(compared.report.dated(starts))
     return union(reports, keep_all)
+
+
+# --- a mirror's (or node's) listing walked here, in the worker ---------------------------------------------------
+
+
+def digest(body: bytes) -> bytes:
+    """A strong hash of a page (hashlib lets go of the GIL on large buffers)."""
+    return hashlib.sha256(body).digest()
+
+
+@dataclass(frozen=True)
+class ListingWalk:
+    """What the loop sends for one walk of ``target``'s repoSyncStatus at ``url``: the credentials (over the worker's
+    socket, never on a command line), the affinity cookies to send and the rows the walk may bring."""
+
+    target: str
+    url: str
+    credentials: Credentials
+    cookies: dict[str, str]
+    max_rows: int
+    http: HttpSetup
+
+
+@dataclass(frozen=True)
+class WalkOutcome:
+    """What the loop gets back: the listing's summary, or the FetchError that ended the walk; and, either way, the
+    requests and bytes it took, the host's clock from its latest answer and the affinity cookies after it."""
+
+    summary: RepoSyncSummary | None
+    error: FetchError | None
+    traffic: TrafficStats
+    clock: ClockReading | None
+    cookies: dict[str, str]
+
+
+_walk_numbers = itertools.count(1)
+# The worker's session, rebuilt when the loop's HTTP setup changes (a reload of poll or tls).
+_http: tuple[HttpSetup, aiohttp.ClientSession] | None = None
+
+
+def _session(setup: HttpSetup) -> aiohttp.ClientSession:
+    global _http
+    if _http is not None and _http[0] == setup and not _http[1].closed:
+        return _http[1]
+    if _http is not None:
+        stale = _http[1]
+        # Closed once the walks still on it end (aiohttp closes a session's idle connections at once).
+        asyncio.get_running_loop().call_later(
+            setup.poll.timeout_seconds + 1, lambda: asyncio.ensure_future(stale.close())
+        )
+    session = http_session(setup)
+    _http = (setup, session)
+    return session
+
+
+async def walk_listing(job: ListingWalk) -> WalkOutcome:
+    """Walk ``job.target``'s listing here: each page hashed, an unchanged one (the same bytes as the same page of the
+    listing held) followed by its kept paging fields and rows, a changed one decoded; the walk becomes the listing
+    when it is whole (``finish``)."""
+    client = BitbucketClient(_session(job.http), job.http.poll)
+    client.max_rows = lambda: job.max_rows
+    affinity = Affinity(dict(job.cookies))
+    number = next(_walk_numbers)
+    walk = STORE.walks[job.target] = Walk(MIRROR, number)
+    previous = STORE.listings.get(job.target)
+
+    def decode(body: bytes) -> Page[bytes]:
+        index = len(walk.pages)
+        page_digest = digest(body)
+        kept = previous.pages[index] if previous is not None and index < len(previous.pages) else None
+        if kept is None or kept.digest != page_digest:
+            kept, walk.changed[index] = _mirror_page(page_digest, body)
+        walk.pages.append(kept)
+        return Page([], *kept.paging, row_count=len(kept.ids))
+
+    summary: RepoSyncSummary | None = None
+    error: FetchError | None = None
+    try:
+        async for _ in client.walk(URL(job.url), job.credentials, decode, None, affinity):
+            pass
+        done = finish(job.target, number)
+        assert isinstance(done, RepoSyncSummary)
+        summary = done
+    except FetchError as exc:
+        error = exc
+    finally:
+        if STORE.walks.get(job.target) is walk:
+            del STORE.walks[job.target]
+    return WalkOutcome(summary, error, client.stats, client.clock(job.url), affinity.cookies)

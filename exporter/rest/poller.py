@@ -20,9 +20,19 @@ from typing import Any, Protocol
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.rest.api import MirrorApi, PrimaryApi
-from exporter.rest.client import ClockReading
-from exporter.rest.feed import ListingFeed, digest
-from exporter.rest.listing_work import MIRROR, PRIMARY, CompareJob, Projects, compare, primary_rows
+from exporter.rest.client import ClockReading, HttpSetup
+from exporter.rest.feed import ListingFeed
+from exporter.rest.listing_work import (
+    MIRROR,
+    PRIMARY,
+    CompareJob,
+    ListingWalk,
+    Projects,
+    compare,
+    digest,
+    primary_rows,
+    walk_listing,
+)
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
 from exporter.rest.push_dating import PushDating
 from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
@@ -107,6 +117,27 @@ class ListingRead:
         self._read = False
 
     async def __call__(self) -> RepoSyncSummary:
+        setup = self._api.worker_http()
+        summary = await (self._walk_here() if setup is None else self._walk_in_worker(setup))
+        if not isinstance(summary, RepoSyncSummary):
+            raise FetchError(UNEXPECTED, "the worker answered a listing's summary with something else")
+        self._read = True
+        return summary
+
+    async def _walk_in_worker(self, setup: HttpSetup) -> RepoSyncSummary | None:
+        """The whole walk in the worker: the HTTP exchange, hashing and decoding leave the event loop."""
+        client = self._api.client
+        url, credentials, affinity = self._api.repo_sync_status_location()
+        job = ListingWalk(self._listing.target, str(url), credentials, dict(affinity.cookies), client.max_rows(), setup)
+        outcome = await self._listing.worker.call(walk_listing, job)
+        client.absorb(outcome.traffic, str(url), outcome.clock)
+        affinity.cookies = dict(outcome.cookies)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.summary
+
+    async def _walk_here(self) -> object:
+        """The pages read on the loop, their bytes sent to the worker (exporter/rest/feed.py)."""
         walk = self._listing.start()
         try:
             async for page in self._api.repo_sync_status_raw_pages():
@@ -114,11 +145,7 @@ class ListingRead:
         except BaseException:
             walk.abandon()
             raise
-        summary = await walk.finish()
-        if not isinstance(summary, RepoSyncSummary):
-            raise FetchError(UNEXPECTED, "the worker answered a listing's summary with something else")
-        self._read = True
-        return summary
+        return await walk.finish()
 
     @property
     def ready(self) -> bool:

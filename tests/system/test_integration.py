@@ -146,15 +146,15 @@ async def test_wrong_credentials_are_http_401_and_secrets_stay_out_of_every_page
             ),
             "the first poll of sydney's listing",
         )
-        # One count per failed poll; at a 0.2 s interval another cycle may have ended since ready.
-        errors = value(
-            samples,
-            "bitbucket_mirror_exporter_poll_errors_total",
-            target="sydney",
-            source="repo_sync_status",
-            reason="http_401",
-        )
-        assert errors is not None and errors >= 1.0
+        # One count per failed poll; at a 0.2 s interval another cycle may have ended since ready. Which requests
+        # meet the account's CAPTCHA lock (the simulator's, after a few 401s, as Bitbucket's) depends on their order:
+        # the listing, walked in a worker process, may ask after the loop's own requests locked the account.
+        refused = [
+            value(samples, "bitbucket_mirror_exporter_poll_errors_total", target="sydney", source="repo_sync_status",
+                  reason=reason)
+            for reason in ("http_401", "captcha")
+        ]  # fmt: skip
+        assert sum(count or 0 for count in refused) >= 1.0
         success = value(samples, "bitbucket_mirror_exporter_poll_success", target="sydney", source="repo_sync_status")
         assert success == 0.0
         assert value(samples, "bitbucket_mirror_up", mirror="sydney") == 1.0  # /status needs no login

@@ -1,16 +1,18 @@
-"""The worker processes (exporter/workers.py) under a real exporter and farm: a worker killed mid-run is replaced
-and counted, its farm's listing poll fails with worker_lost meanwhile (the primary's own listing does not), and no
-count served is ever wrong."""
+"""The worker processes (exporter/workers.py) under a real exporter and farm: a worker killed under a node's walk is
+replaced and counted, the walk fails with worker_lost (the primary's own listing does not), no count served is ever
+wrong, and the walks' credentials are on no worker's command line or environment."""
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from exporter.simulator import Scenario
 from tests.conftest import Running, Samples, running_farm, value, wait_until
 
 RESTARTS = "bitbucket_mirror_exporter_worker_restarts_total"
+PASSWORD = "worker-walk-secret-6c1f"
 ERRORS = "bitbucket_mirror_exporter_poll_errors_total"
 
 
@@ -35,16 +37,41 @@ async def all_counts_true(run: Running) -> bool:
     )
 
 
+def proc_file(pid: int, name: str) -> bytes:
+    return Path(f"/proc/{pid}/{name}").read_bytes()
+
+
+def lost_walks(samples: Samples) -> float:
+    return sum(v for (name, labels), v in samples.items() if name == ERRORS and ("reason", "worker_lost") in labels)
+
+
 async def test_a_killed_worker_is_restarted_and_counted_and_no_count_served_meanwhile_is_wrong() -> None:
-    scenario = Scenario(repositories=60, missing_repositories=3)
+    # Each mirror request answered after 0.1 s: a node's walk is in flight in its worker most of the time.
+    scenario = Scenario(repositories=60, missing_repositories=3, mirror_latency_seconds=0.1, password=PASSWORD)
     async with running_farm(scenario, ["9.x", "8.x"], nodes=True) as run:
         await run.wait_ready()
         await wait_until(lambda: all_counts_true(run), 15, "every count true")
         pids = run.exporter.workers.pids()
-        assert pids, "the comparisons ran in a worker process"
+        assert pids, "the walks ran in a worker process"
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            # The walks' credentials reach a worker over its socket only.
+            for part in ("cmdline", "environ"):
+                assert PASSWORD.encode() not in proc_file(pid, part), part
+        killed: set[int] = set()
         seen_wrong: list[str] = []
+
+        async def killed_under_a_walk() -> bool:
+            """The workers killed, again until a walk in flight failed with them."""
+            samples, truth = await run.metrics(), await run.truth()
+            seen_wrong.extend(wrong_counts(samples, truth))
+            if lost_walks(samples) >= 1:
+                return True
+            for pid in run.exporter.workers.pids():
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            return False
+
+        await wait_until(killed_under_a_walk, 20, "a walk failed as worker_lost under a killed worker")
 
         async def restarted_and_true() -> bool:
             samples, truth = await run.metrics(), await run.truth()
@@ -54,8 +81,8 @@ async def test_a_killed_worker_is_restarted_and_counted_and_no_count_served_mean
         await wait_until(restarted_and_true, 20, "a new worker and every count true again")
         assert not seen_wrong, seen_wrong
         samples = await run.metrics()
-        lost = sum(v for (name, labels), v in samples.items() if name == ERRORS and ("reason", "worker_lost") in labels)
-        assert lost >= 1, "the walk the worker died under failed as worker_lost"
+        assert (value(samples, RESTARTS) or 0) <= len(killed), "a restart counted for each process killed, no more"
         primary_lost = value(samples, ERRORS, target="primary", source="repositories", reason="worker_lost")
         assert primary_lost is None, "the primary's own listing is read on the loop: a worker's death is not its"
-        assert set(run.exporter.workers.pids()).isdisjoint(pids), "new processes"
+        assert run.exporter.workers.pids(), "a worker runs again"
+        assert killed.isdisjoint(run.exporter.workers.pids()), "new processes"

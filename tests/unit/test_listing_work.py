@@ -4,7 +4,6 @@ whatever moves between two walks (insertions at the head shift every page bounda
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 import msgspec
@@ -14,8 +13,18 @@ from hypothesis import strategies as st
 
 from exporter.drift import MirrorRepo, RepoState, analyse
 from exporter.rest import listing_work
-from exporter.rest.feed import digest
-from exporter.rest.listing_work import MIRROR, PRIMARY, CompareJob, Projects, Store, compare, feed, finish, primary_rows
+from exporter.rest.listing_work import (
+    MIRROR,
+    PRIMARY,
+    CompareJob,
+    Projects,
+    Store,
+    compare,
+    digest,
+    feed,
+    finish,
+    primary_rows,
+)
 from exporter.rest.state import RepoSyncSummary
 from exporter.sources import FetchError
 
@@ -23,12 +32,7 @@ PRIMARY_NAME = "(primary)"
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def store() -> Iterator[Store]:
-    fresh = Store()
-    previous, listing_work.STORE = listing_work.STORE, fresh
-    yield fresh
-    listing_work.STORE = previous
+pytestmark = pytest.mark.usefixtures("store")
 
 
 def primary_page(rows: list[tuple[int, str]]) -> bytes:

@@ -15,7 +15,7 @@ from yarl import URL
 from exporter.config import Credentials, PollConfig
 from exporter.drift import RepoState
 from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
-from exporter.rest.client import Affinity, BitbucketClient, ClockReading, Page
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page
 from exporter.rest.listings import Hashes, PrimaryRepositoryRow, ProjectRow, RepositoryHashes, SyncStatusRow
 from exporter.rest.models import (
     ClusterNode,
@@ -72,6 +72,9 @@ class FakeMirror(MirrorApi):
 
     def clock(self) -> ClockReading | None:
         return None
+
+    def worker_http(self) -> HttpSetup | None:
+        return None  # the pages below are read here and sent to the worker as bytes
 
     def _maybe_fail(self, source: str) -> None:
         if source in self.fail:
