@@ -107,7 +107,10 @@ def _common_options() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="worker processes that decode and compare the listings (default: the usable cores less one, at least 1)",
+        help=(
+            "worker processes that walk, decode and compare the mirrors' listings "
+            "(default: the usable cores less one, at least 1)"
+        ),
     )
     common.add_argument(
         "--web.enable-lifecycle",

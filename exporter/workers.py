@@ -408,14 +408,14 @@ class WorkerPool:
     def collect(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
             "bitbucket_mirror_exporter_worker_restarts",
-            "Worker processes (which decode and compare the listings) that died and were restarted; a restarted "
+            "Worker processes (which walk, decode and compare the listings) that died and were restarted; a restarted "
             "worker's mirrors show no drift until their next cycle.",
             labels=[],
         )
         restarts.add_metric([], self.restarts)
         size = GaugeMetricFamily(
             "bitbucket_mirror_exporter_worker_processes",
-            "Worker processes the exporter runs for the listings' decoding and comparison (poll.worker_processes).",
+            "Worker processes the exporter runs to walk, decode and compare the listings (--workers.processes).",
         )
         size.add_metric([], self.size)
         yield from (restarts, size)

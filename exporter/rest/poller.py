@@ -321,8 +321,9 @@ class PrimaryPoller:
         self._on_mirror_servers = on_mirror_servers
         # Why each target's latest comparison failed (None: it did not), so a failure is logged once per change.
         self._compare_failures: dict[str, str | None] = {}
-        # The previous successful walk's pages, digest and rows: an unchanged page is not decoded again.
-        self._pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
+        # The previous successful walk's pages, digest and ids (a tuple of strings: the garbage collector never
+        # walks it): an unchanged page is not decoded again, its rows are the previous snapshot's.
+        self._pages: list[tuple[bytes, tuple[str, ...]]] = []
 
     def walk_in(self, worker: Worker) -> int | None:
         """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
@@ -349,9 +350,10 @@ class PrimaryPoller:
         to every worker that has a farm. A page whose digest is the same page's of the previous walk is not decoded
         again; when no page changed, the previous snapshot itself is the new one."""
         previous = self.state.repositories.value
+        kept_pages = self._pages if previous is not None else []
         projects: Projects = {}
-        pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]] = []
-        decoded: list[int] = []  # the pages decoded this walk, by index
+        pages: list[tuple[bytes, tuple[str, ...]]] = []
+        decoded: dict[int, list[tuple[str, PrimaryRepo]]] = {}  # the rows of the pages decoded this walk, by index
         for worker in self.workers.assigned():
             if worker not in self._listings:  # a farm was given a worker of its own since (discovery, a reload)
                 self._listings[worker] = ListingFeed(worker, PRIMARY_LISTING, PRIMARY)
@@ -368,12 +370,12 @@ class PrimaryPoller:
                         walk.abandon()
                         walks.remove(walk)
                 index = len(pages)
-                kept = self._pages[index] if index < len(self._pages) else None
+                kept = kept_pages[index] if index < len(kept_pages) else None
                 if kept is not None and kept[0] == page_digest:
                     pages.append(kept)
                 else:
-                    pages.append((page_digest, primary_rows(raw.body, projects)))
-                    decoded.append(index)
+                    rows = decoded[index] = primary_rows(raw.body, projects)
+                    pages.append((page_digest, tuple(repo_id for repo_id, _ in rows)))
         except BaseException:
             for walk in walks:
                 walk.abandon()
@@ -382,23 +384,25 @@ class PrimaryPoller:
             # A worker that could not take the listing compares nothing with it this cycle (walk_in says so).
             with contextlib.suppress(FetchError):
                 await walk.finish()
-        unchanged = previous is not None and not decoded and len(pages) == len(self._pages)
+        unchanged = previous is not None and not decoded and len(pages) == len(kept_pages)
         self._pages = pages
         if unchanged and previous is not None:
             return previous
-        return await self._snapshot(pages, set(decoded), previous or {})
+        return await self._snapshot(pages, decoded, previous or {})
 
     async def _snapshot(
         self,
-        pages: list[tuple[bytes, list[tuple[str, PrimaryRepo]]]],
-        decoded: set[int],
+        pages: list[tuple[bytes, tuple[str, ...]]],
+        decoded: dict[int, list[tuple[str, PrimaryRepo]]],
         previous: dict[str, PrimaryRepo],
     ) -> dict[str, PrimaryRepo]:
         repositories: dict[str, PrimaryRepo] = {}
         changed = 0
-        for index, (_, rows) in enumerate(pages):
-            if index not in decoded:
-                repositories.update(rows)  # the previous walk's rows, as they were
+        for index, (_, ids) in enumerate(pages):
+            rows = decoded.get(index)
+            if rows is None:
+                for repo_id in ids:  # an unchanged page: the previous snapshot's rows, as they were
+                    repositories[repo_id] = previous[repo_id]
                 continue
             for repo_id, row in rows:
                 # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most

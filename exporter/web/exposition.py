@@ -1,13 +1,15 @@
 """The /metrics body: the latest rendering of each content type scrapers ask for, at most a second old.
 
-A rendering walks every collector and encodes ~1,600 series at 100k repositories x 3 mirrors x 3 nodes: 8-10 ms of
-CPU, 20-40 ms of wall time on a machine whose cores the polls' processes share. A scrape must not wait for that, so
-the loop renders each wanted content type again once its latest rendering is ``RENDER_AT_SECONDS`` old (and within
-``CHECK_SECONDS`` of a new drift report), and a scrape serves the latest rendering as it is while it is at most
-``MAX_AGE_SECONDS`` old (else waits for a new one). A rendering takes the metric families a few at a time, at most
-``STEP_SECONDS`` of work between two yields to the event loop, so no rendering holds the loop: each family is read
-whole from the state as it is when its turn comes (a rendering spans milliseconds; a drift report that lands in between
-asks for the next rendering at once).
+A rendering walks every collector and encodes ~1,600 series at 100k repositories x 3 mirrors x 3 nodes: 8-10 ms of CPU,
+20-40 ms of wall time on a machine whose cores the polls' processes share. A scrape must not wait for that, so the loop
+renders each wanted content type again once its latest rendering is ``RENDER_AT_SECONDS`` old (and within
+``CHECK_SECONDS`` of a new drift report) while a scrape of it is expected (``Wanted.expecting``: from 0.8 s before a
+scraper's next scrape is due, judged by the gap between its last two, until it comes or is long overdue), and a scrape
+serves the latest rendering as it is while it is at most ``MAX_AGE_SECONDS`` old (else waits for a new one). So a
+Prometheus scraping every 30 s costs about two renderings a scrape, not one every 0.8 s between its scrapes. A rendering
+takes the metric families a few at a time, at most ``STEP_SECONDS`` of work between two yields to the event loop, so no
+rendering holds the loop: each family is read whole from the state as it is when its turn comes (a rendering spans
+milliseconds; a drift report that lands in between asks for the next rendering at once).
 
 A lag (``now - since`` while a divergence lasts) is therefore at most a second short: its resolution is the poll
 interval anyway. A query that wants it to the second reads the ``..._first_seen_timestamp_seconds`` series beside
@@ -21,7 +23,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from prometheus_client import CollectorRegistry
@@ -40,8 +42,10 @@ STEP_SECONDS = 0.001
 PIECE_SAMPLES = 64
 # How OpenMetrics ends a body: once, after the last family.
 OPENMETRICS_END = b"# EOF\n"
-# Nobody has asked for this content type for so long: stop rendering it.
+# Nobody has asked for this content type for so long: forget it.
 IDLE_SECONDS = 300.0
+# A scrape overdue by more than its gap (and at least this long): stop rendering ahead for it.
+OVERDUE_SECONDS = 5.0
 # The Accept headers of Prometheus (2.x and 3.x ask for OpenMetrics first) and of a client that says nothing.
 PRIMED = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -83,6 +87,36 @@ class Families:
         return iter(self._families)
 
 
+# Scrapers remembered per content type (by address): a few Prometheus servers, not every client that ever asked.
+MAX_SCRAPERS = 64
+
+
+@dataclass
+class Wanted:
+    """A content type scrapers ask for: its encoder, and for each scraper (its address) when it last asked and the
+    gap before that. Each Prometheus scrapes on an interval of its own, so the next scrape is predicted per scraper
+    (two servers of an HA pair alternate: their merged gaps would predict neither)."""
+
+    encoder: Encoder
+    asked: float
+    scrapers: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+
+    def asked_again(self, now: float, scraper: str) -> None:
+        self.asked = now
+        last = self.scrapers.pop(scraper, None)
+        self.scrapers[scraper] = (now, None if last is None else now - last[0])
+        if len(self.scrapers) > MAX_SCRAPERS:
+            del self.scrapers[next(iter(self.scrapers))]  # the one that asked least recently
+
+    def expecting(self, now: float, render_at: float) -> bool:
+        """Whether a scrape is expected soon enough that a rendering made now would serve it: for some scraper, from
+        ``render_at`` before its next is due (its own gap after its last) until that one is overdue by its gap."""
+        for asked, gap in self.scrapers.values():
+            if gap is not None and asked + gap - render_at <= now <= asked + gap + max(gap, OVERDUE_SECONDS):
+                return True
+        return False
+
+
 @dataclass(frozen=True)
 class Rendering:
     """One encoding of the registry."""
@@ -111,8 +145,7 @@ class Exposition:
         self._ready = ready
         # Content types whose latest rendering was made before the exporter was ready.
         self._before_ready: set[str] = set()
-        # Content type -> (encoder, the monotonic clock when last asked for).
-        self._wanted: dict[str, tuple[Encoder, float]] = {}
+        self._wanted: dict[str, Wanted] = {}
         self._latest: dict[str, Rendering] = {}
         # Renderings under way, by content type: scrapes that come meanwhile wait for the same one.
         self._rendering: dict[str, asyncio.Future[Rendering]] = {}
@@ -159,19 +192,22 @@ class Exposition:
         """When /-/ready is about to say ready: a scrape right after it must show the polls that made it so, not a
         rendering up to a second older."""
         wanted = dict(self._wanted)
-        for content_type, encoder in [(t, wanted[t][0]) for t in list(self._before_ready) if t in wanted]:
+        for content_type, encoder in [(t, wanted[t].encoder) for t in list(self._before_ready) if t in wanted]:
             await self.render_begun_now(content_type, encoder)
 
     def rendered_since(self, made: float) -> bool:
-        """Whether every content type's latest rendering was made at or after ``made`` (monotonic): a scrape now
-        shows what the state held then (a test waits for this)."""
-        latest = list(self._latest.values())
-        return bool(latest) and all(rendering.made >= made for rendering in latest)
+        """Whether a scrape now shows what the state held at ``made`` (monotonic), whatever it asks for: every
+        content type's latest rendering was made at or after then, or is too old to be served (a scrape waits for a
+        new one). A test waits for this."""
+        latest, now = list(self._latest.values()), self._monotonic()
+        return bool(latest) and all(r.made >= made or now - r.made > self._max_age for r in latest)
 
-    async def serve(self, content_type: str, encoder: Encoder) -> Rendering:
-        """For a scrape: the latest rendering while it is young enough and shows the latest analyses, else a new
-        one."""
-        self._wanted[content_type] = (encoder, self._monotonic())
+    async def serve(self, content_type: str, encoder: Encoder, scraper: str = "") -> Rendering:
+        """For a scrape (by ``scraper``, its address): the latest rendering while it is young enough and shows the
+        latest analyses, else a new one."""
+        now = self._monotonic()
+        wanted = self._wanted.setdefault(content_type, Wanted(encoder, now))
+        wanted.asked_again(now, scraper)
         latest = self._latest.get(content_type)
         if latest is None or self._monotonic() - latest.made > self._max_age or latest.reports != self._reports():
             latest = await self.render_begun_now(content_type, encoder)
@@ -181,29 +217,38 @@ class Exposition:
         """A rendering of what Prometheus and plain clients ask for is there for the very first scrape."""
         for accept in PRIMED:
             primed, content_type = choose_encoder(accept)
-            self._wanted[content_type] = (primed, self._monotonic())
+            self._wanted.setdefault(content_type, Wanted(primed, self._monotonic()))
             if content_type not in self._latest:
                 await self.render(content_type, primed)
 
-    async def keep_fresh(self) -> None:
-        """While the exporter runs, after ``start``: render each wanted content type before its latest rendering is
-        too old to serve, and at once when a drift report is new."""
+    def due(self) -> list[tuple[str, Encoder]]:
+        """The content types to render now: a scrape of it is expected, and its latest rendering would be too old
+        for it or misses a drift report. Those nobody asked for in IDLE_SECONDS are forgotten."""
+        now, reports = self._monotonic(), self._reports()
         render_at = self._max_age * RENDER_AT_SECONDS / MAX_AGE_SECONDS
+        for content_type, wanted in list(self._wanted.items()):
+            if now - wanted.asked > IDLE_SECONDS:
+                self._wanted.pop(content_type, None)
+                self._latest.pop(content_type, None)
+        due = []
+        for content_type, wanted in self._wanted.items():
+            latest = self._latest.get(content_type)
+            stale = latest is None or now - latest.made >= render_at or latest.reports != reports
+            if stale and wanted.expecting(now, render_at):
+                due.append((content_type, wanted.encoder))
+        return due
+
+    async def keep_fresh(self) -> None:
+        """While the exporter runs, after ``start``: render each content type a scrape is expected for before its
+        latest rendering is too old to serve, and at once when a drift report is new."""
         while True:
-            now, reports = self._monotonic(), self._reports()
-            for content_type, (_, asked) in list(self._wanted.items()):
-                if now - asked > IDLE_SECONDS:
-                    self._wanted.pop(content_type, None)
-                    self._latest.pop(content_type, None)
-            for content_type, (encoder, _) in list(self._wanted.items()):
-                latest = self._latest.get(content_type)
-                if latest is None or now - latest.made >= render_at or latest.reports != reports:
-                    try:
-                        await self.render(content_type, encoder)
-                        self._failing = False
-                    except Exception:
-                        # A collector's bug: every scrape answers 500 with it meanwhile; logged once.
-                        if not self._failing:
-                            log.exception("rendering /metrics failed")
-                        self._failing = True
+            for content_type, encoder in self.due():
+                try:
+                    await self.render(content_type, encoder)
+                    self._failing = False
+                except Exception:
+                    # A collector's bug: every scrape answers 500 with it meanwhile; logged once.
+                    if not self._failing:
+                        log.exception("rendering /metrics failed")
+                    self._failing = True
             await asyncio.sleep(CHECK_SECONDS)

@@ -1,10 +1,10 @@
 """HTTP endpoints: /metrics, /-/healthy, /-/ready, POST /-/reload and a small landing page; basic auth on all but
 the health endpoints when the web config has users. None of them waits on Bitbucket.
 
-aiohttp alone parses HTTP, on the event loop, over plain TCP or TLS alike: the loop only moves bytes (the listings'
-decoding and comparison run in worker processes, exporter/workers.py), so a scrape is answered from the latest
-rendering (exporter/web/exposition.py) without waiting. The connection cap and the pause when the process runs out
-of descriptors are asyncio's and aiohttp's own accept path, counted as refusals here."""
+aiohttp alone parses HTTP, on the event loop, over plain TCP or TLS alike: the loop only moves bytes (the mirrors'
+listing walks, their decoding and comparison run in worker processes, exporter/workers.py), so a scrape is answered from
+the latest rendering (exporter/web/exposition.py) without waiting. The connection cap and the pause when the process
+runs out of descriptors are asyncio's and aiohttp's own accept path, counted as refusals here."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def exposition_of(served: Served) -> Exposition:
 
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    rendering = await request.app[EXPOSITION_KEY].serve(content_type, encoder)
+    rendering = await request.app[EXPOSITION_KEY].serve(content_type, encoder, request.remote or "")
     return web.Response(body=rendering.body, headers={"Content-Type": content_type})
 
 

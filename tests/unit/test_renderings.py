@@ -119,3 +119,64 @@ async def test_a_scrape_never_gets_a_rendering_begun_before_a_new_drift_report(
     served = await exposition.serve("text/plain", generate_latest)
     assert (await under_way).reports == (1,)
     assert served.reports == (2,) and served.made >= monotonic.now
+
+
+async def test_the_loop_renders_ahead_only_while_a_scrape_is_expected(monotonic: Monotonic) -> None:
+    """Each scraper's next scrape is predicted from its own last gap: the loop renders from 0.8 s before it is due
+    until it comes (or is overdue by its gap), and not at all for a content type nobody scrapes on an interval."""
+    reports = [(1,)]
+    exposition = Exposition(registry_at(lambda: NOW), lambda: reports[-1], monotonic=monotonic)
+    await exposition.start()
+    monotonic.now += 30
+    assert exposition.due() == [], "primed for the first scrape, then nobody scrapes: nothing rendered ahead"
+
+    def due() -> list[str]:
+        return [content_type for content_type, _ in exposition.due()]
+
+    async def scrape(scraper: str) -> None:
+        await exposition.serve("text/plain", generate_latest, scraper)
+
+    await scrape("prometheus-a")
+    monotonic.now += 15
+    await scrape("prometheus-a")  # every 15 s: the next is due 15 s from now
+    monotonic.now += 14.1
+    assert due() == [], "0.9 s before the scrape: a rendering made now would be too old for it"
+    monotonic.now += 0.2
+    assert due() == ["text/plain"], "0.7 s before it"
+    await exposition.render("text/plain", generate_latest)
+    monotonic.now += 0.5
+    assert due() == [], "rendered 0.5 s ago: served as it is"
+    reports.append((2,))
+    assert due() == ["text/plain"], "a new drift report while the scrape is expected: rendered at once"
+    await exposition.render("text/plain", generate_latest)
+    monotonic.now += 1.0
+    assert due() == ["text/plain"], "the scrape is late: rendered again while it may come"
+    await exposition.render("text/plain", generate_latest)
+    monotonic.now += 15.0
+    assert due() == [], "overdue by more than its gap: no longer expected"
+
+    # An HA pair: two servers 5 s apart, each every 30 s. Merged, their gaps (5, 25) would predict neither.
+    await scrape("prometheus-b")
+    monotonic.now += 5
+    await scrape("prometheus-c")
+    monotonic.now += 25
+    await scrape("prometheus-b")
+    monotonic.now += 5
+    await scrape("prometheus-c")
+    monotonic.now += 24.5
+    assert due() == ["text/plain"], "prometheus-b is due in 0.5 s"
+    await exposition.render("text/plain", generate_latest)
+    await scrape("prometheus-b")
+    monotonic.now += 4.6
+    assert due() == [], "prometheus-c is due in 0.9 s"
+    monotonic.now += 0.2
+    assert due() == ["text/plain"], "prometheus-c is due in 0.7 s"
+
+
+async def test_a_rendering_too_old_to_be_served_does_not_hold_up_rendered_since(monotonic: Monotonic) -> None:
+    exposition = Exposition(registry_at(lambda: NOW), lambda: (), monotonic=monotonic)
+    await exposition.start()
+    monotonic.now += 0.5
+    assert not exposition.rendered_since(monotonic.now), "a scrape now is served the rendering of 0.5 s ago"
+    monotonic.now += 0.6
+    assert exposition.rendered_since(monotonic.now), "1.1 s old: a scrape now waits for a new rendering"
