@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from collections.abc import Iterable
+import math
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from sys import intern
@@ -55,12 +57,108 @@ class StoredPage:
     paging: tuple[Any, Any, Any] = (True, None, None)
 
 
+class Slots:
+    """A number for each repository id the worker has seen, shared by its mirror listings' columns (a farm's nodes
+    list the same ids): one dict of ids per worker, not one per listing."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.ids: list[str] = list(ids)
+        self.index: dict[str, int] = {repo_id: slot for slot, repo_id in enumerate(self.ids)}
+
+    def slot(self, repo_id: str) -> int:
+        slot = self.index.get(repo_id)
+        if slot is None:
+            slot = self.index[repo_id] = len(self.ids)
+            self.ids.append(repo_id)
+        return slot
+
+
+NOT_LISTED = -1
+
+
+class MirrorColumns(Mapping[str, MirrorRepo]):
+    """A mirror's (or node's) listing by column, indexed by the worker's ``Slots``: 32 bytes a repository (two
+    references to interned hashes, the failure count, the sync time) instead of a dict entry, a struct and a float
+    (about 130), for each of a farm's nodes. Read as the mapping of ``MirrorRepo`` rows the analysis takes (each row
+    built when asked for: a comparison of two unchanged listings is reused, so rows are built only when one changed).
+    """
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self._content: list[str | None] = []
+        self._metadata: list[str | None] = []
+        self._failed = array("q")  # NOT_LISTED where this listing has no such id
+        self._synced = array("d")  # NaN: unknown
+        self._count = 0
+
+    def _grow(self, size: int) -> None:
+        missing = size - len(self._failed)
+        if missing > 0:
+            self._content.extend([None] * missing)
+            self._metadata.extend([None] * missing)
+            self._failed.extend([NOT_LISTED] * missing)
+            self._synced.extend([math.nan] * missing)
+
+    def put(self, repo_id: str, row: MirrorRepo) -> None:
+        slot = self.slots.slot(repo_id)
+        self._grow(slot + 1)
+        if self._failed[slot] == NOT_LISTED:
+            self._count += 1
+        self._content[slot], self._metadata[slot] = row.content, row.metadata
+        self._failed[slot] = row.failed_syncs
+        self._synced[slot] = math.nan if row.synced_at is None else cast(float, row.synced_at)
+
+    def update(self, rows: Iterable[tuple[str, Row]]) -> None:
+        for repo_id, row in rows:
+            self.put(repo_id, cast(MirrorRepo, row))
+
+    def pop(self, repo_id: str, default: None = None) -> None:
+        slot = self.slots.index.get(repo_id)
+        if slot is not None and slot < len(self._failed) and self._failed[slot] != NOT_LISTED:
+            self._failed[slot] = NOT_LISTED
+            self._content[slot] = self._metadata[slot] = None
+            self._count -= 1
+
+    def _row(self, slot: int) -> MirrorRepo | None:
+        if slot >= len(self._failed) or (failed := self._failed[slot]) == NOT_LISTED:
+            return None
+        synced = self._synced[slot]
+        return MirrorRepo(self._content[slot], self._metadata[slot], failed, None if math.isnan(synced) else synced)
+
+    def get(self, repo_id: str, default: MirrorRepo | None = None) -> MirrorRepo | None:  # type: ignore[override]
+        slot = self.slots.index.get(repo_id)
+        row = self._row(slot) if slot is not None else None
+        return default if row is None else row
+
+    def __getitem__(self, repo_id: str) -> MirrorRepo:
+        row = self.get(repo_id)
+        if row is None:
+            raise KeyError(repo_id)
+        return row
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        ids = self.slots.ids
+        return (ids[slot] for slot, failed in enumerate(self._failed) if failed != NOT_LISTED)
+
+    def moved_to(self, slots: Slots) -> MirrorColumns:
+        """The same rows under ``slots`` (a compaction of the worker's ids)."""
+        moved = MirrorColumns(slots)
+        for slot, repo_id in enumerate(self.slots.ids):
+            row = self._row(slot)
+            if row is not None:
+                moved.put(repo_id, row)
+        return moved
+
+
 @dataclass
 class Listing:
     kind: str
     pages: list[StoredPage]
-    # Every row by id: kept from walk to walk, only the rows of changed pages replaced.
-    rows: dict[str, Row]
+    # Every row by id: kept from walk to walk, only the rows of changed pages replaced (a mirror's by column).
+    rows: dict[str, Row] | MirrorColumns
     # The loop's walk number that made it; ``version`` grows only when a page changed (or the page count).
     walk: int
     version: int
@@ -104,6 +202,24 @@ class Store:
     listings: dict[str, Listing] = field(default_factory=dict)
     walks: dict[str, Walk] = field(default_factory=dict)
     compared: dict[str, Compared] = field(default_factory=dict)
+    slots: Slots = field(default_factory=Slots)
+
+    def compact(self) -> None:
+        """Ids no listing has any more (repositories deleted, nodes gone) keep their slot until the worker's ids
+        are more than twice the largest listing's: then every mirror listing moves to slots of the live ids only."""
+        columns = [listing.rows for listing in self.listings.values() if isinstance(listing.rows, MirrorColumns)]
+        largest = max((len(rows) for rows in columns), default=0)
+        if len(self.slots.ids) <= 2 * largest + COMPACT_SLACK:
+            return
+        live = Slots(repo_id for repo_id in self.slots.ids if any(repo_id in rows for rows in columns))
+        for listing in self.listings.values():
+            if isinstance(listing.rows, MirrorColumns):
+                listing.rows = listing.rows.moved_to(live)
+        self.slots = live
+
+
+# Dead slots tolerated beyond twice the largest listing before a compaction.
+COMPACT_SLACK = 1024
 
 
 STORE = Store()
@@ -207,8 +323,9 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
     if current is None or current.walk != walk:
         raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
     previous = store.listings.pop(target, None)
+    rows: dict[str, Row] | MirrorColumns
     if previous is None or len(current.changed) == len(current.pages):
-        rows: dict[str, Row] = {}  # every page new: nothing kept
+        rows = MirrorColumns(store.slots) if current.kind == MIRROR else {}  # every page new: nothing kept
     else:
         rows = previous.rows
         for index, page in enumerate(previous.pages):
@@ -225,6 +342,7 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
     changed = previous is None or bool(current.changed) or len(previous.pages) != len(current.pages)
     version = (previous.version + 1 if changed else previous.version) if previous is not None else 0
     store.listings[target] = Listing(current.kind, current.pages, rows, walk, version)
+    store.compact()
     if current.kind == PRIMARY:
         return len(rows)
     return _summary(current.pages, len(rows))
@@ -267,7 +385,7 @@ def compare(job: CompareJob) -> DriftReport:
         return report
     since = job.previous_since if job.previous_since is not None else (last.report.diverged_since if last else {})
     primary_rows_by_id = cast(dict[str, PrimaryRepo], primary.rows)
-    mirror_rows = cast(dict[str, MirrorRepo], mirror.rows)
+    mirror_rows = cast(Mapping[str, MirrorRepo], mirror.rows)
     analysis = Analysis(primary_rows_by_id, job.scope, mirror_rows, since, job.seen_at, job.keep_all, job.per_node)
     analysis.step(len(primary_rows_by_id) + 1)
     report = analysis.report(inputs_at=job.inputs_at, rows_from=job.rows_from)

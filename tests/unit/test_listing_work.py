@@ -23,6 +23,7 @@ from exporter.rest.listing_work import (
     digest,
     feed,
     finish,
+    forget,
     primary_rows,
 )
 from exporter.rest.state import RepoSyncSummary
@@ -171,3 +172,23 @@ def test_reused_pages_and_comparisons_give_the_counts_of_a_comparison_from_scrat
         mirror.walk([mirror_page(p) for p in paged(mirror_rows_, page_size)])
         report = compare(job("sydney", primary.walks))
         assert report.counts == from_scratch(primary_rows_, mirror_rows_)
+
+
+def test_mirror_listings_are_kept_by_column_and_compacted_when_their_ids_are_gone(store: Store) -> None:
+    """Each mirror listing holds its rows in columns over the worker's shared slots; once most ids are gone (a node
+    left, repositories deleted) the slots are compacted and every listing still reads the same rows."""
+    big = [(i, f"{i:040x}") for i in range(1, 3001)]
+    small = [(i, f"{i:040x}") for i in range(2990, 3011)]
+    Loop("sydney/node-1", MIRROR).walk([mirror_page(p) for p in paged(big, 100)])
+    node_2 = Loop("sydney/node-2", MIRROR)
+    node_2.walk([mirror_page(p) for p in paged(small, 7)])
+    before = dict(store.listings["sydney/node-2"].rows)
+    assert len(store.slots.ids) == 3010, "one slot per id seen, shared by the listings"
+    assert isinstance(store.listings["sydney/node-2"].rows, listing_work.MirrorColumns)
+    forget(["sydney/node-1"])
+    node_2.walk([mirror_page(p) for p in paged(small, 7)])  # unchanged: the walk that finishes compacts
+    assert len(store.slots.ids) == 21, "only the live ids keep a slot"
+    after = store.listings["sydney/node-2"].rows
+    assert dict(after) == before and len(after) == 21
+    assert after.get("1") is None and "2995" in after and after["2995"].content == f"{2995:040x}"
+    assert after["2995"].synced_at is None, "no sync date sent: unknown, not 0"
