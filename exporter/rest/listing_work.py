@@ -40,9 +40,6 @@ PRIMARY = "primary"
 MIRROR = "mirror"
 
 
-Row = MirrorRepo | PrimaryRepo
-
-
 @dataclass
 class StoredPage:
     """One page as the worker keeps it: its digest, the ids it lists (their rows are in the listing's ``rows``), and
@@ -55,6 +52,18 @@ class StoredPage:
     # The page's paging fields as sent (isLastPage, nextPageStart, limit): a walk in the worker follows an unchanged
     # page without reading it again.
     paging: tuple[Any, Any, Any] = (True, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class PageColumns:
+    """The rows of one changed mirror page until its walk is whole, by column as the listing keeps them (a walk's
+    changed pages are held whole before the listing takes them: nine node walks at once on a cold start)."""
+
+    ids: list[str]
+    content: list[str | None]
+    metadata: list[str | None]
+    failed: array[int]
+    synced: array[float]  # NaN: unknown
 
 
 class Slots:
@@ -108,9 +117,16 @@ class MirrorColumns(Mapping[str, MirrorRepo]):
         self._failed[slot] = row.failed_syncs
         self._synced[slot] = math.nan if row.synced_at is None else cast(float, row.synced_at)
 
-    def update(self, rows: Iterable[tuple[str, Row]]) -> None:
-        for repo_id, row in rows:
-            self.put(repo_id, cast(MirrorRepo, row))
+    def update(self, page: PageColumns) -> None:
+        slot_of = self.slots.slot
+        for position, repo_id in enumerate(page.ids):
+            slot = slot_of(repo_id)
+            self._grow(slot + 1)
+            if self._failed[slot] == NOT_LISTED:
+                self._count += 1
+            self._content[slot], self._metadata[slot] = page.content[position], page.metadata[position]
+            self._failed[slot] = page.failed[position]
+            self._synced[slot] = page.synced[position]
 
     def pop(self, repo_id: str, default: None = None) -> None:
         slot = self.slots.index.get(repo_id)
@@ -158,7 +174,7 @@ class Listing:
     kind: str
     pages: list[StoredPage]
     # Every row by id: kept from walk to walk, only the rows of changed pages replaced (a mirror's by column).
-    rows: dict[str, Row] | MirrorColumns
+    rows: dict[str, PrimaryRepo] | MirrorColumns
     # The loop's walk number that made it; ``version`` grows only when a page changed (or the page count).
     walk: int
     version: int
@@ -170,7 +186,7 @@ class Walk:
     walk: int
     pages: list[StoredPage] = field(default_factory=list)
     # The rows of the pages that changed, by page index, until the walk is whole.
-    changed: dict[int, list[tuple[str, Row]]] = field(default_factory=dict)
+    changed: dict[int, PageColumns | list[tuple[str, PrimaryRepo]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,8 +241,12 @@ COMPACT_SLACK = 1024
 STORE = Store()
 
 
-def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, list[tuple[str, Row]]]:
-    rows: list[tuple[str, Row]] = []
+def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, PageColumns]:
+    ids: list[str] = []
+    contents: list[str | None] = []
+    metadatas: list[str | None] = []
+    failures: array[int] = array("q")
+    synced_times: array[float] = array("d")
     failed: dict[str, int] = {}
     # ISO dates and numeric ones apart: comparing datetimes needs no conversion per row (sync_seconds at the end).
     newest: datetime | None = None
@@ -244,17 +264,16 @@ def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, list[tuple[str
         hashes = repo.hashes
         # Interned as the primary's are: the copies of an in-step farm (every node of every mirror) then hold one
         # string per repository and hash between them, not one each.
-        content = intern(hashes.content) if hashes and hashes.content is not None else None
-        metadata = intern(hashes.metadata) if hashes and hashes.metadata is not None else None
+        contents.append(intern(hashes.content) if hashes and hashes.content is not None else None)
+        metadatas.append(intern(hashes.metadata) if hashes and hashes.metadata is not None else None)
         synced = repo.synced_at()
-        # Seconds, not the decoded datetime: a float is half its size, in a row kept for every repository and node.
-        synced_seconds = sync_seconds(synced) if synced is not None else None
-        rows.append(
-            (intern(repo.external_repo_id), MirrorRepo(content, metadata, repo.failed_sync_count, synced_seconds))
-        )
+        synced_times.append(sync_seconds(synced) if synced is not None else math.nan)
+        failures.append(repo.failed_sync_count)
+        ids.append(intern(repo.external_repo_id))
     newest_seconds = max((sync_seconds(when) for when in (newest, newest_number) if when is not None), default=None)
     paging = (page.is_last_page, page.next_page_start, page.limit)
-    return StoredPage(digest, [repo_id for repo_id, _ in rows], failed, newest_seconds, paging), rows
+    rows = PageColumns(ids, contents, metadatas, failures, synced_times)
+    return StoredPage(digest, ids, failed, newest_seconds, paging), rows
 
 
 # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
@@ -307,12 +326,11 @@ def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes 
             current.pages.append(kept)
             continue
         if kind == MIRROR:
-            stored, rows = _mirror_page(digest, body)
+            stored, current.changed[index] = _mirror_page(digest, body)
         else:
-            rows = list[tuple[str, Row]](primary_rows(body, _PROJECTS))
+            rows = current.changed[index] = primary_rows(body, _PROJECTS)
             stored = StoredPage(digest, [repo_id for repo_id, _ in rows])
         current.pages.append(stored)
-        current.changed[index] = rows
 
 
 def finish(target: str, walk: int) -> RepoSyncSummary | int:
@@ -323,7 +341,7 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
     if current is None or current.walk != walk:
         raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
     previous = store.listings.pop(target, None)
-    rows: dict[str, Row] | MirrorColumns
+    rows: dict[str, PrimaryRepo] | MirrorColumns
     if previous is None or len(current.changed) == len(current.pages):
         rows = MirrorColumns(store.slots) if current.kind == MIRROR else {}  # every page new: nothing kept
     else:
@@ -333,7 +351,10 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
                 for repo_id in page.ids:
                     rows.pop(repo_id, None)
     for new_rows in current.changed.values():
-        rows.update(new_rows)
+        if isinstance(rows, MirrorColumns):
+            rows.update(cast(PageColumns, new_rows))
+        else:
+            rows.update(cast(list[tuple[str, PrimaryRepo]], new_rows))
     listed = sum(len(page.ids) for page in current.pages)
     if len(rows) != listed and len(current.changed) < len(current.pages):
         # An id listed on two pages (Bitbucket lists each once): the kept rows cannot be trusted, so the next walk

@@ -90,7 +90,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     decoded: list[bytes] = []
     real = listing_work._mirror_page
 
-    def counting(page_digest: bytes, body: bytes) -> tuple[listing_work.StoredPage, list[tuple[str, listing_work.Row]]]:
+    def counting(page_digest: bytes, body: bytes) -> tuple[listing_work.StoredPage, listing_work.PageColumns]:
         decoded.append(body)
         return real(page_digest, body)
 
