@@ -1,6 +1,7 @@
 """Running a child process from the event loop with a hard time limit: in its own process group, killed with all
 its children when the limit passes, and reaped. Shared by the JMX queries (a JVM) and the git commands. And
-``descendants``: every process below one (the worker processes and their fork server, for a test or the bench)."""
+``descendants``: every process below one (the worker processes and multiprocessing's resource tracker, for a test or
+the bench)."""
 
 from __future__ import annotations
 

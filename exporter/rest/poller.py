@@ -374,7 +374,8 @@ class PrimaryPoller:
                 if kept is not None and kept[0] == page_digest:
                     pages.append(kept)
                 else:
-                    rows = decoded[index] = primary_rows(raw.body, projects)
+                    # Without metadata hashes: only the workers compare them.
+                    rows = decoded[index] = primary_rows(raw.body, projects, metadata_hashes=False)
                     pages.append((page_digest, tuple(repo_id for repo_id, _ in rows)))
         except BaseException:
             for walk in walks:

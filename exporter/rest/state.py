@@ -138,7 +138,8 @@ class MirrorState:
 class PrimaryState:
     url: str
     mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
-    # The primary's repositories by id, with their hashes: fetched once per cycle, shared by every mirror.
+    # The primary's repositories by id, with their content hashes (metadata hashes are read by the workers alone, which
+    # compare them: None here): fetched once per cycle, shared by every mirror.
     repositories: SourceState[dict[str, PrimaryRepo]] = field(default_factory=SourceState)
     # The ref change activity pages asked to date divergences from the push (exporter/rest/push_dating.py): the
     # latest lookup's outcome, and every failure counted.

@@ -201,7 +201,7 @@ async def test_sigterm_ends_every_worker_process_even_a_stopped_one_and_leaves_n
         async with exporter_process(config) as exporter:
             await exporter.wait_ready()
             children = descendants(exporter.process.pid)
-            # The fork server and at least one worker (the first cycle compared the listings in one).
+            # multiprocessing's resource tracker and at least one worker (the first cycle walked the listings in one).
             assert len(children) >= 2, children
             # A worker that cannot even take SIGTERM (stopped, as if hung in C): the exporter must kill it.
             worker = max(children)

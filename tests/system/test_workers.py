@@ -76,9 +76,11 @@ async def test_a_killed_worker_is_restarted_and_counted_and_no_count_served_mean
         async def restarted_and_true() -> bool:
             samples, truth = await run.metrics(), await run.truth()
             seen_wrong.extend(wrong_counts(samples, truth))
-            return (value(samples, RESTARTS) or 0) >= 1 and not wrong_counts(samples, truth)
+            served = all(value(samples, "bitbucket_mirror_repositories_in_sync", mirror=name) is not None
+                         for name in truth["mirrors"])  # fmt: skip
+            return (value(samples, RESTARTS) or 0) >= 1 and served and not wrong_counts(samples, truth)
 
-        await wait_until(restarted_and_true, 20, "a new worker and every count true again")
+        await wait_until(restarted_and_true, 20, "a new worker and every count served and true again")
         assert not seen_wrong, seen_wrong
         samples = await run.metrics()
         assert (value(samples, RESTARTS) or 0) <= len(killed), "a restart counted for each process killed, no more"
