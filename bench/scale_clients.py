@@ -290,11 +290,13 @@ def pss_bytes(pid: int) -> int:
 class Instruments:
     """What the exporter costs beyond its own process, and how long its event loop is ever held: the workers' CPU,
     the peak of the summed PSS of the exporter and every process below it (sampled by a thread every 0.2 s), and the
-    lateness of a 1 ms sleep on the loop."""
+    lateness of a 1 ms sleep on the loop, with the CPU time the loop's thread ran meanwhile (the loop's own hold; the
+    rest of a stall is waiting for a core)."""
 
     def __init__(self) -> None:
         self.peak_pss = 0
         self.stalls: list[float] = []
+        self.busy: list[float] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._probe: asyncio.Task[None] | None = None
@@ -307,10 +309,13 @@ class Instruments:
 
     async def _stall_probe(self) -> None:
         while True:
-            began = time.perf_counter()
+            began, busy_from = time.perf_counter(), time.thread_time()
             await asyncio.sleep(PROBE_SECONDS)
             if self.measuring:
+                # The lateness, and how much of it the loop's thread spent running (its own work: callbacks, the
+                # garbage collector); the rest it waited for a core the other processes held.
                 self.stalls.append(time.perf_counter() - began - PROBE_SECONDS)
+                self.busy.append(time.thread_time() - busy_from)
 
     def start(self) -> None:
         self._sampler.start()
@@ -326,6 +331,8 @@ class Instruments:
             "loop_stall_max_ms": 1000 * ordered[-1] if ordered else None,
             "loop_stall_p99_ms": 1000 * ordered[int(len(ordered) * 0.99)] if ordered else None,
             "loop_stalls_over_20ms": sum(1 for s in ordered if s > 0.020),
+            "loop_busy_max_ms": 1000 * max(self.busy) if self.busy else None,
+            "loop_busy_over_20ms": sum(1 for b in self.busy if b > 0.020),
         }
 
 
