@@ -92,8 +92,11 @@ def classify(primary: PrimaryRepo, mirror: MirrorRepo | None) -> RepoState:
     return RepoState.IN_SYNC
 
 
-@dataclass(frozen=True, slots=True)
-class RepoHealth:
+class RepoHealth(msgspec.Struct, frozen=True, gc=False):
+    """One repository the report keeps (unhealthy, failing, or every one with ``keep_all``). A struct rather than a
+    dataclass: reports cross from the workers to the event loop, and a dataclass unpickles through Python code per
+    object (10,000 rows: 34 ms on the loop, against 5 ms as a struct)."""
+
     repo_id: str
     project_key: str
     slug: str
@@ -166,7 +169,9 @@ class DriftReport:
         if not starts:
             return self
         repositories = [
-            replace(repo, diverged_since=starts[repo.repo_id], from_push=True) if repo.repo_id in starts else repo
+            msgspec.structs.replace(repo, diverged_since=starts[repo.repo_id], from_push=True)
+            if repo.repo_id in starts
+            else repo
             for repo in self.repositories
         ]
         repositories.sort(key=_worst_first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from exporter.drift import DriftReport, RepoHealth, RepoState
@@ -58,7 +59,7 @@ def test_a_repository_behind_past_the_bound_takes_the_node_out_naming_the_worst(
 
 def test_failing_or_metadata_only_repositories_are_not_behind() -> None:
     metadata = behind("4", RepoState.METADATA_DRIFT, 10_000)
-    failing = replace(behind("5", RepoState.IN_SYNC, 10_000), failed_syncs=3)
+    failing = msgspec.structs.replace(behind("5", RepoState.IN_SYNC, 10_000), failed_syncs=3)
     assert verdict(farm(status(), report(metadata, failing)))[0] is True  # type: ignore[index]
 
 
