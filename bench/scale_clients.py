@@ -430,7 +430,8 @@ async def content_drift(http: aiohttp.ClientSession, port: int) -> dict[str, flo
 
 async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_seconds: float) -> dict[str, Any]:
     """The exporter polling every ``interval`` seconds; a push on the primary that no mirror ever syncs, at a few
-    moments of the interval: seconds from the push until every mirror's content drift on /metrics counts it."""
+    moments of the interval: seconds from the push until every mirror's latest drift report holds the repository and
+    a scrape of /metrics has shown that report."""
     # The bound is one interval plus the cycle that finds the push, timed here: a push makes the simulator build its
     # listings again and the exporter date the new divergence, so that cycle is longer than a steady one.
     cycles: list[float] = []
@@ -461,11 +462,17 @@ async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_
                     async with http.post(f"{info['primary']}/sim/push", json={"repository_ids": [repo_id]}) as r:
                         r.raise_for_status()
                     async with asyncio.timeout(3 * interval + 120):
+                        # Judged by the repository itself in every mirror's latest report, not by a count going up
+                        # by one: with --changes-per-cycle the counts move by a whole batch between two reads.
                         while True:
-                            now = await content_drift(http, app.port)
-                            if all(now.get(m, 0) >= before[m] + 1 for m in info["mirrors"]):
+                            if all(
+                                mirror.drift is not None and str(repo_id) in mirror.drift.diverged_since
+                                for mirror in app.state.mirrors
+                            ):
                                 break
                             await asyncio.sleep(0.05)
+                        # A scrape renders anew for a new report (exporter/web/exposition.py): this one shows it.
+                        await content_drift(http, app.port)
                     delays.append(time.monotonic() - pushed)
     finally:
         await app.stop()
