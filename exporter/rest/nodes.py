@@ -224,16 +224,22 @@ class NodeFleet:
     async def _wait_for_nodes(self, pollers: list[NodePoller], cycle_started: float) -> None:
         """Wait at most an interval for every node's cycle, so a hung node holds up neither the union nor the next
         cycle; then on for the nodes that are merely slow: those whose listing was read and whose drift is being
-        computed (bounded by the primary's wait and the worker), and, when no node's listing has been read yet, the
-        first node still reading. Without that, a cycle longer than the interval (a first cycle of a large estate)
-        took the union over nobody: ``no_node_answered`` logged and drift unknown for an interval, of nodes that
-        were answering."""
+        computed (bounded by the primary's wait and the worker), then those still reading for a moment more (a
+        fraction of the interval: peers of the same speed answer milliseconds apart), and, when no node's listing has
+        been read yet, the first node still reading. Without that, a cycle longer than the interval (a first cycle of
+        a large estate) took the union over nobody: ``no_node_answered`` logged and drift unknown for an interval, of
+        nodes that were answering."""
         await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, self._interval) for p in pollers))
         while True:
             busy = [p for p in pollers if p.busy_with(cycle_started)]
             analysing = [p for p in busy if p.answered_in(cycle_started)]
             if analysing:
                 await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, math.inf) for p in analysing))
+                # Peers still reading began with them and are as slow (their answers arrive milliseconds apart):
+                # a moment more (a fraction of the interval, bounded) lets them in rather than leave them out.
+                reading = [p for p in pollers if p.busy_with(cycle_started) and not p.answered_in(cycle_started)]
+                slack = cycle_slack(self._interval)
+                await asyncio.gather(*(p.done.wait_for_cycle(cycle_started, slack) for p in reading))
             elif busy and not any(p.answered_in(cycle_started) for p in pollers):
                 waits = [asyncio.ensure_future(p.done.wait_for_cycle(cycle_started, math.inf)) for p in busy]
                 try:
