@@ -288,7 +288,7 @@ def carry_over(old: ExporterState, settings: Settings) -> ExporterState:
 
 
 # What the worker processes import before they are forked (exporter/workers.py): the REST listings' work.
-WORKER_PRELOAD = ("exporter.workers", "exporter.rest.listing_work")
+WORKER_PRELOAD = ("exporter.rest.listing_work",)
 
 
 # --- Polling: one configuration's pollers under one supervisor ----------------------------------------------------

@@ -234,9 +234,13 @@ class TrafficStats:
     requests: dict[str, int] = field(default_factory=dict)
     response_bytes: dict[str, int] = field(default_factory=dict)
 
-    def add(self, host: str, size: int) -> None:
-        self.requests[host] = self.requests.get(host, 0) + 1
+    def add(self, host: str, size: int, requests: int = 1) -> None:
+        self.requests[host] = self.requests.get(host, 0) + requests
         self.response_bytes[host] = self.response_bytes.get(host, 0) + size
+
+    def merge(self, other: TrafficStats) -> None:
+        for host, count in other.requests.items():
+            self.add(host, other.response_bytes.get(host, 0), count)
 
 
 @dataclass(frozen=True)
@@ -286,9 +290,7 @@ class BitbucketClient:
 
     def absorb(self, traffic: TrafficStats, base_url: str, clock: ClockReading | None) -> None:
         """What a worker's walk of a listing at ``base_url`` saw: its requests and bytes, the host's clock."""
-        for host, count in traffic.requests.items():
-            self.stats.requests[host] = self.stats.requests.get(host, 0) + count
-            self.stats.response_bytes[host] = self.stats.response_bytes.get(host, 0) + traffic.response_bytes[host]
+        self.stats.merge(traffic)
         host = origin(base_url)
         latest = self._clocks.get(host)
         if clock is not None and (latest is None or clock.at >= latest.at):

@@ -108,36 +108,42 @@ class MirrorColumns(Mapping[str, MirrorRepo]):
             self._failed.extend([NOT_LISTED] * missing)
             self._synced.extend([math.nan] * missing)
 
-    def put(self, repo_id: str, row: MirrorRepo) -> None:
+    def _set(self, repo_id: str, content: str | None, metadata: str | None, failed: int, synced: float) -> None:
         slot = self.slots.slot(repo_id)
         self._grow(slot + 1)
         if self._failed[slot] == NOT_LISTED:
             self._count += 1
-        self._content[slot], self._metadata[slot] = row.content, row.metadata
-        self._failed[slot] = row.failed_syncs
-        self._synced[slot] = math.nan if row.synced_at is None else cast(float, row.synced_at)
+        self._content[slot], self._metadata[slot] = content, metadata
+        self._failed[slot] = failed
+        self._synced[slot] = synced
+
+    def put(self, repo_id: str, row: MirrorRepo) -> None:
+        synced = math.nan if row.synced_at is None else cast(float, row.synced_at)
+        self._set(repo_id, row.content, row.metadata, row.failed_syncs, synced)
 
     def update(self, page: PageColumns) -> None:
-        slot_of = self.slots.slot
         for position, repo_id in enumerate(page.ids):
-            slot = slot_of(repo_id)
-            self._grow(slot + 1)
-            if self._failed[slot] == NOT_LISTED:
-                self._count += 1
-            self._content[slot], self._metadata[slot] = page.content[position], page.metadata[position]
-            self._failed[slot] = page.failed[position]
-            self._synced[slot] = page.synced[position]
+            self._set(repo_id, page.content[position], page.metadata[position], page.failed[position],
+                      page.synced[position])  # fmt: skip
 
     def pop(self, repo_id: str, default: None = None) -> None:
         slot = self.slots.index.get(repo_id)
-        if slot is not None and slot < len(self._failed) and self._failed[slot] != NOT_LISTED:
+        if slot is not None and self._listed(slot):
             self._failed[slot] = NOT_LISTED
             self._content[slot] = self._metadata[slot] = None
             self._count -= 1
 
+    def _listed(self, slot: int) -> bool:
+        return slot < len(self._failed) and self._failed[slot] != NOT_LISTED
+
+    def __contains__(self, repo_id: object) -> bool:
+        slot = self.slots.index.get(repo_id) if isinstance(repo_id, str) else None
+        return slot is not None and self._listed(slot)
+
     def _row(self, slot: int) -> MirrorRepo | None:
-        if slot >= len(self._failed) or (failed := self._failed[slot]) == NOT_LISTED:
+        if not self._listed(slot):
             return None
+        failed = self._failed[slot]
         synced = self._synced[slot]
         return MirrorRepo(self._content[slot], self._metadata[slot], failed, None if math.isnan(synced) else synced)
 
@@ -495,10 +501,11 @@ async def walk_listing(job: ListingWalk) -> WalkOutcome:
         index = len(walk.pages)
         page_digest = digest(body)
         kept = previous.pages[index] if previous is not None and index < len(previous.pages) else None
-        if kept is None or kept.digest != page_digest:
-            kept, walk.changed[index] = _mirror_page(page_digest, body)
-        walk.pages.append(kept)
-        return Page([], *kept.paging, row_count=len(kept.ids))
+        same = kept is not None and kept.digest == page_digest
+        # As the loop's pages are taken (``feed``): an unchanged page goes by its digest alone.
+        feed(job.target, MIRROR, number, [(index, page_digest, None if same else body)])
+        stored = walk.pages[-1]
+        return Page([], *stored.paging, row_count=len(stored.ids))
 
     summary: RepoSyncSummary | None = None
     error: FetchError | None = None
