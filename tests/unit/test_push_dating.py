@@ -198,3 +198,31 @@ def test_a_copys_sync_date_is_read_as_seconds_only_where_it_diverges() -> None:
     rows = {"1": MirrorRepo("0" + "f" * 39, A, 0, synced), "2": MirrorRepo(A, A, 0, synced)}
     (repo,) = analyse(primary, None, rows, {}, 1000.0).repositories
     assert repo.repo_id == "1" and repo.synced_at == synced.timestamp()
+
+
+async def test_reports_that_arrive_together_are_dated_each_in_a_pass_of_the_loop_of_its_own() -> None:
+    # A farm's node reports come back from the worker at once; dated in one pass of the event loop, they held it for
+    # tens of milliseconds at scale (every scrape waiting). Each is dated in a pass of its own.
+    primary = listing({"1": A, "2": A})
+    service, _ = dating(FakePrimary({"repo-1": PAGE}))
+    await service.date(report_for(primary, ["1"]), primary, None)  # the page cached: no lookup to wait on below
+    loop = asyncio.get_running_loop()
+    passes = 0
+
+    def tick() -> None:  # runs once per pass of the loop: what it schedules with call_soon runs in the next pass
+        nonlocal passes
+        passes += 1
+        loop.call_soon(tick)
+
+    tick()
+    dated_in: list[int] = []
+    dated = service._dated
+
+    def counted(*args: object, **kwargs: object) -> DriftReport:
+        dated_in.append(passes)
+        return dated(*args, **kwargs)  # type: ignore[arg-type]
+
+    service._dated = counted  # type: ignore[method-assign]
+    reports = await asyncio.gather(*(service.date(report_for(primary, ["1"]), primary, None) for _ in range(5)))
+    assert all(report.repositories[0].from_push for report in reports)
+    assert len(dated_in) == 5 and len(set(dated_in)) == 5, dated_in
