@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,6 +26,7 @@ from exporter.rest.client import (
     HttpSetup,
     Page,
     as_int,
+    decode_envelope,
     parse_page,
 )
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
@@ -323,10 +324,13 @@ class PrimaryApi:
         url = rest_url(self._base_url, "repos")
         return self._client.pages(url, self._credentials, decode_repository_page)
 
-    def repository_raw_pages(self) -> AsyncIterator[Page[bytes]]:
-        """The same pages as bytes: decoded here and by the worker processes."""
+    def repository_raw_pages(
+        self, envelope: Callable[[bytes], Page[bytes]] = decode_envelope
+    ) -> AsyncIterator[Page[bytes]]:
+        """The same pages as bytes, decoded here and by the worker processes; ``envelope`` reads a page's paging
+        fields (``decode_envelope``, or one that knows them already for bytes it has seen)."""
         url = rest_url(self._base_url, "repos")
-        return self._client.raw_pages(url, self._credentials)
+        return self._client.walk(url, self._credentials, envelope)
 
     async def ref_change_activities(self, project_key: str, slug: str, limit: int, max_pages: int = 1) -> ActivityPage:
         """A repository's ref changes (REPO_ADMIN): when each push reached the primary. One page of ``limit`` when

@@ -15,12 +15,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from exporter.config import PRIMARY_TARGET
 from exporter.drift import DriftReport, PrimaryRepo
 from exporter.rest.api import MirrorApi, PrimaryApi
-from exporter.rest.client import ClockReading, HttpSetup
+from exporter.rest.client import ClockReading, HttpSetup, Page, decode_envelope
 from exporter.rest.feed import ListingFeed
 from exporter.rest.listing_work import (
     MIRROR,
@@ -302,6 +302,15 @@ class MirrorPoller:
         self.first_cycle.set()
 
 
+class KeptPage(NamedTuple):
+    """A page of the primary's listing as the loop keeps it from one walk to the next: its digest, the ids it lists
+    (a tuple of strings: the garbage collector never walks it) and its paging fields as sent."""
+
+    digest: bytes
+    ids: tuple[str, ...]
+    paging: tuple[Any, Any, Any]
+
+
 class PrimaryPoller:
     def __init__(
         self,
@@ -321,9 +330,9 @@ class PrimaryPoller:
         self._on_mirror_servers = on_mirror_servers
         # Why each target's latest comparison failed (None: it did not), so a failure is logged once per change.
         self._compare_failures: dict[str, str | None] = {}
-        # The previous successful walk's pages, digest and ids (a tuple of strings: the garbage collector never
-        # walks it): an unchanged page is not decoded again, its rows are the previous snapshot's.
-        self._pages: list[tuple[bytes, tuple[str, ...]]] = []
+        # The previous successful walk's pages: an unchanged page is not decoded again, not even its paging fields,
+        # and its rows are the previous snapshot's.
+        self._pages: list[KeptPage] = []
 
     def walk_in(self, worker: Worker) -> int | None:
         """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
@@ -352,15 +361,26 @@ class PrimaryPoller:
         previous = self.state.repositories.value
         kept_pages = self._pages if previous is not None else []
         projects: Projects = {}
-        pages: list[tuple[bytes, tuple[str, ...]]] = []
+        pages: list[KeptPage] = []
         decoded: dict[int, list[tuple[str, PrimaryRepo]]] = {}  # the rows of the pages decoded this walk, by index
+        digests: list[bytes] = []  # each page's, as the walk reads it
+
+        def envelope(body: bytes) -> Page[bytes]:
+            """The paging fields: a page of the same bytes as the same page of the previous walk has its fields."""
+            index, page_digest = len(digests), digest(body)
+            digests.append(page_digest)
+            kept = kept_pages[index] if index < len(kept_pages) else None
+            if kept is not None and kept.digest == page_digest:
+                return Page([], *kept.paging, body=body, row_count=len(kept.ids))
+            return decode_envelope(body)
+
         for worker in self.workers.assigned():
             if worker not in self._listings:  # a farm was given a worker of its own since (discovery, a reload)
                 self._listings[worker] = ListingFeed(worker, PRIMARY_LISTING, PRIMARY)
         walks = [listing.start() for listing in self._listings.values()]
         try:
-            async for raw in self._api.repository_raw_pages():
-                page_digest = digest(raw.body)
+            async for raw in self._api.repository_raw_pages(envelope):
+                page_digest = digests[len(pages)]
                 for walk in list(walks):
                     try:
                         await walk.add(raw.body, page_digest)
@@ -371,12 +391,13 @@ class PrimaryPoller:
                         walks.remove(walk)
                 index = len(pages)
                 kept = kept_pages[index] if index < len(kept_pages) else None
-                if kept is not None and kept[0] == page_digest:
+                if kept is not None and kept.digest == page_digest:
                     pages.append(kept)
                 else:
                     # Without metadata hashes: only the workers compare them.
                     rows = decoded[index] = primary_rows(raw.body, projects, metadata_hashes=False)
-                    pages.append((page_digest, tuple(repo_id for repo_id, _ in rows)))
+                    paging = (raw.is_last_page, raw.next_page_start, raw.limit)
+                    pages.append(KeptPage(page_digest, tuple(repo_id for repo_id, _ in rows), paging))
         except BaseException:
             for walk in walks:
                 walk.abandon()
@@ -393,13 +414,13 @@ class PrimaryPoller:
 
     async def _snapshot(
         self,
-        pages: list[tuple[bytes, tuple[str, ...]]],
+        pages: list[KeptPage],
         decoded: dict[int, list[tuple[str, PrimaryRepo]]],
         previous: dict[str, PrimaryRepo],
     ) -> dict[str, PrimaryRepo]:
         repositories: dict[str, PrimaryRepo] = {}
         changed = 0
-        for index, (_, ids) in enumerate(pages):
+        for index, (_, ids, _) in enumerate(pages):
             rows = decoded.get(index)
             if rows is None:
                 for repo_id in ids:  # an unchanged page: the previous snapshot's rows, as they were

@@ -8,14 +8,18 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
 from exporter.drift import RepoState
+from exporter.rest import poller
 from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
-from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page
+from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, decode_envelope
 from exporter.rest.listings import Hashes, PrimaryRepositoryRow, ProjectRow, RepositoryHashes, SyncStatusRow
 from exporter.rest.models import (
     ClusterNode,
@@ -57,8 +61,10 @@ class FakePrimary(PrimaryApi):
     def repository_pages(self) -> AsyncIterator[list[PrimaryRepositoryRow]]:
         return self._pages()
 
-    def repository_raw_pages(self) -> AsyncIterator[Page[bytes]]:
-        return as_bytes(self._pages())
+    def repository_raw_pages(
+        self, envelope: Callable[[bytes], Page[bytes]] = decode_envelope
+    ) -> AsyncIterator[Page[bytes]]:
+        return as_bytes(self._pages(), envelope)
 
 
 class FakeMirror(MirrorApi):
@@ -116,10 +122,13 @@ class FakeMirror(MirrorApi):
         return as_bytes(self._pages())
 
 
-async def as_bytes(pages: AsyncIterator[list[Any]]) -> AsyncIterator[Page[bytes]]:
-    """Each page as Bitbucket sends it (the decoders' field names), for the worker process to decode."""
+async def as_bytes(
+    pages: AsyncIterator[list[Any]], envelope: Callable[[bytes], Page[bytes]] = decode_envelope
+) -> AsyncIterator[Page[bytes]]:
+    """Each page as Bitbucket sends it (the decoders' field names), its paging fields read by ``envelope``, for the
+    worker process to decode."""
     async for rows in pages:
-        yield Page([], True, body=msgspec.json.encode({"values": rows, "isLastPage": True}), row_count=len(rows))
+        yield envelope(msgspec.json.encode({"values": rows, "isLastPage": True}))
 
 
 def pollers(primary: FakePrimary, mirror: FakeMirror, workers: WorkerPool) -> tuple[PrimaryPoller, MirrorPoller]:
@@ -253,3 +262,51 @@ async def test_an_8x_mirror_is_asked_for_delayed_sync_once_then_only_for_out_of_
         assert await api.delayed_sync() == DelayedSync(True, "out-of-sync-repos", 2)
     assert client.asked["mirrorRepos/delayed-sync"] == 1
     assert client.asked["supportInfo/out-of-sync-repos/content"] == 3
+
+
+async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fields(
+    workers: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of the same bytes as the same page of the previous walk is not read again, not even for its paging
+    fields; the walk still reaches the last page, and an insertion at the head (every page changed) is read whole."""
+    rows = [(i, f"{i:040x}") for i in range(1, 11)]
+    per_page = 3
+
+    async def repos(request: web.Request) -> web.Response:
+        start = int(request.query["start"])
+        chunk = rows[start : start + per_page]
+        last = start + per_page >= len(rows)
+        values = [
+            {"id": i, "slug": f"r{i}", "project": {"key": "PRJ", "id": 1}, "properties": {"contentHash": h}}
+            for i, h in chunk
+        ]
+        page: dict[str, object] = {"values": values, "isLastPage": last, "limit": per_page, "start": start}
+        if not last:
+            page["nextPageStart"] = start + per_page
+        return web.json_response(page)
+
+    app = web.Application()
+    app.router.add_get("/rest/mirroring/latest/repos", repos)
+    read: list[bytes] = []
+
+    def counted(body: bytes) -> Page[bytes]:
+        read.append(body)
+        return decode_envelope(body)
+
+    monkeypatch.setattr(poller, "decode_envelope", counted)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        client = BitbucketClient(session, PollConfig(retries=0, page_limit=per_page))
+        api = PrimaryApi(client, str(server.make_url("/")), Credentials())
+        primary = PrimaryPoller(PrimaryState(url="https://b.example.com"), api, 30, workers)
+        await primary.poll_once()
+        assert len(read) == 4 and primary.state.repositories.value is not None
+        first = primary.state.repositories.value
+        read.clear()
+        await primary.poll_once()
+        assert read == [], "every page the same bytes: no paging field read again"
+        assert primary.state.repositories.value is first, "no page changed: the same snapshot"
+        rows.insert(0, (99, "f" * 40))  # every page boundary moves
+        await primary.poll_once()
+        assert len(read) == 4
+        listing = primary.state.repositories.value
+        assert listing is not None and sorted(listing, key=int) == [str(i) for i in (*range(1, 11), 99)]
