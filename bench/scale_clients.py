@@ -480,7 +480,11 @@ async def drift_found(info: dict[str, Any], interval: float, pushes: int, limit_
                             ):
                                 break
                             await asyncio.sleep(0.05)
-                        # A scrape renders anew for a new report (exporter/web/exposition.py): this one shows it.
+                        # On /metrics once a rendering made after the reports landed is served (within a second:
+                        # exporter/web/exposition.py); a scrape then shows them.
+                        landed = time.monotonic()
+                        while not app.rendered_since(landed):  # noqa: ASYNC110 (nothing to wait on but the clock)
+                            await asyncio.sleep(0.01)
                         await content_drift(http, app.port)
                     delays.append(time.monotonic() - pushed)
     finally:

@@ -90,6 +90,10 @@ class Running:
     async def metrics(self) -> Samples:
         """A scrape through the production path (renderings up to a second old),
         once the renderings served are newer than the last change the test waited for."""
+        return parse_metrics(await self.metrics_text())
+
+    async def metrics_text(self) -> str:
+        """``metrics`` as the text served."""
 
         async def rendered() -> bool:
             return self.exporter.rendered_since(self.settled)
@@ -98,7 +102,7 @@ class Running:
             await wait_until(rendered, 5.0, "a rendering newer than the last change")
         status, text = await self.get("/metrics")
         assert status == 200
-        return parse_metrics(text)
+        return text
 
     async def metrics_until(self, check: Callable[[Samples], object], what: str, within: float = 10.0) -> Samples:
         """Scrape until ``check`` holds for the samples (at most ``within`` seconds); the samples that passed."""

@@ -15,7 +15,7 @@ async def test_promtool_accepts_real_metrics_output() -> None:
         await run.control("/sim/mirrors/frankfurt", {"faults": {"progress": "error"}, "frozen": True})
         await run.control("/sim/push", {"repository_ids": [1, 2]})
         await run.next_cycles(1)
-        _, text = await run.get("/metrics")
+        text = await run.metrics_text()
     assert "bitbucket_mirror_exporter_poll_errors_total{" in text
     missing = undocumented(text)
     assert not missing, f"not in docs/metrics.md: {sorted(missing)}"

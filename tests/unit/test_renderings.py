@@ -1,6 +1,6 @@
 """Renderings of /metrics (exporter/web/exposition.py): a scrape is served the latest rendering while it is at most
-a second old and shows the latest drift reports, else a new one; a lag is never written into a rendering after the
-fact."""
+a second old, else a new one (a new drift report is rendered by the loop for the scrapes it expects, never waited for
+by a scrape); a lag is never written into a rendering after the fact."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def monotonic() -> Monotonic:
     return Monotonic()
 
 
-async def test_a_rendering_is_served_until_it_is_a_second_old_or_a_new_drift_report_comes(monotonic: Monotonic) -> None:
+async def test_a_rendering_is_served_until_it_is_a_second_old_even_after_a_new_drift_report(
+    monotonic: Monotonic,
+) -> None:
     reports = [(1,)]
     exposition = Exposition(registry_at(lambda: NOW), lambda: reports[-1], monotonic=monotonic)
     first = await exposition.serve("text/plain", generate_latest)
@@ -52,7 +54,11 @@ async def test_a_rendering_is_served_until_it_is_a_second_old_or_a_new_drift_rep
     second = await exposition.serve("text/plain", generate_latest)
     assert second is not first, "older than a second: rendered again"
     reports.append((2,))
-    assert (await exposition.serve("text/plain", generate_latest)) is not second, "a new drift report"
+    monotonic.now += 0.5
+    assert (await exposition.serve("text/plain", generate_latest)) is second, "a new drift report: no wait for it"
+    monotonic.now += 0.51
+    third = await exposition.serve("text/plain", generate_latest)
+    assert third is not second and third.reports == (2,), "a second old: rendered again, with the new report"
 
 
 async def test_each_lag_is_the_one_of_its_rendering_time(monotonic: Monotonic) -> None:
@@ -95,10 +101,11 @@ async def test_a_rendering_made_a_few_families_at_a_time_is_the_encoders_own_bod
     assert rendering.body.count(b"# EOF") == (1 if encoder is generate_openmetrics else 0)
 
 
-async def test_a_scrape_never_gets_a_rendering_begun_before_a_new_drift_report(
+async def test_a_scrape_that_waits_for_a_rendering_never_gets_one_begun_before_it_asked(
     monotonic: Monotonic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rendering under way when a report lands shows the state before it: the scrape waits for one begun after."""
+    """A rendering under way when a report lands shows the state before it: a scrape that has no rendering to serve
+    waits for one begun after it asked."""
     monkeypatch.setattr(exposition_module, "STEP_SECONDS", 0.0)
     reports = [(1,)]
     registry = registry_at(lambda: NOW)
