@@ -14,9 +14,9 @@ Classification of a repository the mirror is meant to carry (its sync settings' 
 
 ``extra`` counts repositories on the mirror whose id the primary no longer lists.
 
-The analysis can run in steps (``Analysis.step``, a chunk of the primary's repositories at a time); the worker process
-that compares the listings (exporter/rest/listing_work.py) has nothing else to do and runs it in one go, as
-``analyse`` does.
+The analysis is kept between comparisons (``Tally``): the worker process that compares the listings
+(exporter/rest/listing_work.py) reclassifies only the repositories whose rows changed since the previous comparison
+(``Tally.update``), and all of them (``Tally.rebuild``, as ``analyse`` does) when it cannot tell which.
 
 Lag: for a repository whose content diverges (``content_drift`` or ``missing``), the time since the exporter first saw
 the current divergence (``seen_at``: when the later of the two listings that show it was read); it resets when the
@@ -31,11 +31,10 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from itertools import islice
 
 import msgspec
 
@@ -132,7 +131,7 @@ class DriftReport:
     # When the earlier of the two listing walks began: every row compared was requested at or after it (the CI gate
     # says "in sync after a push" only when this is after the push; inputs_at, a walk's end, proves nothing).
     rows_from: float = 0.0
-    # One node's report, for ``union`` (``Analysis(per_node=True)``): the primary's repositories the node lists, in
+    # One node's report, for ``union`` (``Tally(per_node=True)``): the primary's repositories the node lists, in
     # scope or not, and the ids it lists that the primary does not.
     matched: int = 0
     extra_ids: tuple[str, ...] = ()
@@ -218,106 +217,199 @@ def silent_laggard_since(repositories: list[RepoHealth]) -> float | None:
     )
 
 
-def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str]:
+def _worst_first(repo: RepoHealth) -> tuple[float, int, str, str, str]:
     since = repo.diverged_since if repo.diverged_since is not None else math.inf
-    return (since, -repo.failed_syncs, repo.project_key, repo.slug)
+    return (since, -repo.failed_syncs, repo.project_key, repo.slug, repo.repo_id)
 
 
-class Analysis:
-    """One mirror's drift analysis, a chunk of the primary's repositories at a time (the primary's mapping is replaced
-    by the poller, never changed in place, so iterating it across steps is safe)."""
+class Slots:
+    """A number for each repository id seen, so per-repository columns are arrays rather than dicts: one registry of
+    ids per worker process, shared by its mirror listings' columns (exporter/rest/listing_work.py) and tallies."""
 
-    def __init__(
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.ids: list[str] = list(ids)
+        self.index: dict[str, int] = {repo_id: slot for slot, repo_id in enumerate(self.ids)}
+
+    def slot(self, repo_id: str) -> int:
+        slot = self.index.get(repo_id)
+        if slot is None:
+            slot = self.index[repo_id] = len(self.ids)
+            self.ids.append(repo_id)
+        return slot
+
+
+# A repository's part in a tally, one byte a slot: ABSENT (on neither listing), else 1 + 2 x its class + whether the
+# mirror lists it (matched). The classes: the counted states by their index in _COUNTED, and NOT_COUNTED (out of the
+# mirror's scope, or on the mirror only: extra).
+ABSENT = 0
+_COUNTED = (
+    RepoState.IN_SYNC,
+    RepoState.CONTENT_DRIFT,
+    RepoState.METADATA_DRIFT,
+    RepoState.MISSING,
+    RepoState.HASH_UNKNOWN,
+)
+_CLASS = {state: index for index, state in enumerate(_COUNTED)}
+NOT_COUNTED = len(_COUNTED)
+_IN_SYNC_MATCHED = 1 + 2 * _CLASS[RepoState.IN_SYNC] + 1
+
+
+class Tally:
+    """One mirror's (or node's) drift analysis, kept so that the next comparison reclassifies only the repositories
+    whose rows changed (``update``) rather than every one (``rebuild``): each repository's part (its class, whether
+    the mirror lists it) one byte a slot, the counts, the kept rows (unhealthy, failing, or all with ``keep_all``),
+    the first-seen times of the divergences and the extra ids. A report from updates is the report a full analysis of
+    the same rows gives (tests/unit/test_drift.py holds the two to each other)."""
+
+    def __init__(self, slots: Slots, scope: frozenset[str] | None, keep_all: bool = False, per_node: bool = False):
+        """``per_node``: one node of a farm, for ``union``: hash_unknown repositories are kept too (a node's own
+        hashes may be unknown while its peers' are known) and the extra ids are listed."""
+        self.slots = slots
+        self.scope = scope
+        self.keep_all = keep_all
+        self.per_node = per_node
+        self._parts = bytearray()
+        self._counts = dict.fromkeys(_COUNTED, 0)
+        self._matched = 0
+        self._mirror_size = 0
+        self._since: dict[str, float] = {}
+        self._kept: dict[str, RepoHealth] = {}
+        self._extra: set[str] = set()
+
+    def rebuild(
         self,
         primary: Mapping[str, PrimaryRepo],
-        scope: frozenset[str] | None,
         mirror: Mapping[str, MirrorRepo],
         previous_since: Mapping[str, float],
         seen_at: float,
-        keep_all: bool = False,
-        per_node: bool = False,
     ) -> None:
-        """``per_node``: one node of a farm, for ``union``: hash_unknown repositories are kept too (a node's own
-        hashes may be unknown while its peers' are known) and the extra ids are listed."""
-        self._primary = primary
-        self._per_node = per_node
-        self._pending = iter(primary.items())
-        self._scope = scope
-        self._mirror = mirror
-        self._previous_since = previous_since
-        self._seen_at = seen_at
-        self._keep_all = keep_all
-        self._counts: dict[RepoState, int] = {}
-        self._since: dict[str, float] = {}
-        self._kept: list[RepoHealth] = []
-        self._laggard_since: float | None = None
-        # Primary repositories the mirror lists, in scope or not: the rest of the mirror's list is extra.
+        """Classify every repository anew; a divergence that lasts keeps its time from ``previous_since``."""
+        self._parts = bytearray(len(self.slots.ids))
+        self._counts = dict.fromkeys(_COUNTED, 0)
         self._matched = 0
-
-    def step(self, count: int) -> bool:
-        """Classify up to ``count`` more repositories; True once every repository of the primary is done."""
-        scope, mirror, counts, keep_all = self._scope, self._mirror, self._counts, self._keep_all
-        done = 0
-        for repo_id, upstream in islice(self._pending, count):
-            done += 1
+        self._since, self._kept, self._extra = {}, {}, set()
+        scope, keep_all, counts, parts, slot_of = self.scope, self.keep_all, self._counts, self._parts, self.slots.slot
+        in_sync = RepoState.IN_SYNC
+        for repo_id, upstream in primary.items():
             local = mirror.get(repo_id)
-            if local is not None:
-                self._matched += 1
-            if scope is not None and upstream.project_id not in scope:
-                continue
             if (
                 local is not None
                 and not local.failed_syncs
                 and local.content == upstream.content
                 and local.metadata == upstream.metadata
                 and not keep_all
+                and (scope is None or upstream.project_id in scope)
+                and hash_known(upstream.content)
             ):
                 # The common case at scale, decided without the general rules and with nothing more to record.
-                state = RepoState.IN_SYNC if hash_known(upstream.content) else RepoState.HASH_UNKNOWN
-                counts[state] = counts.get(state, 0) + 1
+                slot = slot_of(repo_id)
+                if slot >= len(parts):
+                    parts.extend(bytes(slot + 1 - len(parts)))
+                counts[in_sync] += 1
+                parts[slot] = _IN_SYNC_MATCHED
+                self._matched += 1
                 continue
-            state = classify(upstream, local)
-            counts[state] = counts.get(state, 0) + 1
-            failed = local.failed_syncs if local is not None else 0
-            diverged = None
-            if state in DIVERGED:
-                # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
-                diverged = self._since[repo_id] = self._previous_since.get(repo_id, self._seen_at)
-                if state is RepoState.CONTENT_DRIFT and not failed:
-                    since = self._laggard_since
-                    self._laggard_since = diverged if since is None or diverged < since else since
-            if keep_all or state in UNHEALTHY or failed > 0 or (self._per_node and state is RepoState.HASH_UNKNOWN):
-                synced = _seconds(local.synced_at) if local is not None else None
-                copy = local.content if local is not None else None
-                self._kept.append(
-                    RepoHealth(
+            self._apply(repo_id, upstream, local, previous_since, seen_at)
+        for repo_id in mirror:
+            if repo_id not in primary:
+                self._apply(repo_id, None, mirror[repo_id], previous_since, seen_at)
+        self._mirror_size = len(mirror)
+
+    def update(
+        self,
+        changed: Iterable[str],
+        primary: Mapping[str, PrimaryRepo],
+        mirror: Mapping[str, MirrorRepo],
+        seen_at: float,
+    ) -> None:
+        """Reclassify the repositories whose rows changed (or that appeared or went) on either listing since the
+        previous ``rebuild`` or ``update``; the rest keep their part."""
+        since = self._since
+        for repo_id in changed:
+            self._apply(repo_id, primary.get(repo_id), mirror.get(repo_id), since, seen_at)
+        self._mirror_size = len(mirror)
+
+    def _apply(
+        self,
+        repo_id: str,
+        upstream: PrimaryRepo | None,
+        local: MirrorRepo | None,
+        previous_since: Mapping[str, float],
+        seen_at: float,
+    ) -> None:
+        slot = self.slots.slot(repo_id)
+        parts = self._parts
+        if slot >= len(parts):
+            parts.extend(bytes(slot + 1 - len(parts)))
+        before = parts[slot]
+        if before != ABSENT:
+            kind, matched = divmod(before - 1, 2)
+            if kind != NOT_COUNTED:
+                self._counts[_COUNTED[kind]] -= 1
+            self._matched -= matched
+        self._kept.pop(repo_id, None)
+        self._extra.discard(repo_id)
+        diverged: float | None = None
+        if upstream is None:
+            kind, matched = NOT_COUNTED, 0
+            if local is not None:
+                self._extra.add(repo_id)
+            part = ABSENT if local is None else 1 + 2 * kind
+        else:
+            matched = int(local is not None)
+            if self.scope is not None and upstream.project_id not in self.scope:
+                kind = NOT_COUNTED
+            else:
+                state = classify(upstream, local)
+                kind = _CLASS[state]
+                self._counts[state] += 1
+                failed = local.failed_syncs if local is not None else 0
+                if state in DIVERGED:
+                    # Carried over only while the divergence lasts; repositories that are gone or healed are forgotten.
+                    diverged = previous_since.get(repo_id, seen_at)
+                if (
+                    self.keep_all
+                    or state in UNHEALTHY
+                    or failed > 0
+                    or (self.per_node and state is RepoState.HASH_UNKNOWN)
+                ):
+                    self._kept[repo_id] = RepoHealth(
                         repo_id,
                         upstream.project_key,
                         upstream.slug,
                         state,
                         failed,
                         diverged,
-                        synced_at=synced,
+                        synced_at=_seconds(local.synced_at) if local is not None else None,
                         primary_content=upstream.content,
-                        mirror_content=copy,
+                        mirror_content=local.content if local is not None else None,
                     )
-                )
-        return done < count
+            part = 1 + 2 * kind + matched
+        self._matched += matched
+        if diverged is None:
+            self._since.pop(repo_id, None)
+        else:
+            self._since[repo_id] = diverged
+        parts[slot] = part
 
-    def report(self, inputs_at: float | None = None, rows_from: float | None = None) -> DriftReport:
-        """Call once, after ``step`` returned True; ``inputs_at`` defaults to ``seen_at``, ``rows_from`` (when the
-        earlier walk began) to 0: nothing proven."""
-        counts = dict(self._counts)
-        extra = len(self._mirror) - self._matched
-        extra_ids: tuple[str, ...] = ()
+    def report(self, inputs_at: float, rows_from: float | None = None) -> DriftReport:
+        """The report of the rows as the latest ``rebuild`` or ``update`` saw them; ``rows_from`` (when the earlier
+        walk began) defaults to 0: nothing proven."""
+        counts = {state: count for state, count in self._counts.items() if count}
+        extra = self._mirror_size - self._matched
         if extra:
             counts[RepoState.EXTRA] = extra
-            if self._per_node:
-                extra_ids = tuple(repo_id for repo_id in self._mirror if repo_id not in self._primary)
-        self._kept.sort(key=_worst_first)
-        at = self._seen_at if inputs_at is None else inputs_at
+        extra_ids = tuple(sorted(self._extra)) if self.per_node else ()
+        kept = sorted(self._kept.values(), key=_worst_first)
         return DriftReport(
-            counts, self._since, self._kept, self._laggard_since, at, rows_from or 0.0, self._matched, extra_ids
+            counts,
+            dict(self._since),
+            kept,
+            silent_laggard_since(kept),
+            inputs_at,
+            rows_from or 0.0,
+            self._matched,
+            extra_ids,
         )
 
 
@@ -336,7 +428,7 @@ def _earliest(one: float | None, other: float | None) -> float | None:
 
 
 def union(nodes: list[DriftReport], keep_all: bool = False) -> DriftReport:
-    """The farm's report from its nodes' (``Analysis(per_node=True)`` against the same primary listing): a repository
+    """The farm's report from its nodes' (``Tally(per_node=True)`` against the same primary listing): a repository
     is in the worst class any node puts it in, its failures are the most any node counts, its divergence began when
     the first node's did, and ``nodes_behind`` counts the nodes where its content diverges. A repository no node kept
     is in sync on every node. The lag is the worst node's."""
@@ -412,9 +504,10 @@ def analyse(
     previous_since: Mapping[str, float],
     now: float,
     keep_all: bool = False,
+    per_node: bool = False,
 ) -> DriftReport:
     """Classify every repository in scope; ``scope`` holds the primary project ids the mirror carries (None: all).
     ``now`` is when both listings were read."""
-    analysis = Analysis(primary, scope, mirror, previous_since, now, keep_all)
-    analysis.step(len(primary) + 1)
-    return analysis.report()
+    tally = Tally(Slots(), scope, keep_all, per_node)
+    tally.rebuild(primary, mirror, previous_since, now)
+    return tally.report(now)

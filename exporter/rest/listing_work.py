@@ -6,8 +6,10 @@ small answers: a listing's summary, a drift report.
 Cost grows with what changed: a page whose bytes hash (SHA-256, on the loop) as the same page of the target's
 previous walk is not even sent; its decoded rows are reused. A comparison whose two listings are both unchanged since
 the target's previous comparison (every page the same) is not done again: its report is reused with the new read
-times. A repository inserted at the head of a listing shifts every page after it: those pages differ and are
-decoded again, so the counts stay true (tests/unit/test_listing_work.py).
+times. When pages changed, a walk's end records which ids' rows changed, appeared or went (a page changes for one of
+its hundred rows), and the comparison reclassifies only those in the analysis it kept (``drift.Tally``). A
+repository inserted at the head of a listing shifts every page after it: those pages differ and are decoded again,
+so the counts stay true (tests/unit/test_listing_work.py).
 
 State lives in module globals of the worker process, one ``Store``; the process keeps it between calls. When a
 worker dies its state goes with it: the loop sees the worker's ``generation`` change and sends everything again.
@@ -30,9 +32,14 @@ import aiohttp
 from yarl import URL
 
 from exporter.config import Credentials
-from exporter.drift import Analysis, DriftReport, MirrorRepo, PrimaryRepo, union
+from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo, Slots, Tally, union
 from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, TrafficStats, http_session
-from exporter.rest.listings import decode_repository_page, decode_sync_status_page, sync_seconds
+from exporter.rest.listings import (
+    PrimaryRepositoryRow,
+    decode_repository_page,
+    decode_sync_status_page,
+    sync_seconds,
+)
 from exporter.rest.state import RepoSyncSummary
 from exporter.sources import INVALID_RESPONSE, FetchError
 
@@ -66,22 +73,6 @@ class PageColumns:
     synced: array[float]  # NaN: unknown
 
 
-class Slots:
-    """A number for each repository id the worker has seen, shared by its mirror listings' columns (a farm's nodes
-    list the same ids): one dict of ids per worker, not one per listing."""
-
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        self.ids: list[str] = list(ids)
-        self.index: dict[str, int] = {repo_id: slot for slot, repo_id in enumerate(self.ids)}
-
-    def slot(self, repo_id: str) -> int:
-        slot = self.index.get(repo_id)
-        if slot is None:
-            slot = self.index[repo_id] = len(self.ids)
-            self.ids.append(repo_id)
-        return slot
-
-
 NOT_LISTED = -1
 
 
@@ -108,23 +99,34 @@ class MirrorColumns(Mapping[str, MirrorRepo]):
             self._failed.extend([NOT_LISTED] * missing)
             self._synced.extend([math.nan] * missing)
 
-    def _set(self, repo_id: str, content: str | None, metadata: str | None, failed: int, synced: float) -> None:
+    def _set(self, repo_id: str, content: str | None, metadata: str | None, failed: int, synced: float) -> bool:
+        """Whether the row is new or differs from the one it replaces."""
         slot = self.slots.slot(repo_id)
         self._grow(slot + 1)
-        if self._failed[slot] == NOT_LISTED:
+        before = self._failed[slot]
+        if before == NOT_LISTED:
             self._count += 1
+        elif (
+            before == failed
+            and self._content[slot] == content
+            and self._metadata[slot] == metadata
+            and (self._synced[slot] == synced or (math.isnan(synced) and math.isnan(self._synced[slot])))
+        ):
+            return False
         self._content[slot], self._metadata[slot] = content, metadata
         self._failed[slot] = failed
         self._synced[slot] = synced
+        return True
 
     def put(self, repo_id: str, row: MirrorRepo) -> None:
         synced = math.nan if row.synced_at is None else cast(float, row.synced_at)
         self._set(repo_id, row.content, row.metadata, row.failed_syncs, synced)
 
-    def update(self, page: PageColumns) -> None:
-        for position, repo_id in enumerate(page.ids):
-            self._set(repo_id, page.content[position], page.metadata[position], page.failed[position],
-                      page.synced[position])  # fmt: skip
+    def update(self, page: PageColumns) -> list[str]:
+        """The page's rows set; the ids whose row is new or changed."""
+        columns = zip(page.ids, page.content, page.metadata, page.failed, page.synced, strict=True)
+        return [repo_id for repo_id, content, metadata, failed, synced in columns
+                if self._set(repo_id, content, metadata, failed, synced)]  # fmt: skip
 
     def pop(self, repo_id: str, default: None = None) -> None:
         slot = self.slots.index.get(repo_id)
@@ -181,9 +183,25 @@ class Listing:
     pages: list[StoredPage]
     # Every row by id: kept from walk to walk, only the rows of changed pages replaced (a mirror's by column).
     rows: dict[str, PrimaryRepo] | MirrorColumns
-    # The loop's walk number that made it; ``version`` grows only when a page changed (or the page count).
+    # The loop's walk number that made it; ``version`` is new only when a page changed (or the page count): numbers
+    # unique in the worker, so a listing read whole again never takes up an old one's.
     walk: int
     version: int
+    # How each of the latest versions came from the one before it: version -> (that version, the ids whose rows
+    # changed, appeared or went). A version read whole has no entry: what changed is not known.
+    history: dict[int, tuple[int, frozenset[str]]] = field(default_factory=dict)
+
+    def changed_since(self, version: int) -> set[str] | None:
+        """The ids whose rows changed (appeared, went) since ``version`` of this listing; None when not known."""
+        ids: set[str] = set()
+        at = self.version
+        while at != version:
+            step = self.history.get(at)
+            if step is None:
+                return None
+            at, changed = step
+            ids |= changed
+        return ids
 
 
 @dataclass
@@ -215,8 +233,11 @@ class CompareJob:
 
 @dataclass
 class Compared:
+    # (primary version, target version, scope, keep_all, per_node)
     key: tuple[object, ...]
     report: DriftReport
+    # The analysis behind the report, for the next comparison to update rather than redo.
+    tally: Tally
 
 
 @dataclass
@@ -242,6 +263,10 @@ class Store:
 
 # Dead slots tolerated beyond twice the largest listing before a compaction.
 COMPACT_SLACK = 1024
+# Versions of a listing whose changes are kept: a target compared again after missing a few cycles (its walk or the
+# primary's failed) still updates its analysis rather than redoing it.
+HISTORY = 4
+_versions = itertools.count(1)
 
 
 STORE = Store()
@@ -290,8 +315,15 @@ def primary_rows(body: bytes, projects: Projects, metadata_hashes: bool = True) 
     """A page of the primary's ``repos`` as rows (decoded on the loop as well as here: the CI gate, push dating and
     the landing page read the listing; without ``metadata_hashes``, which only the comparisons here read, a row's
     metadata hash is left out: 9 MB at 100,000 repositories)."""
+    return rows_of(decode_repository_page(body), projects, metadata_hashes)
+
+
+def rows_of(
+    page: Page[PrimaryRepositoryRow], projects: Projects, metadata_hashes: bool = True
+) -> list[tuple[str, PrimaryRepo]]:
+    """``primary_rows`` of a page already decoded."""
     rows: list[tuple[str, PrimaryRepo]] = []
-    for repo in decode_repository_page(body).values:
+    for repo in page.values:
         hashes = repo.properties
         project = (repo.project.id, repo.project.key)
         if project not in projects:
@@ -349,27 +381,51 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
         raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
     previous = store.listings.pop(target, None)
     rows: dict[str, PrimaryRepo] | MirrorColumns
-    if previous is None or len(current.changed) == len(current.pages):
+    whole = previous is None or len(current.changed) == len(current.pages)
+    # The ids whose rows changed, appeared or went (a comparison then reclassifies only those): rows that a changed
+    # page lists as they were are not among them (a page changes for one row of its hundred).
+    changed_ids: set[str] = set()
+    if whole:
         rows = MirrorColumns(store.slots) if current.kind == MIRROR else {}  # every page new: nothing kept
     else:
+        assert previous is not None
         rows = previous.rows
-        for index, page in enumerate(previous.pages):
-            if index in current.changed or index >= len(current.pages):
-                for repo_id in page.ids:
-                    rows.pop(repo_id, None)
+    listed_again: set[str] = set()
     for new_rows in current.changed.values():
         if isinstance(rows, MirrorColumns):
-            rows.update(cast(PageColumns, new_rows))
+            page = cast(PageColumns, new_rows)
+            changed_ids.update(rows.update(page))
+            listed_again.update(page.ids)
         else:
-            rows.update(cast(list[tuple[str, PrimaryRepo]], new_rows))
+            primary_page = cast(list[tuple[str, PrimaryRepo]], new_rows)
+            for repo_id, row in primary_page:
+                if rows.get(repo_id) != row:
+                    rows[repo_id] = row
+                    changed_ids.add(repo_id)
+                listed_again.add(repo_id)
+    if not whole:
+        assert previous is not None
+        # The ids of the pages that changed (or are no longer there) that no changed page lists now: gone (an id on
+        # a page that did not change was on it before as well).
+        for index, kept in enumerate(previous.pages):
+            if index in current.changed or index >= len(current.pages):
+                for repo_id in kept.ids:
+                    if repo_id not in listed_again and repo_id in rows:
+                        rows.pop(repo_id, None)
+                        changed_ids.add(repo_id)
     listed = sum(len(page.ids) for page in current.pages)
     if len(rows) != listed and len(current.changed) < len(current.pages):
         # An id listed on two pages (Bitbucket lists each once): the kept rows cannot be trusted, so the next walk
         # sends every page whole (the listing is dropped; the loop's digests no longer match anything).
         raise FetchError(INVALID_RESPONSE, f"{listed - len(rows)} ids listed twice: the listing is read again whole")
-    changed = previous is None or bool(current.changed) or len(previous.pages) != len(current.pages)
-    version = (previous.version + 1 if changed else previous.version) if previous is not None else 0
-    store.listings[target] = Listing(current.kind, current.pages, rows, walk, version)
+    if previous is not None and not current.changed and len(previous.pages) == len(current.pages):
+        version, history = previous.version, previous.history
+    else:
+        version, history = next(_versions), {}
+        if previous is not None and not whole:
+            kept_history = list(previous.history.items())[-(HISTORY - 1) :]
+            history = {**dict(kept_history), version: (previous.version, frozenset(changed_ids))}
+    store.listings[target] = Listing(current.kind, current.pages, rows, walk, version, history)
     store.compact()
     if current.kind == PRIMARY:
         return len(rows)
@@ -411,14 +467,34 @@ def compare(job: CompareJob) -> DriftReport:
         report = replace(last.report, inputs_at=job.inputs_at, rows_from=job.rows_from)
         last.report = report
         return report
-    since = job.previous_since if job.previous_since is not None else (last.report.diverged_since if last else {})
     primary_rows_by_id = cast(dict[str, PrimaryRepo], primary.rows)
     mirror_rows = cast(Mapping[str, MirrorRepo], mirror.rows)
-    analysis = Analysis(primary_rows_by_id, job.scope, mirror_rows, since, job.seen_at, job.keep_all, job.per_node)
-    analysis.step(len(primary_rows_by_id) + 1)
-    report = analysis.report(inputs_at=job.inputs_at, rows_from=job.rows_from)
-    store.compared[job.target] = Compared(key, report)
+    changed = _changed_since(last, primary, mirror, key) if job.previous_since is None else None
+    if last is not None and changed is not None:
+        tally = last.tally
+        tally.update(changed, primary_rows_by_id, mirror_rows, job.seen_at)
+    else:
+        since = job.previous_since if job.previous_since is not None else (last.report.diverged_since if last else {})
+        tally = Tally(store.slots, job.scope, job.keep_all, job.per_node)
+        tally.rebuild(primary_rows_by_id, mirror_rows, since, job.seen_at)
+    report = tally.report(job.inputs_at, job.rows_from)
+    store.compared[job.target] = Compared(key, report, tally)
     return report
+
+
+def _changed_since(
+    last: Compared | None, primary: Listing, mirror: Listing, key: tuple[object, ...]
+) -> set[str] | None:
+    """The ids to reclassify for ``last``'s analysis to be the one of the listings now; None: analyse all of them
+    (no analysis yet, other settings, the worker's ids compacted since, or changes the listings no longer tell)."""
+    if last is None or last.key[2:] != key[2:] or last.tally.slots is not STORE.slots:
+        return None
+    primary_version, mirror_version = cast(tuple[int, int], last.key[:2])
+    from_primary = primary.changed_since(primary_version)
+    from_mirror = mirror.changed_since(mirror_version)
+    if from_primary is None or from_mirror is None:
+        return None
+    return from_primary | from_mirror
 
 
 def union_of(nodes: list[tuple[str, dict[str, float]]], keep_all: bool) -> DriftReport:

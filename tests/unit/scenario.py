@@ -4,7 +4,7 @@ exposition (tests/unit/golden/exposition.txt), so every change to a series shows
 from __future__ import annotations
 
 from exporter.app import ExporterState
-from exporter.drift import Analysis, MirrorRepo, PrimaryRepo, analyse, union
+from exporter.drift import MirrorRepo, PrimaryRepo, analyse, union
 from exporter.git.refs import Comparison, Difference, RefVerdict
 from exporter.git.state import GitCheck, GitMirrorState
 from exporter.jmx.reading import NodeReading, TicketReading, TimerReading
@@ -102,10 +102,8 @@ def by_node(state: MirrorState) -> None:
         node.status = fresh(MirrorStatus(state="SYNCHRONIZED"))  # type: ignore[assignment]
         rows = mirror_rows(kind)
         node.repo_sync_status = fresh(RepoSyncSummary(len(rows), 0, 0, NOW - 60))  # type: ignore[assignment]
-        analysis = Analysis(primary_repositories(), None, rows, previous if kind == "behind" else {}, NOW - 10,
-                            per_node=True)  # fmt: skip
-        analysis.step(100)
-        node.drift = analysis.report()
+        since = previous if kind == "behind" else {}
+        node.drift = analyse(primary_repositories(), None, rows, since, NOW - 10, per_node=True)
         reports.append(node.drift)
         state.nodes[name] = node
     down = NodeState("sydney-3", "http://10.0.0.3:7990")

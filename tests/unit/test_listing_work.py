@@ -4,14 +4,14 @@ whatever moves between two walks (insertions at the head shift every page bounda
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.drift import MirrorRepo, RepoState, analyse
+from exporter.drift import DriftReport, MirrorRepo, RepoState, Tally, analyse
 from exporter.rest import listing_work
 from exporter.rest.listing_work import (
     MIRROR,
@@ -77,21 +77,32 @@ def paged(rows: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]
     return [rows[i : i + size] for i in range(0, len(rows), size)] or [[]]
 
 
-def job(target: str, walk: int, seen_at: float = NOW) -> CompareJob:
-    return CompareJob(target, PRIMARY_NAME, walk, None, seen_at, seen_at, seen_at, False, False)
+def job(target: str, walk: int, seen_at: float = NOW, per_node: bool = False) -> CompareJob:
+    return CompareJob(target, PRIMARY_NAME, walk, None, seen_at, seen_at, seen_at, False, per_node)
 
 
-def from_scratch(primary: list[tuple[int, str]], mirror: list[tuple[int, str]]) -> dict[RepoState, int]:
+def scratch_report(
+    primary: list[tuple[int, str]],
+    mirror: list[tuple[int, str]],
+    since: dict[str, float] | None = None,
+    seen_at: float = NOW,
+    per_node: bool = False,
+) -> DriftReport:
+    """The report of a comparison from scratch of the same rows (``since``: the first-seen times carried over)."""
     projects: Projects = {}
     primary_rows_by_id = dict(primary_rows(primary_page(primary), projects))
     listing_work.STORE, kept = Store(), listing_work.STORE
     try:
         feed("scratch", MIRROR, 1, [(0, b"x", mirror_page(mirror))])
         finish("scratch", 1)
-        mirror_rows = cast(dict[str, MirrorRepo], listing_work.STORE.listings["scratch"].rows)
+        mirror_rows = dict(cast(dict[str, MirrorRepo], listing_work.STORE.listings["scratch"].rows))
     finally:
         listing_work.STORE = kept
-    return analyse(primary_rows_by_id, None, mirror_rows, {}, NOW).counts
+    return analyse(primary_rows_by_id, None, mirror_rows, since or {}, seen_at, per_node=per_node)
+
+
+def from_scratch(primary: list[tuple[int, str]], mirror: list[tuple[int, str]]) -> dict[RepoState, int]:
+    return scratch_report(primary, mirror).counts
 
 
 def test_a_repository_inserted_at_the_head_of_a_100_page_listing_keeps_every_count_true(store: Store) -> None:
@@ -155,23 +166,88 @@ HASHES = st.sampled_from(["a" * 40, "b" * 40, "c" * 40, "0" * 40])
 LISTING = st.dictionaries(st.integers(1, 60), HASHES, max_size=40)
 
 
-@settings(max_examples=60, deadline=None, database=None)
+# One change between two walks: an id's hash set on the primary or the mirror (None: the id goes).
+EDIT = st.tuples(st.booleans(), st.integers(1, 60), st.one_of(st.none(), HASHES))
+
+
+def edited(listings: tuple[dict[int, str], dict[int, str]], edits: list[tuple[bool, int, str | None]]) -> tuple[
+    dict[int, str], dict[int, str]
+]:  # fmt: skip
+    primary, mirror = dict(listings[0]), dict(listings[1])
+    for on_primary, repo_id, hash_ in edits:
+        target = primary if on_primary else mirror
+        if hash_ is None:
+            target.pop(repo_id, None)
+        else:
+            target[repo_id] = hash_
+    return primary, mirror
+
+
+@settings(max_examples=150, deadline=None, database=None)
 @given(
-    cycles=st.lists(st.tuples(LISTING, LISTING), min_size=1, max_size=4),
+    start=st.tuples(LISTING, LISTING),
+    edits=st.lists(st.lists(EDIT, max_size=4), min_size=1, max_size=6),
     page_size=st.integers(1, 7),
+    per_node=st.booleans(),
+    skipped=st.sets(st.integers(0, 6)),
 )
-def test_reused_pages_and_comparisons_give_the_counts_of_a_comparison_from_scratch(
-    cycles: list[tuple[dict[int, str], dict[int, str]]], page_size: int
+def test_reused_pages_and_updated_comparisons_give_the_report_of_a_comparison_from_scratch(
+    start: tuple[dict[int, str], dict[int, str]],
+    edits: list[list[tuple[bool, int, str | None]]],
+    page_size: int,
+    per_node: bool,
+    skipped: set[int],
 ) -> None:
+    """Whatever changes between walks (rows, ids appearing and going, page boundaries moving), a comparison that
+    only reclassifies the ids whose rows changed (or reuses the last report) gives the report a comparison from
+    scratch gives: counts, kept rows in order, first-seen times, extra ids. Some cycles compare nothing (``skipped``:
+    a walk failed elsewhere), so an update spans several walks' changes."""
     listing_work.STORE = Store()
     primary, mirror = Loop(PRIMARY_NAME, PRIMARY), Loop("sydney", MIRROR)
-    for primary_listing, mirror_listing in [*cycles, cycles[-1]]:  # the last twice: a quiet cycle
+    since: dict[str, float] = {}
+    cycles = [start]
+    for change in [*edits, []]:  # the last without a change: a quiet cycle
+        cycles.append(edited(cycles[-1], change))
+    for cycle, (primary_listing, mirror_listing) in enumerate(cycles):
         primary_rows_ = sorted(primary_listing.items())
         mirror_rows_ = sorted(mirror_listing.items())
         primary.walk([primary_page(p) for p in paged(primary_rows_, page_size)])
         mirror.walk([mirror_page(p) for p in paged(mirror_rows_, page_size)])
-        report = compare(job("sydney", primary.walks))
-        assert report.counts == from_scratch(primary_rows_, mirror_rows_)
+        if cycle in skipped and cycle < len(cycles) - 1:
+            continue
+        seen_at = NOW + 30 * cycle
+        report = compare(job("sydney", primary.walks, seen_at, per_node))
+        expected = scratch_report(primary_rows_, mirror_rows_, since, seen_at, per_node)
+        assert report.counts == expected.counts
+        assert report.repositories == expected.repositories
+        assert report.diverged_since == expected.diverged_since
+        assert (report.laggard_since, report.matched) == (expected.laggard_since, expected.matched)
+        assert sorted(report.extra_ids) == sorted(expected.extra_ids)
+        since = dict(report.diverged_since)
+
+
+def test_a_comparison_after_a_changed_page_reclassifies_only_the_ids_whose_rows_changed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [(i, f"{i:040x}") for i in range(1, 501)]
+    primary, mirror = Loop(PRIMARY_NAME, PRIMARY), Loop("sydney", MIRROR)
+    primary.walk([primary_page(p) for p in paged(rows, 100)])
+    mirror.walk([mirror_page(p) for p in paged(rows, 100)])
+    compare(job("sydney", primary.walks))
+    reclassified: list[str] = []
+    apply = Tally._apply
+
+    def counted(tally: Tally, repo_id: str, *args: Any) -> None:
+        reclassified.append(repo_id)
+        apply(tally, repo_id, *args)
+
+    monkeypatch.setattr(Tally, "_apply", counted)
+    pushed = [(i, "e" * 40 if i in (7, 250) else h) for i, h in rows]  # two pushes: two pages of five change
+    primary.walk([primary_page(p) for p in paged(pushed, 100)])
+    mirror.walk([mirror_page(p) for p in paged(rows, 100)])
+    report = compare(job("sydney", primary.walks, NOW + 30))
+    assert sorted(reclassified) == ["250", "7"], "two pages of a hundred rows changed, two rows in them"
+    assert report.counts == {RepoState.IN_SYNC: 498, RepoState.CONTENT_DRIFT: 2} == from_scratch(pushed, rows)
 
 
 def test_mirror_listings_are_kept_by_column_and_compacted_when_their_ids_are_gone(store: Store) -> None:

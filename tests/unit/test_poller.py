@@ -20,7 +20,14 @@ from exporter.drift import RepoState
 from exporter.rest import poller
 from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
 from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, decode_envelope
-from exporter.rest.listings import Hashes, PrimaryRepositoryRow, ProjectRow, RepositoryHashes, SyncStatusRow
+from exporter.rest.listings import (
+    Hashes,
+    PrimaryRepositoryRow,
+    ProjectRow,
+    RepositoryHashes,
+    SyncStatusRow,
+    decode_repository_page,
+)
 from exporter.rest.models import (
     ClusterNode,
     MirrorServer,
@@ -267,8 +274,9 @@ async def test_an_8x_mirror_is_asked_for_delayed_sync_once_then_only_for_out_of_
 async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fields(
     workers: WorkerPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A page of the same bytes as the same page of the previous walk is not read again, not even for its paging
-    fields; the walk still reaches the last page, and an insertion at the head (every page changed) is read whole."""
+    """A page of the same bytes as the same page of the previous walk is not decoded again, not even for its paging
+    fields; the walk still reaches the last page, and an insertion at the head (every page changed) is decoded, each
+    page once."""
     rows = [(i, f"{i:040x}") for i in range(1, 11)]
     per_page = 3
 
@@ -289,11 +297,11 @@ async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fi
     app.router.add_get("/rest/mirroring/latest/repos", repos)
     read: list[bytes] = []
 
-    def counted(body: bytes) -> Page[bytes]:
+    def counted(body: bytes) -> Page[PrimaryRepositoryRow]:
         read.append(body)
-        return decode_envelope(body)
+        return decode_repository_page(body)
 
-    monkeypatch.setattr(poller, "decode_envelope", counted)
+    monkeypatch.setattr(poller, "decode_repository_page", counted)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
         client = BitbucketClient(session, PollConfig(retries=0, page_limit=per_page))
         api = PrimaryApi(client, str(server.make_url("/")), Credentials())
@@ -303,7 +311,7 @@ async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fi
         first = primary.state.repositories.value
         read.clear()
         await primary.poll_once()
-        assert read == [], "every page the same bytes: no paging field read again"
+        assert read == [], "every page the same bytes: none decoded, not even its paging fields"
         assert primary.state.repositories.value is first, "no page changed: the same snapshot"
         rows.insert(0, (99, "f" * 40))  # every page boundary moves
         await primary.poll_once()
