@@ -6,7 +6,8 @@ deliveries, in one run on one machine.
 
 The exporter runs in its own process (`python -m exporter`) against a small simulated farm; this process posts half
 repo:refs_changed and half mirror:repo_synchronized (each push then its sync a second later on the primary's clock),
-evenly spread over the burst, with 20 connections, and scrapes /metrics with 10 clients every 0.2 s.
+evenly spread over the burst, with 20 connections; 10 clients scrape /metrics every 0.2 s from a process of their own
+(`--scrape`), so a scrape's time is the exporter's, not this process's loop busy posting 1,000 deliveries a second.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 SECRET = "burst-secret"
 BURST_BEGINS = int(time.time())
 P99_LIMIT_MS = 50
+# Issue 32's bound: the burst does not slow scrapes past what a quiet exporter's cycles may.
+P99_TARGET_MS = 10
+SCRAPERS, SCRAPE_PERIOD = 10, 0.2
 
 
 def peak_rss(pid: int) -> int:
@@ -67,19 +71,33 @@ def delivery(i: int) -> tuple[str, bytes]:
     return "mirror:repo_synchronized", json.dumps(synced).encode()
 
 
-async def scrape_while(url: str, scrapers: int, period: float, running: asyncio.Event) -> list[float]:
+async def scrape_for(url: str, seconds: float) -> list[float]:
+    """``SCRAPERS`` clients scraping every ``SCRAPE_PERIOD`` seconds for ``seconds``: each scrape's seconds."""
     latencies: list[float] = []
+    until = time.monotonic() + seconds
 
     async def scraper(http: aiohttp.ClientSession) -> None:
-        while running.is_set():
+        while time.monotonic() < until:
             began = time.perf_counter()
             async with http.get(url) as resp:
                 await resp.read()
             latencies.append(time.perf_counter() - began)
-            await asyncio.sleep(period)
+            await asyncio.sleep(SCRAPE_PERIOD)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        await asyncio.gather(*(scraper(http) for _ in range(scrapers)))
+        await asyncio.gather(*(scraper(http) for _ in range(SCRAPERS)))
+    return latencies
+
+
+async def scrapes_elsewhere(url: str, seconds: float) -> list[float]:
+    """``scrape_for`` in a process of its own (this script with ``--scrape``)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--scrape", url, "--seconds", str(seconds), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), seconds + 60)
+    if child.returncode != 0:
+        raise SystemExit(f"the scrapers failed (exit {child.returncode})")
+    latencies: list[float] = json.loads(out)
     return latencies
 
 
@@ -131,16 +149,9 @@ async def measure(events: int, seconds: float, work: Path) -> dict[str, Any]:
             base = f"http://127.0.0.1:{port}"
             if not await wait_ready(base):
                 raise SystemExit("the exporter did not become ready within 30 s")
-            quiet_running, busy_running = asyncio.Event(), asyncio.Event()
-            quiet_running.set()
-            quiet = asyncio.create_task(scrape_while(base + "/metrics", 10, 0.2, quiet_running))
-            await asyncio.sleep(seconds)
-            quiet_running.clear()
-            baseline = await quiet
-            busy_running.set()
-            busy = asyncio.create_task(scrape_while(base + "/metrics", 10, 0.2, busy_running))
+            baseline = await scrapes_elsewhere(base + "/metrics", seconds)
+            busy = asyncio.create_task(scrapes_elsewhere(base + "/metrics", seconds))
             sent = await burst(base + "/webhooks/bitbucket", events, seconds)
-            busy_running.clear()
             during = await busy
             # /metrics shows the state as of at most a second ago (docs/metrics.md): read until every sync is there.
             observed, deadline = 0.0, time.monotonic() + 10
@@ -176,6 +187,7 @@ def report(result: dict[str, Any]) -> str:
 
     during = result["scrapes_during_burst_ms"]
     met = during["p99"] is not None and during["p99"] < P99_LIMIT_MS
+    target_met = during["p99"] is not None and during["p99"] < P99_TARGET_MS
     return "\n".join(
         [
             "# Webhook burst",
@@ -190,7 +202,8 @@ def report(result: dict[str, Any]) -> str:
             row("without deliveries", result["scrapes_without_burst_ms"]),
             row("during the burst", during),
             "",
-            f"Target: p99 under {P99_LIMIT_MS} ms during the burst: {'met' if met else '**missed**'}.",
+            f"Target: p99 under {P99_LIMIT_MS} ms during the burst: {'met' if met else '**missed**'}; "
+            f"under {P99_TARGET_MS} ms (issue 32): {'met' if target_met else '**missed**'}.",
             "",
         ]
     )
@@ -201,7 +214,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument("--scrape", metavar="URL", help="only scrape URL for --seconds and print the latencies")
     args = parser.parse_args()
+    if args.scrape:
+        print(json.dumps(asyncio.run(scrape_for(args.scrape, args.seconds))))
+        return
     with tempfile.TemporaryDirectory() as work:
         result = asyncio.run(measure(args.events, args.seconds, Path(work)))
     args.out.mkdir(parents=True, exist_ok=True)

