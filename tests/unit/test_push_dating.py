@@ -202,26 +202,31 @@ def test_a_copys_sync_date_is_read_as_seconds_only_where_it_diverges() -> None:
     assert repo.repo_id == "1" and repo.synced_at == synced.timestamp()
 
 
+class Passes:
+    """Counts the passes of the running event loop (what a callback schedules with call_soon runs in the next one)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._tick()
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._loop.call_soon(self._tick)
+
+
 async def test_reports_that_arrive_together_are_dated_each_in_a_pass_of_the_loop_of_its_own() -> None:
     # A farm's node reports come back from the worker at once; dated in one pass of the event loop, they held it for
     # tens of milliseconds at scale (every scrape waiting). Each is dated in a pass of its own.
     primary = listing({"1": A, "2": A})
     service, _ = dating(FakePrimary({"repo-1": PAGE}))
     await service.date(report_for(primary, ["1"]), primary, None)  # the page cached: no lookup to wait on below
-    loop = asyncio.get_running_loop()
-    passes = 0
-
-    def tick() -> None:  # runs once per pass of the loop: what it schedules with call_soon runs in the next pass
-        nonlocal passes
-        passes += 1
-        loop.call_soon(tick)
-
-    tick()
+    passes = Passes()
     dated_in: list[int] = []
     dated = service._dated
 
     async def counted(*args: object, **kwargs: object) -> DriftReport:
-        dated_in.append(passes)
+        dated_in.append(passes.count)
         return await dated(*args, **kwargs)  # type: ignore[arg-type]
 
     service._dated = counted  # type: ignore[method-assign]
@@ -237,20 +242,12 @@ async def test_a_large_report_is_dated_a_slice_at_a_time(monkeypatch: pytest.Mon
     service, _ = dating(FakePrimary({f"repo-{i}": PAGE for i in range(1, 7)}))
     behind = [str(i) for i in range(1, 7)]
     await service.date(report_for(primary, behind), primary, None)  # every page cached
-    loop = asyncio.get_running_loop()
-    passes = 0
-
-    def tick() -> None:
-        nonlocal passes
-        passes += 1
-        loop.call_soon(tick)
-
-    tick()
+    passes = Passes()
     started_in: list[int] = []
     real = push_dating.push_start
 
     def counted(*args: Any) -> float | None:
-        started_in.append(passes)
+        started_in.append(passes.count)
         return real(*args)
 
     monkeypatch.setattr(push_dating, "push_start", counted)
