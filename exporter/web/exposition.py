@@ -213,7 +213,13 @@ class Exposition:
         wanted = self._wanted.setdefault(content_type, Wanted(encoder, now))
         wanted.asked_again(now, scraper)
         latest = self._latest.get(content_type)
-        if latest is None or self._monotonic() - latest.made > self._max_age:
+        if (
+            latest is None
+            or self._monotonic() - latest.made > self._max_age
+            or (content_type in self._before_ready and self._ready())
+        ):
+            # A rendering made before the exporter was ready is not served once it is: the first scrape after
+            # shows the polls that made it so.
             latest = await self.render_begun_now(content_type, encoder)
         return latest
 

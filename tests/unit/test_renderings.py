@@ -87,6 +87,18 @@ async def test_show_ready_renders_what_was_rendered_before_ready(monotonic: Mono
     assert exposition.rendered_since(monotonic.now), "every primed content type rendered again"
 
 
+async def test_a_scrape_after_ready_never_gets_a_rendering_made_before(monotonic: Monotonic) -> None:
+    ready = [False]
+    exposition = Exposition(registry_at(lambda: NOW), lambda: (), lambda: ready[0], monotonic=monotonic)
+    before = await exposition.serve("text/plain", generate_latest)
+    monotonic.now += 0.2
+    assert (await exposition.serve("text/plain", generate_latest)) is before, "not ready yet: served as it is"
+    ready[0] = True
+    after = await exposition.serve("text/plain", generate_latest)
+    assert after is not before and after.made == monotonic.now, "ready since: rendered anew, though 0.2 s old"
+    assert (await exposition.serve("text/plain", generate_latest)) is after
+
+
 @pytest.mark.parametrize("encoder", [generate_latest, generate_openmetrics], ids=["text", "openmetrics"])
 async def test_a_rendering_made_a_few_families_at_a_time_is_the_encoders_own_body(
     encoder: Callable[[CollectorRegistry], bytes], monkeypatch: pytest.MonkeyPatch
