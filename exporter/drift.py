@@ -288,7 +288,7 @@ class Tally:
         self._counts = dict.fromkeys(_COUNTED, 0)
         self._matched = 0
         self._since, self._kept, self._extra = {}, {}, set()
-        scope, keep_all, counts, parts, slot_of = self.scope, self.keep_all, self._counts, self._parts, self.slots.slot
+        scope, keep_all, counts, parts, slot_of = self.scope, self.keep_all, self._counts, self._parts, self._slot
         in_sync = RepoState.IN_SYNC
         for repo_id, upstream in primary.items():
             local = mirror.get(repo_id)
@@ -302,11 +302,8 @@ class Tally:
                 and hash_known(upstream.content)
             ):
                 # The common case at scale, decided without the general rules and with nothing more to record.
-                slot = slot_of(repo_id)
-                if slot >= len(parts):
-                    parts.extend(bytes(slot + 1 - len(parts)))
                 counts[in_sync] += 1
-                parts[slot] = _IN_SYNC_MATCHED
+                parts[slot_of(repo_id)] = _IN_SYNC_MATCHED
                 self._matched += 1
                 continue
             self._apply(repo_id, upstream, local, previous_since, seen_at)
@@ -329,6 +326,13 @@ class Tally:
             self._apply(repo_id, primary.get(repo_id), mirror.get(repo_id), since, seen_at)
         self._mirror_size = len(mirror)
 
+    def _slot(self, repo_id: str) -> int:
+        """The id's slot, its part's byte there (ABSENT for an id new to the worker)."""
+        slot = self.slots.slot(repo_id)
+        if slot >= len(self._parts):
+            self._parts.extend(bytes(slot + 1 - len(self._parts)))
+        return slot
+
     def _apply(
         self,
         repo_id: str,
@@ -337,10 +341,8 @@ class Tally:
         previous_since: Mapping[str, float],
         seen_at: float,
     ) -> None:
-        slot = self.slots.slot(repo_id)
+        slot = self._slot(repo_id)
         parts = self._parts
-        if slot >= len(parts):
-            parts.extend(bytes(slot + 1 - len(parts)))
         before = parts[slot]
         if before != ABSENT:
             kind, matched = divmod(before - 1, 2)

@@ -39,6 +39,7 @@ from exporter.rest.push_dating import PushDating
 from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
 from exporter.sources import UNEXPECTED, FetchError, FirstCycle, free_later, run_source
 from exporter.state import Policy
+from exporter.steps import Steps
 from exporter.workers import Worker, WorkerPool
 
 log = logging.getLogger("exporter.poller")
@@ -303,8 +304,8 @@ class MirrorPoller:
         self.first_cycle.set()
 
 
-# Work on the primary's new snapshot between two yields to the event loop (by time: unchanged pages cost a tenth of
-# changed ones, so a count of pages bounded nothing; at 1% of 100,000 repositories pushed a cycle one step was 20 ms).
+# Work on the primary's new snapshot between two yields to the event loop (exporter/steps.py; counted in pages, one
+# step was 20 ms at 1% of 100,000 repositories pushed a cycle).
 SNAPSHOT_STEP_SECONDS = 0.002
 
 
@@ -433,7 +434,7 @@ class PrimaryPoller:
     ) -> dict[str, PrimaryRepo]:
         repositories: dict[str, PrimaryRepo] = {}
         changed = 0
-        step_began = time.perf_counter()
+        steps = Steps(SNAPSHOT_STEP_SECONDS)
         for index, (_, ids, _) in enumerate(pages):
             rows = decoded.get(index)
             if rows is None:
@@ -449,9 +450,7 @@ class PrimaryPoller:
                     elif old is not None and old.content != row.content:
                         changed += 1
                     repositories[repo_id] = row
-            if time.perf_counter() - step_began >= SNAPSHOT_STEP_SECONDS:
-                await asyncio.sleep(0)
-                step_began = time.perf_counter()
+            await steps.done_piece()
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
         self.state.content_changes += changed

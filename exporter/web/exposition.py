@@ -34,6 +34,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
+from exporter.steps import Steps
+
 # How old a rendering a scrape may be served.
 MAX_AGE_SECONDS = 1.0
 # At this age the loop renders again, so an idle loop always has one younger than MAX_AGE_SECONDS for the next scrape.
@@ -175,14 +177,12 @@ class Exposition:
     async def _render(self, content_type: str, encoder: Encoder) -> Rendering:
         began, reports, ready = self._monotonic(), self._reports(), self._ready()
         parts: list[bytes] = []
-        step_began = time.perf_counter()
+        steps = Steps(STEP_SECONDS)
         for family in self._registry.collect():
             for piece, continued in pieces(family):
                 encoded = encoder(cast(CollectorRegistry, Families([piece])))
                 parts.append(without_head(encoded) if continued else encoded)
-                if time.perf_counter() - step_began >= STEP_SECONDS:
-                    await asyncio.sleep(0)
-                    step_began = time.perf_counter()
+                await steps.done_piece()
         # Each part of an OpenMetrics body ends as a whole body does: only the last keeps its end.
         body = b"".join(part.removesuffix(OPENMETRICS_END) for part in parts) + (
             OPENMETRICS_END if parts and parts[-1].endswith(OPENMETRICS_END) else b""
