@@ -207,8 +207,14 @@ async def test_a_hung_node_delays_neither_its_peers_nor_scrapes() -> None:
         # Node 2's requests hang; its poll ends only after poll.timeout_seconds (2 s) for each of its 3 attempts.
         # Before that first failure, node 1 has been read five more times and the mirror's union has gone on.
         await wait_until(peer_read_five_times, 10.0, "node 1 read five more times while node 2 hangs")
+        # One rendering with both: at a 0.2 s interval drift is served 0.6 s (stale_after), and a rendering (at most a
+        # second old) can be made between the cycle that counts one node polled and the union it then takes.
         samples = await run.metrics_until(
-            lambda s: value(s, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0, ""
+            lambda s: (
+                value(s, "bitbucket_mirror_nodes_polled", mirror="sydney") == 1.0
+                and value(s, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
+            ),
+            "one node polled and the mirror's drift fresh",
         )
         assert hung.errors_total == {}, "node 2's hung poll ended already: the ordering proves nothing"
         assert value(samples, "bitbucket_mirror_drift_fresh", mirror="sydney") == 1.0
