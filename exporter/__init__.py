@@ -10,7 +10,8 @@ The map (docs/architecture.md draws it, with the import rules tests/unit/test_ar
   loop, the freshness rule, the health families), ``supervisor`` (one TaskGroup, fleets of targets), ``workers``
   (worker processes for CPU-bound work), ``state`` (the rendering ``Policy``), ``drift`` (the pure comparison and
   lag), ``urls`` (URL checks), ``node_targets`` (a farm's nodes), ``processes`` (child processes with a time limit),
-  ``steps`` (long work on the event loop in steps of bounded time),
+  ``steps`` (long work on the event loop in steps of bounded time), ``shards`` (a large mapping built on the loop
+  without a long step),
   ``external_url`` (``--web.external-url``, the base of the links written) and ``web/`` (the exporter's HTTP side);
 - the sources, each with its config, state, poller(s) and collector: ``rest/`` (Bitbucket's REST API), ``jmx/``
   (mirror nodes over JMX), ``git/`` (git reference mirrors and verify_refs), ``webhooks/`` (push-to-sync and the CI

@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from sys import intern
@@ -311,17 +311,20 @@ def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, PageColumns]:
 Projects = dict[tuple[int | None, str], tuple[str | None, str]]
 
 
-def primary_rows(body: bytes, projects: Projects, metadata_hashes: bool = True) -> list[tuple[str, PrimaryRepo]]:
-    """A page of the primary's ``repos`` as rows (decoded on the loop as well as here: the CI gate, push dating and
-    the landing page read the listing; without ``metadata_hashes``, which only the comparisons here read, a row's
-    metadata hash is left out: 9 MB at 100,000 repositories)."""
-    return rows_of(decode_repository_page(body), projects, metadata_hashes)
+def primary_rows(body: bytes, projects: Projects, compared: bool = True) -> list[tuple[str, PrimaryRepo]]:
+    """A page of the primary's ``repos`` as rows (``rows_of``)."""
+    return rows_of(decode_repository_page(body), projects, compared)
 
 
 def rows_of(
-    page: Page[PrimaryRepositoryRow], projects: Projects, metadata_hashes: bool = True
+    page: Page[PrimaryRepositoryRow], projects: Projects, compared: bool = True
 ) -> list[tuple[str, PrimaryRepo]]:
-    """``primary_rows`` of a page already decoded."""
+    """A page of the primary's ``repos`` already decoded, as rows. Rows ``compared`` with the mirrors' (here, in a
+    worker) keep the metadata hash and intern their strings, so a mirror in step shares them. The loop's own rows (the
+    CI gate, push dating and the landing page read the listing) do neither: without the metadata hash 9 MB less at
+    100,000 repositories, and the interpreter's table of interned strings would reach two million at 1,000,000
+    repositories, each rebuild of which held the loop 0.2-0.3 s (bench/README.md)."""
+    keep: Callable[[str], str] = intern if compared else str
     rows: list[tuple[str, PrimaryRepo]] = []
     for repo in page.values:
         hashes = repo.properties
@@ -330,16 +333,15 @@ def rows_of(
             projects[project] = (str(project[0]) if project[0] is not None else None, project[1])
         project_id, project_key = projects[project]
         content = hashes.content_hash if hashes else None
-        metadata = hashes.metadata_hash if hashes and metadata_hashes else None
-        # Interned like the mirrors' hashes: a mirror in step shares these strings.
+        metadata = hashes.metadata_hash if hashes and compared else None
         row = PrimaryRepo(
             project_id,
             project_key,
             repo.slug,
-            intern(content) if content is not None else None,
-            intern(metadata) if metadata is not None else None,
+            keep(content) if content is not None else None,
+            keep(metadata) if metadata is not None else None,
         )
-        rows.append((intern(str(repo.id)), row))
+        rows.append((keep(str(repo.id)), row))
     return rows
 
 

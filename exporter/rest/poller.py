@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -37,6 +37,7 @@ from exporter.rest.listings import decode_repository_page
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
 from exporter.rest.push_dating import PushDating
 from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
+from exporter.shards import ShardedMap
 from exporter.sources import UNEXPECTED, FetchError, FirstCycle, free_later, run_source
 from exporter.state import Policy
 from exporter.steps import Steps
@@ -304,8 +305,8 @@ class MirrorPoller:
         self.first_cycle.set()
 
 
-# Work on the primary's new snapshot between two yields to the event loop (exporter/steps.py; counted in pages, one
-# step was 20 ms at 1% of 100,000 repositories pushed a cycle).
+# Copying the previous snapshot's rows of unchanged pages into the new one, between two yields to the event loop
+# (exporter/steps.py; counted in pages, one step was 20 ms at 1% of 100,000 repositories pushed a cycle).
 SNAPSHOT_STEP_SECONDS = 0.002
 
 
@@ -316,6 +317,54 @@ class KeptPage(NamedTuple):
     digest: bytes
     ids: tuple[str, ...]
     paging: tuple[Any, Any, Any]
+
+
+class _Snapshot:
+    """The primary's new snapshot as a walk builds it: nothing until the walk meets a changed page (an unchanged
+    listing keeps the previous snapshot), then the previous snapshot's rows of the pages before it, in steps, and
+    from then on every page as it is read."""
+
+    def __init__(self, previous: Mapping[str, PrimaryRepo] | None) -> None:
+        self._previous: Mapping[str, PrimaryRepo] = previous or {}
+        self._repositories: ShardedMap[str, PrimaryRepo] | None = None if previous else ShardedMap()
+        self._pages_in = 0  # the walk's pages it holds
+        self.changed = 0
+
+    @property
+    def started(self) -> bool:
+        return self._repositories is not None
+
+    async def catch_up(self, pages: list[KeptPage]) -> None:
+        """Hold every page of ``pages``: those not yet in are unchanged pages, whose rows are the previous
+        snapshot's."""
+        if self._repositories is None:
+            self._repositories = ShardedMap()
+        repositories, previous = self._repositories, self._previous
+        steps = Steps(SNAPSHOT_STEP_SECONDS)
+        for _, ids, _ in pages[self._pages_in :]:
+            for repo_id in ids:
+                repositories[repo_id] = previous[repo_id]
+            self._pages_in += 1
+            await steps.done_piece()
+
+    def add(self, rows: list[tuple[str, PrimaryRepo]]) -> None:
+        """A changed page's rows, after ``catch_up`` of the pages before it."""
+        assert self._repositories is not None
+        repositories, previous = self._repositories, self._previous
+        for repo_id, row in rows:
+            # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most of
+            # their memory while this one is built (at 100,000 repositories, tens of MB).
+            old = previous.get(repo_id)
+            if old is not None and old == row:
+                row = old
+            elif old is not None and old.content != row.content:
+                self.changed += 1
+            repositories[repo_id] = row
+        self._pages_in += 1
+
+    def take(self) -> ShardedMap[str, PrimaryRepo]:
+        repositories, self._repositories = self._repositories or ShardedMap(), None
+        return repositories
 
 
 class PrimaryPoller:
@@ -361,16 +410,20 @@ class PrimaryPoller:
         finally:
             self.listings.publish(started)
 
-    async def _repositories(self) -> dict[str, PrimaryRepo]:
+    async def _repositories(self) -> Mapping[str, PrimaryRepo]:
         """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go
         to every worker that has a farm. A page whose digest is the same page's of the previous walk is not decoded
-        again; when no page changed, the previous snapshot itself is the new one."""
+        again and its rows are the previous snapshot's; when no page changed, the previous snapshot itself is the
+        new one. The new snapshot is built page by page as the walk reads them, from the first changed page on (the
+        pages before it copied then, in steps), so no page's rows outlive its step (a million decoded rows held
+        until the walk ended made each full collection of the first walk at 1,000,000 repositories 20-60 ms)."""
         previous = self.state.repositories.value
         kept_pages = self._pages if previous is not None else []
         projects: Projects = {}
         pages: list[KeptPage] = []
-        decoded: dict[int, list[tuple[str, PrimaryRepo]]] = {}  # the rows of the pages decoded this walk, by index
+        decoded: list[list[tuple[str, PrimaryRepo]]] = []  # the rows of the page just read, when it was decoded
         digests: list[bytes] = []  # each page's, as the walk reads it
+        snapshot = _Snapshot(previous)
 
         def envelope(body: bytes) -> Page[bytes]:
             """The paging fields: a page of the same bytes as the same page of the previous walk has its fields; any
@@ -381,7 +434,7 @@ class PrimaryPoller:
             if kept is not None and kept.digest == page_digest:
                 return Page([], *kept.paging, body=body, row_count=len(kept.ids))
             page = decode_repository_page(body)
-            decoded[index] = rows_of(page, projects, metadata_hashes=False)
+            decoded.append(rows_of(page, projects, compared=False))
             return Page([], page.is_last_page, page.next_page_start, page.limit, body, len(page.values))
 
         for worker in self.workers.assigned():
@@ -390,7 +443,8 @@ class PrimaryPoller:
         walks = [listing.start() for listing in self._listings.values()]
         try:
             async for raw in self._api.repository_raw_pages(envelope):
-                page_digest = digests[len(pages)]
+                index = len(pages)
+                page_digest = digests[index]
                 for walk in list(walks):
                     try:
                         await walk.add(raw.body, page_digest)
@@ -399,62 +453,33 @@ class PrimaryPoller:
                         # and the primary's own listing, read here, goes on.
                         walk.abandon()
                         walks.remove(walk)
-                index = len(pages)
-                rows = decoded.get(index)
-                if rows is None:
-                    pages.append(kept_pages[index])  # the same bytes as the previous walk's page
-                else:
+                if decoded:
+                    rows = decoded.pop()
+                    await snapshot.catch_up(pages)
+                    snapshot.add(rows)
                     paging = (raw.is_last_page, raw.next_page_start, raw.limit)
                     pages.append(KeptPage(page_digest, tuple(repo_id for repo_id, _ in rows), paging))
+                else:
+                    pages.append(kept_pages[index])  # the same bytes as the previous walk's page
         except BaseException:
             for walk in walks:
                 walk.abandon()
+            free_later(snapshot.take())
             raise
         for walk in walks:
             # A worker that could not take the listing compares nothing with it this cycle (walk_in says so).
             with contextlib.suppress(FetchError):
                 await walk.finish()
-        unchanged = previous is not None and not decoded and len(pages) == len(kept_pages)
-        self._pages = pages
-        if unchanged and previous is not None:
+        if previous is not None and not snapshot.started and len(pages) == len(kept_pages):
+            self._pages = pages
             return previous
-        try:
-            return await self._snapshot(pages, decoded, previous or {})
-        finally:
-            # The rows decoded this walk that the snapshot did not take (equal to the previous snapshot's, which it
-            # keeps) are freed off the loop: at 1% of 100,000 repositories pushed a cycle, 60,000 of them held the
-            # loop 20-30 ms as this coroutine ended.
-            free_later(decoded)
-
-    async def _snapshot(
-        self,
-        pages: list[KeptPage],
-        decoded: dict[int, list[tuple[str, PrimaryRepo]]],
-        previous: dict[str, PrimaryRepo],
-    ) -> dict[str, PrimaryRepo]:
-        repositories: dict[str, PrimaryRepo] = {}
-        changed = 0
-        steps = Steps(SNAPSHOT_STEP_SECONDS)
-        for index, (_, ids, _) in enumerate(pages):
-            rows = decoded.get(index)
-            if rows is None:
-                for repo_id in ids:  # an unchanged page: the previous snapshot's rows, as they were
-                    repositories[repo_id] = previous[repo_id]
-            else:
-                for repo_id, row in rows:
-                    # Unchanged repositories keep their object from the previous snapshot, so two snapshots share
-                    # most of their memory while this one is built (at 100,000 repositories, tens of MB).
-                    old = previous.get(repo_id)
-                    if old is not None and old == row:
-                        row = old
-                    elif old is not None and old.content != row.content:
-                        changed += 1
-                    repositories[repo_id] = row
-            await steps.done_piece()
+        await snapshot.catch_up(pages)
+        # The pages kept change only with the snapshot they describe (a walk cancelled before this point leaves both).
+        self._pages = pages
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
-        self.state.content_changes += changed
-        return repositories
+        self.state.content_changes += snapshot.changed
+        return snapshot.take()
 
     async def poll_once(self) -> None:
         primary = self.state

@@ -7,6 +7,7 @@ exporter/sources.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ class PrimaryState:
     mirror_servers: SourceState[list[MirrorServer]] = field(default_factory=SourceState)
     # The primary's repositories by id, with their content hashes (metadata hashes are read by the workers alone, which
     # compare them: None here): fetched once per cycle, shared by every mirror.
-    repositories: SourceState[dict[str, PrimaryRepo]] = field(default_factory=SourceState)
+    repositories: SourceState[Mapping[str, PrimaryRepo]] = field(default_factory=SourceState)
     # The ref change activity pages asked to date divergences from the push (exporter/rest/push_dating.py): the
     # latest lookup's outcome, and every failure counted.
     ref_change_activity: SourceState[ActivityPage] = field(default_factory=lambda: SourceState(on_demand=True))

@@ -279,29 +279,8 @@ async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fi
     page once."""
     rows = [(i, f"{i:040x}") for i in range(1, 11)]
     per_page = 3
-
-    async def repos(request: web.Request) -> web.Response:
-        start = int(request.query["start"])
-        chunk = rows[start : start + per_page]
-        last = start + per_page >= len(rows)
-        values = [
-            {"id": i, "slug": f"r{i}", "project": {"key": "PRJ", "id": 1}, "properties": {"contentHash": h}}
-            for i, h in chunk
-        ]
-        page: dict[str, object] = {"values": values, "isLastPage": last, "limit": per_page, "start": start}
-        if not last:
-            page["nextPageStart"] = start + per_page
-        return web.json_response(page)
-
-    app = web.Application()
-    app.router.add_get("/rest/mirroring/latest/repos", repos)
-    read: list[bytes] = []
-
-    def counted(body: bytes) -> Page[PrimaryRepositoryRow]:
-        read.append(body)
-        return decode_repository_page(body)
-
-    monkeypatch.setattr(poller, "decode_repository_page", counted)
+    app = listing_app(rows, per_page, failing_starts=[])
+    read = count_decoded(monkeypatch)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
         client = BitbucketClient(session, PollConfig(retries=0, page_limit=per_page))
         api = PrimaryApi(client, str(server.make_url("/")), Credentials())
@@ -318,3 +297,82 @@ async def test_the_primarys_unchanged_pages_are_followed_by_their_kept_paging_fi
         assert len(read) == 4
         listing = primary.state.repositories.value
         assert listing is not None and sorted(listing, key=int) == [str(i) for i in (*range(1, 11), 99)]
+
+
+async def test_a_changed_page_alone_is_read_anew_and_the_snapshot_equals_a_whole_reading(
+    workers: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push on one page: that page alone is decoded, the other rows are the previous snapshot's objects, and the
+    snapshot equals the listing; a walk that fails after a changed page keeps the previous snapshot and counts no
+    push, and the next whole walk counts it once."""
+    rows = [(i, f"{i:040x}") for i in range(1, 11)]
+    per_page = 3
+    failing_starts: list[int] = []
+    app = listing_app(rows, per_page, failing_starts)
+    read = count_decoded(monkeypatch)
+
+    def listed() -> dict[str, str | None]:
+        listing = primary.state.repositories.value
+        assert listing is not None
+        return {repo_id: repo.content for repo_id, repo in listing.items()}
+
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        client = BitbucketClient(session, PollConfig(retries=0, page_limit=per_page))
+        api = PrimaryApi(client, str(server.make_url("/")), Credentials())
+        primary = PrimaryPoller(PrimaryState(url="https://b.example.com"), api, 30, workers)
+        await primary.poll_once()
+        first = primary.state.repositories.value
+        assert first is not None and listed() == {str(i): h for i, h in rows}
+        read.clear()
+        rows[4] = (5, "e" * 40)  # the second page (4, 5, 6)
+        await primary.poll_once()
+        second = primary.state.repositories.value
+        assert len(read) == 1 and second is not None and second is not first
+        assert listed() == {str(i): h for i, h in rows}
+        assert all(second[str(i)] is first[str(i)] for i, _ in rows if i != 5), "unchanged rows are shared"
+        assert primary.state.content_changes == 1
+        rows[1] = (2, "d" * 40)  # the first page changes, then the third page fails
+        failing_starts.append(6)
+        await primary.poll_once()
+        assert primary.state.repositories.value is second and primary.state.repositories.success is False
+        assert primary.state.content_changes == 1, "a failed walk counts nothing"
+        failing_starts.clear()
+        await primary.poll_once()
+        assert listed() == {str(i): h for i, h in rows}
+        assert primary.state.content_changes == 2
+
+
+def listing_app(rows: list[tuple[int, str]], per_page: int, failing_starts: list[int]) -> web.Application:
+    """The primary's ``repos``, ``rows`` (id, content hash) in their order, ``per_page`` a page; a page starting at
+    one of ``failing_starts`` answers 500. Both lists are read at each request."""
+
+    async def repos(request: web.Request) -> web.Response:
+        start = int(request.query["start"])
+        if start in failing_starts:
+            return web.Response(status=500)
+        chunk = rows[start : start + per_page]
+        last = start + per_page >= len(rows)
+        values = [
+            {"id": i, "slug": f"r{i}", "project": {"key": "PRJ", "id": 1}, "properties": {"contentHash": h}}
+            for i, h in chunk
+        ]
+        page: dict[str, object] = {"values": values, "isLastPage": last, "limit": per_page, "start": start}
+        if not last:
+            page["nextPageStart"] = start + per_page
+        return web.json_response(page)
+
+    app = web.Application()
+    app.router.add_get("/rest/mirroring/latest/repos", repos)
+    return app
+
+
+def count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bodies of the primary's pages the poller decodes, as it decodes them."""
+    read: list[bytes] = []
+
+    def counted(body: bytes) -> Page[PrimaryRepositoryRow]:
+        read.append(body)
+        return decode_repository_page(body)
+
+    monkeypatch.setattr(poller, "decode_repository_page", counted)
+    return read
