@@ -32,6 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from bench.scale_report import machine, targets, write_results  # noqa: E402
+from bench.scraping import PROMETHEUS_HEADERS, scrape_session, timed_scrape  # noqa: E402
 
 PER_REPOSITORY_MAX = 10_000  # one call per repository is measured up to this size only (the issue asks 1k and 10k)
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -92,24 +93,21 @@ async def scrape_while(
     latencies: list[float] = []
     tls = "ca_file" in started
     url = f"{'https' if tls else 'http'}://127.0.0.1:{started['port']}/metrics"
-    timeout = aiohttp.ClientTimeout(total=30)
     credentials = f"{started.get('username')}:{started.get('password')}".encode()
-    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()} if tls else {}
+    headers = dict(PROMETHEUS_HEADERS)
+    if tls:
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
     trust = ssl.create_default_context(cafile=started["ca_file"]) if tls else None
 
     async def scraper(http: aiohttp.ClientSession) -> None:
         # One scrape first, not timed: the connection (its TLS handshake) and the first check of the credentials
         # (bcrypt) are paid once per Prometheus server, not per scrape.
-        async with http.get(url, headers=headers) as resp:
-            await resp.read()
+        await timed_scrape(http, url, headers)
         start = time.monotonic()
         tick = 0
         while running.is_set():
-            began = time.perf_counter()
             try:
-                async with http.get(url, headers=headers) as resp:
-                    await resp.read()
-                    resp.raise_for_status()
+                latency = await timed_scrape(http, url, headers)
             except aiohttp.ClientConnectionError:
                 # The exporter finishes its cycles, prints its figures and exits: a scrape on its way then finds the
                 # port closed, perhaps before the figures' line is read here. Only a refusal that lasts is a failure.
@@ -118,12 +116,12 @@ async def scrape_while(
                 if running.is_set():
                     raise
                 return
-            latencies.append(time.perf_counter() - began)
+            latencies.append(latency)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * period - time.monotonic()))
 
     connector = aiohttp.TCPConnector(limit=0, ssl=trust if trust is not None else True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+    async with scrape_session(30, connector) as http:
         await asyncio.gather(*(scraper(http) for _ in range(scrapers)))
     return latencies
 

@@ -33,6 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from bench.ready import wait_ready  # noqa: E402
+from bench.scraping import scrape_session, timed_scrape  # noqa: E402
 from exporter.simulator import Scenario, SimulatedFarm  # noqa: E402
 
 SECRET = "burst-secret"
@@ -78,13 +79,10 @@ async def scrape_for(url: str, seconds: float) -> list[float]:
 
     async def scraper(http: aiohttp.ClientSession) -> None:
         while time.monotonic() < until:
-            began = time.perf_counter()
-            async with http.get(url) as resp:
-                await resp.read()
-            latencies.append(time.perf_counter() - began)
+            latencies.append(await timed_scrape(http, url))
             await asyncio.sleep(SCRAPE_PERIOD)
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+    async with scrape_session(30) as http:
         await asyncio.gather(*(scraper(http) for _ in range(SCRAPERS)))
     return latencies
 

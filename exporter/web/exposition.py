@@ -15,6 +15,10 @@ takes the metric families a few at a time, at most ``STEP_SECONDS`` of work betw
 rendering holds the loop: each family is read whole from the state as it is when its turn comes (a rendering spans
 milliseconds; a drift report that lands in between asks for the next rendering at once).
 
+Each rendering is also kept gzip-compressed, compressed piece by piece as it is made (level 1: about 0.3 ms of the
+~150 KB at 100k x 3 x 3, ten times smaller), for scrapers that accept it: Prometheus asks for gzip on every scrape,
+and a tenth of the bytes is a tenth of the TLS work on both ends.
+
 A lag (``now - since`` while a divergence lasts) is therefore at most a second short: its resolution is the poll
 interval anyway. A query that wants it to the second reads the ``..._first_seen_timestamp_seconds`` series beside
 each lag family and computes ``time() - ...`` (Prometheus' instrumentation guide prefers timestamps to durations).
@@ -26,6 +30,7 @@ import asyncio
 import copy
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -46,6 +51,9 @@ CHECK_SECONDS = 0.1
 STEP_SECONDS = 0.001
 # Samples of one family encoded in one go: about a millisecond.
 PIECE_SAMPLES = 64
+# gzip's fastest level: a rendering's body is mostly repeated label names, which it already shrinks tenfold.
+GZIP_LEVEL = 1
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate stream
 # How OpenMetrics ends a body: once, after the last family.
 OPENMETRICS_END = b"# EOF\n"
 # Nobody has asked for this content type for so long: forget it.
@@ -131,6 +139,23 @@ class Rendering:
     made: float
     reports: tuple[int, ...]  # the analyses it shows (a new one asks for a new rendering)
     body: bytes
+    gzipped: bytes  # the same body, gzip-compressed
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (``gzip`` or ``x-gzip``, unless given ``q=0``)."""
+    for coding in accept_encoding.split(","):
+        name, _, parameters = coding.partition(";")
+        if name.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        weight = parameters.strip().lower()
+        if not weight.startswith("q="):
+            return True
+        try:
+            return float(weight[2:]) > 0
+        except ValueError:
+            return False
+    return False
 
 
 class Exposition:
@@ -177,17 +202,22 @@ class Exposition:
     async def _render(self, content_type: str, encoder: Encoder) -> Rendering:
         began, reports, ready = self._monotonic(), self._reports(), self._ready()
         parts: list[bytes] = []
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
+        compressed: list[bytes] = []
         steps = Steps(STEP_SECONDS)
+        ends = False
         for family in self._registry.collect():
             for piece, continued in pieces(family):
                 encoded = encoder(cast(CollectorRegistry, Families([piece])))
-                parts.append(without_head(encoded) if continued else encoded)
+                # Each part of an OpenMetrics body ends as a whole body does: only the last keeps its end.
+                ends = encoded.endswith(OPENMETRICS_END)
+                part = (without_head(encoded) if continued else encoded).removesuffix(OPENMETRICS_END)
+                parts.append(part)
+                compressed.append(compressor.compress(part))
                 await steps.done_piece()
-        # Each part of an OpenMetrics body ends as a whole body does: only the last keeps its end.
-        body = b"".join(part.removesuffix(OPENMETRICS_END) for part in parts) + (
-            OPENMETRICS_END if parts and parts[-1].endswith(OPENMETRICS_END) else b""
-        )
-        rendering = Rendering(began, reports, body)
+        ending = OPENMETRICS_END if ends else b""
+        compressed += (compressor.compress(ending), compressor.flush())
+        rendering = Rendering(began, reports, b"".join(parts) + ending, b"".join(compressed))
         self._latest[content_type] = rendering
         (self._before_ready.discard if ready else self._before_ready.add)(content_type)
         return rendering

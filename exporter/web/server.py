@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.external_url import RUNBOOKS_PATH
 from exporter.web.auth import BasicAuth, retry_after_header
-from exporter.web.exposition import MAX_AGE_SECONDS, Exposition
+from exporter.web.exposition import MAX_AGE_SECONDS, Exposition, accepts_gzip
 from exporter.web.landing import Landing
 from exporter.web.landing import render as render_landing
 from exporter.web.probe import ProbePolicy, RateLimit
@@ -123,7 +123,10 @@ def exposition_of(served: Served) -> Exposition:
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     rendering = await request.app[EXPOSITION_KEY].serve(content_type, encoder, request.remote or "")
-    return web.Response(body=rendering.body, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        return web.Response(body=rendering.gzipped, headers={**headers, "Content-Encoding": "gzip"})
+    return web.Response(body=rendering.body, headers=headers)
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ by a scrape); a lag is never written into a rendering after the fact."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -15,7 +16,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.app import MirrorFarmCollector
 from exporter.web import exposition as exposition_module
-from exporter.web.exposition import Exposition
+from exporter.web.exposition import Exposition, accepts_gzip
 from tests.unit.scenario import NOW, seeded_state
 
 
@@ -111,6 +112,28 @@ async def test_a_rendering_made_a_few_families_at_a_time_is_the_encoders_own_bod
     rendering = await Exposition(registry, lambda: ()).render("any", encoder)
     assert rendering.body == encoder(registry)
     assert rendering.body.count(b"# EOF") == (1 if encoder is generate_openmetrics else 0)
+    assert gzip.decompress(rendering.gzipped) == rendering.body, "the gzip stream, compressed piece by piece"
+    assert len(rendering.gzipped) < len(rendering.body) / 3
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),  # Prometheus
+        ("gzip, deflate", True),  # aiohttp, requests
+        ("br;q=1.0, GZIP;q=0.5", True),
+        ("x-gzip", True),
+        ("", False),
+        ("identity", False),
+        ("deflate, br", False),
+        ("gzip;q=0", False),
+        ("gzip; q=0.0", False),
+        ("gzip;q=bad", False),
+        ("gzipped", False),
+    ],
+)
+def test_gzip_is_served_when_the_accept_encoding_header_accepts_it(accept_encoding: str, gzipped: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzipped
 
 
 async def test_a_scrape_that_waits_for_a_rendering_never_gets_one_begun_before_it_asked(

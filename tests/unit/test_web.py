@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import bcrypt
@@ -87,6 +88,15 @@ async def test_scrapes_in_one_burst_share_one_rendering() -> None:
         current.mirrors[0].status.success = True  # changes bitbucket_mirror_up
         second = await (await client.get("/metrics")).text()
     assert first == second and 'bitbucket_mirror_up{mirror="sydney"} 0.0' in first
+
+
+async def test_metrics_are_gzipped_for_a_scraper_that_accepts_gzip_and_plain_for_one_that_does_not() -> None:
+    async for client in client_for(served(state())):
+        zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"}, auto_decompress=False)
+        assert zipped.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+        assert zipped.headers["Vary"] == plain.headers["Vary"] == "Accept-Encoding"
+        assert gzip.decompress(await zipped.read()) == await plain.read()
 
 
 async def test_a_new_drift_report_is_rendered_by_the_loop_not_waited_for_by_a_scrape() -> None:
