@@ -231,6 +231,11 @@ class CompareJob:
     previous_since: dict[str, float] | None = None
 
 
+# A comparison asked for a walk of the primary's listing the worker has since replaced with a later one (the primary's
+# next cycle began before this mirror's ended): the loop asks again once it knows when that walk was read.
+NEWER_PRIMARY_WALK = "the worker holds a later walk of the primary's listing"
+
+
 @dataclass
 class Compared:
     # (primary version, target version, scope, keep_all, per_node)
@@ -458,6 +463,8 @@ def compare(job: CompareJob) -> DriftReport:
     store = STORE
     primary = store.listings.get(job.primary)
     mirror = store.listings.get(job.target)
+    if primary is not None and primary.walk > job.primary_walk:
+        raise FetchError(INVALID_RESPONSE, NEWER_PRIMARY_WALK)
     if primary is None or primary.walk != job.primary_walk:
         raise FetchError(INVALID_RESPONSE, "this cycle's primary listing is not in the worker")
     if mirror is None:

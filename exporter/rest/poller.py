@@ -24,6 +24,7 @@ from exporter.rest.client import ClockReading, HttpSetup, Page
 from exporter.rest.feed import ListingFeed
 from exporter.rest.listing_work import (
     MIRROR,
+    NEWER_PRIMARY_WALK,
     PRIMARY,
     CompareJob,
     ListingWalk,
@@ -82,6 +83,11 @@ class CycleHandoff:
     def of_cycle(self, cycle_started: float) -> bool:
         """Whether the latest published cycle is the one that began with ``cycle_started`` (or a later one)."""
         return self._started >= cycle_started - self._slack
+
+    async def next_published(self, at_most: float) -> None:
+        """Wait for the next cycle to finish, at most ``at_most`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._finished.wait(), timeout=at_most)
 
     async def wait_for_cycle(self, cycle_started: float, at_most: float) -> None:
         """Wait until a cycle that began with the one that began at ``cycle_started`` has finished (successfully or
@@ -198,44 +204,65 @@ class DriftJob:
         "Freshness"), or the worker lost it: drift then stays unknown, never computed from old data."""
         # Bounded: a primary slower than an interval leaves this cycle with the latest listing, if still fresh.
         await self.primary.listings.wait_for_cycle(cycle_started, self.interval)
-        state = self.primary.state.repositories
-        primary_read, primary_started = state.last_success_timestamp, state.value_started_timestamp
-        primary_walk = self.primary.walk_in(listing.worker)
-        if state.value is None or primary_read is None or mirror_read is None or primary_walk is None:
-            return None
-        if time.time() - primary_read > self.policy.stale_after:
+        if mirror_read is None:
             return None
         # A worker that restarted since the previous report lost its first-seen times: they travel once.
         previous_since = None
         if previous is not None and listing.compared_generation != listing.worker.generation:
             previous_since = dict(previous.diverged_since)
-        rows_from = 0.0  # when both walks began; unknown: nothing is proven by this report
-        if primary_started is not None and mirror_started is not None:
-            rows_from = min(primary_started, mirror_started)
-        job = CompareJob(
-            listing.target,
-            PRIMARY_LISTING,
-            primary_walk,
-            scope,
-            # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
-            max(primary_read, mirror_read),
-            min(primary_read, mirror_read),
-            rows_from,
-            self.policy.keep_all,
-            self.per_node,
-            previous_since,
-        )
         generation = listing.worker.generation
+        published = self.primary.walk_in(listing.worker)
         try:
-            report = await listing.worker.call(compare, job)
+            try:
+                report = await self._compare(listing, published, mirror_read, mirror_started, scope, previous_since)
+            except FetchError as exc:
+                if exc.detail != NEWER_PRIMARY_WALK or published is None:
+                    raise
+                # The primary's next walk reached the worker while this mirror's was read (the interval is shorter
+                # than a cycle): compared with that one once the loop has published when it was read (dated by this
+                # walk's read, a new divergence would be seen earlier than it was).
+                published = await self.primary.walk_after(listing.worker, published.walk, self.interval)
+                report = await self._compare(listing, published, mirror_read, mirror_started, scope, previous_since)
         except FetchError as exc:
             self.primary.compared(listing.target, exc)
+            return None
+        if report is None:
             return None
         self.primary.compared(listing.target, None)
         listing.compared_generation = generation
         if self.dating is not None and (listing_now := self.primary.state.repositories.value) is not None:
             report = await self.dating.date(report, listing_now, mirror_clock)
         return report
+
+    async def _compare(
+        self,
+        listing: ListingFeed,
+        published: PublishedWalk | None,
+        mirror_read: float,
+        mirror_started: float | None,
+        scope: frozenset[str] | None,
+        previous_since: dict[str, float] | None,
+    ) -> DriftReport | None:
+        """The worker's comparison of the listing with the primary's walk ``published`` (None: no fresh one)."""
+        if published is None or time.time() - published.read > self.policy.stale_after:
+            return None
+        rows_from = 0.0  # when both walks began; unknown: nothing is proven by this report
+        if published.started is not None and mirror_started is not None:
+            rows_from = min(published.started, mirror_started)
+        job = CompareJob(
+            listing.target,
+            PRIMARY_LISTING,
+            published.walk,
+            scope,
+            # A divergence first seen here began no later than the later read that shows it: lag is never overstated.
+            max(published.read, mirror_read),
+            min(published.read, mirror_read),
+            rows_from,
+            self.policy.keep_all,
+            self.per_node,
+            previous_since,
+        )
+        return await listing.worker.call(compare, job)
 
 
 class MirrorPoller:
@@ -308,6 +335,15 @@ class MirrorPoller:
 # Copying the previous snapshot's rows of unchanged pages into the new one, between two yields to the event loop
 # (exporter/steps.py; counted in pages, one step was 20 ms at 1% of 100,000 repositories pushed a cycle).
 SNAPSHOT_STEP_SECONDS = 0.002
+
+
+class PublishedWalk(NamedTuple):
+    """A walk of the primary's listing a worker holds: its number, and when it was read (wall clock: finished, and
+    began)."""
+
+    walk: int
+    read: float
+    started: float | None
 
 
 class KeptPage(NamedTuple):
@@ -386,14 +422,30 @@ class PrimaryPoller:
         self._on_mirror_servers = on_mirror_servers
         # Why each target's latest comparison failed (None: it did not), so a failure is logged once per change.
         self._compare_failures: dict[str, str | None] = {}
+        # Each worker's latest walk of the listing as published once read (``walk_in``).
+        self._published: dict[Worker, PublishedWalk] = {}
         # The previous successful walk's pages: an unchanged page is not decoded again, not even its paging fields,
         # and its rows are the previous snapshot's.
         self._pages: list[KeptPage] = []
 
-    def walk_in(self, worker: Worker) -> int | None:
-        """The walk of the primary's listing ``worker`` holds, if it holds this cycle's (None: drift unknown)."""
+    def walk_in(self, worker: Worker) -> PublishedWalk | None:
+        """The latest walk of the primary's listing published for ``worker``, while the worker still holds a walk
+        (None: drift unknown). The worker may already hold a later one, not yet published (``NEWER_PRIMARY_WALK``)."""
         listing = self._listings.get(worker)
-        return listing.held_walk() if listing is not None else None
+        published = self._published.get(worker)
+        held = listing.held_walk() if listing is not None else None
+        return published if held is not None and published is not None and held >= published.walk else None
+
+    async def walk_after(self, worker: Worker, walk: int, at_most: float) -> PublishedWalk | None:
+        """The walk published for ``worker`` after ``walk``, waiting at most ``at_most`` seconds for it."""
+        deadline = time.monotonic() + at_most
+        while (
+            (published := self.walk_in(worker)) is not None
+            and published.walk <= walk
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
+            await self.listings.next_published(remaining)
+        return published if published is not None and published.walk > walk else None
 
     def compared(self, target: str, failure: FetchError | None) -> None:
         reason = failure.reason if failure is not None else None
@@ -408,7 +460,23 @@ class PrimaryPoller:
         try:
             await run_source(PRIMARY_TARGET, "repositories", self.state.repositories, self._repositories)
         finally:
+            self._publish_walks()
             self.listings.publish(started)
+
+    def _publish_walks(self) -> None:
+        """Each worker's walk of the listing, with when it was read, as a comparison dates its rows: a walk the
+        worker took whole in a read that succeeded. A failed read publishes nothing: the last walk published stays
+        while the worker still holds it (``walk_in``), compared while fresh."""
+        state = self.state.repositories
+        read = state.last_success_timestamp
+        if not state.success or read is None:
+            return
+        for worker, listing in self._listings.items():
+            held = listing.held_walk()
+            if held is None:
+                self._published.pop(worker, None)
+            else:
+                self._published[worker] = PublishedWalk(held, read, state.value_started_timestamp)
 
     async def _repositories(self) -> Mapping[str, PrimaryRepo]:
         """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,11 +38,11 @@ from exporter.rest.models import (
     SyncSettings,
     UpstreamServer,
 )
-from exporter.rest.poller import MirrorPoller, PrimaryPoller
+from exporter.rest.poller import MirrorPoller, PrimaryPoller, PublishedWalk
 from exporter.rest.state import MirrorState, PrimaryState
 from exporter.sources import FetchError, run_source
 from exporter.state import Policy
-from exporter.workers import WorkerPool
+from exporter.workers import Worker, WorkerPool
 
 A, B = "a" * 64, "b" * 64
 
@@ -193,6 +194,45 @@ async def test_a_failed_primary_walk_leaves_drift_compared_with_its_last_listing
     assert report is not None and report is not first, "compared again this cycle"
     assert report.count(RepoState.CONTENT_DRIFT) == 1
     assert report.inputs_at == primary.state.repositories.last_success_timestamp, "as old as the listing it used"
+
+
+async def test_a_mirror_cycle_that_outlasts_the_primarys_next_walk_is_compared_with_that_walk(
+    workers: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interval shorter than a cycle: the primary's next walk reaches the worker before the mirror's comparison
+    (which asked for the walk it knew). The mirror is compared with the later walk once the loop has published when
+    it was read, and the report is dated by that read (drift was never known at such intervals before)."""
+    fake = FakePrimary({1: A, 2: B})
+    primary, mirror = pollers(fake, FakeMirror({1: A, 2: A}), workers)
+    await asyncio.gather(primary.poll_once(), mirror.poll_once())
+    assert mirror.state.drift is not None and mirror.state.drift.count(RepoState.CONTENT_DRIFT) == 1
+    publish_walks = primary._publish_walks
+    monkeypatch.setattr(primary, "_publish_walks", lambda: None)  # the next walk reaches the worker, unpublished
+    fake.repositories[2] = A
+    await primary.poll_once()
+    worker = mirror.listing.worker
+    known = primary.walk_in(worker)
+    assert known is not None and known.walk < (primary._listings[worker].held_walk() or 0)
+    waited_after: list[int] = []
+    walk_after = primary.walk_after
+
+    async def publishing_later(asked: Worker, walk: int, at_most: float) -> PublishedWalk | None:
+        waited_after.append(walk)
+
+        def publish() -> None:
+            publish_walks()
+            primary.listings.publish(time.monotonic())
+
+        asyncio.get_running_loop().call_later(0.05, publish)
+        return await walk_after(asked, walk, at_most)
+
+    monkeypatch.setattr(primary, "walk_after", publishing_later)
+    await mirror.poll_once()
+    report = mirror.state.drift
+    assert waited_after == [known.walk], "asked again once, after the later walk was published"
+    assert report is not None and report.count(RepoState.CONTENT_DRIFT) == 0, "compared with the later walk"
+    read = primary.state.repositories.last_success_timestamp
+    assert read is not None and report.inputs_at >= read > known.read, "dated by the later walk's read"
 
 
 async def test_run_source_logs_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
