@@ -22,7 +22,10 @@ from exporter.workers import Worker, WorkerLost
 
 T = TypeVar("T")
 
-BATCH_BYTES = 1 << 20
+# A quarter of a megabyte: a message of 1 MB (the first walk sends every page whole) took 5-50 ms of the loop to
+# pickle and buffer on this benchmark's machine, where touching fresh memory is slow; at 256 KB none of the first walk
+# at 1,000,000 repositories took 18 ms (bench/README.md).
+BATCH_BYTES = 1 << 18
 BATCH_PAGES = 256
 IN_FLIGHT = 4
 
