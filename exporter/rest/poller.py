@@ -84,16 +84,15 @@ class CycleHandoff:
         """Whether the latest published cycle is the one that began with ``cycle_started`` (or a later one)."""
         return self._started >= cycle_started - self._slack
 
-    async def next_published(self, at_most: float) -> None:
-        """Wait for the next cycle to finish, at most ``at_most`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finished.wait(), timeout=at_most)
-
     async def wait_for_cycle(self, cycle_started: float, at_most: float) -> None:
         """Wait until a cycle that began with the one that began at ``cycle_started`` has finished (successfully or
         not), or ``at_most`` seconds have passed."""
+        await self.wait_until(lambda: self.of_cycle(cycle_started), at_most)
+
+    async def wait_until(self, done: Callable[[], bool], at_most: float) -> None:
+        """Wait until ``done()`` holds, judged each time a cycle finishes, or ``at_most`` seconds have passed."""
         deadline = time.monotonic() + at_most
-        while not self.of_cycle(cycle_started) and (remaining := deadline - time.monotonic()) > 0:
+        while not done() and (remaining := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), timeout=None if math.isinf(remaining) else remaining)
 
@@ -438,13 +437,13 @@ class PrimaryPoller:
 
     async def walk_after(self, worker: Worker, walk: int, at_most: float) -> PublishedWalk | None:
         """The walk published for ``worker`` after ``walk``, waiting at most ``at_most`` seconds for it."""
-        deadline = time.monotonic() + at_most
-        while (
-            (published := self.walk_in(worker)) is not None
-            and published.walk <= walk
-            and (remaining := deadline - time.monotonic()) > 0
-        ):
-            await self.listings.next_published(remaining)
+
+        def later() -> bool:
+            published = self.walk_in(worker)
+            return published is None or published.walk > walk
+
+        await self.listings.wait_until(later, at_most)
+        published = self.walk_in(worker)
         return published if published is not None and published.walk > walk else None
 
     def compared(self, target: str, failure: FetchError | None) -> None:
@@ -532,7 +531,8 @@ class PrimaryPoller:
         except BaseException:
             for walk in walks:
                 walk.abandon()
-            free_later(snapshot.take())
+            if snapshot.started:
+                free_later(snapshot.take())
             raise
         for walk in walks:
             # A worker that could not take the listing compares nothing with it this cycle (walk_in says so).
