@@ -164,22 +164,58 @@ def parse_page(body: bytes) -> Page[Any]:
     )
 
 
+# How fast a host's clock may drift from the exporter's: 100 ppm, ten times what NTP allows a synchronised clock and
+# above a free-running quartz's. A kept bound on the offset widens by this much a second, so readings may move it.
+CLOCK_DRIFT_RATE = 1e-4
+
+
 @dataclass(frozen=True)
 class ClockReading:
-    """How far a host's clock is ahead of the exporter's, from the Date header of its latest answer."""
+    """How far a host's clock is ahead of the exporter's, from the Date headers of its answers: the middle of the
+    offsets those answers allow, and how far either side of it the truth may lie."""
 
     offset_seconds: float
-    # When it was read, on the exporter's clock: a reading is fresh like any value.
+    # When it was last read, on the exporter's clock: a reading is fresh like any value.
     at: float
+    # Half the width of the offsets still possible. One answer alone allows a second and its request's round trip (Date
+    # has whole seconds, cut down); answers whose Date ticked at different moments narrow it (narrowed()).
+    half_width_seconds: float = 0.5
+
+    @property
+    def earliest(self) -> float:
+        return self.offset_seconds - self.half_width_seconds
+
+    @property
+    def latest(self) -> float:
+        return self.offset_seconds + self.half_width_seconds
+
+    def contains(self, offset: float) -> bool:
+        return self.earliest <= offset <= self.latest
+
+    def narrowed(self, reading: ClockReading) -> ClockReading:
+        """This reading and a later one taken together: the offsets both allow (this one's widened by the drift
+        possible since), as NTP intersects its samples. Where none is common the host's clock was stepped, and the
+        later reading alone is the truth."""
+        older, newer = (self, reading) if self.at <= reading.at else (reading, self)
+        drift = (newer.at - older.at) * CLOCK_DRIFT_RATE
+        earliest = max(older.earliest - drift, newer.earliest)
+        latest = min(older.latest + drift, newer.latest)
+        if earliest > latest:
+            return newer
+        return ClockReading((earliest + latest) / 2, newer.at, (latest - earliest) / 2)
 
 
-def clock_offset(date_header: str | None, sent: float, received: float) -> float | None:
-    """The server's clock minus ours. ``Date`` has whole seconds, cut down (RFC 9110), so the server's time when it
-    answered lies in [Date, Date + 1): take the middle, against the middle of our request. None if unreadable."""
+def clock_reading(date_header: str | None, sent: float, received: float) -> ClockReading | None:
+    """The offsets one answer allows. ``Date`` has whole seconds, cut down (RFC 9110), so the server's clock read
+    [Date, Date + 1) when it answered, at some moment between our sending and receiving: its offset lies in
+    [Date - received, Date + 1 - sent]. None if unreadable."""
     if not date_header:
         return None
     server = _date_seconds(date_header)
-    return None if server is None else server + 0.5 - (sent + received) / 2
+    if server is None:
+        return None
+    earliest, latest = server - received, server + 1.0 - sent
+    return ClockReading((earliest + latest) / 2, received, (latest - earliest) / 2)
 
 
 @functools.lru_cache(maxsize=64)
@@ -280,7 +316,7 @@ class BitbucketClient:
             total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
         )
         self.stats = TrafficStats()
-        # Origin -> the clock reading of its latest answer (no extra requests: answers carry a Date header anyway).
+        # Origin -> its clock, narrowed by every answer (no extra requests: answers carry a Date header anyway).
         self._clocks: dict[str, ClockReading] = {}
         # Rows one listing walk may bring (poll.max_rows, or what the exporter derives from the primary's count).
         self.max_rows: Callable[[], int] = lambda: poll.max_rows or DEFAULT_MAX_ROWS
@@ -291,14 +327,16 @@ class BitbucketClient:
     def absorb(self, traffic: TrafficStats, base_url: str, clock: ClockReading | None) -> None:
         """What a worker's walk of a listing at ``base_url`` saw: its requests and bytes, the host's clock."""
         self.stats.merge(traffic)
-        host = origin(base_url)
-        latest = self._clocks.get(host)
-        if clock is not None and (latest is None or clock.at >= latest.at):
-            self._clocks[host] = clock
+        if clock is not None:
+            self._read_clock(origin(base_url), clock)
 
     def clock(self, base_url: str) -> ClockReading | None:
-        """The clock reading of the latest answer from ``base_url``'s host, if any."""
+        """``base_url``'s host's clock, as every answer so far narrowed it, if any."""
         return self._clocks.get(origin(base_url))
+
+    def _read_clock(self, host: str, reading: ClockReading) -> None:
+        kept = self._clocks.get(host)
+        self._clocks[host] = reading if kept is None else kept.narrowed(reading)
 
     def _limit_for(self, host: str) -> asyncio.Semaphore:
         if host not in self._host_limits:
@@ -322,9 +360,9 @@ class BitbucketClient:
                 received = time.time()
                 if affinity is not None:
                     affinity.update(resp)
-                offset = clock_offset(resp.headers.get("Date"), sent, received)
-                if offset is not None:
-                    self._clocks[host] = ClockReading(offset, received)
+                reading = clock_reading(resp.headers.get("Date"), sent, received)
+                if reading is not None:
+                    self._read_clock(host, reading)
                 if 300 <= resp.status < 400:
                     # Never followed (allow_redirects=False): a redirect's target is not the configured host.
                     self.stats.add(f"{url.host}:{url.port}", 0)

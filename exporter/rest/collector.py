@@ -470,9 +470,9 @@ def clock_skew(scrape: Scrape) -> Iterator[Metric]:
     """The ``Date`` header of the answers already fetched from the primary and each mirror."""
     skew = _gauge(
         "bitbucket_mirror_clock_skew_seconds",
-        "The mirror's clock minus the primary's, from the Date headers of answers already fetched (each against "
-        "the exporter's clock at the middle of its request); resolution 1 s. Beyond 30 s the primary refuses "
-        "the mirror's JWT and the mirror falls behind.",
+        "The mirror's clock minus the primary's, from the Date headers of answers already fetched (the offsets "
+        "they allow against the exporter's clock, narrowed answer by answer); resolution 1 s. Beyond 30 s the "
+        "primary refuses the mirror's JWT and the mirror falls behind.",
     )
     stale_after = scrape.state.policy.stale_after
     primary = scrape.state.primary.clock

@@ -38,14 +38,12 @@ TURN_GAP_SECONDS = 0.002
 # Diverging repositories dated between two yields to the loop within a turn: a few milliseconds (a report of 10,000,
 # 1% of 1,000,000 repositories, held the loop 44 ms in one step).
 DATING_SLICE = 1000
-# A Date header has whole seconds, so an offset read from it is known to about half a second: smaller ones are taken
-# as clocks that agree (NTP), rather than adding that much error to every push time.
-CLOCK_RESOLUTION = 1.0
 
 
 def offset_of(clock: ClockReading | None) -> float:
-    """A host's clock minus the exporter's, where it is larger than a Date header can tell from zero."""
-    if clock is None or abs(clock.offset_seconds) <= CLOCK_RESOLUTION:
+    """A host's clock minus the exporter's, where its Date headers tell it from zero: clocks that may agree are taken
+    as agreeing (NTP), rather than adding up to half a second of error to every push time."""
+    if clock is None or clock.contains(0.0):
         return 0.0
     return clock.offset_seconds
 

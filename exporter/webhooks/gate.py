@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from exporter.drift import DIVERGED, DriftReport, PrimaryRepo, hash_known
 from exporter.rest.client import ClockReading
 from exporter.rest.poller import scope_of
-from exporter.rest.push_dating import offset_of
 from exporter.rest.state import FarmState, MirrorState
 from exporter.sources import FetchError
 from exporter.webhooks.matching import Histogram
@@ -58,8 +57,9 @@ def _in_sync(
 
 def push_on_our_clock(pushed_at: float, primary: ClockReading | None) -> float:
     """A push's date (the primary's clock, whole seconds cut down) as the latest moment it may have been on the
-    exporter's clock: the primary's measured offset taken off, and a second added for the cut-down date."""
-    return pushed_at - offset_of(primary) + 1.0
+    exporter's clock: the smallest offset the primary's answers allow taken off (none known: clocks that agree), and
+    a second added for the cut-down date."""
+    return pushed_at - (primary.earliest if primary is not None else 0.0) + 1.0
 
 
 def _verdict(has_commit: bool, in_sync: bool | None, rows_from: float | None, after: float | None) -> dict[str, Any]:

@@ -21,12 +21,13 @@ A, B, C = "a" * 40, "b" * 40, "c" * 40
 CONTENT = "1" * 64
 
 
-def state_with(report: DriftReport, primary_offset: float = 0.0) -> ExporterState:
+def state_with(report: DriftReport, primary_offset: float = 0.0, offset_known_within: float = 0.0) -> ExporterState:
     primary = PrimaryState(url="https://primary.example.com")
     primary.repositories = SourceState(
         value={"7": PrimaryRepo("1", "PRJ", "app", CONTENT, CONTENT)}, success=True, last_success_timestamp=NOW - 1
     )
-    primary.clock = ClockReading(primary_offset, NOW - 1)
+    # Pinned by many answers (offset_known_within 0) unless a test says otherwise.
+    primary.clock = ClockReading(primary_offset, NOW - 1, half_width_seconds=offset_known_within)
     mirror = MirrorState(name="sydney", url="https://sydney.example.com")
     mirror.drift = report
     return ExporterState(primary=primary, mirrors=[mirror])
@@ -70,6 +71,16 @@ def test_a_listing_is_proof_only_when_both_walks_began_after_the_push(
     assert verdict["by"] == ("listing" if on_mirror else None)
 
 
+def test_a_primary_clock_known_only_to_half_a_second_needs_a_walk_begun_that_much_later() -> None:
+    book = receiver()
+    book.book.pushed("7", [Change("refs/heads/main", A, B)], NOW - 100, NOW)
+    assert ask(state_with(in_sync(NOW - 98.9)), book)["on_mirror"] is True
+    # One answer read the primary's clock: it may run half a second behind ours, so the push may be that much later.
+    unsure = ask(state_with(in_sync(NOW - 98.9), offset_known_within=0.5), book)
+    assert unsure["on_mirror"] is False and unsure["reason"] == "listing_too_old"
+    assert ask(state_with(in_sync(NOW - 98.4), offset_known_within=0.5), book)["on_mirror"] is True
+
+
 def test_behind_and_unknown_say_so_and_a_later_push_synced_proves_an_earlier_one() -> None:
     book = receiver()
     book.book.pushed("7", [Change("refs/heads/main", A, B)], NOW - 100, NOW)
@@ -92,5 +103,7 @@ def test_behind_and_unknown_say_so_and_a_later_push_synced_proves_an_earlier_one
 
 def test_a_push_date_moves_onto_our_clock_and_up_a_second() -> None:
     assert push_on_our_clock(1000.0, None) == 1001.0
-    assert push_on_our_clock(1000.0, ClockReading(20.0, 0.0)) == 981.0
-    assert push_on_our_clock(1000.0, ClockReading(0.4, 0.0)) == 1001.0  # within a Date header's resolution
+    assert push_on_our_clock(1000.0, ClockReading(20.0, 0.0, half_width_seconds=0.0)) == 981.0
+    # One answer alone allows offsets half a second either side: the latest moment takes the smallest.
+    assert push_on_our_clock(1000.0, ClockReading(20.0, 0.0)) == 981.5
+    assert push_on_our_clock(1000.0, ClockReading(0.4, 0.0)) == pytest.approx(1001.1)
