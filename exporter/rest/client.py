@@ -131,21 +131,23 @@ class Page(Generic[T]):
         return len(self.values) if self.row_count is None else self.row_count
 
 
-class _Envelope(msgspec.Struct, rename="camel"):
+class RawRows(msgspec.Struct, rename="camel"):
+    """A listing page with each row's bytes as sent, undecoded (msgspec skips over them without building them)."""
+
     values: list[msgspec.Raw]
     is_last_page: Any = True
     next_page_start: Any = None
     limit: Any = None
 
 
-_envelope = msgspec.json.Decoder(_Envelope)
+raw_rows = msgspec.json.Decoder(RawRows)
 
 
 def decode_envelope(body: bytes) -> Page[bytes]:
     """A page's paging fields and row count, its rows left as bytes for a worker process (msgspec skips over them
     without building them); a page whose shape is not the usual one is read by ``parse_page``."""
     try:
-        envelope = _envelope.decode(body)
+        envelope = raw_rows.decode(body)
         rows = len(envelope.values)
         return Page([], envelope.is_last_page, envelope.next_page_start, envelope.limit, body, rows)
     except msgspec.ValidationError:

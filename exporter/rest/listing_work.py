@@ -4,12 +4,15 @@ and the union over a farm's nodes. The event loop sends page bytes and names (ex
 small answers: a listing's summary, a drift report.
 
 Cost grows with what changed: a page whose bytes hash (SHA-256, on the loop) as the same page of the target's
-previous walk is not even sent; its decoded rows are reused. A comparison whose two listings are both unchanged since
+previous walk is not even sent; its decoded rows are reused. A page that did change (for one row of its hundred, as a
+rule) has each row's bytes hashed, and only the rows whose hash is not among the same page's kept row hashes are
+decoded: the others are the rows the listing holds already. A comparison whose two listings are both unchanged since
 the target's previous comparison (every page the same) is not done again: its report is reused with the new read
 times. When pages changed, a walk's end records which ids' rows changed, appeared or went (a page changes for one of
 its hundred rows), and the comparison reclassifies only those in the analysis it kept (``drift.Tally``). A
-repository inserted at the head of a listing shifts every page after it: those pages differ and are decoded again,
-so the counts stay true (tests/unit/test_listing_work.py).
+repository inserted at the head of a listing shifts every page after it: those pages differ, each decodes the row
+shifted in from the page before and finds the rest among its kept rows, and the counts stay true
+(tests/unit/test_listing_work.py).
 
 State lives in module globals of the worker process, one ``Store``; the process keeps it between calls. When a
 worker dies its state goes with it: the loop sees the worker's ``generation`` change and sends everything again.
@@ -29,11 +32,22 @@ from sys import intern
 from typing import Any, cast
 
 import aiohttp
+import msgspec
 from yarl import URL
 
 from exporter.config import Credentials
 from exporter.drift import DriftReport, MirrorRepo, PrimaryRepo, Slots, Tally, union
-from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, TrafficStats, http_session
+from exporter.rest.client import (
+    Affinity,
+    BitbucketClient,
+    ClockReading,
+    HttpSetup,
+    Page,
+    RawRows,
+    TrafficStats,
+    http_session,
+    raw_rows,
+)
 from exporter.rest.listings import (
     PrimaryRepositoryRow,
     decode_repository_page,
@@ -59,6 +73,9 @@ class StoredPage:
     # The page's paging fields as sent (isLastPage, nextPageStart, limit): a walk in the worker follows an unchanged
     # page without reading it again.
     paging: tuple[Any, Any, Any] = (True, None, None)
+    # (mirror pages) Each row's bytes hashed, in page order: when the page changes (for one row of its hundred), rows
+    # of the same bytes as one of the kept page's are not decoded again (``_mirror_page``).
+    row_hashes: array[int] = field(default_factory=lambda: array("q"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +154,11 @@ class MirrorColumns(Mapping[str, MirrorRepo]):
 
     def _listed(self, slot: int) -> bool:
         return slot < len(self._failed) and self._failed[slot] != NOT_LISTED
+
+    def synced_of(self, repo_id: str) -> float | None:
+        """The row's sync time (NaN: unknown); None where this listing has no such id."""
+        slot = self.slots.index.get(repo_id)
+        return self._synced[slot] if slot is not None and self._listed(slot) else None
 
     def __contains__(self, repo_id: object) -> bool:
         slot = self.slots.index.get(repo_id) if isinstance(repo_id, str) else None
@@ -277,7 +299,122 @@ _versions = itertools.count(1)
 STORE = Store()
 
 
-def _mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, PageColumns]:
+def _row_hashes(rows: list[msgspec.Raw]) -> array[int]:
+    """Each row's bytes hashed by the interpreter (SipHash, keyed at random per process, so no sender can choose
+    rows that collide): reused only within a page whose SHA-256 already differs, for a row of the same bytes as one
+    of the same page's before."""
+    return array("q", map(hash, map(bytes, rows)))
+
+
+@dataclass(frozen=True, slots=True)
+class _RowsReused:
+    """A changed page's rows against the same page as kept: each row's hash, the kept id of each row of the same bytes
+    (None: to decode), where those to decode are, and the kept ids no row of the same bytes lists now."""
+
+    hashes: array[int]
+    ids: list[str | None]
+    fresh: list[int]
+    went: list[str]
+
+    @property
+    def worth_it(self) -> bool:
+        """Most rows kept: else the page is decoded whole (rows shifted in from a neighbour by an insertion)."""
+        return 2 * len(self.fresh) <= len(self.hashes)
+
+    def fresh_body(self, raw: RawRows) -> bytes:
+        """A page of the rows to decode alone, as sent."""
+        return b'{"values":[' + b",".join(bytes(raw.values[position]) for position in self.fresh) + b"]}"
+
+    def with_ids(self, decoded: list[str]) -> list[str]:
+        ids = self.ids
+        for position, repo_id in zip(self.fresh, decoded, strict=True):
+            ids[position] = repo_id
+        return cast(list[str], ids)
+
+
+def _rows_reused(raw: RawRows, kept: StoredPage) -> _RowsReused:
+    hashes = _row_hashes(raw.values)
+    kept_ids = dict(zip(kept.row_hashes, kept.ids, strict=True))
+    ids: list[str | None] = list(map(kept_ids.get, hashes))
+    went = [kept_ids[row_hash] for row_hash in kept_ids.keys() - set(hashes)]
+    return _RowsReused(hashes, ids, _positions_of_none(ids), went)
+
+
+def _raw_page(body: bytes) -> RawRows | None:
+    """The page's rows undecoded; None where the decoder proper is to say what is wrong with it (or read it the
+    tolerant way)."""
+    try:
+        return raw_rows.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _with_hashes(stored: StoredPage, raw: RawRows | None, hashes: array[int] | None = None) -> StoredPage:
+    """A page decoded whole, with its rows' hashes where the raw split agrees with the decoder on its rows."""
+    if raw is not None and len(raw.values) == len(stored.ids):
+        stored.row_hashes = hashes if hashes is not None else _row_hashes(raw.values)
+    return stored
+
+
+def _mirror_page(
+    digest: bytes, body: bytes, kept: StoredPage | None = None, listing: MirrorColumns | None = None
+) -> tuple[StoredPage, PageColumns]:
+    """A changed page of a mirror's listing: its stored form and the rows to set. Given the same page as ``kept`` of
+    ``listing``, only the rows whose bytes are not among the kept page's are decoded (and returned): a page changes
+    for one row of its hundred, and decoding a whole page cost about 140 us against 40 for hashing its rows."""
+    raw = _raw_page(body)
+    if raw is None or kept is None or listing is None or not kept.row_hashes:
+        stored, rows = _decoded_mirror_page(digest, body)
+        return _with_hashes(stored, raw), rows
+    reused = _rows_reused(raw, kept)
+    # The page's newest sync is the kept one's unless a row that may have held it went (changed or left): then the
+    # page is decoded whole rather than the other rows' dates kept too.
+    newest_went = kept.newest is not None and any(listing.synced_of(i) == kept.newest for i in reused.went)
+    if newest_went or not reused.worth_it:
+        stored, rows = _decoded_mirror_page(digest, body)
+        return _with_hashes(stored, raw, reused.hashes), rows
+    decoded, rows = _decoded_mirror_page(digest, reused.fresh_body(raw))
+    ids = reused.with_ids(decoded.ids)
+    failed = decoded.failed
+    if kept.failed:  # the failures of rows kept as they were (a changed row's are the decoded ones)
+        gone_or_changed = set(reused.went)
+        failed = {**{repo_id: n for repo_id, n in kept.failed.items() if repo_id not in gone_or_changed}, **failed}
+    newest = max((when for when in (kept.newest, decoded.newest) if when is not None), default=None)
+    paging = (raw.is_last_page, raw.next_page_start, raw.limit)
+    return StoredPage(digest, ids, failed, newest, paging, reused.hashes), rows
+
+
+def _primary_page(
+    digest: bytes, body: bytes, kept: StoredPage | None
+) -> tuple[StoredPage, list[tuple[str, PrimaryRepo]]]:
+    """A changed page of the primary's listing: its stored form and the rows to set, only those whose bytes are not
+    among the kept page's where it is given (as ``_mirror_page``)."""
+    raw = _raw_page(body)
+    if raw is not None and kept is not None and kept.row_hashes:
+        reused = _rows_reused(raw, kept)
+        if reused.worth_it:
+            rows = primary_rows(reused.fresh_body(raw), _PROJECTS)
+            ids = reused.with_ids([repo_id for repo_id, _ in rows])
+            return StoredPage(digest, ids, row_hashes=reused.hashes), rows
+    rows = primary_rows(body, _PROJECTS)
+    return _with_hashes(StoredPage(digest, [repo_id for repo_id, _ in rows]), raw), rows
+
+
+def _positions_of_none(items: list[str | None]) -> list[int]:
+    """Where ``items`` holds None: found by list.index, since a changed page has one or two among a hundred."""
+    positions: list[int] = []
+    start = 0
+    while True:
+        try:
+            start = items.index(None, start)
+        except ValueError:
+            return positions
+        positions.append(start)
+        start += 1
+
+
+def _decoded_mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, PageColumns]:
+    """Every row of a mirror page decoded."""
     ids: list[str] = []
     contents: list[str | None] = []
     metadatas: list[str | None] = []
@@ -365,17 +502,17 @@ def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes 
     for index, digest, body in pages:
         if index != len(current.pages):
             raise FetchError(INVALID_RESPONSE, f"page {index} of a walk at page {len(current.pages)}")
+        kept = previous.pages[index] if previous is not None and index < len(previous.pages) else None
         if body is None:
-            kept = previous.pages[index] if previous is not None and index < len(previous.pages) else None
             if kept is None or kept.digest != digest:
                 raise FetchError(INVALID_RESPONSE, f"page {index} is not in the worker: send it whole")
             current.pages.append(kept)
             continue
         if kind == MIRROR:
-            stored, current.changed[index] = _mirror_page(digest, body)
+            listing = cast(MirrorColumns, previous.rows) if previous is not None else None
+            stored, current.changed[index] = _mirror_page(digest, body, kept, listing)
         else:
-            rows = current.changed[index] = primary_rows(body, _PROJECTS)
-            stored = StoredPage(digest, [repo_id for repo_id, _ in rows])
+            stored, current.changed[index] = _primary_page(digest, body, kept)
         current.pages.append(stored)
 
 
@@ -388,7 +525,9 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
         raise FetchError(INVALID_RESPONSE, f"walk {walk} of {target} is not in the worker")
     previous = store.listings.pop(target, None)
     rows: dict[str, PrimaryRepo] | MirrorColumns
-    whole = previous is None or len(current.changed) == len(current.pages)
+    # Read whole: nothing kept to update. (A walk whose every page changed still updates the rows kept: a changed
+    # mirror page brings only the rows whose bytes changed.)
+    whole = previous is None
     # The ids whose rows changed, appeared or went (a comparison then reclassifies only those): rows that a changed
     # page lists as they were are not among them (a page changes for one row of its hundred).
     changed_ids: set[str] = set()
@@ -398,18 +537,16 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
         assert previous is not None
         rows = previous.rows
     listed_again: set[str] = set()
-    for new_rows in current.changed.values():
+    for index, new_rows in current.changed.items():
+        listed_again.update(current.pages[index].ids)
         if isinstance(rows, MirrorColumns):
-            page = cast(PageColumns, new_rows)
-            changed_ids.update(rows.update(page))
-            listed_again.update(page.ids)
+            changed_ids.update(rows.update(cast(PageColumns, new_rows)))
         else:
             primary_page = cast(list[tuple[str, PrimaryRepo]], new_rows)
             for repo_id, row in primary_page:
                 if rows.get(repo_id) != row:
                     rows[repo_id] = row
                     changed_ids.add(repo_id)
-                listed_again.add(repo_id)
     if not whole:
         assert previous is not None
         # The ids of the pages that changed (or are no longer there) that no changed page lists now: gone (an id on
@@ -421,7 +558,7 @@ def finish(target: str, walk: int) -> RepoSyncSummary | int:
                         rows.pop(repo_id, None)
                         changed_ids.add(repo_id)
     listed = sum(len(page.ids) for page in current.pages)
-    if len(rows) != listed and len(current.changed) < len(current.pages):
+    if len(rows) != listed and not whole:
         # An id listed on two pages (Bitbucket lists each once): the kept rows cannot be trusted, so the next walk
         # sends every page whole (the listing is dropped; the loop's digests no longer match anything).
         raise FetchError(INVALID_RESPONSE, f"{listed - len(rows)} ids listed twice: the listing is read again whole")

@@ -90,9 +90,14 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     decoded: list[bytes] = []
     real = listing_work._mirror_page
 
-    def counting(page_digest: bytes, body: bytes) -> tuple[listing_work.StoredPage, listing_work.PageColumns]:
+    def counting(
+        page_digest: bytes,
+        body: bytes,
+        kept: listing_work.StoredPage | None = None,
+        listing: listing_work.MirrorColumns | None = None,
+    ) -> tuple[listing_work.StoredPage, listing_work.PageColumns]:
         decoded.append(body)
-        return real(page_digest, body)
+        return real(page_digest, body, kept, listing)
 
     monkeypatch.setattr(listing_work, "_mirror_page", counting)
     return decoded

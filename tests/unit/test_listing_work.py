@@ -26,6 +26,7 @@ from exporter.rest.listing_work import (
     forget,
     primary_rows,
 )
+from exporter.rest.listings import decode_repository_page, decode_sync_status_page
 from exporter.rest.state import RepoSyncSummary
 from exporter.sources import FetchError
 
@@ -268,3 +269,100 @@ def test_mirror_listings_are_kept_by_column_and_compacted_when_their_ids_are_gon
     assert dict(after) == before and len(after) == 21
     assert after.get("1") is None and "2995" in after and after["2995"].content == f"{2995:040x}"
     assert after["2995"].synced_at is None, "no sync date sent: unknown, not 0"
+
+
+# A mirror row as sent: (id, content hash, failed syncs, last sync as epoch seconds or None, sent as an ISO date or not)
+MirrorRow = tuple[int, str, int, int | None, bool]
+MIRROR_ROW = st.tuples(st.integers(1, 40), HASHES, st.sampled_from([0, 0, 0, 2]),
+                       st.one_of(st.none(), st.integers(1_700_000_000, 1_700_000_009)), st.booleans())  # fmt: skip
+
+
+def full_mirror_page(rows: list[MirrorRow]) -> bytes:
+    values: list[dict[str, Any]] = []
+    for repo_id, content, failed, synced, iso in rows:
+        value: dict[str, Any] = {
+            "externalRepoId": str(repo_id),
+            "failedSyncCount": failed,
+            "hashes": {"content": content},
+        }
+        if synced is not None:
+            value["lastSyncDate"] = f"2023-11-14T22:13:{synced - 1_699_999_980:02d}Z" if iso else synced * 1000
+        values.append(value)
+    return msgspec.json.encode({"values": values, "isLastPage": False})
+
+
+def listing_read(store: Store, target: str) -> tuple[dict[str, MirrorRepo], list[list[str]], list[dict[str, int]]]:
+    listing = store.listings[target]
+    rows = cast(listing_work.MirrorColumns, listing.rows)
+    return dict(rows.items()), [p.ids for p in listing.pages], [p.failed for p in listing.pages]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    first=st.lists(MIRROR_ROW, max_size=30),
+    edits=st.lists(st.lists(st.tuples(st.booleans(), MIRROR_ROW), max_size=3), min_size=1, max_size=5),
+    page_size=st.integers(2, 8),
+)
+def test_a_changed_mirror_page_reads_as_the_same_page_read_whole(
+    first: list[MirrorRow], edits: list[list[tuple[bool, MirrorRow]]], page_size: int
+) -> None:
+    """Rows of a changed page whose bytes are the same as a row of the same page before are not decoded again; the
+    listing (rows, ids by page, failures) and its summary (failures, newest sync) are those of the same pages read
+    whole by a worker that held nothing, whatever changed between walks: a row (its hash, failures, sync date, even
+    back in time), an id appearing or going (page boundaries move)."""
+    listing = {row[0]: row for row in first}
+    walks = [dict(listing)]
+    for change in edits:
+        for goes, row in change:
+            if goes:
+                listing.pop(row[0], None)
+            else:
+                listing[row[0]] = row
+        walks.append(dict(listing))
+    incremental = listing_work.STORE = Store()
+    loop = Loop("sydney", MIRROR)
+    for rows in walks:
+        pages = [full_mirror_page(page) for page in paged_rows(sorted(rows.values()), page_size)]
+        listing_work.STORE = incremental
+        summary = loop.walk(pages)
+        whole = listing_work.STORE = Store()
+        assert summary == Loop("sydney", MIRROR).walk(pages)
+        assert listing_read(incremental, "sydney") == listing_read(whole, "sydney")
+
+
+def paged_rows(rows: list[MirrorRow], size: int) -> list[list[MirrorRow]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)] or [[]]
+
+
+def decoded_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many rows each page the worker decodes holds (mirror and primary pages alike)."""
+    counts: list[int] = []
+    for name, real in (("decode_sync_status_page", decode_sync_status_page),
+                       ("decode_repository_page", decode_repository_page)):  # fmt: skip
+
+        def counting(body: bytes, real: Any = real) -> Any:
+            page = real(body)
+            counts.append(len(page.values))
+            return page
+
+        monkeypatch.setattr(listing_work, name, counting)
+    return counts
+
+
+def test_a_page_changed_for_one_row_decodes_that_row_alone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows: list[MirrorRow] = [(i, f"{i:040x}", 0, 1_700_000_000 + i % 7, True) for i in range(1, 301)]
+    primary = [(i, f"{i:040x}") for i in range(1, 301)]
+    mirror, upstream = Loop("sydney", MIRROR), Loop(PRIMARY_NAME, PRIMARY)
+    mirror.walk([full_mirror_page(p) for p in paged_rows(rows, 100)])
+    upstream.walk([primary_page(p) for p in paged(primary, 100)])
+    decoded = decoded_rows(monkeypatch)
+    synced = [(150, "e" * 40, 0, 1_700_000_009, True) if row[0] == 150 else row for row in rows]
+    summary = mirror.walk([full_mirror_page(p) for p in paged_rows(synced, 100)])
+    assert decoded == [1], "one page changed, for one row of its hundred"
+    assert isinstance(summary, RepoSyncSummary) and summary.repositories == 300
+    assert store.listings["sydney"].rows["150"] == MirrorRepo("e" * 40, None, 0, 1_700_000_009.0)
+    decoded.clear()
+    pushed = [(i, "e" * 40 if i == 250 else h) for i, h in primary]
+    assert upstream.walk([primary_page(p) for p in paged(pushed, 100)]) == 300
+    assert decoded == [1], "the primary's too"
+    assert cast(dict[str, Any], store.listings[PRIMARY_NAME].rows)["250"].content == "e" * 40
