@@ -67,7 +67,8 @@ class Farm:
         """Run a client; add the simulator's CPU seconds per cycle the client ran."""
         before = cpu_seconds(self.process.pid)
         result = run()
-        cycles = result.get("cycles", 1) + (1 if "cycles" in result else 0)  # the unmeasured first cycle too
+        # The unmeasured first cycle too, and the exporter's cycles with the stall probe on.
+        cycles = result.get("cycles", 1) + (1 if "cycles" in result else 0) + result.get("probe_cycles", 0)
         result["simulator_cpu_seconds"] = (cpu_seconds(self.process.pid) - before) / cycles
         return result
 
