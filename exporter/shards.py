@@ -20,13 +20,25 @@ D = TypeVar("D")
 
 
 class ShardedMap(Mapping[K, V]):
-    """A read-mostly mapping: entries are set (``map[key] = value``), read and iterated, never deleted. Its order is
-    the shards', not the order of insertion."""
+    """A read-mostly mapping: entries are set (``map[key] = value``), read, iterated and now and then popped. Its
+    order is the shards', not the order of insertion."""
 
     __slots__ = ("_shards",)
 
     def __init__(self) -> None:
         self._shards: tuple[dict[K, V], ...] = tuple({} for _ in range(SHARDS))
+
+    @classmethod
+    def of_shards(cls, shards: list[dict[K, V]]) -> ShardedMap[K, V]:
+        """The map of ``shards`` as another map's ``shards()`` gave them (copied, say): each key in its own."""
+        if len(shards) != SHARDS:
+            raise ValueError(f"{len(shards)} shards, not {SHARDS}")
+        made = cls()
+        made._shards = tuple(shards)
+        return made
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        return self._shards[hash(key) % SHARDS].pop(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
         self._shards[hash(key) % SHARDS][key] = value

@@ -299,7 +299,7 @@ _versions = itertools.count(1)
 STORE = Store()
 
 
-def _row_hashes(rows: list[msgspec.Raw]) -> array[int]:
+def row_hashes_of(rows: list[msgspec.Raw]) -> array[int]:
     """Each row's bytes hashed by the interpreter (SipHash, keyed at random per process, so no sender can choose
     rows that collide): reused only within a page whose SHA-256 already differs, for a row of the same bytes as one
     of the same page's before."""
@@ -307,7 +307,7 @@ def _row_hashes(rows: list[msgspec.Raw]) -> array[int]:
 
 
 @dataclass(frozen=True, slots=True)
-class _RowsReused:
+class RowsReused:
     """A changed page's rows against the same page as kept: each row's hash, the kept id of each row of the same bytes
     (None: to decode), where those to decode are, and the kept ids no row of the same bytes lists now."""
 
@@ -332,15 +332,16 @@ class _RowsReused:
         return cast(list[str], ids)
 
 
-def _rows_reused(raw: RawRows, kept: StoredPage) -> _RowsReused:
-    hashes = _row_hashes(raw.values)
-    kept_ids = dict(zip(kept.row_hashes, kept.ids, strict=True))
+def rows_reused(raw: RawRows, kept_hashes: array[int], kept_ids_in_order: Iterable[str]) -> RowsReused:
+    """A changed page's rows against the same page as kept (its rows' hashes and ids)."""
+    hashes = row_hashes_of(raw.values)
+    kept_ids = dict(zip(kept_hashes, kept_ids_in_order, strict=True))
     ids: list[str | None] = list(map(kept_ids.get, hashes))
     went = [kept_ids[row_hash] for row_hash in kept_ids.keys() - set(hashes)]
-    return _RowsReused(hashes, ids, _positions_of_none(ids), went)
+    return RowsReused(hashes, ids, _positions_of_none(ids), went)
 
 
-def _raw_page(body: bytes) -> RawRows | None:
+def raw_page(body: bytes) -> RawRows | None:
     """The page's rows undecoded; None where the decoder proper is to say what is wrong with it (or read it the
     tolerant way)."""
     try:
@@ -352,7 +353,7 @@ def _raw_page(body: bytes) -> RawRows | None:
 def _with_hashes(stored: StoredPage, raw: RawRows | None, hashes: array[int] | None = None) -> StoredPage:
     """A page decoded whole, with its rows' hashes where the raw split agrees with the decoder on its rows."""
     if raw is not None and len(raw.values) == len(stored.ids):
-        stored.row_hashes = hashes if hashes is not None else _row_hashes(raw.values)
+        stored.row_hashes = hashes if hashes is not None else row_hashes_of(raw.values)
     return stored
 
 
@@ -362,11 +363,11 @@ def _mirror_page(
     """A changed page of a mirror's listing: its stored form and the rows to set. Given the same page as ``kept`` of
     ``listing``, only the rows whose bytes are not among the kept page's are decoded (and returned): a page changes
     for one row of its hundred, and decoding a whole page cost about 140 us against 40 for hashing its rows."""
-    raw = _raw_page(body)
+    raw = raw_page(body)
     if raw is None or kept is None or listing is None or not kept.row_hashes:
         stored, rows = _decoded_mirror_page(digest, body)
         return _with_hashes(stored, raw), rows
-    reused = _rows_reused(raw, kept)
+    reused = rows_reused(raw, kept.row_hashes, kept.ids)
     # The page's newest sync is the kept one's unless a row that may have held it went (changed or left): then the
     # page is decoded whole rather than the other rows' dates kept too.
     newest_went = kept.newest is not None and any(listing.synced_of(i) == kept.newest for i in reused.went)
@@ -389,9 +390,9 @@ def _primary_page(
 ) -> tuple[StoredPage, list[tuple[str, PrimaryRepo]]]:
     """A changed page of the primary's listing: its stored form and the rows to set, only those whose bytes are not
     among the kept page's where it is given (as ``_mirror_page``)."""
-    raw = _raw_page(body)
+    raw = raw_page(body)
     if raw is not None and kept is not None and kept.row_hashes:
-        reused = _rows_reused(raw, kept)
+        reused = rows_reused(raw, kept.row_hashes, kept.ids)
         if reused.worth_it:
             rows = primary_rows(reused.fresh_body(raw), _PROJECTS)
             ids = reused.with_ids([repo_id for repo_id, _ in rows])

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from array import array
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -31,7 +32,10 @@ from exporter.rest.listing_work import (
     Projects,
     compare,
     digest,
+    raw_page,
+    row_hashes_of,
     rows_of,
+    rows_reused,
     walk_listing,
 )
 from exporter.rest.listings import decode_repository_page
@@ -331,8 +335,8 @@ class MirrorPoller:
         self.first_cycle.set()
 
 
-# Copying the previous snapshot's rows of unchanged pages into the new one, between two yields to the event loop
-# (exporter/steps.py; counted in pages, one step was 20 ms at 1% of 100,000 repositories pushed a cycle).
+# Copying the previous snapshot into the new one, between two yields to the event loop (exporter/steps.py; counted in
+# shards; copying rows one by one in Python, before, was a 20 ms step at 1% of 100,000 repositories pushed a cycle).
 SNAPSHOT_STEP_SECONDS = 0.002
 
 
@@ -347,58 +351,82 @@ class PublishedWalk(NamedTuple):
 
 class KeptPage(NamedTuple):
     """A page of the primary's listing as the loop keeps it from one walk to the next: its digest, the ids it lists
-    (a tuple of strings: the garbage collector never walks it) and its paging fields as sent."""
+    (a tuple of strings: the garbage collector never walks it), its paging fields as sent and its rows' hashes
+    (``listing_work.rows_reused``: when the page changes, only rows of other bytes are decoded)."""
 
     digest: bytes
     ids: tuple[str, ...]
+    paging: tuple[Any, Any, Any]
+    row_hashes: array[int]
+
+
+class _ReadPage(NamedTuple):
+    """A changed page as the walk read it: the rows decoded (those whose bytes changed), and the page kept."""
+
+    rows: list[tuple[str, PrimaryRepo]]
+    ids: list[str]
+    row_hashes: array[int]
     paging: tuple[Any, Any, Any]
 
 
 class _Snapshot:
     """The primary's new snapshot as a walk builds it: nothing until the walk meets a changed page (an unchanged
-    listing keeps the previous snapshot), then the previous snapshot's rows of the pages before it, in steps, and
-    from then on every page as it is read."""
+    listing keeps the previous snapshot); then a copy of the previous one, shard by shard in steps, which each changed
+    page patches as it is read with its rows whose bytes changed; at the end, the ids that only pages changed or gone
+    listed and no changed page lists now are dropped."""
 
     def __init__(self, previous: Mapping[str, PrimaryRepo] | None) -> None:
         self._previous: Mapping[str, PrimaryRepo] = previous or {}
         self._repositories: ShardedMap[str, PrimaryRepo] | None = None if previous else ShardedMap()
-        self._pages_in = 0  # the walk's pages it holds
+        self._listed: set[str] = set()  # every id a changed page lists
         self.changed = 0
 
     @property
     def started(self) -> bool:
         return self._repositories is not None
 
-    async def catch_up(self, pages: list[KeptPage]) -> None:
-        """Hold every page of ``pages``: those not yet in are unchanged pages, whose rows are the previous
-        snapshot's."""
-        if self._repositories is None:
-            self._repositories = ShardedMap()
-        repositories, previous = self._repositories, self._previous
+    async def start(self) -> None:
+        """The previous snapshot copied, unless already: the rows of every page not changed so far, and after."""
+        if self._repositories is not None:
+            return
+        previous = self._previous
+        if not isinstance(previous, ShardedMap):  # a snapshot given whole (tests): copied at once
+            copied = ShardedMap[str, PrimaryRepo]()
+            for repo_id, row in previous.items():
+                copied[repo_id] = row
+            self._repositories = copied
+            return
+        shards: list[dict[str, PrimaryRepo]] = []
         steps = Steps(SNAPSHOT_STEP_SECONDS)
-        for _, ids, _ in pages[self._pages_in :]:
-            for repo_id in ids:
-                repositories[repo_id] = previous[repo_id]
-            self._pages_in += 1
+        for shard in previous.shards():
+            shards.append(shard.copy())
             await steps.done_piece()
+        self._repositories = ShardedMap.of_shards(shards)
 
-    def add(self, rows: list[tuple[str, PrimaryRepo]]) -> None:
-        """A changed page's rows, after ``catch_up`` of the pages before it."""
+    def add(self, rows: list[tuple[str, PrimaryRepo]], ids: Iterable[str]) -> None:
+        """A changed page, after ``start``: the rows decoded of it, and every id it lists."""
         assert self._repositories is not None
         repositories, previous = self._repositories, self._previous
         for repo_id, row in rows:
-            # Unchanged repositories keep their object from the previous snapshot, so two snapshots share most of
-            # their memory while this one is built (at 100,000 repositories, tens of MB).
+            # A row of other bytes that reads the same (a field not kept changed) keeps the previous object, so two
+            # snapshots share most of their memory.
             old = previous.get(repo_id)
             if old is not None and old == row:
                 row = old
             elif old is not None and old.content != row.content:
                 self.changed += 1
             repositories[repo_id] = row
-        self._pages_in += 1
+        self._listed.update(ids)
 
-    def take(self) -> ShardedMap[str, PrimaryRepo]:
+    def take(self, left: Iterable[tuple[str, ...]] = ()) -> ShardedMap[str, PrimaryRepo]:
+        """The snapshot, without the ids of ``left`` (the kept pages that changed or are gone) that no changed page
+        lists now: the repositories deleted."""
         repositories, self._repositories = self._repositories or ShardedMap(), None
+        listed = self._listed
+        for ids in left:
+            for repo_id in ids:
+                if repo_id not in listed:
+                    repositories.pop(repo_id, None)
         return repositories
 
 
@@ -481,33 +509,51 @@ class PrimaryPoller:
         """The listing, decoded here too (the CI gate, push dating and the landing page read it) while its pages go
         to every worker that has a farm. A page whose digest is the same page's of the previous walk is not decoded
         again and its rows are the previous snapshot's; when no page changed, the previous snapshot itself is the
-        new one. The new snapshot is built page by page as the walk reads them, from the first changed page on (the
-        pages before it copied then, in steps), so no page's rows outlive its step (a million decoded rows held
-        until the walk ended made each full collection of the first walk at 1,000,000 repositories 20-60 ms)."""
+        new one. Otherwise, at the first changed page, the previous snapshot is copied (shard by shard, in steps) and
+        each changed page patches it as the walk reads it, with only its rows whose bytes changed (the others found
+        among the kept page's by their hashes), so no page's rows outlive its step (a million decoded rows held until
+        the walk ended made each full collection of the first walk at 1,000,000 repositories 20-60 ms); the ids that
+        only changed or vanished pages listed, and no changed page lists now, go at the end."""
         previous = self.state.repositories.value
         kept_pages = self._pages if previous is not None else []
         projects: Projects = {}
         pages: list[KeptPage] = []
-        decoded: list[list[tuple[str, PrimaryRepo]]] = []  # the rows of the page just read, when it was decoded
+        decoded: list[_ReadPage] = []  # the page just read, when it changed
         digests: list[bytes] = []  # each page's, as the walk reads it
         snapshot = _Snapshot(previous)
 
         def envelope(body: bytes) -> Page[bytes]:
             """The paging fields: a page of the same bytes as the same page of the previous walk has its fields; any
-            other is decoded once, its rows kept (without metadata hashes: only the workers compare them)."""
+            other is decoded once, only its rows of other bytes than the kept page's where most are the same (the
+            rows kept without metadata hashes: only the workers compare them)."""
             index, page_digest = len(digests), digest(body)
             digests.append(page_digest)
             kept = kept_pages[index] if index < len(kept_pages) else None
             if kept is not None and kept.digest == page_digest:
                 return Page([], *kept.paging, body=body, row_count=len(kept.ids))
-            page = decode_repository_page(body)
-            decoded.append(rows_of(page, projects, compared=False))
-            return Page([], page.is_last_page, page.next_page_start, page.limit, body, len(page.values))
+            raw = raw_page(body)
+            reused = None
+            if raw is not None and kept is not None and kept.row_hashes:
+                reused = rows_reused(raw, kept.row_hashes, kept.ids)
+            if raw is not None and reused is not None and reused.worth_it:
+                rows = rows_of(decode_repository_page(reused.fresh_body(raw)), projects, compared=False)
+                ids = reused.with_ids([repo_id for repo_id, _ in rows])
+                read = _ReadPage(rows, ids, reused.hashes, (raw.is_last_page, raw.next_page_start, raw.limit))
+            else:
+                page = decode_repository_page(body)
+                rows = rows_of(page, projects, compared=False)
+                ids = [repo_id for repo_id, _ in rows]
+                whole = raw is not None and len(raw.values) == len(rows)
+                hashes = row_hashes_of(raw.values) if raw is not None and whole else array("q")
+                read = _ReadPage(rows, ids, hashes, (page.is_last_page, page.next_page_start, page.limit))
+            decoded.append(read)
+            return Page([], *read.paging, body, len(read.ids))
 
         for worker in self.workers.assigned():
             if worker not in self._listings:  # a farm was given a worker of its own since (discovery, a reload)
                 self._listings[worker] = ListingFeed(worker, PRIMARY_LISTING, PRIMARY)
         walks = [listing.start() for listing in self._listings.values()]
+        changed: set[int] = set()  # the indexes of the pages that changed
         try:
             async for raw in self._api.repository_raw_pages(envelope):
                 index = len(pages)
@@ -521,11 +567,11 @@ class PrimaryPoller:
                         walk.abandon()
                         walks.remove(walk)
                 if decoded:
-                    rows = decoded.pop()
-                    await snapshot.catch_up(pages)
-                    snapshot.add(rows)
-                    paging = (raw.is_last_page, raw.next_page_start, raw.limit)
-                    pages.append(KeptPage(page_digest, tuple(repo_id for repo_id, _ in rows), paging))
+                    read = decoded.pop()
+                    await snapshot.start()
+                    snapshot.add(read.rows, read.ids)
+                    pages.append(KeptPage(page_digest, tuple(read.ids), read.paging, read.row_hashes))
+                    changed.add(index)
                 else:
                     pages.append(kept_pages[index])  # the same bytes as the previous walk's page
         except BaseException:
@@ -541,13 +587,15 @@ class PrimaryPoller:
         if previous is not None and not snapshot.started and len(pages) == len(kept_pages):
             self._pages = pages
             return previous
-        await snapshot.catch_up(pages)
+        await snapshot.start()
+        left = (kept.ids for index, kept in enumerate(kept_pages) if index in changed or index >= len(pages))
+        repositories = snapshot.take(left)
         # The pages kept change only with the snapshot they describe (a walk cancelled before this point leaves both).
         self._pages = pages
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once
         # the whole listing was read, so a failed read counts nothing twice.
         self.state.content_changes += snapshot.changed
-        return snapshot.take()
+        return repositories
 
     async def poll_once(self) -> None:
         primary = self.state
