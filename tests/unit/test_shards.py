@@ -10,13 +10,21 @@ from exporter.shards import SHARDS, ShardedMap
 keys = st.text(max_size=6)
 
 
-@given(st.lists(st.tuples(keys, st.integers()), max_size=300), st.lists(keys, max_size=20))
-def test_a_sharded_map_reads_as_the_dict_of_the_same_writes(writes: list[tuple[str, int]], probes: list[str]) -> None:
+@given(st.lists(st.tuples(keys, st.one_of(st.none(), st.integers())), max_size=300), st.lists(keys, max_size=20))
+def test_a_sharded_map_reads_as_the_dict_of_the_same_writes(
+    writes: list[tuple[str, int | None]], probes: list[str]
+) -> None:
+    """Writes (None: a pop), with a copy made shard by shard halfway, as the primary's snapshot is made."""
     sharded: ShardedMap[str, int] = ShardedMap()
     plain: dict[str, int] = {}
-    for key, value in writes:
-        sharded[key] = value
-        plain[key] = value
+    for number, (key, value) in enumerate(writes):
+        if number == len(writes) // 2:
+            sharded = ShardedMap.of_shards([shard.copy() for shard in sharded.shards()])
+        if value is None:
+            assert sharded.pop(key) == plain.pop(key, None)
+        else:
+            sharded[key] = value
+            plain[key] = value
     assert len(sharded) == len(plain)
     assert sharded == plain and dict(sharded) == plain
     assert sorted(sharded) == sorted(plain)
