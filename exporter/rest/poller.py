@@ -378,7 +378,10 @@ class _Snapshot:
     def __init__(self, previous: Mapping[str, PrimaryRepo] | None) -> None:
         self._previous: Mapping[str, PrimaryRepo] = previous or {}
         self._repositories: ShardedMap[str, PrimaryRepo] | None = None if previous else ShardedMap()
-        self._listed: set[str] = set()  # every id a changed page lists
+        # Of each changed page against the same page kept: the ids it no longer lists, and those it lists anew (all
+        # of a page past the kept ones). Only these: a set of every id listed would hold a million at 1,000,000.
+        self._left: set[str] = set()
+        self._arrived: set[str] = set()
         self.changed = 0
 
     @property
@@ -403,8 +406,9 @@ class _Snapshot:
             await steps.done_piece()
         self._repositories = ShardedMap.of_shards(shards)
 
-    def add(self, rows: list[tuple[str, PrimaryRepo]], ids: Iterable[str]) -> None:
-        """A changed page, after ``start``: the rows decoded of it, and every id it lists."""
+    def add(self, rows: list[tuple[str, PrimaryRepo]], ids: Iterable[str], kept: tuple[str, ...] | None) -> None:
+        """A changed page, after ``start``: the rows decoded of it, every id it lists, and those the same page listed
+        before (None: no such page)."""
         assert self._repositories is not None
         repositories, previous = self._repositories, self._previous
         for repo_id, row in rows:
@@ -416,17 +420,23 @@ class _Snapshot:
             elif old is not None and old.content != row.content:
                 self.changed += 1
             repositories[repo_id] = row
-        self._listed.update(ids)
+        if not previous:
+            return  # nothing to drop: every id is new
+        listed = set(ids)
+        if kept is None:
+            self._arrived |= listed
+        else:
+            before = set(kept)
+            self._arrived |= listed - before
+            self._left |= before - listed
 
-    def take(self, left: Iterable[tuple[str, ...]] = ()) -> ShardedMap[str, PrimaryRepo]:
-        """The snapshot, without the ids of ``left`` (the kept pages that changed or are gone) that no changed page
-        lists now: the repositories deleted."""
+    def take(self, vanished: Iterable[tuple[str, ...]] = ()) -> ShardedMap[str, PrimaryRepo]:
+        """The snapshot, without the ids changed pages and ``vanished`` ones (kept pages past the walk's end) no
+        longer list, where no changed page lists them anew (moved to a neighbour): the repositories deleted."""
         repositories, self._repositories = self._repositories or ShardedMap(), None
-        listed = self._listed
-        for ids in left:
-            for repo_id in ids:
-                if repo_id not in listed:
-                    repositories.pop(repo_id, None)
+        left = self._left.union(*vanished) if self._previous else self._left
+        for repo_id in left - self._arrived:
+            repositories.pop(repo_id, None)
         return repositories
 
 
@@ -553,7 +563,6 @@ class PrimaryPoller:
             if worker not in self._listings:  # a farm was given a worker of its own since (discovery, a reload)
                 self._listings[worker] = ListingFeed(worker, PRIMARY_LISTING, PRIMARY)
         walks = [listing.start() for listing in self._listings.values()]
-        changed: set[int] = set()  # the indexes of the pages that changed
         try:
             async for raw in self._api.repository_raw_pages(envelope):
                 index = len(pages)
@@ -569,9 +578,9 @@ class PrimaryPoller:
                 if decoded:
                     read = decoded.pop()
                     await snapshot.start()
-                    snapshot.add(read.rows, read.ids)
+                    kept = kept_pages[index].ids if index < len(kept_pages) else None
+                    snapshot.add(read.rows, read.ids, kept)
                     pages.append(KeptPage(page_digest, tuple(read.ids), read.paging, read.row_hashes))
-                    changed.add(index)
                 else:
                     pages.append(kept_pages[index])  # the same bytes as the previous walk's page
         except BaseException:
@@ -588,8 +597,7 @@ class PrimaryPoller:
             self._pages = pages
             return previous
         await snapshot.start()
-        left = (kept.ids for index, kept in enumerate(kept_pages) if index in changed or index >= len(pages))
-        repositories = snapshot.take(left)
+        repositories = snapshot.take(kept.ids for kept in kept_pages[len(pages) :])
         # The pages kept change only with the snapshot they describe (a walk cancelled before this point leaves both).
         self._pages = pages
         # Pushes the polling saw (a repository pushed twice between two listings counts once); counted only once

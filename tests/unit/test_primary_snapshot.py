@@ -118,3 +118,16 @@ async def test_a_page_pushed_once_decodes_that_row_alone_and_shares_the_others(m
     assert first is not None and second is not None and second is not first
     assert second["150"].content == "b" * 40 and all(second[str(i)] is first[str(i)] for i in range(1, 301) if i != 150)
     assert primary.state.content_changes == 1
+
+
+async def test_a_repository_alone_on_the_last_page_deleted_leaves_the_snapshot() -> None:
+    api = PagedPrimary(3)
+    api.rows = {i: "a" * 40 for i in range(1, 11)}  # the last page lists 10 alone
+    primary = PrimaryPoller(
+        PrimaryState(url="https://b.example.com"), api, 30, WorkerPool(WORKER_PRELOAD, 1, InlineWorker)
+    )
+    await primary.poll_once()
+    del api.rows[10]  # no page changes, the last one is gone
+    await primary.poll_once()
+    snapshot = primary.state.repositories.value
+    assert snapshot is not None and sorted(snapshot, key=int) == [str(i) for i in range(1, 10)]
