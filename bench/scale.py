@@ -158,6 +158,24 @@ async def run_exporter(
     return result
 
 
+def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The floor measured before and after the exporter's runs, as one: the median wall and CPU seconds over both
+    runs' cycles (each run's own medians kept beside them), the simulator's CPU per cycle the mean of the two."""
+    walls = before["cycle_wall_seconds"] + after["cycle_wall_seconds"]
+    cpus = before["cycle_cpu_seconds"] + after["cycle_cpu_seconds"]
+    return {
+        **before,
+        "wall_seconds": statistics.median(walls),
+        "cpu_seconds": statistics.median(cpus),
+        "cycles": len(walls),
+        "cycle_wall_seconds": walls,
+        "cycle_cpu_seconds": cpus,
+        "simulator_cpu_seconds": (before["simulator_cpu_seconds"] + after["simulator_cpu_seconds"]) / 2,
+        "before": {"wall_seconds": before["wall_seconds"], "cpu_seconds": before["cpu_seconds"]},
+        "after": {"wall_seconds": after["wall_seconds"], "cpu_seconds": after["cpu_seconds"]},
+    }
+
+
 def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, nodes: int = 1) -> dict[str, Any]:
     """One row. With ``nodes`` above 1 each farm has that many nodes and the exporter (and the floor) read every node's
     listing at its own URL; the naive clients know no nodes and are not run."""
@@ -183,6 +201,9 @@ def measure_size(repositories: int, mirrors: int, args: argparse.Namespace, node
             row["exporter_tls"] = farm.measure(
                 lambda: asyncio.run(run_exporter(info, args.cycles, args.scrapers, args.scrape_period, "tls"))
             )
+        # The floor again, after the exporter's runs: this machine's speed drifts over minutes (by up to 1.9x in one
+        # session), and a floor measured only before the exporter carried that drift into every ratio.
+        row["floor"] = bracketed(row["floor"], farm.measure(lambda: run_client("floor", info, "--cycles", cycles)))
         if nodes == 1:
             row["sync"] = farm.measure(lambda: run_client("sync", info))
         if nodes == 1 and repositories <= PER_REPOSITORY_MAX:

@@ -159,7 +159,10 @@ async def floor(info: dict[str, Any], cycles: int) -> dict[str, Any]:
             cycle = Cycle()
             await asyncio.gather(*(chain(c, cycle) for c in cycle_chains(info)))
             results.append(cycle.result(info))
-    return median_cycle(results[1:])
+    steady = results[1:]
+    # Each cycle's figures too: scale.py takes the median over this run and one after the exporter's (``bracketed``).
+    walls, cpus = [c["wall_seconds"] for c in steady], [c["cpu_seconds"] for c in steady]
+    return median_cycle(steady, cycle_wall_seconds=walls, cycle_cpu_seconds=cpus)
 
 
 # --- the synchronous script ----------------------------------------------------------------------------------------
