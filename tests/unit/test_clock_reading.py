@@ -78,3 +78,17 @@ def test_clocks_that_may_agree_are_taken_as_agreeing() -> None:
     assert offset_of(ClockReading(0.4, 0.0)) == 0.0, "half a second either side holds zero"
     assert offset_of(ClockReading(0.4, 0.0, half_width_seconds=0.1)) == 0.4, "a narrowed range that does not"
     assert offset_of(ClockReading(-21.4, 0.0)) == -21.4
+
+
+def test_a_step_smaller_than_one_answers_range_is_followed_within_seconds_of_answers() -> None:
+    # Pinned at 20.3 s, then the host's clock is stepped by 0.3 s: answers still overlap the old range at first, until
+    # one whose Date ticked just before it rules the old range out; then the new offset is pinned as the old was.
+    kept: ClockReading | None = None
+    now = 1_796_353_200.0
+    for true_offset in (20.3, 20.6):
+        for step in range(200):
+            server_delay, return_delay = 0.005 + ((step * 0.37) % 1.0) ** 3, 0.002 + 0.3 * ((step * 0.61) % 1.0) ** 3
+            reading = answer(true_offset, now, server_delay, return_delay)
+            kept = reading if kept is None else kept.narrowed(reading)
+            now += server_delay + return_delay + 0.013
+        assert kept is not None and abs(kept.offset_seconds - true_offset) < 0.02, (true_offset, kept)
