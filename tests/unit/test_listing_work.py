@@ -271,22 +271,25 @@ def test_mirror_listings_are_kept_by_column_and_compacted_when_their_ids_are_gon
     assert after["2995"].synced_at is None, "no sync date sent: unknown, not 0"
 
 
-# A mirror row as sent: (id, content hash, failed syncs, last sync as epoch seconds or None, sent as an ISO date or not)
-MirrorRow = tuple[int, str, int, int | None, bool]
+# A mirror row as sent: (id, content hash, failed syncs, last sync as epoch seconds or None, how the date is sent:
+# "iso" with its offset, "ms" epoch milliseconds, "naive" without an offset, which only the tolerant models read).
+MirrorRow = tuple[int, str, int, int | None, str]
 MIRROR_ROW = st.tuples(st.integers(1, 40), HASHES, st.sampled_from([0, 0, 0, 2]),
-                       st.one_of(st.none(), st.integers(1_700_000_000, 1_700_000_009)), st.booleans())  # fmt: skip
+                       st.one_of(st.none(), st.integers(1_700_000_000, 1_700_000_009)),
+                       st.sampled_from(["iso", "ms", "naive"]))  # fmt: skip
 
 
 def full_mirror_page(rows: list[MirrorRow]) -> bytes:
     values: list[dict[str, Any]] = []
-    for repo_id, content, failed, synced, iso in rows:
+    for repo_id, content, failed, synced, sent_as in rows:
         value: dict[str, Any] = {
             "externalRepoId": str(repo_id),
             "failedSyncCount": failed,
             "hashes": {"content": content},
         }
         if synced is not None:
-            value["lastSyncDate"] = f"2023-11-14T22:13:{synced - 1_699_999_980:02d}Z" if iso else synced * 1000
+            iso = f"2023-11-14T22:13:{synced - 1_699_999_980:02d}"
+            value["lastSyncDate"] = {"iso": iso + "Z", "ms": synced * 1000, "naive": iso}[sent_as]
         values.append(value)
     return msgspec.json.encode({"values": values, "isLastPage": False})
 
@@ -350,13 +353,13 @@ def decoded_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_a_page_changed_for_one_row_decodes_that_row_alone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows: list[MirrorRow] = [(i, f"{i:040x}", 0, 1_700_000_000 + i % 7, True) for i in range(1, 301)]
+    rows: list[MirrorRow] = [(i, f"{i:040x}", 0, 1_700_000_000 + i % 7, "iso") for i in range(1, 301)]
     primary = [(i, f"{i:040x}") for i in range(1, 301)]
     mirror, upstream = Loop("sydney", MIRROR), Loop(PRIMARY_NAME, PRIMARY)
     mirror.walk([full_mirror_page(p) for p in paged_rows(rows, 100)])
     upstream.walk([primary_page(p) for p in paged(primary, 100)])
     decoded = decoded_rows(monkeypatch)
-    synced = [(150, "e" * 40, 0, 1_700_000_009, True) if row[0] == 150 else row for row in rows]
+    synced = [(150, "e" * 40, 0, 1_700_000_009, "iso") if row[0] == 150 else row for row in rows]
     summary = mirror.walk([full_mirror_page(p) for p in paged_rows(synced, 100)])
     assert decoded == [1], "one page changed, for one row of its hundred"
     assert isinstance(summary, RepoSyncSummary) and summary.repositories == 300
