@@ -296,10 +296,12 @@ async def test_a_flood_of_wrong_passwords_from_one_address_starves_neither_prome
         assert set(flood_statuses) <= {401, 429} and flood_statuses.count(429) >= 150
         served = run.exporter._served.auth
         assert served.refused_backoff + served.refused_busy >= 150
-        # Each time the address's backoff (1 s, doubling) runs out while the flood still arrives, as on a loaded
-        # machine, up to MAX_WAITING more checks may run before the next failure renews it.
+        # When the address's count reaches the backoff, up to MAX_WAITING checks may still run and as many may have
+        # finished uncounted (their slots freed before their requests resume); and each time the backoff (1 s,
+        # doubling) runs out while the flood still arrives, as on a loaded machine, as many again before the next
+        # failure renews it. The backoff itself: tests/unit/test_auth_backoff.py.
         expiries = math.floor(math.log2(flood_seconds + 1))
-        bound = auth_module.FAILURES_BEFORE_BACKOFF + auth_module.MAX_WAITING * (1 + expiries)
+        bound = auth_module.FAILURES_BEFORE_BACKOFF + 2 * auth_module.MAX_WAITING * (1 + expiries)
         assert flood_statuses.count(401) <= bound, (flood_statuses.count(401), flood_seconds)
         # The polls went on meanwhile.
         await run.next_cycles(2)
