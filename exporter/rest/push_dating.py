@@ -55,10 +55,14 @@ class _Failed:
     retry_from_cycle: int
 
 
-def push_start(repo: RepoHealth, page: ActivityPage, mirror_minus_primary: float) -> float | None:
+def push_start(
+    repo: RepoHealth, page: ActivityPage, mirror_minus_primary: float, uncertainty: float = 0.0
+) -> float | None:
     """When the divergence began, on the primary's clock; None when the page cannot say.
 
-    Content drift: the first push after the copy's last sync (its clock brought to the primary's). Pages that do not
+    Content drift: the first push after the copy's last sync (its clock brought to the primary's), by more than
+    ``uncertainty`` (how far either clock's offset may be off): a push within that of the sync, as the push the copy
+    synced last may be, is not taken for one it lacks, which would date the lag from it (too early). Pages that do not
     reach back that far give their oldest push, and a copy that synced after every listed push (a metadata sync after
     the push it lacks) the newest push, when the newest is listed: both read the lag low, never high, whatever order
     the server lists in (None where the pages cannot tell). Missing: the creation, the oldest ref change, when the
@@ -68,7 +72,7 @@ def push_start(repo: RepoHealth, page: ActivityPage, mirror_minus_primary: float
     if repo.synced_at is None or not page.pushed:
         return None
     synced = repo.synced_at - mirror_minus_primary
-    after = [pushed for pushed in page.pushed if pushed > synced]
+    after = [pushed for pushed in page.pushed if pushed > synced + uncertainty]
     if after:
         # The pages are a contiguous run of the listing: the first push after the sync is among them, or earlier
         # than all of them (then the oldest listed reads the lag low, never high).
@@ -197,6 +201,8 @@ class PushDating:
     ) -> DriftReport:
         primary_offset = offset_of(self._primary.clock)
         mirror_offset = offset_of(mirror_clock) if mirror_clock is not None else primary_offset
+        # How far the two offsets may be off together (each clock's range; a millisecond for the dates' precision).
+        uncertainty = 0.001 + sum(c.half_width_seconds for c in (self._primary.clock, mirror_clock) if c is not None)
         starts: dict[str, float] = {}
         for index, repo in enumerate(diverging):
             if index and index % DATING_SLICE == 0:
@@ -204,7 +210,7 @@ class PushDating:
             upstream = primary.get(repo.repo_id)
             page = self._pages.get((repo.repo_id, upstream.content)) if upstream is not None else None
             if isinstance(page, ActivityPage):
-                start = push_start(repo, page, mirror_offset - primary_offset)
+                start = push_start(repo, page, mirror_offset - primary_offset, uncertainty)
                 if start is not None:
                     starts[repo.repo_id] = start - primary_offset  # to the exporter's clock
         return report.dated(starts)

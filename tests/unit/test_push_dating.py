@@ -69,6 +69,15 @@ def test_the_mirrors_clock_is_brought_to_the_primarys() -> None:
     assert push_start(drifting(450.0), PAGE, mirror_minus_primary=100.0) == 400.0
 
 
+def test_a_push_at_the_moment_of_the_sync_is_not_taken_for_one_the_copy_lacks() -> None:
+    # The copy synced the push of 400 at that very moment (its clock 100 s ahead, known only to 20 ms): brought to
+    # the primary's clock with an offset 20 ms short, the sync falls just before that push. Within the clocks'
+    # uncertainty it is the push synced, and the lag runs from the next one (it once ran from this one: seconds high).
+    assert push_start(drifting(500.0), PAGE, mirror_minus_primary=100.02) == 400.0
+    assert push_start(drifting(500.0), PAGE, mirror_minus_primary=100.02, uncertainty=0.05) == 500.0
+    assert push_start(drifting(450.0), PAGE, mirror_minus_primary=100.0, uncertainty=0.05) == 400.0, "a clear one"
+
+
 class FakePrimary:
     """Answers ref-change-activities from a table, counting requests; ids in ``denied`` answer 401."""
 
