@@ -48,6 +48,16 @@ def offset_of(clock: ClockReading | None) -> float:
     return clock.offset_seconds
 
 
+def offset_error(clock: ClockReading | None) -> float:
+    """How far ``offset_of(clock)`` may be from the truth: the range's half width, or its farther end where the offset
+    is taken as zero (the truth may lie anywhere in the range)."""
+    if clock is None:
+        return 0.0
+    if clock.contains(0.0):
+        return max(-clock.earliest, clock.latest)
+    return clock.half_width_seconds
+
+
 @dataclass(frozen=True)
 class _Failed:
     """A lookup that failed; asked again from this primary cycle on (or once the content hash changes)."""
@@ -201,8 +211,8 @@ class PushDating:
     ) -> DriftReport:
         primary_offset = offset_of(self._primary.clock)
         mirror_offset = offset_of(mirror_clock) if mirror_clock is not None else primary_offset
-        # How far the two offsets may be off together (each clock's range; a millisecond for the dates' precision).
-        uncertainty = 0.001 + sum(c.half_width_seconds for c in (self._primary.clock, mirror_clock) if c is not None)
+        # How far the two offsets may be off together (a millisecond more for the dates' precision).
+        uncertainty = 0.001 + offset_error(self._primary.clock) + offset_error(mirror_clock)
         starts: dict[str, float] = {}
         for index, repo in enumerate(diverging):
             if index and index % DATING_SLICE == 0:

@@ -13,7 +13,7 @@ from exporter.rest import push_dating
 from exporter.rest.api import OLDEST_FIRST, UNKNOWN_ORDER, ActivityPage
 from exporter.rest.client import ClockReading
 from exporter.rest.config import LagConfig
-from exporter.rest.push_dating import PushDating, push_start
+from exporter.rest.push_dating import PushDating, offset_error, offset_of, push_start
 from exporter.rest.state import PrimaryState
 from exporter.sources import FetchError
 
@@ -67,6 +67,14 @@ def test_pages_listed_oldest_first_never_read_the_lag_high(
 def test_the_mirrors_clock_is_brought_to_the_primarys() -> None:
     # The mirror's clock runs 100 s ahead: its last sync at 450 (its clock) is 350 on the primary's.
     assert push_start(drifting(450.0), PAGE, mirror_minus_primary=100.0) == 400.0
+
+
+def test_an_offset_taken_as_zero_may_be_off_by_the_far_end_of_its_range() -> None:
+    assert offset_error(None) == 0.0
+    assert offset_error(ClockReading(20.0, 0.0, half_width_seconds=0.25)) == 0.25
+    # 0.4 +- 0.5 holds zero, so 0 is used: the truth may be anywhere from -0.1 to 0.9.
+    assert offset_of(ClockReading(0.4, 0.0)) == 0.0
+    assert offset_error(ClockReading(0.4, 0.0)) == pytest.approx(0.9)
 
 
 def test_a_push_at_the_moment_of_the_sync_is_not_taken_for_one_the_copy_lacks() -> None:
