@@ -183,6 +183,11 @@ class ClockReading:
     # has whole seconds, cut down); answers whose Date ticked at different moments narrow it (narrowed()).
     half_width_seconds: float = 0.5
 
+    @classmethod
+    def between(cls, earliest: float, latest: float, at: float) -> ClockReading:
+        """The offsets from ``earliest`` to ``latest``, read at ``at``."""
+        return cls((earliest + latest) / 2, at, (latest - earliest) / 2)
+
     @property
     def earliest(self) -> float:
         return self.offset_seconds - self.half_width_seconds
@@ -202,9 +207,7 @@ class ClockReading:
         drift = (newer.at - older.at) * CLOCK_DRIFT_RATE
         earliest = max(older.earliest - drift, newer.earliest)
         latest = min(older.latest + drift, newer.latest)
-        if earliest > latest:
-            return newer
-        return ClockReading((earliest + latest) / 2, newer.at, (latest - earliest) / 2)
+        return newer if earliest > latest else ClockReading.between(earliest, latest, newer.at)
 
 
 def clock_reading(date_header: str | None, sent: float, received: float) -> ClockReading | None:
@@ -216,8 +219,7 @@ def clock_reading(date_header: str | None, sent: float, received: float) -> Cloc
     server = _date_seconds(date_header)
     if server is None:
         return None
-    earliest, latest = server - received, server + 1.0 - sent
-    return ClockReading((earliest + latest) / 2, received, (latest - earliest) / 2)
+    return ClockReading.between(server - received, server + 1.0 - sent, received)
 
 
 @functools.lru_cache(maxsize=64)

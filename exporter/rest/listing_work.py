@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from sys import intern
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import aiohttp
 import msgspec
@@ -385,20 +385,34 @@ def _mirror_page(
     return StoredPage(digest, ids, failed, newest, paging, reused.hashes), rows
 
 
-def _primary_page(
-    digest: bytes, body: bytes, kept: StoredPage | None
-) -> tuple[StoredPage, list[tuple[str, PrimaryRepo]]]:
-    """A changed page of the primary's listing: its stored form and the rows to set, only those whose bytes are not
-    among the kept page's where it is given (as ``_mirror_page``)."""
+class PrimaryPageRead(NamedTuple):
+    """A changed page of the primary's listing as read: the rows decoded (only those of other bytes than the kept
+    page's, where most are the same), every id it lists, its rows' hashes (empty where unknown) and paging fields."""
+
+    rows: list[tuple[str, PrimaryRepo]]
+    ids: list[str]
+    row_hashes: array[int]
+    paging: tuple[Any, Any, Any]
+
+
+def read_primary_page(
+    body: bytes, kept_hashes: array[int], kept_ids: Iterable[str], projects: Projects, compared: bool
+) -> PrimaryPageRead:
+    """A changed page of the primary's listing, against the same page as kept (its rows' hashes and ids; no hashes:
+    decoded whole), its rows as ``rows_of`` makes them: here in a worker, and on the loop (exporter/rest/poller.py)."""
     raw = raw_page(body)
-    if raw is not None and kept is not None and kept.row_hashes:
-        reused = rows_reused(raw, kept.row_hashes, kept.ids)
+    if raw is not None and kept_hashes:
+        reused = rows_reused(raw, kept_hashes, kept_ids)
         if reused.worth_it:
-            rows = primary_rows(reused.fresh_body(raw), _PROJECTS)
+            rows = rows_of(decode_repository_page(reused.fresh_body(raw)), projects, compared)
             ids = reused.with_ids([repo_id for repo_id, _ in rows])
-            return StoredPage(digest, ids, row_hashes=reused.hashes), rows
-    rows = primary_rows(body, _PROJECTS)
-    return _with_hashes(StoredPage(digest, [repo_id for repo_id, _ in rows]), raw), rows
+            return PrimaryPageRead(rows, ids, reused.hashes, (raw.is_last_page, raw.next_page_start, raw.limit))
+    page = decode_repository_page(body)
+    rows = rows_of(page, projects, compared)
+    hashes = row_hashes_of(raw.values) if raw is not None and len(raw.values) == len(rows) else array("q")
+    return PrimaryPageRead(
+        rows, [repo_id for repo_id, _ in rows], hashes, (page.is_last_page, page.next_page_start, page.limit)
+    )
 
 
 def _positions_of_none(items: list[str | None]) -> list[int]:
@@ -452,11 +466,6 @@ def _decoded_mirror_page(digest: bytes, body: bytes) -> tuple[StoredPage, PageCo
 
 # One (id, key) pair of strings per project, shared by its repositories rather than one copy each.
 Projects = dict[tuple[int | None, str], tuple[str | None, str]]
-
-
-def primary_rows(body: bytes, projects: Projects, compared: bool = True) -> list[tuple[str, PrimaryRepo]]:
-    """A page of the primary's ``repos`` as rows (``rows_of``)."""
-    return rows_of(decode_repository_page(body), projects, compared)
 
 
 def rows_of(
@@ -513,7 +522,10 @@ def feed(target: str, kind: str, walk: int, pages: list[tuple[int, bytes, bytes 
             listing = cast(MirrorColumns, previous.rows) if previous is not None else None
             stored, current.changed[index] = _mirror_page(digest, body, kept, listing)
         else:
-            stored, current.changed[index] = _primary_page(digest, body, kept)
+            hashes, ids = (kept.row_hashes, kept.ids) if kept is not None else (array("q"), [])
+            read = read_primary_page(body, hashes, ids, _PROJECTS, compared=True)
+            current.changed[index] = read.rows
+            stored = StoredPage(digest, read.ids, row_hashes=read.row_hashes)
         current.pages.append(stored)
 
 

@@ -29,16 +29,13 @@ from exporter.rest.listing_work import (
     PRIMARY,
     CompareJob,
     ListingWalk,
+    PrimaryPageRead,
     Projects,
     compare,
     digest,
-    raw_page,
-    row_hashes_of,
-    rows_of,
-    rows_reused,
+    read_primary_page,
     walk_listing,
 )
-from exporter.rest.listings import decode_repository_page
 from exporter.rest.models import MirrorServer, MirrorStatus, SyncSettings
 from exporter.rest.push_dating import PushDating
 from exporter.rest.state import MirrorState, PrimaryState, RefQueue, RepoSyncSummary
@@ -360,15 +357,6 @@ class KeptPage(NamedTuple):
     row_hashes: array[int]
 
 
-class _ReadPage(NamedTuple):
-    """A changed page as the walk read it: the rows decoded (those whose bytes changed), and the page kept."""
-
-    rows: list[tuple[str, PrimaryRepo]]
-    ids: list[str]
-    row_hashes: array[int]
-    paging: tuple[Any, Any, Any]
-
-
 class _Snapshot:
     """The primary's new snapshot as a walk builds it: nothing until the walk meets a changed page (an unchanged
     listing keeps the previous snapshot); then a copy of the previous one, shard by shard in steps, which each changed
@@ -528,7 +516,7 @@ class PrimaryPoller:
         kept_pages = self._pages if previous is not None else []
         projects: Projects = {}
         pages: list[KeptPage] = []
-        decoded: list[_ReadPage] = []  # the page just read, when it changed
+        decoded: list[PrimaryPageRead] = []  # the page just read, when it changed
         digests: list[bytes] = []  # each page's, as the walk reads it
         snapshot = _Snapshot(previous)
 
@@ -541,21 +529,8 @@ class PrimaryPoller:
             kept = kept_pages[index] if index < len(kept_pages) else None
             if kept is not None and kept.digest == page_digest:
                 return Page([], *kept.paging, body=body, row_count=len(kept.ids))
-            raw = raw_page(body)
-            reused = None
-            if raw is not None and kept is not None and kept.row_hashes:
-                reused = rows_reused(raw, kept.row_hashes, kept.ids)
-            if raw is not None and reused is not None and reused.worth_it:
-                rows = rows_of(decode_repository_page(reused.fresh_body(raw)), projects, compared=False)
-                ids = reused.with_ids([repo_id for repo_id, _ in rows])
-                read = _ReadPage(rows, ids, reused.hashes, (raw.is_last_page, raw.next_page_start, raw.limit))
-            else:
-                page = decode_repository_page(body)
-                rows = rows_of(page, projects, compared=False)
-                ids = [repo_id for repo_id, _ in rows]
-                whole = raw is not None and len(raw.values) == len(rows)
-                hashes = row_hashes_of(raw.values) if raw is not None and whole else array("q")
-                read = _ReadPage(rows, ids, hashes, (page.is_last_page, page.next_page_start, page.limit))
+            hashes, ids = (kept.row_hashes, kept.ids) if kept is not None else (array("q"), ())
+            read = read_primary_page(body, hashes, ids, projects, compared=False)
             decoded.append(read)
             return Page([], *read.paging, body, len(read.ids))
 

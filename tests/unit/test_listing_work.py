@@ -24,7 +24,7 @@ from exporter.rest.listing_work import (
     feed,
     finish,
     forget,
-    primary_rows,
+    rows_of,
 )
 from exporter.rest.listings import decode_repository_page, decode_sync_status_page
 from exporter.rest.state import RepoSyncSummary
@@ -91,7 +91,7 @@ def scratch_report(
 ) -> DriftReport:
     """The report of a comparison from scratch of the same rows (``since``: the first-seen times carried over)."""
     projects: Projects = {}
-    primary_rows_by_id = dict(primary_rows(primary_page(primary), projects))
+    primary_rows_by_id = dict(rows_of(decode_repository_page(primary_page(primary)), projects))
     listing_work.STORE, kept = Store(), listing_work.STORE
     try:
         feed("scratch", MIRROR, 1, [(0, b"x", mirror_page(mirror))])

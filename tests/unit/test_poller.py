@@ -18,16 +18,16 @@ from yarl import URL
 
 from exporter.config import Credentials, PollConfig
 from exporter.drift import RepoState
-from exporter.rest import poller
+from exporter.rest import listing_work
 from exporter.rest.api import ApiFamily, DelayedSync, MirrorApi, PrimaryApi
 from exporter.rest.client import Affinity, BitbucketClient, ClockReading, HttpSetup, Page, decode_envelope
+from exporter.rest.listing_work import Projects
 from exporter.rest.listings import (
     Hashes,
     PrimaryRepositoryRow,
     ProjectRow,
     RepositoryHashes,
     SyncStatusRow,
-    decode_repository_page,
 )
 from exporter.rest.models import (
     ClusterNode,
@@ -406,13 +406,16 @@ def listing_app(rows: list[tuple[int, str]], per_page: int, failing_starts: list
     return app
 
 
-def count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The bodies of the primary's pages the poller decodes, as it decodes them."""
-    read: list[bytes] = []
+def count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each page of the primary's the poller decodes, as it decodes them: its rows are the ones not kept
+    for comparing (``listing_work.read_primary_page``, which the workers call too, with ``compared``)."""
+    read: list[int] = []
+    real = listing_work.rows_of
 
-    def counted(body: bytes) -> Page[PrimaryRepositoryRow]:
-        read.append(body)
-        return decode_repository_page(body)
+    def counted(page: Page[PrimaryRepositoryRow], projects: Projects, compared: bool = True) -> Any:
+        if not compared:
+            read.append(len(page.values))
+        return real(page, projects, compared)
 
-    monkeypatch.setattr(poller, "decode_repository_page", counted)
+    monkeypatch.setattr(listing_work, "rows_of", counted)
     return read

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.app import WORKER_PRELOAD
-from exporter.rest import listing_work, poller
+from exporter.rest import listing_work
 from exporter.rest.api import PrimaryApi
 from exporter.rest.client import ClockReading, Page, decode_envelope
-from exporter.rest.listings import PrimaryRepositoryRow, decode_repository_page
 from exporter.rest.models import MirrorServer
 from exporter.rest.poller import PrimaryPoller
 from exporter.rest.state import PrimaryState
 from exporter.workers import InlineWorker, WorkerPool
+from tests.unit.test_poller import count_decoded
 
 HASHES = st.sampled_from(["a" * 40, "b" * 40, "c" * 40])
 
@@ -103,14 +103,7 @@ async def test_a_page_pushed_once_decodes_that_row_alone_and_shares_the_others(m
     )
     await primary.poll_once()
     first = primary.state.repositories.value
-    decoded: list[int] = []
-
-    def counting(body: bytes) -> Page[PrimaryRepositoryRow]:
-        page = decode_repository_page(body)
-        decoded.append(len(page.values))
-        return page
-
-    monkeypatch.setattr(poller, "decode_repository_page", counting)
+    decoded = count_decoded(monkeypatch)
     api.rows[150] = "b" * 40
     await primary.poll_once()
     second = primary.state.repositories.value
