@@ -3,7 +3,7 @@ and of each mirror's (or node's) ``repoSyncStatus``, keeping them by page, compa
 and the union over a farm's nodes. The event loop sends page bytes and names (exporter/rest/feed.py) and gets back
 small answers: a listing's summary, a drift report.
 
-Cost grows with what changed: a page whose bytes hash (SHA-256, on the loop) as the same page of the target's
+Cost grows with what changed: a page whose bytes hash (BLAKE3, on the loop) as the same page of the target's
 previous walk is not even sent; its decoded rows are reused. A page that did change (for one row of its hundred, as a
 rule) has each row's bytes hashed, and only the rows whose hash is not among the same page's kept row hashes are
 decoded: the others are the rows the listing holds already. A comparison whose two listings are both unchanged since
@@ -21,7 +21,6 @@ worker dies its state goes with it: the loop sees the worker's ``generation`` ch
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import math
 from array import array
@@ -33,6 +32,7 @@ from typing import Any, NamedTuple, cast
 
 import aiohttp
 import msgspec
+from blake3 import blake3
 from yarl import URL
 
 from exporter.config import Credentials
@@ -301,7 +301,7 @@ STORE = Store()
 
 def row_hashes_of(rows: list[msgspec.Raw]) -> array[int]:
     """Each row's bytes hashed by the interpreter (SipHash, keyed at random per process, so no sender can choose
-    rows that collide): reused only within a page whose SHA-256 already differs, for a row of the same bytes as one
+    rows that collide): reused only within a page whose digest already differs, for a row of the same bytes as one
     of the same page's before."""
     return array("q", map(hash, map(bytes, rows)))
 
@@ -672,8 +672,10 @@ def union_of(nodes: list[tuple[str, dict[str, float]]], keep_all: bool) -> Drift
 
 
 def digest(body: bytes) -> bytes:
-    """A strong hash of a page (hashlib lets go of the GIL on large buffers)."""
-    return hashlib.sha256(body).digest()
+    """A strong hash of a page: BLAKE3, a cryptographic hash like SHA-256 and twice as fast on a page (9.5 us
+    against 22.4 for 39 KB on the benchmark's machine, SHA-256 with the CPU's SHA instructions). Every page of every
+    walk is hashed: SHA-256 was a tenth of a quiet cycle's CPU in the worker (bench/README.md)."""
+    return blake3(body).digest()
 
 
 @dataclass(frozen=True)
