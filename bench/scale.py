@@ -245,7 +245,10 @@ def main() -> None:
     parser.add_argument("--scrape-period", type=float, default=1.0, help="seconds between one scraper's scrapes")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="where scale.md/.json/.png go")
     parser.add_argument(
-        "--merge", type=Path, help="a scale.json whose rows are kept beside this run's (a 1M row measured alone)"
+        "--merge",
+        type=Path,
+        help="a scale.json whose rows are kept beside this run's (a 1M row measured alone); this run's rows replace "
+        "any of the same size",
     )
     args = parser.parse_args()
     rows = json.loads(args.merge.read_text())["rows"] if args.merge else []
@@ -258,7 +261,10 @@ def main() -> None:
             for nodes in (int(n) for n in (args.nodes or default_nodes).split(",")):
                 what = f"{repositories} repositories x {mirrors} mirrors x {nodes} nodes"
                 print(f"measuring {what} ...", file=sys.stderr, flush=True)
-                rows.append(measure_size(repositories, mirrors, args, nodes))
+                row = measure_size(repositories, mirrors, args, nodes)
+                # A merged row of the same size gives way to this run's (the targets read the first row of a size).
+                same = (repositories, mirrors, nodes)
+                rows = [r for r in rows if (r["repositories"], r["mirrors"], r.get("nodes", 1)) != same] + [row]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     report = write_results(args.out, rows, machine(), settings)
     print(report)
