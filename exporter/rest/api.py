@@ -27,7 +27,9 @@ from exporter.rest.client import (
     Page,
     as_int,
     decode_envelope,
+    parse_json,
     parse_page,
+    raw_page,
 )
 from exporter.rest.listings import PrimaryRepositoryRow, SyncStatusRow, decode_repository_page, decode_sync_status_page
 from exporter.rest.models import (
@@ -55,6 +57,10 @@ DELAYED_SYNC_LIMIT = 100  # the documented maximum
 DELAYED_SYNC = "delayed-sync"
 OUT_OF_SYNC_REPOS = "out-of-sync-repos"
 QUEUE_SLICE = 200  # ref changes queue items validated between two turns of the event loop
+
+
+def _as_sent(body: bytes) -> bytes:
+    return body
 
 
 class ApiFamily(StrEnum):
@@ -120,6 +126,12 @@ class MirrorApi:
 
     async def _get(self, *path: str, params: dict[str, str | int] | None = None) -> Any:
         return await self._client.get_json(rest_url(self._base_url, *path), self._credentials, params, self._affinity)
+
+    async def _get_body(self, *path: str) -> bytes:
+        """The answer's bytes as sent, for a caller that reads them in pieces."""
+        return await self._client.get(
+            rest_url(self._base_url, *path), self._credentials, _as_sent, None, self._affinity
+        )
 
     def clock(self) -> ClockReading | None:
         """The mirror's clock, from the Date header of its latest answer."""
@@ -238,19 +250,21 @@ class MirrorApi:
             raise FetchError(INVALID_RESPONSE, f"refChangesQueue/count: {exc}") from None
 
     async def ref_changes_queue(self) -> RefSyncQueue:
-        data = await self._get("supportInfo", "refChangesQueue")
-        values = data.get("values") if isinstance(data, dict) else None
-        if not isinstance(values, list) or len(values) <= QUEUE_SLICE:
-            return parse_model(RefSyncQueue, data, "refChangesQueue")
-        # A mirror that is far behind queues thousands of items: validated at once, they would hold the event loop
-        # (and every scrape) for tens of milliseconds; in slices, scrapes get in between.
+        body = await self._get_body("supportInfo", "refChangesQueue")
+        raw = raw_page(body)
+        if raw is None or len(raw.values) <= QUEUE_SLICE:
+            return parse_model(RefSyncQueue, parse_json(body), "refChangesQueue")
+        # A mirror that is far behind queues thousands of items: parsed and validated at once, they would hold the
+        # event loop (and every scrape) for tens of milliseconds (json.loads alone took 3-8 ms for 2,000 items at
+        # 100k x 3 x 3). Split undecoded first (msgspec, a tenth of that), then read in slices, scrapes in between.
         items: list[FarmSyncRequest] = []
-        for start in range(0, len(values), QUEUE_SLICE):
-            part = {"values": values[start : start + QUEUE_SLICE]}
+        for start in range(0, len(raw.values), QUEUE_SLICE):
+            part = {"values": parse_json(b"[" + b",".join(raw.values[start : start + QUEUE_SLICE]) + b"]")}
             try:
                 items += parse_model(RefSyncQueue, part, "refChangesQueue").values
             except FetchError:
-                return parse_model(RefSyncQueue, data, "refChangesQueue")  # the error, with the item's real index
+                # The error, with the item's real index.
+                return parse_model(RefSyncQueue, parse_json(body), "refChangesQueue")
             await asyncio.sleep(0)
         return RefSyncQueue(values=items)
 

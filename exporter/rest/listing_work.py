@@ -46,7 +46,7 @@ from exporter.rest.client import (
     RawRows,
     TrafficStats,
     http_session,
-    raw_rows,
+    raw_page,
 )
 from exporter.rest.listings import (
     PrimaryRepositoryRow,
@@ -339,15 +339,6 @@ def rows_reused(raw: RawRows, kept_hashes: array[int], kept_ids_in_order: Iterab
     ids: list[str | None] = list(map(kept_ids.get, hashes))
     went = [kept_ids[row_hash] for row_hash in kept_ids.keys() - set(hashes)]
     return RowsReused(hashes, ids, _positions_of_none(ids), went)
-
-
-def raw_page(body: bytes) -> RawRows | None:
-    """The page's rows undecoded; None where the decoder proper is to say what is wrong with it (or read it the
-    tolerant way)."""
-    try:
-        return raw_rows.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
 
 
 def _with_hashes(stored: StoredPage, raw: RawRows | None, hashes: array[int] | None = None) -> StoredPage:

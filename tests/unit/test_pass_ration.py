@@ -1,0 +1,105 @@
+"""Requests begun together are spread over passes of the event loop (``PassRation``), so a scrape ready meanwhile waits
+for a few of them, not for forty."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import ClientSession, web
+from yarl import URL
+
+from exporter.config import Credentials, PollConfig
+from exporter.rest.client import REQUESTS_PER_PASS, BitbucketClient
+from exporter.steps import PassRation
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts its passes (each runs the callbacks ready when it began)."""
+
+    passes = 0
+
+    def _run_once(self) -> None:
+        self.passes += 1
+        super()._run_once()  # type: ignore[misc]
+
+
+def run_counting(main: Callable[[CountingLoop], Awaitable[None]]) -> None:
+    loop = CountingLoop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(loop), 10))
+    finally:
+        loop.close()
+
+
+def test_at_most_per_pass_callers_go_on_in_one_pass_and_all_go_on() -> None:
+    began: list[int] = []
+
+    async def main(loop: CountingLoop) -> None:
+        ration = PassRation(3)
+
+        async def caller() -> None:
+            await ration.turn()
+            began.append(loop.passes)
+
+        await asyncio.gather(*(caller() for _ in range(20)))
+
+    run_counting(main)
+    per_pass = Counter(began)
+    assert len(began) == 20
+    assert max(per_pass.values()) == 3, per_pass
+    assert len(per_pass) == 7  # 20 callers, three a pass
+
+
+def test_a_caller_alone_goes_on_at_once_pass_after_pass() -> None:
+    began: list[int] = []
+
+    async def main(loop: CountingLoop) -> None:
+        ration = PassRation(1)
+        for _ in range(5):
+            before = loop.passes
+            await ration.turn()
+            began.append(loop.passes - before)
+            await asyncio.sleep(0)
+
+    run_counting(main)
+    assert began == [0, 0, 0, 0, 0]  # never waits when nobody else took the pass's turn
+
+
+def test_forty_requests_begun_together_are_sent_a_few_a_pass() -> None:
+    sent: list[int] = []
+    answers: list[Any] = []
+
+    async def main(loop: CountingLoop) -> None:
+        async def ok(request: web.Request) -> web.Response:
+            return web.json_response({"path": request.path})
+
+        app = web.Application()
+        app.router.add_get("/rest/{name}", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with ClientSession() as session:
+                real_get = session.get
+
+                def recording_get(*args: Any, **kwargs: Any) -> Any:
+                    sent.append(loop.passes)
+                    return real_get(*args, **kwargs)
+
+                session.get = recording_get  # type: ignore[method-assign]
+                client = BitbucketClient(session, PollConfig(concurrency_per_host=64))
+                urls = [URL(f"http://127.0.0.1:{port}/rest/{i}") for i in range(40)]
+                answers.extend(await asyncio.gather(*(client.get_json(u, Credentials()) for u in urls)))
+        finally:
+            await runner.cleanup()
+
+    run_counting(main)
+    assert answers == [{"path": f"/rest/{i}"} for i in range(40)]
+    per_pass = Counter(sent)
+    assert max(per_pass.values()) <= REQUESTS_PER_PASS, per_pass
+    assert len(per_pass) >= 40 // REQUESTS_PER_PASS
