@@ -24,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter import __version__
+from exporter.steps import starts
 
 log = logging.getLogger("exporter.poller")
 
@@ -202,6 +203,8 @@ async def run_source(
     changes a source's state. ``learned_at`` dates a value derived from older readings (a farm's union over its nodes
     is as old as its oldest node's listing); a failure whose answer still told something (``FetchError.learned``: a
     starting mirror's 503 carries its state) keeps that as the value, dated now, while the source counts as failed."""
+    # Sources start together (every source of every target on the same grid tick): a few a pass of the loop.
+    await starts().turn()
     started, started_at = time.monotonic(), time.time()
     try:
         value = await fetch()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
+from collections import deque
 
 
 class Steps:
@@ -26,24 +28,61 @@ class Steps:
 
 
 class PassRation:
-    """At most ``per_pass`` callers of ``turn`` go on in one pass of the event loop; the others go on in later passes.
-    asyncio runs, in one pass, every callback that was ready when the pass began: tasks started together (every
-    source of every target on the same grid tick) all take their first step in the same pass, however short each."""
+    """At most ``per_pass`` callers of ``turn`` go on in one pass of the event loop; the others wait, in order, for
+    later passes. asyncio runs, in one pass, every callback that was ready when the pass began: tasks started together
+    (every source of every target on the same grid tick) all take their first step in the same pass, however short
+    each, and answers that arrived together are all read in one."""
 
     def __init__(self, per_pass: int) -> None:
         self._per_pass = per_pass
         self._taken = 0
         self._renewal_due = False
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     async def turn(self) -> None:
-        # What is awaited is a pass of the loop itself (the renewal runs early in the next one), which sleep(0) is.
-        while self._taken >= self._per_pass:  # noqa: ASYNC110
-            await asyncio.sleep(0)
+        if self._taken < self._per_pass and not self._waiting:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self._renewal()
+        await waiter  # resolved by a renewal, which took the turn for it
+
+    def _take(self) -> None:
         self._taken += 1
+        self._renewal()
+
+    def _renewal(self) -> None:
         if not self._renewal_due:
             self._renewal_due = True
             asyncio.get_running_loop().call_soon(self._renew)
 
     def _renew(self) -> None:
-        self._taken = 0
+        """Early in a pass: the turns of the next one go to the callers waiting longest (they run in that pass)."""
         self._renewal_due = False
+        self._taken = 0
+        while self._waiting and self._taken < self._per_pass:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # else given up (cancelled)
+                waiter.set_result(None)
+                self._take()
+
+
+# Per event loop (tests run several, one after another): its waiters' futures and renewals belong to it.
+_RATIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PassRation] = weakref.WeakKeyDictionary()
+# Steps that may start in one pass: a request begun (built, a pooled connection taken, written) or an answer read
+# costs the loop 0.1-0.3 ms, a source's first step about 0.1 ms. A poll starts about forty sources at once (every
+# source of every mirror and node on the same grid tick), then fifty push lookups, and their answers arrive together
+# while the loop runs a long step: in one pass each burst held the loop, and every scrape waiting, 8-13 ms at
+# 100k x 3 x 3 (bench/README.md). Four a pass.
+STARTS_PER_PASS = 4
+
+
+def starts() -> PassRation:
+    """The running loop's ration of starts: sources started (``sources.run_source``), requests begun and answers
+    read (exporter/rest/client.py)."""
+    loop = asyncio.get_running_loop()
+    ration = _RATIONS.get(loop)
+    if ration is None:
+        ration = _RATIONS[loop] = PassRation(STARTS_PER_PASS)
+    return ration

@@ -44,7 +44,7 @@ from exporter.sources import (
     FetchError,
     http_reason,
 )
-from exporter.steps import PassRation
+from exporter.steps import starts
 
 T = TypeVar("T")
 
@@ -179,12 +179,6 @@ def parse_page(body: bytes) -> Page[Any]:
 # How fast a host's clock may drift from the exporter's: 100 ppm, ten times what NTP allows a synchronised clock and
 # above a free-running quartz's. A kept bound on the offset widens by this much a second, so readings may move it.
 CLOCK_DRIFT_RATE = 1e-4
-
-# Requests that may begin in one pass of the event loop. Beginning one (building it, taking a pooled connection,
-# writing it) costs the loop 0.2-0.3 ms, and a poll begins about forty at once (every source of every mirror and node
-# on the same grid tick), then fifty push lookups: in one pass each burst held the loop, and every scrape waiting,
-# 8-13 ms at 100k x 3 x 3 (bench/README.md). Four a pass: a scrape waits about a millisecond for them.
-REQUESTS_PER_PASS = 4
 
 
 @dataclass(frozen=True)
@@ -336,7 +330,6 @@ class BitbucketClient:
             total=poll.timeout_seconds, sock_connect=min(poll.connect_timeout_seconds, poll.timeout_seconds)
         )
         self.stats = TrafficStats()
-        self._starts = PassRation(REQUESTS_PER_PASS)
         # Origin -> its clock, narrowed by every answer (no extra requests: answers carry a Date header anyway).
         self._clocks: dict[str, ClockReading] = {}
         # Rows one listing walk may bring (poll.max_rows, or what the exporter derives from the primary's count).
@@ -374,7 +367,7 @@ class BitbucketClient:
     ) -> tuple[int, str, bytes, str | None]:
         host = origin(url)
         async with self._limit_for(host):
-            await self._starts.turn()
+            await starts().turn()  # requests begun together: a few a pass (steps.starts)
             sent = time.time()
             if affinity is not None:
                 headers = {**headers, **affinity.header(anonymous="Authorization" not in headers)}
@@ -470,6 +463,9 @@ class BitbucketClient:
                 error = FetchError(CONNECTION, f"{type(exc).__name__} talking to {url.host}:{url.port}")
             else:
                 if 200 <= status < 300:
+                    # Answers that arrived together (while the loop ran a long step) are read a few a pass too: the
+                    # decoding, and what the caller does with the value in the same step.
+                    await starts().turn()
                     return decode_body(content_type, body, decode)
                 error = self._status_error(status, content_type, body)
                 if status != 429 and status < 500:

@@ -1,5 +1,5 @@
-"""Requests begun together are spread over passes of the event loop (``PassRation``), so a scrape ready meanwhile waits
-for a few of them, not for forty."""
+"""Sources and requests begun together are spread over passes of the event loop (``PassRation``), so a scrape ready
+meanwhile waits for a few of them, not for forty."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from aiohttp import ClientSession, web
 from yarl import URL
 
 from exporter.config import Credentials, PollConfig
-from exporter.rest.client import REQUESTS_PER_PASS, BitbucketClient
-from exporter.steps import PassRation
+from exporter.rest.client import BitbucketClient
+from exporter.sources import SourceState, run_source
+from exporter.steps import STARTS_PER_PASS, PassRation
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -101,5 +102,23 @@ def test_forty_requests_begun_together_are_sent_a_few_a_pass() -> None:
     run_counting(main)
     assert answers == [{"path": f"/rest/{i}"} for i in range(40)]
     per_pass = Counter(sent)
-    assert max(per_pass.values()) <= REQUESTS_PER_PASS, per_pass
-    assert len(per_pass) >= 40 // REQUESTS_PER_PASS
+    assert max(per_pass.values()) <= STARTS_PER_PASS, per_pass
+    assert len(per_pass) >= 40 // STARTS_PER_PASS
+
+
+def test_sources_started_together_begin_a_few_a_pass() -> None:
+    began: list[int] = []
+    states = [SourceState[int]() for _ in range(30)]
+
+    async def main(loop: CountingLoop) -> None:
+        async def fetch() -> int:
+            began.append(loop.passes)
+            return len(began)
+
+        await asyncio.gather(*(run_source("target", "source", state, fetch) for state in states))
+
+    run_counting(main)
+    assert all(state.success for state in states)
+    per_pass = Counter(began)
+    assert max(per_pass.values()) <= STARTS_PER_PASS, per_pass
+    assert len(per_pass) >= 30 // STARTS_PER_PASS
