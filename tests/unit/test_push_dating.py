@@ -285,7 +285,7 @@ async def test_lookups_begun_together_start_a_few_a_pass_of_the_loop() -> None:
         entered_in.append(passes.count)
         await lookup(*args)
 
-    service._lookup = counted  # type: ignore[method-assign]
+    service._lookup = counted  # type: ignore[method-assign, assignment]
     report = await service.date(report_for(primary, [str(i) for i in range(1, 21)]), primary, None)
     assert report.lag_sources() == (20, 0)
     # Four a pass (steps.STARTS_PER_PASS): twenty take at least five passes.
