@@ -5,7 +5,7 @@ By time rather than by a count of pieces: pieces differ in cost (a changed page 
 times an unchanged one; a per-repository family's piece ten times a gauge's), so a count bounded nothing.
 
 Many short steps ready at once hold the loop as one long step does: ``PassRation`` lets only a few of them go on in
-one pass of the loop (the requests a poll starts together)."""
+one pass of the loop (the sources, requests and answers of a poll that come together)."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ STARTS_PER_PASS = 4
 
 
 def starts() -> PassRation:
-    """The running loop's ration of starts: sources started (``sources.run_source``), requests begun and answers
-    read (exporter/rest/client.py)."""
+    """The running loop's ration of starts: sources started (``sources.run_source``), push lookups started
+    (exporter/rest/push_dating.py), requests begun and answers read (exporter/rest/client.py)."""
     loop = asyncio.get_running_loop()
     ration = _RATIONS.get(loop)
     if ration is None:
