@@ -216,7 +216,7 @@ class PushDating:
         mirror_offset = offset_of(mirror_clock) if mirror_clock is not None else primary_offset
         # How far the two offsets may be off together (a millisecond more for the dates' precision).
         uncertainty = 0.001 + offset_error(self._primary.clock) + offset_error(mirror_clock)
-        starts: dict[str, float] = {}
+        push_starts: dict[str, float] = {}
         for index, repo in enumerate(diverging):
             if index and index % DATING_SLICE == 0:
                 await asyncio.sleep(0)
@@ -225,5 +225,5 @@ class PushDating:
             if isinstance(page, ActivityPage):
                 start = push_start(repo, page, mirror_offset - primary_offset, uncertainty)
                 if start is not None:
-                    starts[repo.repo_id] = start - primary_offset  # to the exporter's clock
-        return report.dated(starts)
+                    push_starts[repo.repo_id] = start - primary_offset  # to the exporter's clock
+        return report.dated(push_starts)
