@@ -142,10 +142,6 @@ def _dismantle(item: list[Any]) -> None:
     """Empty the large containers that only ``item`` (a one-element list, taken over) holds, a piece at a time.
     Anything someone else still references is left alone: dropping our reference would not free it anyway."""
     stack: list[tuple[Any, int]] = [(item.pop(), 0)]
-    # The caller may still be dropping its own reference (free_later's frame, ``del previous``): give it a moment.
-    deadline = time.monotonic() + 0.05
-    while sys.getrefcount(stack[0][0]) > _OURS and time.monotonic() < deadline:
-        time.sleep(0.001)
     while stack:
         obj, depth = stack.pop()
         if sys.getrefcount(obj) > _OURS:
@@ -179,14 +175,27 @@ def _free_forever() -> None:
 
 
 def free_later(*items: Any) -> None:
-    """Take over references to ``items``; the caller must hold no other reference for this to help."""
+    """Take over references to ``items``; the caller must hold no other reference for this to help.
+
+    Called on the event loop, the items go to the thread at the loop's next pass, when the step that replaced them has
+    ended and dropped its own references (``del previous``): the thread then sees at once whether anything else still
+    holds one. It used to wait for them instead, waking every millisecond for up to 50 ms for each value something else
+    still held (most small ones), and took the GIL from the loop at each waking."""
     global _thread
     with _STARTED:
         if _thread is None:
             _thread = threading.Thread(target=_free_forever, name="free-snapshots", daemon=True)
             _thread.start()
-    for item in items:
-        _PENDING.put(item)
+    taken = list(items)
+    try:
+        asyncio.get_running_loop().call_soon(_hand_over, taken)
+    except RuntimeError:  # no event loop here: the caller's references are its own business
+        _hand_over(taken)
+
+
+def _hand_over(taken: list[Any]) -> None:
+    while taken:
+        _PENDING.put(taken.pop())  # no name of ours holds it while the thread looks
 
 
 # --- Running a source ---------------------------------------------------------------------------------------------

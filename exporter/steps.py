@@ -31,15 +31,17 @@ class PassRation:
     """At most ``per_pass`` callers of ``turn`` go on in one pass of the event loop; the others wait, in order, for
     later passes. asyncio runs, in one pass, every callback that was ready when the pass began: tasks started together
     (every source of every target on the same grid tick) all take their first step in the same pass, however short
-    each, and answers that arrived together are all read in one."""
+    each, and answers that arrived together are all read in one. ``per_pass`` None: no limit (``unrationed``)."""
 
-    def __init__(self, per_pass: int) -> None:
+    def __init__(self, per_pass: int | None) -> None:
         self._per_pass = per_pass
         self._taken = 0
         self._renewal_due = False
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     async def turn(self) -> None:
+        if self._per_pass is None:
+            return
         if self._taken < self._per_pass and not self._waiting:
             self._take()
             return
@@ -61,7 +63,7 @@ class PassRation:
         """Early in a pass: the turns of the next one go to the callers waiting longest (they run in that pass)."""
         self._renewal_due = False
         self._taken = 0
-        while self._waiting and self._taken < self._per_pass:
+        while self._waiting and self._taken < (self._per_pass or 0):
             waiter = self._waiting.popleft()
             if not waiter.done():  # else given up (cancelled)
                 waiter.set_result(None)
@@ -76,6 +78,13 @@ _RATIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PassRation] = wea
 # while the loop runs a long step: in one pass each burst held the loop, and every scrape waiting, 8-13 ms at
 # 100k x 3 x 3 (bench/README.md). Four a pass.
 STARTS_PER_PASS = 4
+
+
+def unrationed() -> None:
+    """The running loop lets every start go on at once: a worker process's loop (exporter/workers.py), which serves
+    no scrape. Its walks' answers come by the hundred, and each turn taken cost a pass of the loop more (the renewal):
+    about a tenth of a quiet cycle's CPU in the worker (bench/README.md)."""
+    _RATIONS[asyncio.get_running_loop()] = PassRation(None)
 
 
 def starts() -> PassRation:

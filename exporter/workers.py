@@ -48,6 +48,7 @@ from typing import Any, TypeVar, overload
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.sources import UNEXPECTED, FetchError
+from exporter.steps import unrationed
 
 log = logging.getLogger("exporter")
 
@@ -308,6 +309,7 @@ def serve(sock: socket.socket, preload: Sequence[str] = ()) -> None:
 
 
 async def _serve(sock: socket.socket) -> None:
+    unrationed()  # the loop's ration keeps scrapes waiting for a few starts; no scrape waits here
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     running: dict[int, asyncio.Task[None]] = {}
 

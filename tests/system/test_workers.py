@@ -4,12 +4,16 @@ wrong, and the walks' credentials are on no worker's command line or environment
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
 
 from exporter.simulator import Scenario
+from exporter.steps import STARTS_PER_PASS
+from exporter.workers import WorkerPool
 from tests.conftest import Running, Samples, running_farm, value, wait_until
+from tests.unit.test_pass_ration import starts_before_next_pass
 
 RESTARTS = "bitbucket_mirror_exporter_worker_restarts_total"
 PASSWORD = "worker-walk-secret-6c1f"
@@ -89,3 +93,14 @@ async def test_a_killed_worker_is_restarted_and_counted_and_no_count_served_mean
         assert (value(samples, RESTARTS) or 0) <= len(killed), "a restart counted for each process killed, no more"
         primary_lost = value(samples, ERRORS, target="primary", source="repositories", reason="worker_lost")
         assert primary_lost is None, "the primary's own listing is read on the loop: a worker's death is not its"
+
+
+async def test_a_worker_process_rations_no_starts_while_the_event_loop_does() -> None:
+    # The worker serves no scrape: its walks' requests and answers all go on in the pass they are ready in.
+    pool = WorkerPool((), 1)
+    try:
+        in_worker = await asyncio.wait_for(pool.worker("farm").call(starts_before_next_pass), 30)
+    finally:
+        await pool.stop()
+    assert in_worker == 20
+    assert await starts_before_next_pass() == STARTS_PER_PASS

@@ -3,10 +3,13 @@ else still holds them."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 import weakref
 from dataclasses import dataclass
 
-from exporter.sources import _dismantle
+from exporter.sources import _dismantle, free_later
 
 
 class Row:
@@ -37,3 +40,33 @@ def test_a_large_list_inside_a_dict_is_taken_apart_too() -> None:
     del inner
     _dismantle(item)
     assert all(ref() is None for ref in freed)
+
+
+# The threads the CountedRows were freed on.
+FREED_ON: list[str] = []
+
+
+class CountedRow:
+    """A row that says on which thread it was freed."""
+
+    def __del__(self) -> None:
+        FREED_ON.append(threading.current_thread().name)
+
+
+def test_a_value_replaced_on_the_event_loop_is_taken_apart_off_it_after_the_step_that_replaced_it() -> None:
+    FREED_ON.clear()
+
+    async def replace() -> None:
+        previous = {str(i): CountedRow() for i in range(2000)}
+        free_later(previous)
+        # The step still holds it for a while after handing it over (the thread runs meanwhile: the sleep lets go of
+        # the GIL). A thread that looked now would find it held, leave it, and the rows would be freed here.
+        time.sleep(0.02)  # noqa: ASYNC251 - blocking on purpose: a step that has not ended yet
+        del previous
+
+    asyncio.run(replace())
+    deadline = time.monotonic() + 10
+    while len(FREED_ON) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(FREED_ON) == 2000
+    assert set(FREED_ON) == {"free-snapshots"}

@@ -14,7 +14,7 @@ from yarl import URL
 from exporter.config import Credentials, PollConfig
 from exporter.rest.client import BitbucketClient
 from exporter.sources import SourceState, run_source
-from exporter.steps import STARTS_PER_PASS, PassRation
+from exporter.steps import STARTS_PER_PASS, PassRation, starts, unrationed
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -67,6 +67,31 @@ def test_a_caller_alone_goes_on_at_once_pass_after_pass() -> None:
 
     run_counting(main)
     assert began == [0, 0, 0, 0, 0]  # never waits when nobody else took the pass's turn
+
+
+async def starts_before_next_pass(begun: int = 20) -> int:
+    """How many of ``begun`` starts begun together (tasks created in one step) go on before the loop's next pass:
+    a callback scheduled after the tasks runs in the same pass as their first steps."""
+    went: list[int] = []
+
+    async def start() -> None:
+        await starts().turn()
+        went.append(1)
+
+    tasks = [asyncio.create_task(start()) for _ in range(begun)]
+    seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(lambda: seen.set_result(len(went)))
+    await asyncio.gather(*tasks)
+    return await seen
+
+
+def test_a_loop_without_a_ration_lets_every_start_go_on_in_its_pass() -> None:
+    async def rationed_then_not() -> tuple[int, int]:
+        rationed = await starts_before_next_pass()
+        unrationed()
+        return rationed, await starts_before_next_pass()
+
+    assert asyncio.run(rationed_then_not()) == (STARTS_PER_PASS, 20)
 
 
 def test_forty_requests_begun_together_are_sent_a_few_a_pass() -> None:
