@@ -300,7 +300,8 @@ class Instruments:
     cycles of its own (``probe``), after the cycles whose CPU is measured."""
 
     def __init__(self) -> None:
-        self.peak_pss = 0
+        # None until the sampler's first reading (a run shorter than its period has none: unknown, not 0 bytes).
+        self.peak_pss: int | None = None
         # The sampler thread's own CPU seconds (left out of the exporter's).
         self.sampler_cpu = 0.0
         self.stalls: list[float] = []
@@ -314,7 +315,8 @@ class Instruments:
         me = os.getpid()
         while not self._stop.wait(0.2):
             began = time.thread_time()
-            self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in (me, *descendants(me))))
+            summed = sum(pss_bytes(p) for p in (me, *descendants(me)))
+            self.peak_pss = summed if self.peak_pss is None else max(self.peak_pss, summed)
             # Reading smaps_rollup walks a process's page tables in the kernel: about 4 ms a process at 100k x 3 x 3,
             # on this thread, in the exporter's process. The instrument's cost, not the exporter's: counted apart.
             self.sampler_cpu += time.thread_time() - began
