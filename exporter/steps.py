@@ -83,7 +83,7 @@ STARTS_PER_PASS = 4
 def unrationed() -> None:
     """The running loop lets every start go on at once: a worker process's loop (exporter/workers.py), which serves
     no scrape. Its walks' answers come by the hundred, and each turn taken cost a pass of the loop more (the renewal):
-    about a tenth of a quiet cycle's CPU in the worker (bench/README.md)."""
+    2-9% of the CPU of a worker's walks, measured alone (bench/README.md)."""
     _RATIONS[asyncio.get_running_loop()] = PassRation(None)
 
 
