@@ -280,6 +280,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size from the kernel's counters (/proc/PID/statm): no walk of the page tables, unlike PSS."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# The sampler reads the summed RSS this often, and the summed PSS only when that RSS has risen by more than
+# PSS_RISE_BYTES since the last PSS reading, at most every PSS_MIN_GAP_SECONDS (see ``Instruments``).
+RSS_PERIOD_SECONDS = 0.1
+PSS_RISE_BYTES = 1 << 20
+PSS_MIN_GAP_SECONDS = 0.2
+
+
 def pss_bytes(pid: int) -> int:
     """Proportional set size: shared pages (the fork server's preloaded modules) split between the sharers."""
     try:
@@ -293,15 +309,28 @@ def pss_bytes(pid: int) -> int:
 
 class Instruments:
     """What the exporter costs beyond its own process, and how long its event loop is ever held: the workers' CPU,
-    the peak of the summed PSS of the exporter and every process below it (sampled by a thread every 0.2 s), and the
-    lateness of a 1 ms sleep on the loop, with the CPU time the loop's thread ran meanwhile (the loop's own hold; the
-    rest of a stall is waiting for a core). The sleep wakes the loop a thousand times a second, which cost the loop's
-    thread 0.7-1.0 s of CPU in a cycle of 10 s (100k x 3 x 3 at 1%, measured with and without it): it runs only over
-    cycles of its own (``probe``), after the cycles whose CPU is measured."""
+    the peak of the summed PSS of the exporter and every process below it, and the lateness of a 1 ms sleep on the
+    loop, with the CPU time the loop's thread ran meanwhile (the loop's own hold; the rest of a stall is waiting for a
+    core). The sleep wakes the loop a thousand times a second, which cost the loop's thread 0.7-1.0 s of CPU in a
+    cycle of 10 s (100k x 3 x 3 at 1%, measured with and without it): it runs only over cycles of its own (``probe``),
+    after the cycles whose CPU is measured.
+
+    PSS is read only when the summed RSS (the kernel's counters, cheap) has risen by more than a MiB since the last
+    reading. Reading smaps_rollup walks a process's page tables under its memory-map lock, about 4 ms a process at
+    100k x 3 x 3: read every 0.2 s it cost 0.23-0.33 s of CPU a 1% cycle, on a machine of two cores the exporter
+    shares with the simulator, now 0.06-0.08 s (about 45 readings in a run instead of about 300), with the same peaks
+    (344-354 MB against 346-351, runs alternated; no change in the scrapes' tail measured: bench/README.md). Shared
+    pages (libraries) are about constant, so PSS peaks where RSS does; a peak of RSS higher than the one at the
+    highest PSS reading (a rise within the readings' 0.2 s gap, gone by the next) is reported beside it
+    (``pss_unread_rss_bytes``: 0.4-0.5 MB in those runs)."""
 
     def __init__(self) -> None:
         # None until the sampler's first reading (a run shorter than its period has none: unknown, not 0 bytes).
         self.peak_pss: int | None = None
+        self.peak_rss = 0
+        self.rss_at_peak_pss = 0
+        self.pss_readings = 0
+        self.rss_samples = 0
         # The sampler thread's own CPU seconds (left out of the exporter's).
         self.sampler_cpu = 0.0
         self.stalls: list[float] = []
@@ -313,12 +342,20 @@ class Instruments:
 
     def _sample(self) -> None:
         me = os.getpid()
-        while not self._stop.wait(0.2):
+        rss_at_reading, read_at = 0, -math.inf
+        while not self._stop.wait(RSS_PERIOD_SECONDS):
             began = time.thread_time()
-            summed = sum(pss_bytes(p) for p in (me, *descendants(me)))
-            self.peak_pss = summed if self.peak_pss is None else max(self.peak_pss, summed)
-            # Reading smaps_rollup walks a process's page tables in the kernel: about 4 ms a process at 100k x 3 x 3,
-            # on this thread, in the exporter's process. The instrument's cost, not the exporter's: counted apart.
+            processes = (me, *descendants(me))
+            rss = sum(rss_bytes(p) for p in processes)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.rss_samples += 1
+            if rss > rss_at_reading + PSS_RISE_BYTES and time.monotonic() - read_at >= PSS_MIN_GAP_SECONDS:
+                summed = sum(pss_bytes(p) for p in processes)
+                rss_at_reading, read_at = rss, time.monotonic()
+                self.pss_readings += 1
+                if self.peak_pss is None or summed > self.peak_pss:
+                    self.peak_pss, self.rss_at_peak_pss = summed, rss
+            # The instrument's cost, not the exporter's: on this thread, in the exporter's process, counted apart.
             self.sampler_cpu += time.thread_time() - began
 
     async def _stall_probe(self) -> None:
@@ -346,6 +383,9 @@ class Instruments:
         ordered = sorted(self.stalls)
         return {
             "peak_pss_bytes": self.peak_pss,
+            "pss_readings": self.pss_readings,
+            "peak_summed_rss_bytes": self.peak_rss,
+            "pss_unread_rss_bytes": self.peak_rss - self.rss_at_peak_pss if self.peak_pss is not None else None,
             "loop_stall_max_ms": 1000 * ordered[-1] if ordered else None,
             "loop_stall_p99_ms": 1000 * ordered[int(len(ordered) * 0.99)] if ordered else None,
             "loop_stalls_over_20ms": sum(1 for s in ordered if s > 0.020),
