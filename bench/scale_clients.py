@@ -25,6 +25,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,8 +52,8 @@ from exporter.processes import descendants
 from exporter.rest.poller import MirrorPoller
 from exporter.web.config import WebConfig, load_web_config
 from exporter.workers import main_module_by_name
-from tests.certs import TestAuthority
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 REST = "/rest/mirroring/latest"
 POLL = PollConfig()
 # The small mirror endpoints the exporter reads once per cycle on a 9.x mirror (exporter/rest/api.py, rest/poller.py).
@@ -466,16 +467,20 @@ def bench_web_config(web: str) -> tuple[WebConfig | None, dict[str, Any]]:
     if web == "plain":
         return None, {}
     directory = Path(tempfile.mkdtemp(prefix="bench-web-"))
-    authority = TestAuthority(directory)
-    pair = authority.issue("exporter")
+    # Issued by a process of its own: ``cryptography`` loaded here adds about 11 MB to the exporter's measured memory,
+    # which the exporter never imports (until session 19 it was, in every row: the TLS row's PSS was 6-12 MB above
+    # the plain row's, and both carried part of it).
+    command = [sys.executable, "-m", "tests.certs", str(directory)]
+    issued = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, check=True)
+    pki = json.loads(issued.stdout)
     password = "bench-scrape-password"
     document = {
-        "tls_server_config": {"cert_file": str(pair.cert), "key_file": str(pair.key)},
+        "tls_server_config": {"cert_file": pki["cert"], "key_file": pki["key"]},
         "basic_auth_users": {"prometheus": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()},
     }
     path = directory / "web.yml"
     path.write_text(yaml.safe_dump(document))
-    return load_web_config(path), {"ca_file": str(authority.ca_file), "username": "prometheus", "password": password}
+    return load_web_config(path), {"ca_file": pki["ca_file"], "username": "prometheus", "password": password}
 
 
 # --- how soon drift shows ------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,17 @@ class TestAuthority:
         cert_path = self.directory / f"{name}.crt"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return Pair(cert_path, _write_key(key, self.directory / f"{name}.key"))
+
+
+def main() -> None:
+    """``python -m tests.certs DIRECTORY``: a CA and a server certificate for 127.0.0.1 written there, their paths
+    printed as one JSON line. For a process that must not load ``cryptography`` itself: the scale benchmark's exporter
+    process, whose memory is measured (the library is about 11 MB of it; the exporter never imports it)."""
+    directory = Path(sys.argv[1])
+    authority = TestAuthority(directory)
+    pair = authority.issue("exporter")
+    print(json.dumps({"ca_file": str(authority.ca_file), "cert": str(pair.cert), "key": str(pair.key)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,12 +3,16 @@ rises, not on a timer, because reading smaps_rollup holds the process's memory-m
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.scale_clients import PSS_RISE_BYTES, Instruments
 
 MIB = 1 << 20
+REPOSITORY = Path(__file__).resolve().parent.parent.parent
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
@@ -46,3 +50,20 @@ def test_the_sampler_reads_no_pss_while_the_summed_rss_stays_where_it_was() -> N
         assert instruments.pss_readings == readings
     finally:
         instruments.stop()
+
+
+def test_the_benchmarks_exporter_process_never_loads_what_the_exporter_does_not() -> None:
+    """The exporter never imports ``cryptography``; the bench's certificate for the TLS row is issued by a process
+    of its own, so the exporter's measured memory does not carry the library (about 11 MB)."""
+    probe = (
+        "import sys\n"
+        "from bench.scale_clients import bench_web_config\n"
+        "config, scraping = bench_web_config('tls')\n"
+        "assert config is not None and config.tls_server_config is not None and 'ca_file' in scraping\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'cryptography'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPOSITORY, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
