@@ -49,6 +49,15 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 1
     pytest.fail(f"timed out after {within}s waiting for {what or condition}")
 
 
+def held_within(condition: Callable[[], bool], within: float = 10.0) -> bool:
+    """For a condition another thread makes true (no event loop to await): poll it every 10 ms for up to ``within``
+    seconds; whether it held."""
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -5,32 +5,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench.scale_clients import PSS_RISE_BYTES, Instruments
+from tests.conftest import held_within
 
 MIB = 1 << 20
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
 
 
 def test_the_sampler_reads_pss_once_the_summed_rss_rises_and_finds_the_rise() -> None:
     instruments = Instruments()
     instruments.start()
     try:
-        assert wait_until(lambda: instruments.pss_readings >= 1)
+        assert held_within(lambda: instruments.pss_readings >= 1)
         before = instruments.peak_pss
         assert before is not None
         ballast = b"\x01" * (64 * MIB)  # every page written: resident
-        assert wait_until(lambda: (instruments.peak_pss or 0) >= before + 60 * MIB)
+        assert held_within(lambda: (instruments.peak_pss or 0) >= before + 60 * MIB)
         # The reading that found it was taken with the RSS it explains: nothing of the peak went unread beyond the
         # rise the sampler lets pass without a reading (and what the interpreter allocated meanwhile).
         unread = instruments.stop()["pss_unread_rss_bytes"]
@@ -44,9 +36,9 @@ def test_the_sampler_reads_no_pss_while_the_summed_rss_stays_where_it_was() -> N
     instruments = Instruments()
     instruments.start()
     try:
-        assert wait_until(lambda: instruments.pss_readings >= 1 and instruments.rss_samples >= 3)
+        assert held_within(lambda: instruments.pss_readings >= 1 and instruments.rss_samples >= 3)
         readings, samples = instruments.pss_readings, instruments.rss_samples
-        assert wait_until(lambda: instruments.rss_samples >= samples + 5)
+        assert held_within(lambda: instruments.rss_samples >= samples + 5)
         assert instruments.pss_readings == readings
     finally:
         instruments.stop()

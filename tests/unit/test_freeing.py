@@ -10,6 +10,7 @@ import weakref
 from dataclasses import dataclass
 
 from exporter.sources import _dismantle, free_later
+from tests.conftest import held_within
 
 
 class Row:
@@ -65,8 +66,5 @@ def test_a_value_replaced_on_the_event_loop_is_taken_apart_off_it_after_the_step
         del previous
 
     asyncio.run(replace())
-    deadline = time.monotonic() + 10
-    while len(FREED_ON) < 2000 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(FREED_ON) == 2000
+    assert held_within(lambda: len(FREED_ON) == 2000)
     assert set(FREED_ON) == {"free-snapshots"}
